@@ -103,6 +103,10 @@ def _attention(layer_input, attention_mask, batch_size, seq_length, config: Bert
         tensor = tf.reshape(tensor, [batch_size, seq_length, heads, head_size])
         return tf.transpose(tensor, [0, 2, 1, 3])
 
+    # attention_layer reads the from and to shapes for its rank checks only: two dead Shape ops,
+    # kept because the exported graph has them.
+    _shape_list(layer_input)
+    _shape_list(layer_input)
     query = _dense(layer_input, heads * head_size, config, "query")
     key = _dense(layer_input, heads * head_size, config, "key")
     value = _dense(layer_input, heads * head_size, config, "value")
@@ -138,8 +142,11 @@ def _encoder(embedding_output, attention_mask, config: BertConfig) -> list[tf.Te
                 layer_output = _dense(intermediate, width, config, "dense")
                 prev_output = _layer_norm(layer_output + attention)
                 layer_outputs.append(prev_output)
-    # reshape_from_matrix for every layer, as BertModel asks for all layers' outputs.
-    return [tf.reshape(output, input_shape[0:-1] + [width]) for output in layer_outputs]
+    # reshape_from_matrix for every layer, as BertModel asks for all layers' outputs; each reads
+    # its input's shape (a dead Shape op but for the static width).
+    return [
+        tf.reshape(output, input_shape[0:-1] + [_shape_list(output)[-1]]) for output in layer_outputs
+    ]
 
 
 def build_classifier(config: BertConfig, num_labels: int, seq_len: int) -> dict[str, tf.Tensor]:

@@ -1,0 +1,215 @@
+"""Graph -> the same graph split at boundary tensors into a host part (pinned to the CPU) and a device part.
+
+A boundary is a tensor name (`node:0`), a node name, or a structural alias: `@embedding_output`
+(the hidden states entering the first layer, walked back through reshapes and casts) and
+`@attention_mask` (the one tensor every layer's mask operand comes from). Each crossing becomes an
+Identity node `bertc/boundary/<k>`; every node the boundaries need is placed on `host_device`;
+what the outputs need beyond the boundaries is the device part. `split_partition` cuts the graph
+there for the targets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+import tensorflow as tf
+
+from bertc.errors import ConfigError
+from bertc.graph import (
+    Graph,
+    GraphDef,
+    GraphError,
+    PassResult,
+    ancestors,
+    copy_graph_def,
+    input_ref,
+    keep_nodes,
+    make_node,
+    make_placeholder,
+    node_of,
+    nodes_by_name,
+    output_dtype,
+    split_input,
+    static_shapes,
+    tensor_name,
+)
+from bertc.passes.rewrite_attention_mask import find_attention_sites
+
+PREFIX = "bertc/boundary/"
+ALIASES = ("@embedding_output", "@attention_mask")
+WALK_BACK_OPS = ("Reshape", "Identity", "Cast", "ExpandDims", "Squeeze")
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionParams:
+    boundaries: tuple[str, ...] = ALIASES
+    host_device: str = "/device:CPU:0"
+
+
+@dataclasses.dataclass(frozen=True)
+class Boundary:
+    key: str
+    tensor: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        dims = ",".join("B" if dim is None else str(dim) for dim in self.shape)
+        return f"{self.key}: {self.tensor} [{dims}] {self.dtype}"
+
+
+def resolve_boundary(graph: Graph, spec: str) -> str:
+    """A boundary spec -> a tensor name; an unknown name is an error listing the nearest candidates."""
+    nodes = nodes_by_name(graph.graph_def)
+    if spec == "@attention_mask":
+        return _common_mask_tensor(graph, nodes)
+    if spec == "@embedding_output":
+        return _embedding_output(graph, nodes)
+    if spec.startswith("@"):
+        raise ConfigError(f"partition boundary {spec!r} is not a known alias; aliases: {', '.join(ALIASES)}.")
+    name, index, _ = split_input(spec)
+    if name not in nodes:
+        near = difflib.get_close_matches(name, list(nodes), n=5, cutoff=0.5)
+        raise ConfigError(
+            f"partition boundary {spec!r} does not exist in the graph (after the earlier steps); nearest "
+            f"node names: {near or 'none'}. Aliases {', '.join(ALIASES)} are found by structure."
+        )
+    return tensor_name(name, index)
+
+
+def _common_mask_tensor(graph: Graph, nodes) -> str:
+    sites = find_attention_sites(graph)
+    operands = [site.input[position] for site, position in sites]
+    if len(set(operands)) == 1:
+        return tensor_name(*split_input(operands[0])[:2])
+    others = [ancestors(graph.graph_def, [operand]) for operand in operands[1:]]
+    current = operands[0]
+    while True:
+        name = split_input(current)[0]
+        if all(name in seen for seen in others):
+            return tensor_name(*split_input(current)[:2])
+        candidates = [i for i in nodes[name].input if not i.startswith("^") and nodes[split_input(i)[0]].op != "Const"]
+        if not candidates:
+            raise GraphError(f"@attention_mask: the layers' mask operands share no tensor (walked up to {name}).")
+        current = candidates[0]
+
+
+def _embedding_output(graph: Graph, nodes) -> str:
+    site, position = find_attention_sites(graph)[0]
+    node = nodes[split_input(site.input[1 - position])[0]]
+    while not node.op.startswith("BatchMatMul"):
+        if node.op not in ("Mul", "Cast", "Identity"):
+            raise GraphError(f"@embedding_output: expected the scores QK^T behind {site.name}, found {node.name} ({node.op}).")
+        node = next(nodes[split_input(i)[0]] for i in node.input if nodes[split_input(i)[0]].op != "Const")
+    node = nodes[split_input(node.input[0])[0]]
+    while node.op != "MatMul":
+        if node.op not in ("Transpose", "Reshape", "BiasAdd", "Identity", "Cast"):
+            raise GraphError(f"@embedding_output: the query side ends at {node.name} ({node.op}), not a MatMul.")
+        node = nodes[split_input(node.input[0])[0]]
+    tensor = node.input[0]
+    while nodes[split_input(tensor)[0]].op in WALK_BACK_OPS:
+        tensor = nodes[split_input(tensor)[0]].input[0]
+    return tensor_name(*split_input(tensor)[:2])
+
+
+def _boundary_key(spec: str, position: int) -> str:
+    return spec[1:] if spec.startswith("@") else f"b{position}"
+
+
+def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
+    if not params.boundaries:
+        raise ConfigError("partition.boundaries is empty; give at least one tensor, or use partition=none.")
+    existing = {node.name for node in graph.graph_def.node if node.name.startswith(PREFIX)}
+    graph_def = copy_graph_def(graph.graph_def)
+    nodes = nodes_by_name(graph_def)
+    matches: dict[str, int] = {}
+    for position, spec in enumerate(params.boundaries):
+        key = _boundary_key(spec, position)
+        name = PREFIX + key
+        if name in existing:
+            matches[spec] = 1
+            continue
+        tensor = resolve_boundary(graph, spec)
+        matches[spec] = 1
+        source = nodes[node_of(tensor)]
+        dtype = tf.as_dtype(output_dtype(source, split_input(tensor)[1]))
+        upstream = ancestors(graph_def, [tensor])
+        for node in graph_def.node:
+            for slot, ref in enumerate(node.input):
+                if ref == input_ref(tensor) and node.name not in upstream:
+                    node.input[slot] = name
+        graph_def.node.append(make_node("Identity", name, [input_ref(tensor)], T=dtype))
+        outputs = {key_: (tensor_name(name) if value == tensor else value) for key_, value in graph.outputs.items()}
+        graph = graph.replace(graph_def=graph_def, outputs=outputs)
+        nodes = nodes_by_name(graph_def)
+    host = ancestors(graph_def, [n for n in nodes if n.startswith(PREFIX)])
+    for node in graph_def.node:
+        if node.name in host:
+            node.device = params.host_device
+    result = graph.replace(graph_def=graph_def)
+    host_graph, device_graph = split_partition(result)
+    leaks = sorted(
+        key for key, tensor in result.inputs.items()
+        if node_of(tensor) in {n.name for n in device_graph.graph_def.node}
+    )
+    if leaks:
+        raise GraphError(
+            f"partition: the device part still reads serving input(s) {leaks} directly, so the boundaries "
+            f"{list(params.boundaries)} do not cut the graph; add a boundary on that path."
+        )
+    return PassResult(result, matches)
+
+
+def boundaries_of(graph: Graph) -> list[Boundary]:
+    """The crossings a partitioned graph has, with the shapes and dtypes TensorFlow infers for them."""
+    shapes = static_shapes(graph)
+    result = []
+    for node in graph.graph_def.node:
+        if node.name.startswith(PREFIX):
+            shape = shapes[tensor_name(node.name)]
+            source, index, _ = split_input(node.input[0])
+            dims = tuple(shape.as_list()) if shape.rank is not None else ()
+            dtype = tf.as_dtype(node.attr["T"].type).name
+            result.append(Boundary(node.name[len(PREFIX):], tensor_name(source, index), dims, dtype))
+    return result
+
+
+def split_partition(graph: Graph) -> tuple[Graph | None, Graph]:
+    """(host part, device part); host is None when the graph has no boundaries."""
+    boundary_names = [node.name for node in graph.graph_def.node if node.name.startswith(PREFIX)]
+    if not boundary_names:
+        return None, graph
+    shapes = static_shapes(graph)
+    host = keep_nodes(graph, ancestors(graph.graph_def, boundary_names))
+    host = host.replace(outputs={name[len(PREFIX):]: tensor_name(name) for name in boundary_names})
+
+    device_def = GraphDef()
+    device_def.versions.CopyFrom(graph.graph_def.versions)
+    needed = _ancestors_stopping_at(graph.graph_def, graph.outputs.values(), set(boundary_names))
+    for node in graph.graph_def.node:
+        if node.name in boundary_names and node.name in needed:
+            shape = shapes[tensor_name(node.name)]
+            device_def.node.append(make_placeholder(node.name, tf.as_dtype(node.attr["T"].type), shape.as_list()))
+        elif node.name in needed:
+            device_def.node.add().CopyFrom(node)
+    device = Graph(
+        device_def,
+        {name: value for name, value in graph.weights.items() if name in needed},
+        {name[len(PREFIX):]: tensor_name(name) for name in boundary_names if name in needed},
+        dict(graph.outputs),
+    )
+    return host, device
+
+
+def _ancestors_stopping_at(graph_def: GraphDef, roots, stops: set[str]) -> set[str]:
+    nodes = nodes_by_name(graph_def)
+    seen: set[str] = set()
+    stack = [node_of(root) for root in roots]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in stops:
+            stack.extend(split_input(source)[0] for source in nodes[name].input)
+    return seen
