@@ -1,0 +1,75 @@
+"""(original, compiled, settings) -> latency and throughput of both, measured in one process, interleaved.
+
+Each round runs every (model, batch size) for a fixed time after warm-up, alternating the models,
+so drift in the machine (thermal, other load) hits both alike. Batch-1 calls give the latency
+percentiles; every batch size gives sequences per second. The speedup is compiled / original
+throughput at the largest batch size, and its batch-1 latency ratio is reported beside it.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from typing import Callable, Mapping
+
+import numpy as np
+
+from bertc.verify import synthetic_batches
+
+
+def _feeds(batch_size: int, seq_len: int, vocab: int) -> dict[str, np.ndarray]:
+    return synthetic_batches(1, batch_size, seq_len, vocab, seed=1234)[0].feeds()
+
+
+def _timed_calls(model: Callable, feeds: Mapping[str, np.ndarray], seconds: float) -> list[float]:
+    durations = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(durations) < 3:
+        start = time.perf_counter()
+        model(feeds)
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def benchmark(
+    models: Mapping[str, Callable],
+    batch_sizes: tuple[int, ...],
+    seq_len: int,
+    vocab: int,
+    rounds: int,
+    seconds: float,
+    warmup: int,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict:
+    feeds = {size: _feeds(size, seq_len, vocab) for size in batch_sizes}
+    for name, model in models.items():
+        for size in batch_sizes:
+            for _ in range(warmup):
+                model(feeds[size])
+    durations: dict[str, dict[int, list[float]]] = {name: {size: [] for size in batch_sizes} for name in models}
+    for round_number in range(rounds):
+        for size in batch_sizes:
+            for name, model in models.items():
+                progress(f"round {round_number + 1}/{rounds}, batch {size}, {name}")
+                durations[name][size] += _timed_calls(model, feeds[size], seconds)
+    result: dict = {"seq_len": seq_len, "rounds": rounds, "seconds_per_measurement": seconds}
+    for name in models:
+        entry: dict = {"throughput": {}}
+        for size in batch_sizes:
+            calls = durations[name][size]
+            entry["throughput"][str(size)] = float(size * len(calls) / sum(calls))
+        if 1 in batch_sizes:
+            ms = np.array(durations[name][1]) * 1000
+            entry["latency_ms"] = {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)}
+        result[name] = entry
+    if "original" in models and "compiled" in models:
+        largest = str(max(batch_sizes))
+        result["speedup"] = result["compiled"]["throughput"][largest] / result["original"]["throughput"][largest]
+        result["speedup_batch"] = int(largest)
+        if 1 in batch_sizes:
+            result["latency_ratio_p50"] = result["compiled"]["latency_ms"]["p50"] / result["original"]["latency_ms"]["p50"]
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result

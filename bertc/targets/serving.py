@@ -1,0 +1,105 @@
+"""A rewritten Graph (one part, or host + device parts) -> a TF2 SavedModel that serves it.
+
+The GraphDef goes into the serving function by `import_graph_def`, with every weight Placeholder
+mapped to a `tf.Variable`: weights land in `variables/`, so `saved_model.pb` stays small even for
+BERT-Large. The signature keeps the original names: `input_ids`, `input_mask`, `segment_ids`
+(int32, any batch) -> `probabilities`, `logits`. The file serves with plain TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from bertc.graph import Graph
+from bertc.passes.partition_graph import split_partition
+
+SERVING_INPUTS = ("input_ids", "input_mask", "segment_ids")
+SERVING_OUTPUTS = ("probabilities", "logits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """How the target runs each part: the device of each, and whether the device part is XLA-compiled."""
+
+    host_device: str = "/device:CPU:0"
+    device: str | None = None  # None: TensorFlow's own placement
+    jit_compile: bool = False
+
+
+def _variable_key(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", ".", name)
+
+
+class _Part(tf.Module):
+    """One GraphDef plus its weights as variables; calling it imports the graph into the caller."""
+
+    def __init__(self, graph: Graph, name: str):
+        super().__init__(name=name)
+        self._input_keys = list(graph.inputs)
+        self._output_keys = list(graph.outputs)
+        self._weight_names = list(graph.weights)
+        self.weights = {
+            _variable_key(key): tf.Variable(value, trainable=False, name=_variable_key(key))
+            for key, value in graph.weights.items()
+        }
+        # Import once into a wrapped function and prune it to (inputs, weights) -> outputs: the
+        # weight Placeholders become the function's arguments, so nothing unfed is left for XLA.
+        graph_def = graph.graph_def
+        imported = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+        feeds = [imported.graph.get_tensor_by_name(graph.inputs[key]) for key in self._input_keys]
+        feeds += [imported.graph.get_tensor_by_name(f"{name}:0") for name in self._weight_names]
+        fetches = [imported.graph.get_tensor_by_name(graph.outputs[key]) for key in self._output_keys]
+        self._pruned = [imported.prune(feeds, fetches)]  # a list: not a tracked attribute of the module
+
+    def __call__(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        arguments = [inputs[key] for key in self._input_keys]
+        arguments += [self.weights[_variable_key(name)].read_value() for name in self._weight_names]
+        values = self._pruned[0](*arguments)
+        return dict(zip(self._output_keys, values))
+
+
+class CompiledBert(tf.Module):
+    def __init__(self, graph: Graph, seq_len: int, placement: Placement):
+        super().__init__(name="bertc")
+        host, device = split_partition(graph)
+        self.host = _Part(host, "host") if host is not None else None
+        self.device_part = _Part(device, "device")
+        self._placement = placement
+        self._device_fn = tf.function(self._run_device, jit_compile=placement.jit_compile or None, autograph=False)
+        self.serve = tf.function(
+            self._serve,
+            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in SERVING_INPUTS],
+            autograph=False,
+        )
+
+    def _run_device(self, boundary: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return self.device_part(boundary)
+
+    def _serve(self, input_ids, input_mask, segment_ids):
+        features = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids}
+        if self.host is not None:
+            with tf.device(self._placement.host_device):
+                features = self.host(features)
+        if self._placement.device:
+            with tf.device(self._placement.device):
+                outputs = self._device_fn(features)
+        else:
+            outputs = self._device_fn(features)
+        return {key: tf.identity(outputs[key], name=key) for key in SERVING_OUTPUTS}
+
+
+def save_compiled(module: CompiledBert, path: Path) -> None:
+    signature = module.serve.get_concrete_function()
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": signature}, options=options)
+
+
+def warm_up(module: CompiledBert, batch_size: int, seq_len: int) -> None:
+    """Run once at the configured shape, so an XLA compile happens at build time, not at first request."""
+    zeros = np.zeros((batch_size, seq_len), np.int32)
+    module.serve(zeros, np.ones_like(zeros), zeros)
