@@ -17,10 +17,10 @@ from rich.panel import Panel
 from bertc.config import register_configs
 from bertc.console import native_stderr_to, silence_tf_loggers
 from bertc.errors import UserError
+from bertc.runner import EXIT_USER_ERROR
 
 register_configs()
 CONF_DIR = str(importlib.resources.files("bertc.conf"))
-EXIT_USER_ERROR = 2
 
 
 def _is_multirun() -> bool:
@@ -37,7 +37,7 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
     from bertc.runner import compile_run, prepare, write_plan
 
     silence_tf_loggers()
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)
     run_dir = Path(run_dir or _run_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
     code = 0

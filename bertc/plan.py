@@ -114,7 +114,11 @@ class Plan:
         source = self.model.path or (f"packaged {self.model.packaged}" if self.model.packaged else f"preset {self.model.size} (seed {self.model.seed})")
         lines = [f"input    {self.model.name}: {source}"]
         for number, step in enumerate(self.steps, 1):
-            lines.append(f"step {number}   {step.name}  {_describe_params(step.params)}")
+            if isinstance(step.params, PrecisionParams):
+                lines.append(f"step {number}   {step.name}  (first matching rule wins; the rest stays float32)")
+                lines += [f"           {rule.describe()}" for rule in step.params.rules]
+            else:
+                lines.append(f"step {number}   {step.name}  {_describe_params(step.params)}")
         if not self.steps:
             lines.append("steps    none: the graph is compiled as loaded")
         target = self.target
@@ -139,9 +143,6 @@ class Plan:
 
 
 def _describe_params(params: Any) -> str:
-    if isinstance(params, PrecisionParams):
-        rules = "; ".join(rule.describe() for rule in params.rules)
-        return f"rules: {rules}"
     return ", ".join(f"{key}={value}" for key, value in _plain(params).items())
 
 

@@ -116,6 +116,4 @@ def summary_table(record: dict) -> Table:
         table.add_row("compile", f"{record['target']['compile_seconds']:.1f} s")
     if record.get("artifact"):
         table.add_row("model", record["artifact"]["path"])
-    if record.get("error"):
-        table.add_row("error", f"{record.get('failed_step')}: {record['error']}")
     return table

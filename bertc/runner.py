@@ -26,6 +26,7 @@ from bertc.errors import ConfigError, UserError
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
 
+EXIT_USER_ERROR = 2
 ARTIFACT_FILES_NOTE = "digest over saved_model.pb and variables/*; fingerprint.pb is TensorFlow's own hash of those"
 
 
@@ -86,11 +87,13 @@ def write_plan(run_dir: Path, plan: Plan, input_path: Path, digest: str, library
 
 
 def compile_run(plan: Plan, run_dir: Path, console: Console) -> int:
-    """Run the plan into `run_dir`; returns the exit code (0 passed, 1 failed or rejected)."""
+    """Run the plan into `run_dir`; returns the exit code: 0 passed, 2 the user's input or config is at
+    fault (the message says what to change), 1 the model was rejected by verify or bertc failed."""
     run = Run(plan, run_dir, console)
     staging: Path | None = None
     try:
         _set_threads(plan)
+        run.stage = "input"
         input_path, digest, library_versions, print_ = prepare(plan, run.say)
         run.record.update(fingerprint=print_, versions=library_versions, input={"path": str(input_path), "digest": digest})
         write_plan(run_dir, plan, input_path, digest, library_versions, print_)
@@ -98,10 +101,10 @@ def compile_run(plan: Plan, run_dir: Path, console: Console) -> int:
         staging = _run_pipeline(run, input_path)
     except UserError as error:
         _fail(run, error)
-        return 1
+        return EXIT_USER_ERROR
     except StepFailed as failure:
         _fail(run, failure)
-        return 1
+        return EXIT_USER_ERROR if isinstance(failure.error, UserError) else 1
     except BaseException as error:  # a crash: still leave an honest report, then re-raise
         _fail(run, error, traceback.format_exc())
         raise
@@ -121,6 +124,8 @@ def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
 def _finish(run: Run) -> None:
     write_reports(run.run_dir, run.record)
     run.console.print(summary_table(run.record))
+    if run.record.get("error"):
+        run.console.print(f"[bold red]error[/] [dim]({run.record.get('failed_step')})[/]: {run.record['error']}")
     run.console.print(f"run folder: {run.run_dir}")
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from bertc.model.config import BertConfig
@@ -55,7 +57,10 @@ def read_checkpoint_folder(path: str | Path) -> ModelSource:
     )
     config = _config_from_json(folder / "bert_config.json", "checkpoint", _google_config)
     prefix = str(path) if given_prefix else _checkpoint_prefix(folder)
-    reader = tf.train.load_checkpoint(prefix)
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except tf.errors.OpError as error:
+        raise ValueError(f"could not read the checkpoint {prefix}: {error.message}") from None
     expected = variable_shapes(config, 1)
     weights: Weights = {}
     unexpected = []
@@ -172,7 +177,7 @@ def _checkpoint_prefix(folder: Path) -> str:
     )
 
 
-def _config_from_json(path: Path, kind: str, parse) -> BertConfig:
+def _config_from_json(path: Path, kind: str, parse: Callable[[dict], BertConfig]) -> BertConfig:
     if not path.is_file():
         present = ", ".join(sorted(child.name for child in path.parent.iterdir())[:8]) or "nothing"
         raise ValueError(
@@ -232,7 +237,7 @@ def _load_safetensors(folder: Path) -> dict[str, np.ndarray]:
     for file in files:
         try:
             tensors.update(load_file(str(file)))
-        except Exception as error:  # safetensors raises its own error types
+        except (SafetensorError, OSError) as error:
             raise ValueError(f"could not read {file}: {error}") from None
     return tensors
 
