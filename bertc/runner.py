@@ -201,7 +201,8 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     artifact = staging / "model"
     with run.step(f"compile for target {plan.target.name}", "compile"):
         start = time.perf_counter()
-        module = target_module.compile(graph, plan.target, seq_len)
+        host_device = next((step.params.host_device for step in plan.steps if step.group == "partition"), "/device:CPU:0")
+        module = target_module.compile(graph, plan.target, seq_len, host_device=host_device, precision=plan.precision)
         from bertc.targets.serving import save_compiled, warm_up
 
         warm_up(module, plan.target.batch_size, seq_len)

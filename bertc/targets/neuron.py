@@ -1,9 +1,26 @@
-"""target=neuron: the device part compiled for AWS Inferentia/Trainium by tensorflow-neuron(x), when installed."""
+"""target=neuron: the device part compiled for AWS Inferentia/Trainium by tensorflow-neuron(x), when installed.
+
+Inferentia 1 (`tensorflow.neuron`): the whole serving function is traced with a
+`subgraph_builder_function` built from the partition: a node pinned to the host device by the
+partition step stays on the CPU, every other node may go to Neuron. Inferentia 2 / Trainium
+(`tensorflow_neuronx`): the device part alone is traced; the host part stays plain TensorFlow.
+Shapes are static at compile (`shape.batch_size`, the model's sequence length); with
+`target.dynamic_batch` any batch is served (Inf1: the compiler's `--dynamic-batch-size`; Inf2:
+bertc splits and pads the batch into compiled-size chunks). The precision becomes the compiler's
+cast options in NEURON_CC_FLAGS, set from the plan for the trace only.
+"""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+
+import numpy as np
+import tensorflow as tf
 
 from bertc.errors import ConfigError
+from bertc.graph import Graph
+from bertc.targets.serving import SERVING_INPUTS, CompiledBert, Placement
 
 NOT_INSTALLED = (
     "target=neuron needs tensorflow-neuron (Inferentia 1: import tensorflow.neuron) or tensorflow-neuronx "
@@ -11,23 +28,125 @@ NOT_INSTALLED = (
     "the Neuron package repository on a Neuron instance (the PyPI package named tensorflow-neuron is a "
     "placeholder that raises 'WRONG PACKAGE'). The same plan runs elsewhere with target=xla or target=tf."
 )
+# precision preset -> the compiler's cast options (neuron-cc for Inf1, neuronx-cc for Inf2/Trn1)
+CAST_FLAGS = {
+    "neuron": {"fp32": ["--fp32-cast=none"], "mixed": ["--fp32-cast=matmult-fp16"], "mixed_bf16": ["--fp32-cast=matmult-bf16"]},
+    "neuronx": {
+        "fp32": ["--auto-cast=none"],
+        "mixed": ["--auto-cast=matmult", "--auto-cast-type=fp16"],
+        "mixed_bf16": ["--auto-cast=matmult", "--auto-cast-type=bf16"],
+    },
+}
 
 
-def find_compiler():
-    """The importable Neuron tracer module, or None."""
-    for name in ("tensorflow_neuronx", "tensorflow.neuron"):
+def find_compiler() -> tuple[str, object] | tuple[None, None]:
+    """("neuronx", module) or ("neuron", module) for the importable tracer, else (None, None)."""
+    for kind, name in (("neuronx", "tensorflow_neuronx"), ("neuron", "tensorflow.neuron")):
         try:
-            return importlib.import_module(name)
+            return kind, importlib.import_module(name)
         except Exception:  # the PyPI placeholder raises on import; a broken install is no compiler either
             continue
-    return None
+    return None, None
 
 
 def check_available(params) -> None:
-    if find_compiler() is None:
+    if find_compiler()[0] is None:
         raise ConfigError(NOT_INSTALLED)
 
 
-def compile(graph, params, seq_len: int, host_device: str = "/device:CPU:0"):
-    check_available(params)
-    raise ConfigError("target=neuron: compiling with tensorflow-neuron is not implemented yet in this bertc build.")
+def compiler_flags(kind: str, precision: str, dynamic_batch: bool) -> list[str]:
+    flags = list(CAST_FLAGS[kind].get(precision, CAST_FLAGS[kind]["fp32"]))
+    if dynamic_batch and kind == "neuron":
+        flags.append("--dynamic-batch-size")
+    return flags
+
+
+@contextlib.contextmanager
+def _neuron_cc_flags(flags: list[str]):
+    saved = os.environ.get("NEURON_CC_FLAGS")
+    os.environ["NEURON_CC_FLAGS"] = " ".join(flags)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("NEURON_CC_FLAGS", None)
+        else:
+            os.environ["NEURON_CC_FLAGS"] = saved
+
+
+def runs_on_neuron(host_device: str):
+    """The partition as a subgraph_builder_function: False for host-pinned nodes and the inputs."""
+    host = tf.DeviceSpec.from_string(host_device)
+
+    def builder(node_def) -> bool:
+        if node_def.op in ("Placeholder", "_Arg", "_Retval", "NoOp"):
+            return False
+        return not (node_def.device and tf.DeviceSpec.from_string(node_def.device).device_type == host.device_type)
+
+    return builder
+
+
+class NeuronBert(tf.Module):
+    """Serves a Neuron-traced callable under bertc's signature names."""
+
+    def __init__(self, traced, seq_len: int, owner: CompiledBert | None = None):
+        super().__init__(name="bertc_neuron")
+        self.traced = traced
+        self.owner = owner
+        self.serve = tf.function(
+            self._serve,
+            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in SERVING_INPUTS],
+            autograph=False,
+        )
+
+    def _serve(self, input_ids, input_mask, segment_ids):
+        outputs = self.traced(input_ids, input_mask, segment_ids)
+        return {key: tf.identity(outputs[key], name=key) for key in ("probabilities", "logits")}
+
+
+def _chunked(device, batch_size: int):
+    """Run a static-batch device function over any batch: pad to a multiple, map over chunks, trim."""
+
+    def run(boundary: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        keys = sorted(boundary)
+        total = tf.shape(boundary[keys[0]])[0]
+        chunks = (total + batch_size - 1) // batch_size
+        padded = []
+        for key in keys:
+            tensor = boundary[key]
+            pad = chunks * batch_size - total
+            tensor = tf.pad(tensor, [[0, pad]] + [[0, 0]] * (tensor.shape.rank - 1))
+            padded.append(tf.reshape(tensor, tf.concat([[chunks, batch_size], tf.shape(tensor)[1:]], 0)))
+        results = tf.map_fn(
+            lambda parts: device(dict(zip(keys, parts))), tuple(padded),
+            fn_output_signature={"probabilities": tf.float32, "logits": tf.float32},
+        )
+        return {key: tf.reshape(value, [-1, value.shape[-1]])[:total] for key, value in results.items()}
+
+    return run
+
+
+def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32"):
+    kind, compiler = find_compiler()
+    if compiler is None:
+        raise ConfigError(NOT_INSTALLED)
+    module = CompiledBert(graph, seq_len, Placement(host_device=host_device, device=None, jit_compile=False))
+    zeros = np.zeros((params.batch_size, seq_len), np.int32)
+    example = (tf.constant(zeros), tf.constant(np.ones_like(zeros)), tf.constant(zeros))
+    flags = compiler_flags(kind, precision, params.dynamic_batch)
+    with _neuron_cc_flags(flags):
+        if kind == "neuron":
+            traced = compiler.trace(module.serve, example, subgraph_builder_function=runs_on_neuron(host_device))
+            return NeuronBert(traced, seq_len, owner=module)
+        features = dict(zip(SERVING_INPUTS, example))
+        boundary = module.host(features) if module.host is not None else features
+        keys = sorted(boundary)
+        device_call = tf.function(lambda *tensors: module.device_part(dict(zip(keys, tensors))), autograph=False)
+        traced_device = compiler.trace(device_call, tuple(boundary[key] for key in keys))
+
+    def call(parts: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return traced_device(*[parts[key] for key in keys])
+
+    module._device_fn = _chunked(call, params.batch_size) if params.dynamic_batch else call
+    module.neuron_device = traced_device
+    return module

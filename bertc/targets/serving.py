@@ -70,6 +70,7 @@ class CompiledBert(tf.Module):
         self.host = _Part(host, "host") if host is not None else None
         self.device_part = _Part(device, "device")
         self._placement = placement
+        self._seq_len = seq_len
         self._device_fn = tf.function(self._run_device, jit_compile=placement.jit_compile or None, autograph=False)
         self.serve = tf.function(
             self._serve,
@@ -82,6 +83,13 @@ class CompiledBert(tf.Module):
 
     def _serve(self, input_ids, input_mask, segment_ids):
         features = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids}
+        for name, tensor in features.items():
+            # The signature says [None, seq_len]; a caller that bypasses it gets this, not a reshape error.
+            tf.debugging.assert_equal(
+                tf.shape(tensor)[1], self._seq_len,
+                message=f"this model was compiled for sequence length {self._seq_len}: pad or truncate {name} "
+                f"(and the other inputs) to {self._seq_len} tokens",
+            )
         if self.host is not None:
             with tf.device(self._placement.host_device):
                 features = self.host(features)
