@@ -5,6 +5,8 @@ A thin Hydra entry point over `bertc.cli.run_job`, which tests call directly.
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 
 from bertc.console import quiet_import, quiet_tensorflow
 
@@ -23,7 +25,33 @@ def app(cfg: DictConfig) -> int:
     return run_job(cfg)
 
 
+def _output_root(argv: list[str]) -> Path:
+    """The folder Hydra will create the run (or sweep) folder under, from the command line."""
+    key = "hydra.sweep.dir=" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir="
+    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(key)]
+    return Path(given[-1]) if given else Path.cwd() / "outputs"
+
+
+def _check_writable(root: Path) -> str | None:
+    if "${" in str(root):  # an interpolation: Hydra resolves it and reports its own errors
+        return None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as error:
+        return (
+            f"error: the output folder {root} cannot be written ({error.strerror or error}). Run bertc from a "
+            "folder you can write to, or choose one with hydra.run.dir=... (hydra.sweep.dir=... for -m)."
+        )
+    return None
+
+
 def main() -> None:
+    problem = _check_writable(_output_root(sys.argv[1:]))
+    if problem:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
     app()
 
 

@@ -89,7 +89,8 @@ class BenchConf:
 
 @dataclasses.dataclass
 class SecurityConf:
-    allow_ops: List[str] = dataclasses.field(default_factory=list)
+    allow_ops: List[str] = dataclasses.field(default_factory=list)  # op types to allow beyond the pure-op list
+    guard_inputs: bool = True  # the served model rejects ids outside the vocabulary / type vocabulary
 
 
 @dataclasses.dataclass

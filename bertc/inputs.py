@@ -26,7 +26,7 @@ def cache_dir() -> Path:
 
 
 def detect_kind(path: Path) -> str:
-    if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+    if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file() or (path / "variables").is_dir():
         return "saved_model"
     if (path / "bert_config.json").is_file():
         return "checkpoint"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +18,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
 from bertc.errors import ModelError
+from bertc.security import refuse_unsafe_ops
 from bertc.graph import (
     Graph,
     GraphDef,
@@ -75,7 +77,8 @@ def model_digest(path: str | Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def load_saved_model(path: str | Path) -> LoadedModel:
+def load_saved_model(path: str | Path, allow_ops: Iterable[str] = ()) -> LoadedModel:
+    """Read the model; refuse it (before anything could execute it) if it holds impure ops."""
     path = Path(path)
     meta_graph = _read_meta_graph(path)
     signature = _serving_signature(meta_graph, path)
@@ -96,6 +99,7 @@ def load_saved_model(path: str | Path) -> LoadedModel:
     graph_def = meta_graph.graph_def
     weights = _read_weights(path, graph_def)
     graph = _to_weight_placeholders(graph_def, weights, inputs, outputs)
+    refuse_unsafe_ops(graph, allow_ops)
     logits = _find_logits(graph, path)
     graph = graph.replace(
         inputs={key: inputs[key] for key in SERVING_INPUTS},

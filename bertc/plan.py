@@ -60,6 +60,7 @@ class TargetParams:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     dynamic_batch: bool = True
+    guard_inputs: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +125,7 @@ class Plan:
         target = self.target
         lines.append(
             f"target   {target.name} on {target.device}, warm-up batch {target.batch_size}, "
-            f"seq_len {target.seq_len or 'from model'}"
+            f"seq_len {target.seq_len or 'from model'}, input guard {'on' if target.guard_inputs else 'off'}"
             + (f", threads intra={target.intra_op_threads} inter={target.inter_op_threads}" if target.intra_op_threads or target.inter_op_threads else "")
         )
         verify = self.verify
@@ -219,7 +220,8 @@ def build_plan(cfg: Any) -> Plan:
         model=source,
         steps=tuple(steps),
         target=TargetParams(target.name, target.device, cfg.shape.batch_size, cfg.shape.seq_len,
-                            target.intra_op_threads, target.inter_op_threads, target.dynamic_batch),
+                            target.intra_op_threads, target.inter_op_threads, target.dynamic_batch,
+                            cfg.security.guard_inputs),
         verify=VerifyParams(verify.enabled, verify.batches, verify.batch_size, verify.seed,
                             verify.dataset, verify.max_examples, verify.tolerance, _gate_name(cfg.precision)),
         bench=BenchParams(bench.enabled, tuple(bench.batch_sizes), bench.rounds, bench.seconds, bench.warmup),

@@ -126,11 +126,11 @@ def _chunked(device, batch_size: int):
     return run
 
 
-def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32"):
+def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32", input_limits=None):
     kind, compiler = find_compiler()
     if compiler is None:
         raise ConfigError(NOT_INSTALLED)
-    module = CompiledBert(graph, seq_len, Placement(host_device=host_device, device=None, jit_compile=False))
+    module = CompiledBert(graph, seq_len, Placement(host_device=host_device, device=None, jit_compile=False, input_limits=input_limits))
     zeros = np.zeros((params.batch_size, seq_len), np.int32)
     example = (tf.constant(zeros), tf.constant(np.ones_like(zeros)), tf.constant(zeros))
     flags = compiler_flags(kind, precision, params.dynamic_batch)

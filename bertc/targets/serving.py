@@ -29,6 +29,9 @@ class Placement:
     host_device: str = "/device:CPU:0"
     device: str | None = None  # None: TensorFlow's own placement
     jit_compile: bool = False
+    # {"input_ids": vocab size, "segment_ids": type vocab size}: ids outside [0, limit) raise a clear
+    # error instead of a GPU gather silently reading zeros. None: no guard.
+    input_limits: Mapping[str, int] | None = None
 
 
 def _variable_key(name: str) -> str:
@@ -89,6 +92,14 @@ class CompiledBert(tf.Module):
                 tf.shape(tensor)[1], self._seq_len,
                 message=f"this model was compiled for sequence length {self._seq_len}: pad or truncate {name} "
                 f"(and the other inputs) to {self._seq_len} tokens",
+            )
+        for name, limit in (self._placement.input_limits or {}).items():
+            tensor = features[name]
+            tf.debugging.assert_non_negative(tensor, message=f"{name} holds a negative id")
+            tf.debugging.assert_less(
+                tensor, tf.constant(limit, tensor.dtype),
+                message=f"{name} holds an id >= {limit}, outside the model's table of {limit} rows; "
+                "check the tokenizer's vocabulary (or segment ids) against the model's",
             )
         if self.host is not None:
             with tf.device(self._placement.host_device):

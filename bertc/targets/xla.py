@@ -15,5 +15,5 @@ def check_available(params) -> None:
     resolve_device(params.device)
 
 
-def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32") -> CompiledBert:
-    return CompiledBert(graph, seq_len, Placement(host_device=host_device, device=resolve_device(params.device), jit_compile=True))
+def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32", input_limits=None) -> CompiledBert:
+    return CompiledBert(graph, seq_len, Placement(host_device=host_device, device=resolve_device(params.device), jit_compile=True, input_limits=input_limits))
