@@ -1,13 +1,14 @@
 """(original, compiled, settings) -> latency and throughput of both, measured in one process, interleaved.
 
-Each round runs every (model, batch size) for a fixed time after warm-up, alternating the models,
-so drift in the machine (thermal, other load) hits both alike. Batch-1 calls give the latency
-percentiles; every batch size gives sequences per second. The speedup is compiled / original
+Each round runs every (model, batch size) for a fixed time after warm-up, alternating the models
+(and which goes first), so drift in the machine (thermal, other load) hits both alike. Batch-1
+calls give the latency percentiles; every batch size gives sequences per second. The speedup is compiled / original
 throughput at the largest batch size, and its batch-1 latency ratio is reported beside it.
 """
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from typing import Callable, Mapping
 
@@ -31,7 +32,8 @@ def _timed_calls(model: Callable, feeds: Mapping[str, np.ndarray], seconds: floa
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
 def benchmark(
@@ -50,9 +52,11 @@ def benchmark(
             for _ in range(warmup):
                 model(feeds[size])
     durations: dict[str, dict[int, list[float]]] = {name: {size: [] for size in batch_sizes} for name in models}
+    order = list(models.items())
     for round_number in range(rounds):
         for size in batch_sizes:
-            for name, model in models.items():
+            # NOTE: the order flips every round: a model that always ran second would always inherit the first's heat.
+            for name, model in (order if round_number % 2 == 0 else order[::-1]):
                 progress(f"round {round_number + 1}/{rounds}, batch {size}, {name}")
                 durations[name][size] += _timed_calls(model, feeds[size], seconds)
     result: dict = {"seq_len": seq_len, "rounds": rounds, "seconds_per_measurement": seconds}

@@ -1,14 +1,21 @@
 """A run's record (dict) -> report.json (stable keys) and report.md for a person; and the terminal summary.
 
-report.json keys: status (passed | failed | rejected | planned), failed_step, error, fingerprint,
-input {path, digest, shape}, versions, steps [{name, op_delta, ops_before, ops_after, seconds,
-matches, details}], target {name, device, compile_seconds, boundaries}, artifact {path, digest},
-parity {max_abs_diff, mean_abs_diff, logits_max_abs_diff, argmax_agreement, accuracy, ...},
-bench {original, compiled: {throughput, latency_ms}, speedup, peak_rss_mb}.
+report.json keys: status (passed | failed | rejected | planned), failed_step, error, traceback (a
+crash only), fingerprint, precision, input {path, digest, shape}, versions, steps [{name, op_delta,
+ops_before, ops_after, seconds, matches}], target {name, device, compile_seconds, boundaries},
+artifact {path, digest, note}, parity {examples, gate, tolerance, passed, max_abs_diff,
+mean_abs_diff, logits_max_abs_diff, logits_mean_abs_diff, argmax_agreement, disagreement_count,
+confident_disagreements, disagreements [{index, source, line (dataset rows), original, compiled,
+margin, confident}] (at most 20, confident first), nonfinite_outputs, by_source {synthetic,
+dataset: the same figures per source}, accuracy {examples, original, compiled} when the dataset
+has labels}, bench {original, compiled: {throughput by batch size, latency_ms {p50, p90, p99} at
+batch 1}, speedup, speedup_batch, latency_ratio_p50, peak_rss_mb}. A key whose part did not run is
+absent. NaN and infinity, which JSON lacks, are written as null.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -28,68 +35,130 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def write_reports(run_dir: Path, record: dict) -> None:
-    write_atomic(run_dir / "report.json", json.dumps(record, indent=2, sort_keys=False) + "\n")
+    write_atomic(run_dir / "report.json", json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
     write_atomic(run_dir / "report.md", markdown(record))
 
 
-def _fmt(value, digits: int = 3) -> str:
+def fmt_number(value, digits: int = 3) -> str:
+    """0 as `0`, magnitudes under 1e-3 in scientific notation (2.35e-06, 1e-05), others to `digits` significant digits."""
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-2 and value != 0 else f"{value:.{digits}f}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) < 1e-3:
+        mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+    return f"{value:.{digits}g}"
+
+
+def _fmt_ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _digest(entry: dict) -> str:
+    digest = entry.get("digest") or ""
+    return f" ({digest[:23]}...)" if digest else ""
+
+
+def _parity_lines(parity: dict) -> list[str]:
+    count = parity.get("disagreement_count", len(parity["disagreements"]))
+    lines = [
+        "", "## Parity", "",
+        f"- {parity['examples']} examples, gate {parity['gate']} (max |probability difference| "
+        f"{fmt_number(parity['tolerance'])}): **{'passed' if parity['passed'] else 'FAILED'}**",
+        f"- probabilities: max abs diff {fmt_number(parity['max_abs_diff'])}, mean {fmt_number(parity['mean_abs_diff'])}",
+        f"- logits: max abs diff {fmt_number(parity['logits_max_abs_diff'])}, mean {fmt_number(parity['logits_mean_abs_diff'])}",
+        f"- argmax agreement {parity['argmax_agreement']:.4f}: {count} disagreement{'' if count == 1 else 's'}, "
+        f"{parity['confident_disagreements']} where the original was confident (margin > 2 x tolerance)",
+    ]
+    if parity.get("nonfinite_outputs"):
+        lines.append(f"- **{parity['nonfinite_outputs']} examples with NaN or infinite outputs** from the compiled model")
+    accuracy = parity.get("accuracy")
+    if accuracy:
+        lines.append(
+            f"- accuracy on {accuracy['examples']} labelled examples: original {accuracy['original']:.4f}, "
+            f"compiled {accuracy['compiled']:.4f}"
+        )
+    by_source = parity.get("by_source") or {}
+    if len(by_source) > 1:
+        lines += ["", "| inputs | examples | max abs diff (prob) | mean (prob) | max abs diff (logits) | argmax agreement | disagreements |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, figures in by_source.items():
+            lines.append(
+                f"| {name} | {figures['examples']} | {fmt_number(figures['max_abs_diff'])} | {fmt_number(figures['mean_abs_diff'])} "
+                f"| {fmt_number(figures['logits_max_abs_diff'])} | {figures['argmax_agreement']:.4f} | {figures['disagreement_count']} |"
+            )
+    if parity["disagreements"]:
+        shown = len(parity["disagreements"])
+        lines += ["", f"Examples whose argmax differs{f' (the first {shown} of {count})' if shown < count else ''}:", "",
+                  "| example | original | compiled | margin | confident |", "|---|---|---|---|---|"]
+        for entry in parity["disagreements"]:
+            where = f"dataset line {entry['line']}" if entry.get("line") is not None else f"{entry['source']} #{entry['index']}"
+            lines.append(
+                f"| {where} | {', '.join(f'{p:.4f}' for p in entry['original'])} | {', '.join(f'{p:.4f}' for p in entry['compiled'])} "
+                f"| {fmt_number(entry.get('margin'))} | {'yes' if entry['confident'] else 'no'} |"
+            )
+    return lines
 
 
 def markdown(record: dict) -> str:
     lines = [f"# bertc run: {record.get('status', '?')}", ""]
     if record.get("error"):
         lines += [f"**Failed at {record.get('failed_step')}**: {record['error']}", ""]
-    source = record.get("input", {})
-    lines += [
-        f"- input: `{source.get('path')}` ({source.get('digest', '')[:23]}...)",
-        f"- fingerprint: `{record.get('fingerprint')}`",
-        f"- precision: {record.get('precision')}, target: {record.get('target', {}).get('name')}",
-    ]
-    if record.get("artifact"):
-        lines.append(f"- model: `{record['artifact']['path']}` ({record['artifact'].get('digest', '')[:23]}...)")
-    lines += ["", "## Steps", "", "| step | seconds | op change |", "|---|---|---|"]
-    for step in record.get("steps", []):
-        delta = ", ".join(f"{op} {count:+d}" for op, count in step.get("op_delta", {}).items()) or "none"
-        lines.append(f"| {step['name']} | {step['seconds']:.2f} | {delta} |")
-    boundaries = record.get("target", {}).get("boundaries")
+    source = record.get("input") or {}
+    if source:
+        lines.append(f"- input: `{source.get('path')}`{_digest(source)}")
+    if record.get("fingerprint"):
+        lines.append(f"- fingerprint: `{record['fingerprint']}`")
+    if record.get("precision") or record.get("target"):
+        lines.append(f"- precision: {record.get('precision')}, target: {(record.get('target') or {}).get('name')}")
+    if record.get("artifact", {}).get("path"):
+        lines.append(f"- model: `{record['artifact']['path']}`{_digest(record['artifact'])}")
+    if record.get("steps"):
+        lines += ["", "## Steps", "", "| step | seconds | op change |", "|---|---|---|"]
+        for step in record["steps"]:
+            delta = ", ".join(f"{op} {count:+d}" for op, count in step.get("op_delta", {}).items()) or "none"
+            lines.append(f"| {step['name']} | {step['seconds']:.2f} | {delta} |")
+    boundaries = (record.get("target") or {}).get("boundaries")
     if boundaries:
         lines += ["", "Partition boundaries (host -> device):", ""]
         lines += [f"- `{b}`" for b in boundaries]
     parity = record.get("parity")
     if parity:
-        lines += [
-            "", "## Parity", "",
-            f"- {parity['examples']} examples, gate {parity['gate']} (tolerance {parity['tolerance']}): "
-            f"{'passed' if parity['passed'] else 'FAILED'}",
-            f"- probabilities: max abs diff {_fmt(parity['max_abs_diff'])}, mean {_fmt(parity['mean_abs_diff'])}",
-            f"- logits: max abs diff {_fmt(parity['logits_max_abs_diff'])}, mean {_fmt(parity['logits_mean_abs_diff'])}",
-            f"- argmax agreement {parity['argmax_agreement']:.4f} "
-            f"({len(parity['disagreements'])} disagreements, {parity['confident_disagreements']} confident)",
-        ]
-        if parity.get("accuracy"):
-            accuracy = parity["accuracy"]
-            lines.append(
-                f"- accuracy on {accuracy['examples']} labelled examples: original {accuracy['original']:.4f}, "
-                f"compiled {accuracy['compiled']:.4f}"
-            )
+        lines += _parity_lines(parity)
+    elif record.get("status") == "passed":
+        lines += ["", "## Parity", "", "Not verified (verify=off): nothing shows this model computes the same function."]
     bench = record.get("bench")
     if bench:
-        lines += ["", "## Benchmark", "", "| model | " + " | ".join(f"batch {b} seq/s" for b in bench["original"]["throughput"]) + " | p50 ms | p90 ms | p99 ms |"]
-        lines.append("|---" * (len(bench["original"]["throughput"]) + 4) + "|")
+        sizes = list(bench["original"]["throughput"])
+        lines += ["", "## Benchmark", "", "| model | " + " | ".join(f"batch {b} seq/s" for b in sizes) + " | p50 ms | p90 ms | p99 ms |"]
+        lines.append("|---" * (len(sizes) + 4) + "|")
         for name in ("original", "compiled"):
             entry = bench[name]
             latency = entry.get("latency_ms", {})
             lines.append(
                 f"| {name} | " + " | ".join(f"{v:.1f}" for v in entry["throughput"].values())
-                + f" | {_fmt(latency.get('p50'), 2)} | {_fmt(latency.get('p90'), 2)} | {_fmt(latency.get('p99'), 2)} |"
+                + f" | {_fmt_ms(latency.get('p50'))} | {_fmt_ms(latency.get('p90'))} | {_fmt_ms(latency.get('p99'))} |"
             )
-        lines += ["", f"Speedup at batch {bench['speedup_batch']}: **{bench['speedup']:.2f}x**; peak RSS {bench['peak_rss_mb']:.0f} MB."]
+        if "speedup" in bench:
+            ratio = f"; batch-1 p50 latency ratio {bench['latency_ratio_p50']:.2f}" if "latency_ratio_p50" in bench else ""
+            lines += ["", f"Speedup (compiled / original throughput) at batch {bench['speedup_batch']}: "
+                          f"**{bench['speedup']:.2f}x**{ratio}; peak RSS {bench['peak_rss_mb']:.0f} MB."]
     return "\n".join(lines) + "\n"
 
 
@@ -100,11 +169,21 @@ def summary_table(record: dict) -> Table:
     table.add_row("fingerprint", str(record.get("fingerprint", "-"))[:23] + "...")
     parity = record.get("parity")
     if parity:
-        table.add_row("parity", f"max |dp| {_fmt(parity['max_abs_diff'])} (gate {parity['tolerance']}), argmax agree {parity['argmax_agreement']:.3f}")
+        count = parity.get("disagreement_count", len(parity["disagreements"]))
+        verdict = "passed" if parity["passed"] else "[bold red]FAILED[/]"
+        table.add_row("parity", f"{verdict} ({parity['examples']} examples; gate {parity['gate']}: max |dp| <= {fmt_number(parity['tolerance'])})")
+        table.add_row("probabilities", f"max |dp| {fmt_number(parity['max_abs_diff'])}, mean {fmt_number(parity['mean_abs_diff'])}")
+        table.add_row("logits", f"max |dl| {fmt_number(parity['logits_max_abs_diff'])}, mean {fmt_number(parity['logits_mean_abs_diff'])}")
+        table.add_row("argmax", f"agreement {parity['argmax_agreement']:.4f}: {count} disagree, {parity['confident_disagreements']} confident")
+        if parity.get("nonfinite_outputs"):
+            table.add_row("non-finite", f"[bold red]{parity['nonfinite_outputs']} examples with NaN/inf outputs[/]")
         if parity.get("accuracy"):
-            table.add_row("accuracy", f"original {parity['accuracy']['original']:.4f}, compiled {parity['accuracy']['compiled']:.4f}")
+            accuracy = parity["accuracy"]
+            table.add_row("accuracy", f"original {accuracy['original']:.4f}, compiled {accuracy['compiled']:.4f} ({accuracy['examples']} labelled)")
+    elif record.get("status") == "passed":
+        table.add_row("parity", "not verified (verify=off)")
     bench = record.get("bench")
-    if bench:
+    if bench and "speedup" in bench:
         size = str(bench["speedup_batch"])
         table.add_row(
             f"throughput b{size}",
@@ -112,8 +191,8 @@ def summary_table(record: dict) -> Table:
         )
         if "latency_ms" in bench["compiled"]:
             table.add_row("latency p50 b1", f"{bench['original']['latency_ms']['p50']:.2f} -> {bench['compiled']['latency_ms']['p50']:.2f} ms")
-    if record.get("target", {}).get("compile_seconds") is not None:
+    if (record.get("target") or {}).get("compile_seconds") is not None:
         table.add_row("compile", f"{record['target']['compile_seconds']:.1f} s")
-    if record.get("artifact"):
+    if (record.get("artifact") or {}).get("path"):
         table.add_row("model", record["artifact"]["path"])
     return table

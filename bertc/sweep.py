@@ -33,7 +33,8 @@ def _row(job_dir: Path) -> dict[str, Any]:
     row["status"] = report.get("status", "?")
     parity, bench = report.get("parity") or {}, report.get("bench") or {}
     if parity:
-        row["max_abs_diff"] = f"{parity['max_abs_diff']:.3g}"
+        # null: the compiled model gave NaN or infinity (report.json has no NaN); the cell stays empty
+        row["max_abs_diff"] = "" if parity["max_abs_diff"] is None else f"{parity['max_abs_diff']:.3g}"
         row["argmax_agreement"] = f"{parity['argmax_agreement']:.4f}"
         if parity.get("accuracy"):
             row["accuracy"] = f"{parity['accuracy']['original']:.4f} -> {parity['accuracy']['compiled']:.4f}"
@@ -58,7 +59,7 @@ def summarize(sweep_dir: Path, parallel: bool = False) -> list[dict[str, Any]]:
     if parallel:
         lines += ["Jobs ran in parallel: their timings disturbed each other; compare speedups with care.", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(row[c]).replace("|", "/") for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(" ".join(str(row[c]).split()).replace("|", "/") for c in COLUMNS) + " |" for row in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     _plot(sweep_dir / "summary.png", rows)
     return rows
