@@ -14,10 +14,10 @@ quiet_tensorflow()
 with quiet_import():
     import tensorflow  # noqa: F401  (its import-time CUDA probes print to fd 2)
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import hydra
+from omegaconf import DictConfig
 
-from bertc.cli import CONF_DIR, run_job  # noqa: E402
+from bertc.cli import CONF_DIR, run_job
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

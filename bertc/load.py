@@ -18,7 +18,6 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
 from bertc.errors import ModelError
-from bertc.security import refuse_unsafe_ops
 from bertc.graph import (
     Graph,
     GraphDef,
@@ -33,6 +32,7 @@ from bertc.graph import (
     split_input,
     tensor_name,
 )
+from bertc.security import refuse_unsafe_ops
 
 SERVING_INPUTS = ("input_ids", "input_mask", "segment_ids")
 VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")

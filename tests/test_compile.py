@@ -82,7 +82,7 @@ def test_compiled_model_serves_in_fresh_process_without_bertc(tiny_model_dir, tm
 
 
 def test_broken_rewrite_fails_the_gate_and_model_goes_to_rejected(tiny_model_dir, tmp_path, monkeypatch):
-    from bertc.passes import REGISTRY, rewrite_attention_mask as mask_module  # noqa: F401
+    from bertc.passes import REGISTRY
 
     original = REGISTRY["rewrite_attention_mask"][0]
 

@@ -11,4 +11,4 @@ REGISTRY = {
     "partition_graph": (partition_graph, PartitionParams),
 }
 
-__all__ = ["REGISTRY", "PrecisionRule", *[params.__name__ for _, params in REGISTRY.values()]]
+__all__ = ["REGISTRY", "MaskParams", "PartitionParams", "PrecisionParams", "PrecisionRule", "RemovalParams"]

@@ -147,7 +147,7 @@ def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
         if node.name in host:
             node.device = params.host_device
     result = graph.replace(graph_def=graph_def)
-    host_graph, device_graph = split_partition(result)
+    _, device_graph = split_partition(result)
     leaks = sorted(
         key for key, tensor in result.inputs.items()
         if node_of(tensor) in {n.name for n in device_graph.graph_def.node}

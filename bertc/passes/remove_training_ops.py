@@ -150,7 +150,7 @@ def _drop_identity_reshapes(graph: Graph) -> tuple[Graph, int]:
     graph_def = copy_graph_def(graph.graph_def)
     for node in graph_def.node:
         for position, name in enumerate(node.input):
-            source, index, control = split_input(name)
+            source, _, control = split_input(name)
             if source in identity and not control:
                 node.input[position] = nodes[source].input[0]
     outputs = {
