@@ -18,7 +18,6 @@ from bertc.passes.remove_training_ops import remove_training_ops
 from bertc.passes.rewrite_attention_mask import rewrite_attention_mask
 from bertc.plan import TargetParams
 from bertc.targets import neuron
-from bertc.targets.serving import warm_up
 from bertc.verify import synthetic_batches
 
 
