@@ -11,7 +11,7 @@ the step and the steps before it. The artifact is written beside its final place
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import json
 import shutil
 import tempfile
@@ -22,20 +22,14 @@ from typing import Callable
 
 from rich.console import Console
 
+from bertc.artifact import DIGEST_NOTE, artifact_digest
 from bertc.errors import ConfigError, UserError
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
 
 EXIT_USER_ERROR = 2
-ARTIFACT_FILES_NOTE = "digest over saved_model.pb and variables/*; fingerprint.pb is TensorFlow's own hash of those"
-
-
-def artifact_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in [path / "saved_model.pb"] + sorted((path / "variables").glob("*")):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(file.read_bytes())
-    return "sha256:" + digest.hexdigest()
+# The artifact digest is canonical: equal for two compiles of one plan, in one process or two (bertc/artifact.py).
+ARTIFACT_FILES_NOTE = DIGEST_NOTE
 
 
 class StepFailed(Exception):
@@ -52,6 +46,7 @@ class Run:
         self.plan, self.run_dir, self.console = plan, run_dir, console
         self.record: dict = {"status": "running", "failed_step": None, "error": None, "precision": plan.precision}
         self.stage = "start"
+        self.staging: Path | None = None  # the artifact's folder until it is complete and verified
 
     @contextlib.contextmanager
     def step(self, label: str, stage: str):
@@ -72,8 +67,16 @@ def prepare(plan: Plan, log: Callable[[str], None]) -> tuple[Path, str, dict, st
 
     path = materialize(plan.model, log)
     digest = model_digest(path)
-    library_versions = versions()
+    # The saved functions record the building machine's device counts (and thread settings), and
+    # target.device=auto resolves from them: they change the artifact, so they are in the fingerprint.
+    library_versions = {**versions(), "devices": _device_counts()}
     return path, digest, library_versions, fingerprint(plan, digest, library_versions)
+
+
+def _device_counts() -> str:
+    import tensorflow as tf
+
+    return ",".join(f"{kind}={len(tf.config.list_logical_devices(kind))}" for kind in ("CPU", "GPU"))
 
 
 def write_plan(run_dir: Path, plan: Plan, input_path: Path, digest: str, library_versions: dict, print_: str) -> None:
@@ -89,6 +92,7 @@ def write_plan(run_dir: Path, plan: Plan, input_path: Path, digest: str, library
 def compile_run(plan: Plan, run_dir: Path, console: Console) -> int:
     """Run the plan into `run_dir`; returns the exit code: 0 passed, 2 the user's input or config is at
     fault (the message says what to change), 1 the model was rejected by verify or bertc failed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(plan, run_dir, console)
     staging: Path | None = None
     try:
@@ -109,10 +113,16 @@ def compile_run(plan: Plan, run_dir: Path, console: Console) -> int:
         _fail(run, error, traceback.format_exc())
         raise
     finally:
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        for leftover in (staging, run.staging):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
         _finish(run)
     return 0 if run.record["status"] == "passed" else 1
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
@@ -144,15 +154,15 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     from bertc.load import load_saved_model
     from bertc.passes import REGISTRY
     from bertc.passes.partition_graph import boundaries_of
-    from bertc.security import refuse_unsafe_ops
+
+    import tensorflow as tf
 
     plan = run.plan
     target_module = targets.get(plan.target.name)
     target_module.check_available(plan.target)  # before any work: a missing toolchain fails at once
 
     with run.step(f"load {input_path.name}", "load"):
-        loaded = load_saved_model(input_path)
-        refuse_unsafe_ops(loaded.graph, plan.allow_ops)
+        loaded = load_saved_model(input_path, plan.allow_ops)
     shape = loaded.shape
     run.record["input"]["shape"] = dict(vars(shape))
     run.say(f"BERT: {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, intermediate "
@@ -165,7 +175,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
             "or leave shape.seq_len unset."
         )
 
-    graph, done, steps = loaded.graph, [], []
+    graph, done, steps, result = loaded.graph, [], [], None
     for step in plan.steps:
         function = REGISTRY[step.name][0]
         with run.step(step.name, step.name):
@@ -197,18 +207,34 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     for line in boundaries:
         run.say(f"boundary {line}")
 
-    staging = Path(tempfile.mkdtemp(prefix=".model.partial-", dir=run.run_dir))
+    staging = run.staging = Path(tempfile.mkdtemp(prefix=".model.partial-", dir=run.run_dir))
     artifact = staging / "model"
     with run.step(f"compile for target {plan.target.name}", "compile"):
         start = time.perf_counter()
         host_device = next((step.params.host_device for step in plan.steps if step.group == "partition"), "/device:CPU:0")
-        module = target_module.compile(graph, plan.target, seq_len, host_device=host_device, precision=plan.precision)
+        limits = {"input_ids": shape.vocab, "segment_ids": shape.type_vocab} if plan.target.guard_inputs else None
+        module = target_module.compile(graph, plan.target, seq_len, host_device=host_device, precision=plan.precision, input_limits=limits)
         from bertc.targets.serving import save_compiled, warm_up
 
         warm_up(module, plan.target.batch_size, seq_len)
         compile_seconds = time.perf_counter() - start
-        save_compiled(module, artifact)
+        try:
+            save_compiled(module, artifact)
+            if hasattr(target_module, "after_save"):  # target=stablehlo: its stablehlo/ folder inside the artifact
+                target_module.after_save(module, artifact, plan, run.record["fingerprint"])
+        except (OSError, tf.errors.OpError) as error:
+            full = getattr(error, "errno", None) == errno.ENOSPC or "space left" in str(error).lower()
+            raise UserError(
+                f"writing the compiled model under {run.run_dir} failed ({_first_line(error)}). "
+                + ("The disk is full: free space, or " if full else "Check that the folder is writable, or ")
+                + "choose another run folder with hydra.run.dir=... Nothing was left in model/."
+            ) from None
         del module
+    # The weights live in the saved artifact now: drop the in-memory copies before verify and bench
+    # load two models (for BERT-Large that is 1.3 GB per copy).
+    signature_inputs = loaded.signature_inputs
+    original_outputs = {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")}
+    del loaded, graph, result
     run.record["target"] = {"name": plan.target.name, "device": plan.target.device, "compile_seconds": round(compile_seconds, 3), "boundaries": boundaries}
     run.record["artifact"] = {"digest": artifact_digest(artifact), "note": ARTIFACT_FILES_NOTE}
 
@@ -217,7 +243,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     if plan.verify.enabled or plan.bench.enabled:
         from bertc.verify import CompiledModel, OriginalModel
 
-        original = OriginalModel(input_path, loaded.signature_inputs, {"probabilities": loaded.graph.outputs["probabilities"], "logits": loaded.graph.outputs["logits"]})
+        original = OriginalModel(input_path, signature_inputs, original_outputs)
         compiled = CompiledModel(artifact)
     if plan.verify.enabled:
         with run.step("verify against the original", "verify"):
