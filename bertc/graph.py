@@ -100,8 +100,10 @@ def match_scope(name: str, pattern: str) -> bool:
 
 # ---- reachability ------------------------------------------------------------------------------
 
-def ancestors(graph_def: GraphDef, roots: Iterable[str]) -> set[str]:
+def ancestors(graph_def: GraphDef, roots: Iterable[str], stops: Iterable[str] = ()) -> set[str]:
+    """Nodes the roots need (data and control edges), not looking past the `stops` nodes."""
     nodes = nodes_by_name(graph_def)
+    stops = set(stops)
     seen: set[str] = set()
     stack = [node_of(root) for root in roots]
     while stack:
@@ -109,7 +111,8 @@ def ancestors(graph_def: GraphDef, roots: Iterable[str]) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        stack.extend(split_input(source)[0] for source in nodes[name].input)
+        if name not in stops:
+            stack.extend(split_input(source)[0] for source in nodes[name].input)
     return seen
 
 
@@ -196,61 +199,39 @@ def make_placeholder(name: str, dtype: tf.DType, shape: Iterable[int | None]) ->
     return node
 
 
-def _arg_dtype(node: NodeDef, arg) -> int:
-    if arg.type_attr:
-        return node.attr[arg.type_attr].type
-    if arg.type_list_attr:
-        return node.attr[arg.type_list_attr].list.type[0]
-    return arg.type
+def _flat_dtypes(node: NodeDef, args) -> list[int]:
+    """The DataType enum of each tensor an op's argument list stands for, in order."""
+    dtypes: list[int] = []
+    for arg in args:
+        if arg.type_list_attr:
+            dtypes.extend(node.attr[arg.type_list_attr].list.type)
+            continue
+        dtype = node.attr[arg.type_attr].type if arg.type_attr else arg.type
+        dtypes.extend([dtype] * (node.attr[arg.number_attr].i if arg.number_attr else 1))
+    return dtypes
+
+
+def _op_def(node: NodeDef):
+    op_def = op_def_registry.get(node.op)
+    if op_def is None:
+        raise GraphError(f"node {node.name}: op type {node.op} is unknown to this TensorFlow")
+    return op_def
 
 
 def output_dtype(node: NodeDef, index: int = 0) -> int:
     """The DataType enum of a node's output, from TensorFlow's op registry."""
-    op_def = op_def_registry.get(node.op)
-    if op_def is None:
-        raise GraphError(f"node {node.name}: op type {node.op} is unknown to this TensorFlow")
-    position = 0
-    for arg in op_def.output_arg:
-        count = node.attr[arg.number_attr].i if arg.number_attr else 1
-        if arg.type_list_attr:
-            types = node.attr[arg.type_list_attr].list.type
-            if index < position + len(types):
-                return types[index - position]
-            position += len(types)
-            continue
-        if index < position + count:
-            return _arg_dtype(node, arg)
-        position += count
-    raise GraphError(f"node {node.name} ({node.op}) has no output {index}")
-
-
-def input_dtype_attrs(node: NodeDef) -> list[str | None]:
-    """For each data input position, the attr naming its type (None for a fixed type)."""
-    op_def = op_def_registry.get(node.op)
-    result: list[str | None] = []
-    for arg in op_def.input_arg:
-        count = node.attr[arg.number_attr].i if arg.number_attr else 1
-        if arg.type_list_attr:
-            count = len(node.attr[arg.type_list_attr].list.type)
-        result.extend([arg.type_attr or None] * count)
-    return result
+    dtypes = _flat_dtypes(node, _op_def(node).output_arg)
+    if index >= len(dtypes):
+        raise GraphError(f"node {node.name} ({node.op}) has no output {index}")
+    return dtypes[index]
 
 
 def input_dtype(node: NodeDef, position: int) -> int:
-    op_def = op_def_registry.get(node.op)
-    at = 0
-    for arg in op_def.input_arg:
-        count = node.attr[arg.number_attr].i if arg.number_attr else 1
-        if arg.type_list_attr:
-            types = node.attr[arg.type_list_attr].list.type
-            if position < at + len(types):
-                return types[position - at]
-            at += len(types)
-            continue
-        if position < at + count:
-            return _arg_dtype(node, arg)
-        at += count
-    raise GraphError(f"node {node.name} ({node.op}) has no input {position}")
+    """The DataType enum a node expects at data input `position`."""
+    dtypes = _flat_dtypes(node, _op_def(node).input_arg)
+    if position >= len(dtypes):
+        raise GraphError(f"node {node.name} ({node.op}) has no input {position}")
+    return dtypes[position]
 
 
 FLOAT_TYPES = {types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16}

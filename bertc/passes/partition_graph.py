@@ -185,7 +185,7 @@ def split_partition(graph: Graph) -> tuple[Graph | None, Graph]:
 
     device_def = GraphDef()
     device_def.versions.CopyFrom(graph.graph_def.versions)
-    needed = _ancestors_stopping_at(graph.graph_def, graph.outputs.values(), set(boundary_names))
+    needed = ancestors(graph.graph_def, graph.outputs.values(), stops=boundary_names)
     for node in graph.graph_def.node:
         if node.name in boundary_names and node.name in needed:
             shape = shapes[tensor_name(node.name)]
@@ -199,17 +199,3 @@ def split_partition(graph: Graph) -> tuple[Graph | None, Graph]:
         dict(graph.outputs),
     )
     return host, device
-
-
-def _ancestors_stopping_at(graph_def: GraphDef, roots, stops: set[str]) -> set[str]:
-    nodes = nodes_by_name(graph_def)
-    seen: set[str] = set()
-    stack = [node_of(root) for root in roots]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name not in stops:
-            stack.extend(split_input(source)[0] for source in nodes[name].input)
-    return seen
