@@ -54,11 +54,13 @@ class PartitionConf:
 
 @dataclasses.dataclass
 class TargetConf:
-    name: str = "tf"  # tf | xla | neuron
+    name: str = "tf"  # tf | xla | neuron | stablehlo
     device: str = "auto"  # cpu | gpu | auto
     intra_op_threads: int = 0  # 0: TensorFlow's choice (all cores)
     inter_op_threads: int = 0
     dynamic_batch: bool = True  # neuron: accept any batch by splitting and padding
+    # stablehlo only: a StableHLO module per static batch size (bertc.runtime pads a batch up to the next one)
+    batch_sizes: List[int] = dataclasses.field(default_factory=lambda: [1, 8])
 
 
 @dataclasses.dataclass

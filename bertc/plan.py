@@ -27,7 +27,7 @@ STEP_ORDER: tuple[tuple[str, str], ...] = (
     # NOTE: partition last: it places the nodes every earlier step made.
     ("partition", "partition_graph"),
 )
-TARGETS = ("tf", "xla", "neuron")
+TARGETS = ("tf", "xla", "neuron", "stablehlo")
 DEVICES = ("auto", "cpu", "gpu")
 PRECISION_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -61,6 +61,7 @@ class TargetParams:
     inter_op_threads: int = 0
     dynamic_batch: bool = True
     guard_inputs: bool = True
+    batch_sizes: tuple[int, ...] = (1, 8)  # target=stablehlo: the static batch sizes it emits a module for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +128,7 @@ class Plan:
             f"target   {target.name} on {target.device}, warm-up batch {target.batch_size}, "
             f"seq_len {target.seq_len or 'from model'}, input guard {'on' if target.guard_inputs else 'off'}"
             + (f", threads intra={target.intra_op_threads} inter={target.inter_op_threads}" if target.intra_op_threads or target.inter_op_threads else "")
+            + (f", StableHLO modules for batch sizes {list(target.batch_sizes)}" if target.name == "stablehlo" else "")
         )
         verify = self.verify
         lines.append(
@@ -209,6 +211,8 @@ def build_plan(cfg: Any) -> Plan:
     _one_of(target.device, DEVICES, "target.device")
     if cfg.shape.batch_size < 1:
         raise ConfigError(f"shape.batch_size={cfg.shape.batch_size} must be at least 1.")
+    if target.name == "stablehlo" and (not target.batch_sizes or min(target.batch_sizes) < 1):
+        raise ConfigError(f"target.batch_sizes={list(target.batch_sizes)} needs at least one size, each >= 1.")
     if cfg.shape.seq_len is not None and cfg.shape.seq_len < 1:
         raise ConfigError(f"shape.seq_len={cfg.shape.seq_len} must be positive.")
     verify, bench = cfg.verify, cfg.bench
@@ -221,7 +225,7 @@ def build_plan(cfg: Any) -> Plan:
         steps=tuple(steps),
         target=TargetParams(target.name, target.device, cfg.shape.batch_size, cfg.shape.seq_len,
                             target.intra_op_threads, target.inter_op_threads, target.dynamic_batch,
-                            cfg.security.guard_inputs),
+                            cfg.security.guard_inputs, tuple(sorted(set(target.batch_sizes)))),
         verify=VerifyParams(verify.enabled, verify.batches, verify.batch_size, verify.seed,
                             verify.dataset, verify.max_examples, verify.tolerance, _gate_name(cfg.precision)),
         bench=BenchParams(bench.enabled, tuple(bench.batch_sizes), bench.rounds, bench.seconds, bench.warmup),

@@ -2,9 +2,9 @@
 
 `check_available` runs before any work, so a missing toolchain fails the run at once.
 """
-from bertc.targets import neuron, tf_runtime, xla
+from bertc.targets import neuron, stablehlo, tf_runtime, xla
 
-REGISTRY = {"tf": tf_runtime, "xla": xla, "neuron": neuron}
+REGISTRY = {"tf": tf_runtime, "xla": xla, "neuron": neuron, "stablehlo": stablehlo}
 
 
 def get(name: str):

@@ -1,0 +1,378 @@
+"""target=stablehlo: the device part -> StableHLO modules (one per static batch size) in model/stablehlo/, beside the XLA SavedModel.
+
+The device part (after the partition; the whole graph when the plan has none) becomes one
+`tf.function(jit_compile=True)` whose parameters are the part's inputs (the boundary tensors, or
+the serving inputs) then its weights; TensorFlow's XLA bridge lowers it to StableHLO
+(`experimental_get_compiler_ir(...)(stage="stablehlo")`), written as text and as a StableHLO
+portable artifact (versioned bytecode) for each `target.batch_sizes`. Beside them go
+`weights.safetensors` and `manifest.json`: the parameter order, shapes and dtypes, the outputs,
+the host part as a NumPy recipe (checked here against TensorFlow's host part), how to regenerate
+seeded weights, a reference batch with TensorFlow's outputs, and the plan's fingerprint.
+`bertc.runtime` serves it with JAX on any PJRT device, without TensorFlow.
+
+model/ itself is target=xla's SavedModel (the same device part, jit-compiled by TensorFlow):
+verify and bench measure that, unchanged, and the modules are the HLO it runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import tensorflow as tf
+
+from bertc.errors import ConfigError
+from bertc.graph import (
+    Graph,
+    GraphError,
+    ancestors,
+    const_value,
+    nodes_by_name,
+    run_graph,
+    split_input,
+    static_shapes,
+)
+from bertc.passes.partition_graph import split_partition
+from bertc.passes.rewrite_attention_mask import SCOPE as MASK_SCOPE
+from bertc.runtime import FORMAT, MANIFEST, compute_host, tensor_digest
+from bertc.targets.devices import resolve_device
+from bertc.targets.serving import SERVING_INPUTS, SERVING_OUTPUTS, CompiledBert, Placement
+
+FOLDER = "stablehlo"
+WEIGHTS_FILE = "weights.safetensors"
+HOST_KEYS = ("embedding_output", "attention_mask")
+_MODULE_NAME = re.compile(r"^module @\S+", re.MULTILINE)
+_FILE_LOCATION = re.compile(r'loc\("[^"]*\.py":\d+:\d+\)')  # TensorFlow's own source lines: machine-specific paths
+
+
+@dataclasses.dataclass(frozen=True)
+class Emitted:
+    batch_size: int
+    text: str
+    bytecode: bytes  # the StableHLO portable artifact of `text`
+    version: str  # the StableHLO version it is serialized for: consumers at that version or later read it
+
+
+@dataclasses.dataclass(frozen=True)
+class PortableBuild:
+    """What compile() made for after_save(): the modules and everything the manifest describes."""
+
+    seq_len: int
+    inputs: list[dict]  # the module's leading parameters: name, per-batch shape (batch first, null), dtype
+    weight_names: list[str]  # then its weights, in this order
+    outputs: list[dict]
+    weights: Mapping[str, np.ndarray]  # device and host weights (shared with the graph, not copied)
+    host: dict | None  # the NumPy recipe of the host part; None: the module takes the serving inputs
+    modules: tuple[Emitted, ...]
+    input_limits: Mapping[str, int] | None
+    model_shape: dict | None  # layers, hidden, heads, ...: what a benchmark needs to build the same model elsewhere
+
+
+def _serializer():
+    from tensorflow.compiler.mlir.stablehlo import stablehlo
+
+    return stablehlo
+
+
+def check_available(params) -> None:
+    resolve_device(params.device)
+    try:
+        probe = tf.function(lambda x: x * 2.0, jit_compile=True, autograph=False)
+        text = probe.experimental_get_compiler_ir(tf.TensorSpec([2], tf.float32))(stage="stablehlo")
+        _serializer().serialize_portable_artifact_str(text, _serializer().get_current_version())
+    except Exception as error:  # an older TensorFlow: no such stage, or no serializer
+        raise ConfigError(
+            f"target=stablehlo needs TensorFlow's StableHLO export (experimental_get_compiler_ir stage "
+            f"'stablehlo' and tensorflow.compiler.mlir.stablehlo); TensorFlow {tf.__version__} failed: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}. Use TensorFlow 2.21, or target=xla."
+        ) from None
+
+
+def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32", input_limits=None) -> CompiledBert:
+    placement = Placement(host_device=host_device, device=resolve_device(params.device), jit_compile=True, input_limits=input_limits)
+    module = CompiledBert(graph, seq_len, placement)
+    host, device = split_partition(graph)
+    recipe = host_recipe(host, seq_len) if host is not None else None
+    inputs = _part_inputs(device)
+    weight_names = list(device.weights)
+    function = _device_function(device, [entry["name"] for entry in inputs], weight_names)
+    modules = []
+    for batch_size in params.batch_sizes:
+        text = emit_text(function, inputs, device.weights, weight_names, batch_size)
+        modules.append(Emitted(batch_size, text, *portable_artifact(text)))
+    weights = dict(device.weights)
+    if host is not None:
+        weights.update(host.weights)
+    outputs = [{"name": key, "dtype": "float32", "shape": [None, *_static_dims(device, key)]} for key in SERVING_OUTPUTS]
+    module.portable = PortableBuild(
+        seq_len, inputs, weight_names, outputs, weights, recipe, tuple(modules),
+        dict(input_limits) if input_limits else None, _model_shape(graph, outputs),
+    )
+    return module
+
+
+def _model_shape(graph: Graph, outputs: list[dict]) -> dict | None:
+    from bertc.load import read_bert_shape
+
+    try:
+        shape = dict(vars(read_bert_shape(graph)))
+    except Exception:  # the rewrites may hide what the reader looks for; the shape is informative only
+        return None
+    shape["num_labels"] = outputs[0]["shape"][1]  # the reader looks for the classifier behind casts it does not cross
+    return shape
+
+
+# ---- the device function and its StableHLO -------------------------------------------------------
+
+def _part_inputs(device: Graph) -> list[dict]:
+    """The inputs the outputs read (not label_ids and is_real_example when removal=none kept them)."""
+    nodes = nodes_by_name(device.graph_def)
+    needed = ancestors(device.graph_def, device.outputs.values())
+    result = []
+    for key in sorted(device.inputs):
+        node = nodes[split_input(device.inputs[key])[0]]
+        if node.name not in needed:
+            continue
+        dims = [dim.size for dim in node.attr["shape"].shape.dim]
+        if not dims or any(size < 0 for size in dims[1:]):
+            raise GraphError(f"target=stablehlo: input {key} of the device part has shape {dims}; only the batch may be unknown.")
+        result.append({"name": key, "shape": [None, *dims[1:]], "dtype": tf.as_dtype(node.attr["dtype"].type).name})
+    return result
+
+
+def _static_dims(device: Graph, key: str) -> list[int]:
+    shape = static_shapes(device)[device.outputs[key]]
+    return shape.as_list()[1:]
+
+
+def _device_function(device: Graph, input_keys: list[str], weight_names: list[str]):
+    """(inputs..., weights...) -> (probabilities, logits), jit-compiled: the weights are parameters, not captures."""
+    graph_def = device.graph_def
+    imported = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+    feeds = [imported.graph.get_tensor_by_name(device.inputs[key]) for key in input_keys]
+    feeds += [imported.graph.get_tensor_by_name(f"{name}:0") for name in weight_names]
+    fetches = [imported.graph.get_tensor_by_name(device.outputs[key]) for key in SERVING_OUTPUTS]
+    pruned = imported.prune(feeds, fetches)
+    return tf.function(lambda *arguments: tuple(pruned(*arguments)), jit_compile=True, autograph=False)
+
+
+def emit_text(function, inputs: list[dict], weights: Mapping[str, np.ndarray], weight_names: list[str], batch_size: int) -> str:
+    specs = [tf.TensorSpec([batch_size, *entry["shape"][1:]], tf.as_dtype(entry["dtype"])) for entry in inputs]
+    specs += [tf.TensorSpec(weights[name].shape, tf.as_dtype(weights[name].dtype)) for name in weight_names]
+    text = function.experimental_get_compiler_ir(*specs)(stage="stablehlo")
+    # NOTE: canonical text: the module is named for its shape, not TensorFlow's per-process function counter.
+    text = _MODULE_NAME.sub(f"module @bertc_device_b{batch_size}", text, count=1)
+    text = _FILE_LOCATION.sub("loc(unknown)", text)
+    calls = sorted(set(re.findall(r"custom_call @(\w+)", text)))
+    if calls:
+        raise GraphError(
+            f"target=stablehlo: the batch-{batch_size} module calls {calls}, custom calls tied to one platform; "
+            "it would not be portable. Use target=xla for this graph."
+        )
+    return text
+
+
+def portable_artifact(text: str) -> tuple[bytes, str]:
+    """StableHLO text -> (portable artifact, its version): the oldest version TensorFlow can write it for,
+    since a consumer reads any version from the oldest it supports up to its own."""
+    serializer = _serializer()
+    try:
+        version = serializer.get_minimum_version()
+        return serializer.serialize_portable_artifact_str(text, version), version
+    except Exception:  # an op or attribute newer than that version: the producer's own version
+        version = serializer.get_current_version()
+        return serializer.serialize_portable_artifact_str(text, version), version
+
+
+# ---- the host part as a NumPy recipe -------------------------------------------------------------
+
+def host_recipe(host: Graph, seq_len: int) -> dict:
+    """The host part (embedding lookups + LayerNorm, the mask) -> the recipe bertc.runtime computes it from,
+    checked against TensorFlow running the host part on seeded batches."""
+    if set(host.outputs) != set(HOST_KEYS):
+        raise ConfigError(
+            f"target=stablehlo computes the host part in NumPy and knows the cut at {', '.join('@' + key for key in HOST_KEYS)} "
+            f"(partition=cpu_embed); this plan's boundaries are {sorted(host.outputs)}. Use those, or partition=none."
+        )
+    nodes = nodes_by_name(host.graph_def)
+    shapes = _output_specs(host)
+
+    def weight_behind(name: str) -> str | None:
+        node = nodes[split_input(name)[0]]
+        while node.op in ("Identity", "Cast"):
+            node = nodes[split_input(node.input[0])[0]]
+        return node.name if node.name in host.weights else None
+
+    def read_by(op_types: tuple[str, ...], position: int) -> list[str]:
+        return [w for node in host.graph_def.node if node.op in op_types and (w := weight_behind(node.input[position])) is not None]
+
+    tables_2d = [name for name in read_by(("GatherV2", "Gather", "ResourceGather"), 0) if host.weights[name].ndim == 2]
+    word = max(tables_2d, key=lambda name: host.weights[name].shape[0], default=None)
+    token_types = [name for name in read_by(("MatMul",), 1) + tables_2d if name != word]
+    positions = [name for name in read_by(("Slice", "StridedSlice"), 0) if host.weights[name].ndim == 2]
+    gammas = read_by(("Mul",), 1) + read_by(("Mul",), 0)
+    betas = read_by(("Sub",), 0)
+    epsilons = [
+        float(const_value(source)) for node in host.graph_def.node if node.op == "Rsqrt"
+        for add in [nodes[split_input(node.input[0])[0]]] if add.op in ("Add", "AddV2")
+        for source in [nodes[split_input(name)[0]] for name in add.input] if source.op == "Const"
+    ]
+    found = {"word": word, "token type": token_types[:1], "position": positions[:1], "gamma": gammas[:1], "beta": betas[:1], "epsilon": epsilons[:1]}
+    absent = [role for role, value in found.items() if not value]
+    if absent:
+        raise GraphError(f"target=stablehlo: the host part has no {', '.join(absent)} where BERT's embedding has one; use partition=none.")
+    recipe = {
+        "embedding_output": {
+            "word_embeddings": word, "token_type_embeddings": token_types[0], "position_embeddings": positions[0],
+            "layer_norm": {"gamma": gammas[0], "beta": betas[0], "epsilon": epsilons[0]},
+            "dtype": shapes["embedding_output"][1],
+            "formula": "LayerNorm((word[input_ids] + token_type[segment_ids]) + position[:seq_len]), float32",
+        },
+        "attention_mask": _mask_recipe(nodes, shapes["attention_mask"], seq_len),
+    }
+    _check_recipe(host, recipe, seq_len)
+    return recipe
+
+
+def _output_specs(part: Graph) -> dict[str, tuple[list, str]]:
+    shapes = static_shapes(part)
+    nodes = nodes_by_name(part.graph_def)
+    result = {}
+    for key, tensor in part.outputs.items():
+        node = nodes[split_input(tensor)[0]]
+        dtype = tf.as_dtype(node.attr["T"].type).name if "T" in node.attr else "float32"
+        result[key] = (shapes[tensor].as_list(), dtype)
+    return result
+
+
+def _mask_recipe(nodes, spec: tuple[list, str], seq_len: int) -> dict:
+    shape, dtype = spec
+    if shape[1:] == [1, 1, seq_len] and f"{MASK_SCOPE}/value" in nodes:
+        value = float(const_value(nodes[f"{MASK_SCOPE}/value"]))
+        return {"form": "bias", "bias_value": value, "dtype": dtype, "shape": [None, 1, 1, seq_len],
+                "formula": "(1 - float32(input_mask))[:, None, None, :] * bias_value"}
+    if shape[1:] == [seq_len, seq_len]:
+        return {"form": "mask", "dtype": dtype, "shape": [None, seq_len, seq_len],
+                "formula": "float32(input_mask)[:, None, :] broadcast over the from axis (mask=original)"}
+    raise GraphError(f"target=stablehlo: the attention mask boundary is {shape} {dtype}; the runtime knows [B,1,1,T] biases and [B,F,T] masks.")
+
+
+def _check_recipe(host: Graph, recipe: dict, seq_len: int) -> None:
+    from bertc.verify import synthetic_batches
+
+    vocab = host.weights[recipe["embedding_output"]["word_embeddings"]].shape[0]
+    for batch in synthetic_batches(2, 3, seq_len, vocab, seed=7):
+        feeds = batch.feeds()
+        expected = run_graph(host, feeds)
+        computed = compute_host(recipe, host.weights, feeds)
+        for key in HOST_KEYS:
+            want, got = np.asarray(expected[key], np.float32), np.asarray(computed[key], np.float32)
+            scale = max(1.0, float(np.abs(want).max()))
+            tolerance = 1e-5 * scale if expected[key].dtype == np.float32 else float(ml_dtypes.finfo(expected[key].dtype).eps) * scale
+            diff = float(np.abs(want - got).max())
+            if want.shape != got.shape or not diff <= tolerance:
+                raise GraphError(
+                    f"target=stablehlo: the NumPy recipe of the host part's {key} differs from TensorFlow's by {diff:.3g} "
+                    f"(allowed {tolerance:.3g}); the runtime could not reproduce it. Use partition=none."
+                )
+
+
+# ---- after the SavedModel is written: model/stablehlo/ -------------------------------------------
+
+def after_save(module: CompiledBert, artifact: Path, plan, fingerprint: str) -> None:
+    """Write model/stablehlo/: the modules, weights.safetensors and manifest.json (the runner calls it)."""
+    from safetensors.numpy import save_file
+
+    build: PortableBuild = module.portable
+    folder = Path(artifact) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    modules = []
+    for emitted in build.modules:
+        text_name, bytecode_name = f"device_b{emitted.batch_size}.mlir", f"device_b{emitted.batch_size}.mlirbc"
+        (folder / text_name).write_text(emitted.text)
+        (folder / bytecode_name).write_bytes(emitted.bytecode)
+        modules.append({"batch_size": emitted.batch_size, "text": text_name, "bytecode": bytecode_name, "stablehlo_version": emitted.version})
+    names = sorted(build.weights)
+    save_file({name: np.ascontiguousarray(build.weights[name]) for name in names}, str(folder / WEIGHTS_FILE))
+    manifest = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "precision": plan.precision,
+        "seq_len": build.seq_len,
+        "model_shape": build.model_shape,
+        "tensorflow": tf.__version__,
+        "serving_inputs": [{"name": name, "dtype": "int32", "shape": [None, build.seq_len]} for name in SERVING_INPUTS],
+        "input_limits": build.input_limits,
+        "host": build.host,
+        "modules": modules,
+        "parameters": [{"kind": "input", **entry} for entry in build.inputs] + [
+            {"kind": "weight", "name": name, "shape": list(build.weights[name].shape), "dtype": build.weights[name].dtype.name}
+            for name in build.weight_names
+        ],
+        "outputs": build.outputs,
+        "weights": {"file": WEIGHTS_FILE, **_regeneration(build.weights, plan)},
+        "reference": _reference(module, plan, build.seq_len),
+    }
+    (folder / MANIFEST).write_text(_json(manifest) + "\n")
+
+
+def _json(value, indent: str = "") -> str:
+    """JSON with one key per line and lists of numbers on one line (a reference batch stays readable)."""
+    inner = indent + " "
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(key)}: {_json(item, inner)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and value and any(isinstance(item, (dict, list)) for item in value):
+        return "[\n" + ",\n".join(inner + _json(item, inner) for item in value) + "\n" + indent + "]"
+    return json.dumps(value)
+
+
+def _regeneration(weights: Mapping[str, np.ndarray], plan) -> dict:
+    """Per weight: digest, dtype, and (for a preset's seeded weights) how to remake it with NumPy, each
+    recipe checked here by remaking the weight and comparing bytes."""
+    tensors = {
+        name: {"shape": list(value.shape), "dtype": value.dtype.name, "sha256": tensor_digest(value), "source": name, "scale": None}
+        for name, value in sorted(weights.items())
+    }
+    if plan.model.kind != "preset":
+        return {"regenerate": None, "tensors": tensors}
+    from bertc.model.config import preset
+    from bertc.model.weights import random_weight
+
+    config = preset(plan.model.size)
+    folded = any(getattr(step.params, "fold_scale", False) for step in plan.steps)
+    scales = [None] + ([float(np.float32(1.0 / math.sqrt(float(config.head_size))))] if folded else [])
+    for name, entry in tensors.items():
+        base = random_weight(name, tuple(entry["shape"]), config, plan.model.seed)
+        for scale in scales:
+            value = base if scale is None else (base * np.float32(scale)).astype(np.float32)
+            if tensor_digest(value.astype(weights[name].dtype)) == entry["sha256"]:
+                entry["scale"] = scale
+                break
+        else:
+            return {"regenerate": None, "regenerate_note": f"{name} is not a transform bertc knows of its seeded value", "tensors": tensors}
+    recipe = {"generator": "bertc.model.weights.random_weight", "size": plan.model.size, "seed": plan.model.seed,
+              "initializer_range": config.initializer_range,
+              "steps": "random_weight(source, shape) [* float32(scale), in float32] -> astype(dtype); digest sha256 of the bytes"}
+    return {"regenerate": recipe, "tensors": tensors}
+
+
+def _reference(module: CompiledBert, plan, seq_len: int) -> dict:
+    """A seeded batch and what the TensorFlow build computes for it: the runtime's self-check, anywhere."""
+    from bertc.verify import GATES, synthetic_batches
+
+    vocab = (module.portable.input_limits or {}).get("input_ids", 1000)
+    batch = synthetic_batches(1, plan.target.batch_size, seq_len, vocab, seed=11)[0]
+    outputs = module.serve(**{key: tf.constant(value) for key, value in batch.feeds().items()})
+    return {
+        **{key: value.tolist() for key, value in batch.feeds().items()},
+        "probabilities": outputs["probabilities"].numpy().tolist(),
+        "logits": outputs["logits"].numpy().tolist(),
+        "tolerance": plan.verify.tolerance or GATES[plan.verify.precision],
+        "note": "outputs of model/ (TensorFlow, XLA on the build machine's CPU) for these inputs",
+    }
