@@ -1,7 +1,7 @@
 """A run's record (dict) -> report.json (stable keys) and report.md for a person; and the terminal summary.
 
 report.json keys: status (passed | failed | rejected | planned), failed_step, error, traceback (a
-crash only), fingerprint, precision, input {path, digest, shape}, versions, steps [{name, op_delta,
+crash only), warnings (e.g. bf16 emulated on this CPU), fingerprint, precision, input {path, digest, shape}, versions, steps [{name, op_delta,
 ops_before, ops_after, seconds, matches}], target {name, device, compile_seconds, boundaries},
 artifact {path, digest, note}, parity {examples, gate, tolerance, passed, max_abs_diff,
 mean_abs_diff, logits_max_abs_diff, logits_mean_abs_diff, argmax_agreement, disagreement_count,

@@ -148,6 +148,23 @@ def _set_threads(plan: Plan) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(plan.target.inter_op_threads)
 
 
+def _warn_if_bf16_is_emulated(run: Run, tf) -> None:
+    from bertc.hardware import native_bf16
+
+    uses_bf16 = any(
+        rule.dtype == "bfloat16" for step in run.plan.steps if step.group == "precision" for rule in step.params.rules
+    )
+    on_cpu = run.plan.target.device == "cpu" or not tf.config.list_physical_devices("GPU")
+    if uses_bf16 and on_cpu and native_bf16() is False:
+        message = (
+            "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): TensorFlow emulates bf16 "
+            "matmuls, so expect mixed_bf16 to be slower than fp32 here; on this CPU try precision=fp32 "
+            "target=xla mask.fold_scale=true"
+        )
+        run.record.setdefault("warnings", []).append(message)
+        run.console.print(f"  [yellow]warning[/]: {message}")
+
+
 def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     from bertc import targets
     from bertc.graph import check_graph, op_delta, op_histogram
@@ -160,6 +177,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     plan = run.plan
     target_module = targets.get(plan.target.name)
     target_module.check_available(plan.target)  # before any work: a missing toolchain fails at once
+    _warn_if_bf16_is_emulated(run, tf)
 
     with run.step(f"load {input_path.name}", "load"):
         loaded = load_saved_model(input_path, plan.allow_ops)
