@@ -71,22 +71,25 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(9, 5))
+    # Label each point by what sets it apart: overrides every job shares say nothing.
+    shared = set.intersection(*(set(row["overrides"].split()) for row in rows)) if rows else set()
     plotted = 0
     for row in rows:
         if row["speedup"] and row["max_abs_diff"]:
             x, y = float(row["max_abs_diff"]), float(row["speedup"])
+            label = " ".join(o for o in row["overrides"].split() if o not in shared) or f"job {row['job']}"
             axes.scatter([max(x, 1e-9)], [y], color="tab:blue" if row["status"] == "passed" else "tab:red")
-            axes.annotate(row["overrides"] or row["job"], (max(x, 1e-9), y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            axes.annotate(label, (max(x, 1e-9), y), fontsize=7, xytext=(4, 4), textcoords="offset points")
             plotted += 1
     axes.set_xscale("log")
-    axes.set_xlabel("parity error: max |probability difference| (log)")
+    axes.set_xlabel("parity error: max |probability difference| (log; 0 is drawn at 1e-9)")
     axes.set_ylabel("speedup vs original (throughput)")
     axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     failed = sum(1 for row in rows if row["status"] != "passed")
     axes.set_title(f"bertc sweep: {len(rows)} jobs, {failed} not passed" + ("" if plotted else " (no job had verify and bench)"))
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
 
 
