@@ -117,3 +117,20 @@ def test_gpu_targets_match_original(tiny_model_dir, tmp_path, target):
 
     report = compile_tiny(tiny_model_dir, tmp_path, [f"target={target}", "target.device=gpu", "precision=mixed", "partition=cpu_embed"])
     assert report["parity"]["passed"]
+
+
+def test_input_guard_rejects_ids_outside_the_tables(partitioned, tmp_path):
+    from bertc.targets.serving import CompiledBert, Placement, save_compiled
+
+    module = CompiledBert(partitioned, 128, Placement(input_limits={"input_ids": 30522, "segment_ids": 2}))
+    save_compiled(module, tmp_path / "model")
+    serving = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"]
+    ids, mask, segments = (np.zeros([2, 128], np.int32) for _ in range(3))
+    mask[:, :4] = 1
+    assert serving(input_ids=ids, input_mask=mask, segment_ids=segments)["probabilities"].shape == (2, 2)
+    ids[1, 3] = 30522
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"input_ids holds an id outside \[0, 30522\)"):
+        serving(input_ids=ids, input_mask=mask, segment_ids=segments)
+    ids[1, 3], segments[0, 5] = 7, -1
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"segment_ids holds an id outside \[0, 2\)"):
+        serving(input_ids=ids, input_mask=mask, segment_ids=segments)

@@ -86,21 +86,24 @@ class CompiledBert(tf.Module):
 
     def _serve(self, input_ids, input_mask, segment_ids):
         features = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids}
-        for name, tensor in features.items():
-            # The signature says [None, seq_len]; a caller that bypasses it gets this, not a reshape error.
-            tf.debugging.assert_equal(
-                tf.shape(tensor)[1], self._seq_len,
-                message=f"this model was compiled for sequence length {self._seq_len}: pad or truncate {name} "
-                f"(and the other inputs) to {self._seq_len} tokens",
-            )
+        # The signature says [None, seq_len]; a caller that bypasses it gets this, not a reshape error.
+        # One Assert per check, each a single reduction: the guard must cost next to nothing.
+        lengths = tf.stack([tf.shape(tensor)[1] for tensor in features.values()])
+        checks = [tf.debugging.Assert(
+            tf.reduce_all(tf.equal(lengths, self._seq_len)),
+            [f"this model was compiled for sequence length {self._seq_len}: pad or truncate input_ids, "
+             f"input_mask and segment_ids to {self._seq_len} tokens; got lengths", lengths],
+        )]
         for name, limit in (self._placement.input_limits or {}).items():
-            tensor = features[name]
-            tf.debugging.assert_non_negative(tensor, message=f"{name} holds a negative id")
-            tf.debugging.assert_less(
-                tensor, tf.constant(limit, tensor.dtype),
-                message=f"{name} holds an id >= {limit}, outside the model's table of {limit} rows; "
-                "check the tokenizer's vocabulary (or segment ids) against the model's",
-            )
+            # As uint32 a negative id becomes huge, so one comparison checks both ends of [0, limit).
+            in_range = tf.reduce_all(tf.cast(features[name], tf.uint32) < limit)
+            checks.append(tf.debugging.Assert(
+                in_range,
+                [f"{name} holds an id outside [0, {limit}), the model's table of {limit} rows; check the "
+                 "tokenizer's vocabulary (or the segment ids) against the model's"],
+            ))
+        with tf.control_dependencies(checks):  # the checks run before any lookup reads an id
+            features = {key: tf.identity(tensor) for key, tensor in features.items()}
         if self.host is not None:
             with tf.device(self._placement.host_device):
                 features = self.host(features)
