@@ -53,7 +53,7 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
             console.print(f"fingerprint {print_}\ndry run: nothing compiled; plan written to {run_dir / 'plan.json'}")
             return 0
         with native_stderr_to(run_dir / "tensorflow.log"):
-            code = compile_run(plan, run_dir, console)
+            code = compile_run(plan, run_dir, console, debug=bool(cfg.debug))
     except UserError as error:
         if cfg.get("debug"):
             raise

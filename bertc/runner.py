@@ -46,6 +46,7 @@ class Run:
         self.plan, self.run_dir, self.console = plan, run_dir, console
         self.record: dict = {"status": "running", "failed_step": None, "error": None, "precision": plan.precision}
         self.stage = "start"
+        self.plan_debug = False  # debug=true: print tracebacks of user errors too
         self.staging: Path | None = None  # the artifact's folder until it is complete and verified
 
     @contextlib.contextmanager
@@ -89,11 +90,12 @@ def write_plan(run_dir: Path, plan: Plan, input_path: Path, digest: str, library
     write_atomic(run_dir / "plan.json", json.dumps(payload, indent=2) + "\n")
 
 
-def compile_run(plan: Plan, run_dir: Path, console: Console) -> int:
+def compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool = False) -> int:
     """Run the plan into `run_dir`; returns the exit code: 0 passed, 2 the user's input or config is at
     fault (the message says what to change), 1 the model was rejected by verify or bertc failed."""
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(plan, run_dir, console)
+    run.plan_debug = debug
     staging: Path | None = None
     try:
         _set_threads(plan)
@@ -104,11 +106,13 @@ def compile_run(plan: Plan, run_dir: Path, console: Console) -> int:
         console.print(f"fingerprint [bold]{print_[:23]}...[/]")
         staging = _run_pipeline(run, input_path)
     except UserError as error:
-        _fail(run, error)
+        _fail(run, error, traceback.format_exc() if debug else None)
         return EXIT_USER_ERROR
     except StepFailed as failure:
-        _fail(run, failure)
-        return EXIT_USER_ERROR if isinstance(failure.error, UserError) else 1
+        user_fault = isinstance(failure.error, UserError)
+        # A pass that broke (not the user's input) keeps its traceback in report.json for the bug report.
+        _fail(run, failure, traceback.format_exc() if debug or not user_fault else None)
+        return EXIT_USER_ERROR if user_fault else 1
     except BaseException as error:  # a crash: still leave an honest report, then re-raise
         _fail(run, error, traceback.format_exc())
         raise
@@ -129,6 +133,8 @@ def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
     run.record.update(status="failed", failed_step=getattr(error, "step", None) or run.stage, error=str(error) or type(error).__name__)
     if trace:
         run.record["traceback"] = trace
+        if run.plan_debug:
+            run.console.print(trace, markup=False, highlight=False)
 
 
 def _finish(run: Run) -> None:
