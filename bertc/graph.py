@@ -100,10 +100,7 @@ def match_scope(name: str, pattern: str) -> bool:
 
 # ---- reachability ------------------------------------------------------------------------------
 
-def ancestors(graph_def: GraphDef, roots: Iterable[str], stops: Iterable[str] = ()) -> set[str]:
-    """Nodes the roots need (data and control edges), not looking past the `stops` nodes."""
-    nodes = nodes_by_name(graph_def)
-    stops = set(stops)
+def _reach(roots: Iterable[str], neighbours, stops: set[str]) -> set[str]:
     seen: set[str] = set()
     stack = [node_of(root) for root in roots]
     while stack:
@@ -112,21 +109,20 @@ def ancestors(graph_def: GraphDef, roots: Iterable[str], stops: Iterable[str] = 
             continue
         seen.add(name)
         if name not in stops:
-            stack.extend(split_input(source)[0] for source in nodes[name].input)
+            stack.extend(neighbours(name))
     return seen
+
+
+def ancestors(graph_def: GraphDef, roots: Iterable[str], stops: Iterable[str] = ()) -> set[str]:
+    """Nodes the roots need (data and control edges), not looking past the `stops` nodes."""
+    nodes = nodes_by_name(graph_def)
+    return _reach(roots, lambda name: [split_input(source)[0] for source in nodes[name].input], set(stops))
 
 
 def descendants(graph_def: GraphDef, roots: Iterable[str]) -> set[str]:
+    """Nodes that read the roots, directly or not (data and control edges)."""
     users = consumers(graph_def)
-    seen: set[str] = set()
-    stack = [node_of(root) for root in roots]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        stack.extend(user.name for user, _ in users.get(name, ()))
-    return seen
+    return _reach(roots, lambda name: [user.name for user, _ in users.get(name, ())], set())
 
 
 def keep_nodes(graph: Graph, keep: set[str]) -> Graph:

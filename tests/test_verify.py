@@ -216,7 +216,7 @@ def test_lower_casing_follows_the_vocabulary(tmp_path, vocab_file):
 
 def test_a_vocab_without_special_tokens_is_a_clear_error(tmp_path):
     path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "the"]) + "\n")
+    path.write_text("[PAD]\n[UNK]\n[CLS]\nthe\n")
     with pytest.raises(UserError, match=r"\[SEP\]"):
         tokenize_pairs([Pair(0, "the", "the", 2)], path, seq_len=8, batch_size=1)
     with pytest.raises(UserError, match="does not exist"):
