@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # bertc.runtime and bertc.model.weights: no install (and no TensorFlow) needed
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bertc.runtime import Runtime, read_manifest, regenerate_weights  # noqa: E402
-from bertc.verify import synthetic_batches  # noqa: E402
+from bertc.runtime import Runtime, read_manifest, regenerate_weights
+from bertc.verify import synthetic_batches
 
 PRECISIONS = ("fp32", "mixed", "mixed_bf16")
 # bertc precision -> the PyTorch run it is compared with

@@ -10,7 +10,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 

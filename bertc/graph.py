@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import fnmatch
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -29,7 +29,7 @@ class Graph:
     inputs: Mapping[str, str]  # serving input name -> tensor name, e.g. "input_ids" -> "input_ids:0"
     outputs: Mapping[str, str]  # serving output name -> tensor name
 
-    def replace(self, **changes) -> "Graph":
+    def replace(self, **changes) -> Graph:
         return dataclasses.replace(self, **changes)
 
 

@@ -11,8 +11,9 @@ import dataclasses
 import hashlib
 import json
 import platform
+from collections.abc import Mapping
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any
 
 from bertc.errors import ConfigError
 from bertc.passes import MaskParams, PartitionParams, PrecisionParams, PrecisionRule, RemovalParams

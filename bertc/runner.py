@@ -17,8 +17,8 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 
@@ -172,13 +172,13 @@ def _warn_if_bf16_is_emulated(run: Run, tf) -> None:
 
 
 def _run_pipeline(run: Run, input_path: Path) -> Path | None:
+    import tensorflow as tf
+
     from bertc import targets
     from bertc.graph import check_graph, op_delta, op_histogram
     from bertc.load import load_saved_model
     from bertc.passes import REGISTRY
     from bertc.passes.partition_graph import boundaries_of
-
-    import tensorflow as tf
 
     plan = run.plan
     target_module = targets.get(plan.target.name)

@@ -5,7 +5,7 @@ the allowlist of pure tensor ops is refused with the node names; `security.allow
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from bertc.errors import UserError
 from bertc.graph import Graph

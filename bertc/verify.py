@@ -9,8 +9,8 @@ disagreement in argmax counts against the model only where the original was conf
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -242,7 +242,7 @@ LISTED_DISAGREEMENTS = 20  # report.json lists at most this many, confident ones
 def _figures(pa: np.ndarray, pb: np.ndarray, la: np.ndarray, lb: np.ndarray) -> dict:
     prob_diff, logit_diff = np.abs(pa - pb), np.abs(la - lb)
     return {
-        "examples": int(len(pa)),
+        "examples": len(pa),
         "max_abs_diff": float(prob_diff.max()),
         "mean_abs_diff": float(prob_diff.mean()),
         "logits_max_abs_diff": float(logit_diff.max()),
@@ -280,7 +280,7 @@ def compare(original, compiled, batches: Iterable[Batch], gate: str, tolerance: 
     source_names = np.array(sources)
     nonfinite = int(((~np.isfinite(pb)).any(-1) | (~np.isfinite(lb)).any(-1)).sum())  # examples, not values
     result = {
-        "examples": int(len(pa)),
+        "examples": len(pa),
         "gate": gate,
         "tolerance": tolerance,
         **{key: value for key, value in _figures(pa, pb, la, lb).items() if key != "examples"},
@@ -308,7 +308,7 @@ def compare(original, compiled, batches: Iterable[Batch], gate: str, tolerance: 
                 "give a dataset for this model's task."
             )
         result["accuracy"] = {
-            "examples": int(len(gold)),
+            "examples": len(gold),
             "original": float((top_a[rows] == gold).mean()),
             "compiled": float((top_b[rows] == gold).mean()),
         }

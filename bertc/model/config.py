@@ -37,7 +37,7 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "BertConfig":
+    def from_json_file(cls, path: str | Path) -> BertConfig:
         raw = json.loads(Path(path).read_text())
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in raw.items() if key in known})

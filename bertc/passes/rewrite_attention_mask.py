@@ -160,7 +160,7 @@ def rewrite_attention_mask(graph: Graph, params: MaskParams) -> PassResult:
 
 
 def _bias_nodes(mask_tensor: str, seq_len: int, bias_value: float) -> list[NodeDef]:
-    mask_ref = mask_tensor[:-2] if mask_tensor.endswith(":0") else mask_tensor
+    mask_ref = mask_tensor.removesuffix(":0")
     return [
         make_const(f"{SCOPE}/shape", np.array([-1, 1, 1, seq_len], np.int32)),
         make_node("Reshape", f"{SCOPE}/Reshape", [mask_ref, f"{SCOPE}/shape"], T=tf.int32, Tshape=tf.int32),
