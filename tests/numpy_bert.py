@@ -81,6 +81,22 @@ def _f64(array) -> np.ndarray:
     return np.asarray(array, dtype=np.float64)
 
 
+def _layers(linear, norm, layer_scope: str, sep: str, present) -> list[Layer]:
+    """The encoder layers of one naming scheme (google: '/', Hugging Face: '.'), in order."""
+    layers = []
+    while present(scope := layer_scope.format(len(layers))):
+        def part(*names: str) -> str:
+            return sep.join((scope, *names))
+
+        layers.append(Layer(
+            linear(part("attention", "self", "query")), linear(part("attention", "self", "key")),
+            linear(part("attention", "self", "value")), linear(part("attention", "output", "dense")),
+            norm(part("attention", "output")), linear(part("intermediate", "dense")),
+            linear(part("output", "dense")), norm(part("output")),
+        ))
+    return layers
+
+
 def from_google(weights: dict[str, np.ndarray], heads: int) -> Model:
     w = {name: _f64(value) for name, value in weights.items()}
 
@@ -90,17 +106,7 @@ def from_google(weights: dict[str, np.ndarray], heads: int) -> Model:
     def norm(scope):
         return Norm(w[f"{scope}/LayerNorm/gamma"], w[f"{scope}/LayerNorm/beta"])
 
-    layers = []
-    index = 0
-    while f"bert/encoder/layer_{index}/attention/self/query/kernel" in w:
-        scope = f"bert/encoder/layer_{index}"
-        layers.append(Layer(
-            linear(f"{scope}/attention/self/query"), linear(f"{scope}/attention/self/key"),
-            linear(f"{scope}/attention/self/value"), linear(f"{scope}/attention/output/dense"),
-            norm(f"{scope}/attention/output"), linear(f"{scope}/intermediate/dense"),
-            linear(f"{scope}/output/dense"), norm(f"{scope}/output"),
-        ))
-        index += 1
+    layers = _layers(linear, norm, "bert/encoder/layer_{}", "/", lambda scope: f"{scope}/attention/self/query/kernel" in w)
     classifier = None
     if "output_weights" in w:  # google's [num_labels, H], used with transpose_b
         classifier = Linear(w["output_weights"], w["output_bias"], out_in=True)
@@ -121,17 +127,7 @@ def from_hf(tensors: dict[str, np.ndarray], heads: int) -> Model:
     def norm(scope):
         return Norm(t[f"{scope}.LayerNorm.weight"], t[f"{scope}.LayerNorm.bias"])
 
-    layers = []
-    index = 0
-    while f"encoder.layer.{index}.attention.self.query.weight" in t:
-        scope = f"encoder.layer.{index}"
-        layers.append(Layer(
-            linear(f"{scope}.attention.self.query"), linear(f"{scope}.attention.self.key"),
-            linear(f"{scope}.attention.self.value"), linear(f"{scope}.attention.output.dense"),
-            norm(f"{scope}.attention.output"), linear(f"{scope}.intermediate.dense"),
-            linear(f"{scope}.output.dense"), norm(f"{scope}.output"),
-        ))
-        index += 1
+    layers = _layers(linear, norm, "encoder.layer.{}", ".", lambda scope: f"{scope}.attention.self.query.weight" in t)
     pooler = linear("pooler.dense") if "pooler.dense.weight" in t else None
     classifier = linear("classifier") if "classifier.weight" in t else None
     return Model(

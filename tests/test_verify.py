@@ -200,7 +200,7 @@ def test_batches_follow_batch_size_and_carry_labels_and_lines(vocab_file):
 
 def test_padding_uses_the_vocab_pad_id_wherever_it_is(tmp_path):
     path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(["[UNK]", "[CLS]", "[SEP]", "the", "cat", "[PAD]"]) + "\n")
+    path.write_text("[UNK]\n[CLS]\n[SEP]\nthe\ncat\n[PAD]\n")
     [batch] = tokenize_pairs([Pair(0, "the", "cat", 2)], path, seq_len=7, batch_size=1)
     assert batch.input_ids.tolist() == [[1, 3, 2, 4, 2, 5, 5]]
 
@@ -209,7 +209,7 @@ def test_lower_casing_follows_the_vocabulary(tmp_path, vocab_file):
     [uncased] = tokenize_pairs([Pair(0, "The CAT", "Dog", 2)], vocab_file, seq_len=8, batch_size=1)
     assert uncased.input_ids[0, :6].tolist() == [CLS, ID["the"], ID["cat"], SEP, ID["dog"], SEP]
     cased = tmp_path / "cased.txt"
-    cased.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "The", "the", "Dog", "dog"]) + "\n")
+    cased.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nThe\nthe\nDog\ndog\n")
     [batch] = tokenize_pairs([Pair(0, "The the", "Dog", 2)], cased, seq_len=8, batch_size=1)
     assert batch.input_ids[0, :6].tolist() == [2, 4, 5, 3, 6, 3]
 
