@@ -15,8 +15,8 @@ from rich.console import Console
 
 from bertc.bench import benchmark
 from bertc.cli import CONF_DIR
+from bertc.pipeline import compile_run
 from bertc.plan import build_plan
-from bertc.runner import compile_run
 from bertc.verify import CompiledModel
 
 

@@ -1,6 +1,7 @@
-"""`python -m bertc [overrides]`: compose the config -> build the plan -> print it -> run it.
+"""`bertc [overrides]` / `python -m bertc [overrides]`: compose the config -> build the plan -> print it -> run it.
 
-A thin Hydra entry point over `bertc.cli.run_job`, which tests call directly.
+Help, --version and unknown keys are answered here, before Hydra and without TensorFlow; a compile is a
+thin Hydra entry point over `bertc.cli.run_job`, which tests call directly.
 """
 from __future__ import annotations
 
@@ -8,21 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bertc.console import quiet_import, quiet_tensorflow
-
-quiet_tensorflow()
-with quiet_import():
-    import tensorflow  # noqa: F401  (its import-time CUDA probes print to fd 2)
-
-import hydra
-from omegaconf import DictConfig
-
-from bertc.cli import CONF_DIR, run_job
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def app(cfg: DictConfig) -> int:
-    return run_job(cfg)
+EXIT_CONFIG_ERROR = 2
 
 
 def _output_root(argv: list[str]) -> Path:
@@ -47,13 +34,54 @@ def _check_writable(root: Path) -> str | None:
     return None
 
 
-def main() -> None:
-    problem = _check_writable(_output_root(sys.argv[1:]))
+def _answer_before_hydra(argv: list[str]) -> int | None:
+    """--help, --version and unknown keys: an exit code, or None to go on to Hydra."""
+    from bertc import usage
+    from bertc.cli import CONF_DIR
+
+    if "--version" in argv or "-V" in argv:
+        print(f"bertc {usage.version()}")
+        return 0
+    if "--help" in argv or "-h" in argv:
+        print(usage.help_text(Path(CONF_DIR)))
+        return 0
+    if any(arg.startswith(("-sc", "--shell-completion", "--hydra-help", "--info", "-i")) for arg in argv):
+        return None  # Hydra's own: shell completion, its help and info
+    problem = usage.check_overrides(argv, Path(CONF_DIR))
+    if problem:
+        print(f"error: {problem} (bertc --help lists the groups and options)", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    problem = _check_writable(_output_root(argv))
     if problem:
         print(problem, file=sys.stderr)
-        sys.exit(2)
-    app()
+        return EXIT_CONFIG_ERROR
+    return None
+
+
+def main() -> None:
+    code = _answer_before_hydra(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    import hydra
+
+    from bertc.cli import CONF_DIR, run_job
+
+    started: list[bool] = []
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+    def app(cfg) -> int:
+        started.append(True)
+        return run_job(cfg)
+
+    try:
+        app()
+    except SystemExit as exit_:
+        # Hydra reports a config it cannot compose (a wrong type, a bad interpolation) and exits 1: that is
+        # the user's config at fault, which bertc's exit codes call 2.
+        if exit_.code == 1 and not started:
+            sys.exit(EXIT_CONFIG_ERROR)
+        raise
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

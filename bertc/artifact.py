@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 DIGEST_NOTE = (
@@ -51,6 +52,15 @@ def file_digests(path: str | Path) -> dict[str, str]:
         file.relative_to(path).as_posix(): _hash_file(hashlib.sha256(), file).hexdigest()
         for file in sorted(path.rglob("*")) if file.is_file()
     }
+
+
+def files_digest(root: Path, files: Iterable[Path]) -> str:
+    """sha256 over each file's name (relative to root) and bytes, in the given order: "sha256:<hex>"."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        _hash_file(digest, file)
+    return "sha256:" + digest.hexdigest()
 
 
 def _hash_file(digest, file: Path):

@@ -12,15 +12,26 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from bertc.config import register_configs
 from bertc.console import native_stderr_to, silence_tf_loggers
 from bertc.errors import UserError
-from bertc.runner import EXIT_USER_ERROR
+from bertc.pipeline import EXIT_USER_ERROR
+
+
+def config_dir() -> str:
+    """conf/ of a source checkout when this bertc is one (the clone's ./bertc may be imported before the
+    installed package), else the configs packaged with the installed bertc."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "config.yaml").is_file():
+        return str(checkout)
+    return str(importlib.resources.files("bertc.conf"))
+
 
 register_configs()
-CONF_DIR = str(importlib.resources.files("bertc.conf"))
+CONF_DIR = config_dir()
 
 
 def _is_multirun() -> bool:
@@ -32,9 +43,9 @@ def _run_dir() -> Path:
 
 
 def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | None = None) -> int:
+    from bertc.pipeline import compile_run, prepare, write_plan
     from bertc.plan import build_plan
     from bertc.report import write_atomic, write_reports
-    from bertc.runner import compile_run, prepare, write_plan
 
     silence_tf_loggers()
     console = console or Console(highlight=False, soft_wrap=True)
@@ -45,12 +56,15 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
         write_atomic(run_dir / "resolved.yaml", resolved)
         plan = build_plan(cfg)
-        console.print(Panel("\n".join(plan.describe()), title="bertc plan", expand=False))
+        console.print(Panel(escape("\n".join(plan.describe())), title="bertc plan", expand=False))
         if cfg.dry_run:
-            input_path, digest, library_versions, print_ = prepare(plan, lambda message: console.print(f"  [dim]{message}[/]"))
-            write_plan(run_dir, plan, input_path, digest, library_versions, print_)
-            write_reports(run_dir, {"status": "planned", "fingerprint": print_, "input": {"path": str(input_path), "digest": digest}, "versions": library_versions, "steps": []})
-            console.print(f"fingerprint {print_}\ndry run: nothing compiled; plan written to {run_dir / 'plan.json'}")
+            source = prepare(plan, lambda message: console.print(f"  [dim]{escape(message)}[/]"))
+            write_plan(run_dir, plan, source)
+            write_reports(run_dir, {"status": "planned", "fingerprint": source.fingerprint, "steps": [],
+                                    "input": {"path": str(source.path), "digest": source.digest},
+                                    "versions": source.versions})
+            console.print(f"fingerprint {source.fingerprint}\ndry run: nothing compiled; plan written to "
+                          f"{escape(str(run_dir / 'plan.json'))}")
             return 0
         with native_stderr_to(run_dir / "tensorflow.log"):
             code = compile_run(plan, run_dir, console, debug=bool(cfg.debug))
@@ -58,7 +72,7 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
         if cfg.get("debug"):
             raise
         write_reports(run_dir, {"status": "failed", "failed_step": "plan", "error": str(error), "steps": []})
-        console.print(f"[bold red]error:[/] {error}")
+        console.print(f"[bold red]error:[/] {escape(str(error))}")
         code = EXIT_USER_ERROR
     if code and not _is_multirun():
         raise SystemExit(code)

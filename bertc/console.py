@@ -10,19 +10,9 @@ import contextlib
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from rich.console import Console
-
-
-def quiet_tensorflow() -> None:
-    """Call before TensorFlow is imported."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow")
 
 
 def silence_tf_loggers() -> None:
@@ -54,10 +44,3 @@ def native_stderr_to(path: Path | None):
         os.dup2(saved, 2)
         os.close(saved)
         terminal.close()
-
-
-@contextlib.contextmanager
-def quiet_import():
-    """Import-time noise (CUDA probes, oneDNN notices) goes nowhere."""
-    with native_stderr_to(None):
-        yield

@@ -11,3 +11,9 @@ class ModelError(UserError):
 
 class ConfigError(UserError):
     """A config value matches nothing, or contradicts another."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line, at most 200 characters (TensorFlow's messages run to pages)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -11,37 +11,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from bertc.lazy import import_tensorflow
 
-
-def _import_tensorflow_quietly() -> None:
-    # TF's C++ start-up lines (e.g. "Could not find cuda drivers") are written before
-    # TF_CPP_MIN_LOG_LEVEL is read, so hold stderr's file descriptor shut while it loads.
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-_import_tensorflow_quietly()
+import_tensorflow()  # before the model builder imports it, so its start-up lines stay off the terminal
 
 from bertc.model.config import PRESETS, BertConfig, preset
-from bertc.model.export import export_saved_model
+from bertc.model.saved_model import export_saved_model
 from bertc.model.sources import (
     HEAD_NAMES,
     POOLER_NAMES,
     complete_weights,
-    hf_activation,
     minilm_folder,
     read_checkpoint_folder,
     read_hf_folder,
@@ -79,39 +62,9 @@ def export_model(
         raise FileExistsError(f"{out} already exists; bertc never overwrites a model: choose a new --out.")
 
     if source_kind == "size":
-        config = preset(str(source))
-        _check_seq_len(config, seq_len)
-        labels = num_labels or DEFAULT_NUM_LABELS
-        say(f"random weights for the {source} preset from seed {seed}: for compiling and testing, "
-            "not for predictions")
-        weights = random_weights(config, labels, seed)
-        drawn: tuple[str, ...] = tuple(weights)
-        has_classifier, vocab = False, None
+        config, weights, drawn, labels, vocab = _preset_weights(str(source), seq_len, num_labels, seed, say)
     else:
-        folder = _source_folder(source_kind, source)
-        is_checkpoint = source_kind == "checkpoint"
-        say(f"reading {'checkpoint' if is_checkpoint else 'Hugging Face'} folder {folder}")
-        reader = read_checkpoint_folder if is_checkpoint else read_hf_folder
-        config, weights, source_labels, has_classifier, vocab = reader(folder)
-        _check_seq_len(config, seq_len)
-        if not is_checkpoint and hf_activation(folder) == "gelu":
-            say("note: Hugging Face 'gelu' is the exact erf form; google's graph computes the tanh "
-                "approximation, so hidden states differ slightly from PyTorch's "
-                "(MiniLM: 4e-4 mean, 1e-2 max)")
-        if has_classifier and num_labels is not None and num_labels != source_labels:
-            raise ValueError(
-                f"the fine-tuned classifier in {folder} has {source_labels} labels (output_weights "
-                f"[{source_labels}, {config.hidden_size}]) but --num-labels {num_labels} was given: "
-                f"drop --num-labels or pass {source_labels}."
-            )
-        labels = source_labels if has_classifier else (num_labels or DEFAULT_NUM_LABELS)
-        weights, drawn = complete_weights(config, weights, labels, seed)
-        if any(name in drawn for name in POOLER_NAMES):
-            say(f"no pooler in the checkpoint: bert/pooler/dense drawn from seed {seed}")
-        if not has_classifier:
-            say(f"no classifier in the checkpoint: output_weights/output_bias drawn from seed {seed}; "
-                "fine-tune before trusting its predictions")
-
+        config, weights, drawn, labels, vocab = _imported_weights(source_kind, source, seq_len, num_labels, seed, say)
     say(
         f"model: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{config.num_attention_heads} heads, intermediate {config.intermediate_size}, "
@@ -131,6 +84,42 @@ def export_model(
         "pooler_from_seed": all(name in drawn for name in POOLER_NAMES),
         "vocab": vocab is not None,
     }
+
+
+def _preset_weights(size: str, seq_len: int, num_labels: int | None, seed: int, say: Callable[[str], None]):
+    """(config, weights, names drawn from the seed, labels, vocab file) for a size preset."""
+    config = preset(size)
+    _check_seq_len(config, seq_len)
+    labels = num_labels or DEFAULT_NUM_LABELS
+    say(f"random weights for the {size} preset from seed {seed}: for compiling and testing, not for predictions")
+    weights = random_weights(config, labels, seed)
+    return config, weights, tuple(weights), labels, None
+
+
+def _imported_weights(kind: str, source, seq_len: int, num_labels: int | None, seed: int, say: Callable[[str], None]):
+    """(config, weights, names drawn from the seed, labels, vocab file) for a checkpoint or Hugging Face folder."""
+    folder = _source_folder(kind, source)
+    is_checkpoint = kind == "checkpoint"
+    say(f"reading {'checkpoint' if is_checkpoint else 'Hugging Face'} folder {folder}")
+    reader = read_checkpoint_folder if is_checkpoint else read_hf_folder
+    config, weights, source_labels, has_classifier, vocab = reader(folder)
+    _check_seq_len(config, seq_len)
+    if config.hidden_act == "gelu_exact":
+        say("activation: Hugging Face 'gelu', the exact erf form (built as such; gelu=tanh rewrites it when asked)")
+    if has_classifier and num_labels is not None and num_labels != source_labels:
+        raise ValueError(
+            f"the fine-tuned classifier in {folder} has {source_labels} labels (output_weights "
+            f"[{source_labels}, {config.hidden_size}]) but --num-labels {num_labels} was given: "
+            f"drop --num-labels or pass {source_labels}."
+        )
+    labels = source_labels if has_classifier else (num_labels or DEFAULT_NUM_LABELS)
+    weights, drawn = complete_weights(config, weights, labels, seed)
+    if any(name in drawn for name in POOLER_NAMES):
+        say(f"no pooler in the checkpoint: bert/pooler/dense drawn from seed {seed}")
+    if not has_classifier:
+        say(f"no classifier in the checkpoint: output_weights/output_bias drawn from seed {seed}; "
+            "fine-tune before trusting its predictions")
+    return config, weights, drawn, labels, vocab
 
 
 def _check_seq_len(config: BertConfig, seq_len: int) -> None:

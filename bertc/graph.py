@@ -10,16 +10,48 @@ import collections
 import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, types_pb2
-from tensorflow.python.framework import op_def_registry
 
 from bertc.errors import UserError
+from bertc.lazy import tf
 
-NodeDef = node_def_pb2.NodeDef
-GraphDef = graph_pb2.GraphDef
+if TYPE_CHECKING:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
+
+# TensorFlow's DataType enum values (types.proto), so that importing the IR does not import TensorFlow.
+DT_FLOAT, DT_INT32, DT_BFLOAT16, DT_HALF = 1, 3, 14, 19
+FLOAT_TYPES = {DT_FLOAT, DT_HALF, DT_BFLOAT16}
+# Names the passes give the nodes they create, and the targets read: part of the IR, not of one pass.
+BOUNDARY_PREFIX = "bertc/boundary/"
+ATTENTION_BIAS_SCOPE = "bertc/attention_bias"
+
+
+def __getattr__(name: str):
+    """`NodeDef` and `GraphDef`, the protobuf classes, loaded with TensorFlow on first use."""
+    if name == "NodeDef":
+        from tensorflow.core.framework.node_def_pb2 import NodeDef
+
+        return NodeDef
+    if name == "GraphDef":
+        from tensorflow.core.framework.graph_pb2 import GraphDef
+
+        return GraphDef
+    raise AttributeError(name)
+
+
+def new_graph_def() -> GraphDef:
+    from tensorflow.core.framework.graph_pb2 import GraphDef
+
+    return GraphDef()
+
+
+def new_node_def(**fields) -> NodeDef:
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
+
+    return NodeDef(**fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +159,7 @@ def descendants(graph_def: GraphDef, roots: Iterable[str]) -> set[str]:
 
 def keep_nodes(graph: Graph, keep: set[str]) -> Graph:
     """The graph restricted to `keep` (order preserved); weights of dropped placeholders go too."""
-    graph_def = GraphDef()
+    graph_def = new_graph_def()
     graph_def.versions.CopyFrom(graph.graph_def.versions)
     graph_def.library.CopyFrom(graph.graph_def.library)
     graph_def.node.extend(node for node in graph.graph_def.node if node.name in keep)
@@ -142,7 +174,7 @@ def prune_to_outputs(graph: Graph) -> Graph:
 
 
 def copy_graph_def(graph_def: GraphDef) -> GraphDef:
-    result = GraphDef()
+    result = new_graph_def()
     result.CopyFrom(graph_def)
     return result
 
@@ -166,14 +198,14 @@ def const_value(node: NodeDef) -> np.ndarray:
 
 def make_const(name: str, value: np.ndarray, device: str = "") -> NodeDef:
     value = np.asarray(value)
-    node = NodeDef(name=name, op="Const", device=device)
+    node = new_node_def(name=name, op="Const", device=device)
     node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
     node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
     return node
 
 
 def make_node(op: str, name: str, inputs: Iterable[str], device: str = "", **attrs) -> NodeDef:
-    node = NodeDef(name=name, op=op, input=list(inputs), device=device)
+    node = new_node_def(name=name, op=op, input=list(inputs), device=device)
     for key, value in attrs.items():
         if isinstance(value, tf.DType):
             node.attr[key].type = value.as_datatype_enum
@@ -181,15 +213,15 @@ def make_node(op: str, name: str, inputs: Iterable[str], device: str = "", **att
             node.attr[key].b = value
         elif isinstance(value, int):
             node.attr[key].i = value
-        elif isinstance(value, attr_value_pb2.AttrValue):
+        elif type(value).__name__ == "AttrValue":
             node.attr[key].CopyFrom(value)
         else:
             raise TypeError(f"attr {key} of {name}: unsupported value {value!r}")
     return node
 
 
-def make_placeholder(name: str, dtype: tf.DType, shape: Iterable[int | None]) -> NodeDef:
-    node = NodeDef(name=name, op="Placeholder")
+def make_placeholder(name: str, dtype, shape: Iterable[int | None]) -> NodeDef:
+    node = new_node_def(name=name, op="Placeholder")
     node.attr["dtype"].type = dtype.as_datatype_enum
     node.attr["shape"].shape.CopyFrom(tf.TensorShape(list(shape)).as_proto())
     return node
@@ -208,6 +240,8 @@ def _flat_dtypes(node: NodeDef, args) -> list[int]:
 
 
 def _op_def(node: NodeDef):
+    from tensorflow.python.framework import op_def_registry
+
     op_def = op_def_registry.get(node.op)
     if op_def is None:
         raise GraphError(f"node {node.name}: op type {node.op} is unknown to this TensorFlow")
@@ -228,9 +262,6 @@ def input_dtype(node: NodeDef, position: int) -> int:
     if position >= len(dtypes):
         raise GraphError(f"node {node.name} ({node.op}) has no input {position}")
     return dtypes[position]
-
-
-FLOAT_TYPES = {types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16}
 
 
 # ---- checks ------------------------------------------------------------------------------------
@@ -291,7 +322,7 @@ def run_graph(graph: Graph, feeds: Mapping[str, np.ndarray], fetches: Iterable[s
     return dict(zip(fetch_names, values))
 
 
-def static_shapes(graph: Graph) -> dict[str, tf.TensorShape]:
+def static_shapes(graph: Graph) -> dict:
     """Tensor name -> the shape TensorFlow's shape inference gives it (batch dims unknown)."""
     with tf.Graph().as_default() as tf_graph:
         tf.graph_util.import_graph_def(graph.graph_def, name="")
@@ -308,3 +339,79 @@ class PassResult:
 
     graph: Graph
     matches: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    details: Mapping = dataclasses.field(default_factory=dict)  # what the report should say of the step
+
+
+# ---- partitioned graphs: host and device parts ---------------------------------------------------
+# The partition step marks each crossing with an Identity named BOUNDARY_PREFIX + key; the targets
+# cut there. Both read the same description, so it lives with the IR, not in either.
+
+@dataclasses.dataclass(frozen=True)
+class Boundary:
+    key: str
+    tensor: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        dims = ",".join("B" if dim is None else str(dim) for dim in self.shape)
+        return f"{self.key}: {self.tensor} [{dims}] {self.dtype}"
+
+
+def boundary_nodes(graph: Graph) -> list[str]:
+    return [node.name for node in graph.graph_def.node if node.name.startswith(BOUNDARY_PREFIX)]
+
+
+def boundaries_of(graph: Graph) -> list[Boundary]:
+    """The crossings a partitioned graph has, with the shapes and dtypes TensorFlow infers for them."""
+    names = set(boundary_nodes(graph))
+    if not names:
+        return []
+    shapes = static_shapes(graph)
+    result = []
+    for node in graph.graph_def.node:
+        if node.name in names:
+            shape = shapes[tensor_name(node.name)]
+            source, index, _ = split_input(node.input[0])
+            dims = tuple(shape.as_list()) if shape.rank is not None else ()
+            dtype = tf.as_dtype(node.attr["T"].type).name
+            result.append(Boundary(node.name[len(BOUNDARY_PREFIX):], tensor_name(source, index), dims, dtype))
+    return result
+
+
+def split_partition(graph: Graph) -> tuple[Graph | None, Graph]:
+    """(host part, device part); host is None when the graph has no boundaries."""
+    names = boundary_nodes(graph)
+    if not names:
+        return None, graph
+    shapes = static_shapes(graph)
+    host = keep_nodes(graph, ancestors(graph.graph_def, names))
+    host = host.replace(outputs={name[len(BOUNDARY_PREFIX):]: tensor_name(name) for name in names})
+
+    device_def = new_graph_def()
+    device_def.versions.CopyFrom(graph.graph_def.versions)
+    needed = ancestors(graph.graph_def, graph.outputs.values(), stops=names)
+    for node in graph.graph_def.node:
+        if node.name in names and node.name in needed:
+            shape = shapes[tensor_name(node.name)]
+            device_def.node.append(make_placeholder(node.name, tf.as_dtype(node.attr["T"].type), shape.as_list()))
+        elif node.name in needed:
+            device_def.node.add().CopyFrom(node)
+    device = Graph(
+        device_def,
+        {name: value for name, value in graph.weights.items() if name in needed},
+        {name[len(BOUNDARY_PREFIX):]: tensor_name(name) for name in names if name in needed},
+        dict(graph.outputs),
+    )
+    return host, device
+
+
+def pruned_function(graph: Graph, input_keys: Iterable[str], weight_names: Iterable[str], output_keys: Iterable[str]):
+    """The GraphDef as a callable (inputs..., weights...) -> outputs: imported once into a wrapped function
+    and pruned, so the weight Placeholders are its arguments and nothing unfed is left (for XLA)."""
+    graph_def = graph.graph_def
+    imported = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+    feeds = [imported.graph.get_tensor_by_name(graph.inputs[key]) for key in input_keys]
+    feeds += [imported.graph.get_tensor_by_name(f"{name}:0") for name in weight_names]
+    fetches = [imported.graph.get_tensor_by_name(graph.outputs[key]) for key in output_keys]
+    return imported.prune(feeds, fetches)

@@ -28,3 +28,13 @@ def native_bf16() -> bool | None:
     if not flags:
         return None
     return any(flag in flags for flag in BF16_FLAGS)
+
+
+def bf16_is_emulated(device: str) -> bool:
+    """Whether a bf16 build for target.device would run its matmuls on a CPU without bf16 instructions."""
+    if device == "gpu":
+        return False
+    from bertc.lazy import tf
+
+    on_cpu = device == "cpu" or not tf.config.list_physical_devices("GPU")
+    return on_cpu and native_bf16() is False

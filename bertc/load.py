@@ -8,7 +8,6 @@ initialisers. The loss branch is kept: dropping it is the removal step's job.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,7 +16,9 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
-from bertc.errors import ModelError
+from bertc.analysis import layer_norm_epsilons
+from bertc.artifact import files_digest
+from bertc.errors import ModelError, first_line
 from bertc.graph import (
     Graph,
     GraphDef,
@@ -27,14 +28,15 @@ from bertc.graph import (
     descendants,
     keep_nodes,
     make_placeholder,
+    new_graph_def,
     node_of,
     nodes_by_name,
     split_input,
     tensor_name,
 )
 from bertc.security import refuse_unsafe_ops
+from bertc.signature import SERVING_INPUTS
 
-SERVING_INPUTS = ("input_ids", "input_mask", "segment_ids")
 VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 
 
@@ -66,15 +68,7 @@ def model_digest(path: str | Path) -> str:
     """sha256 over saved_model.pb and the variable files (names and bytes), in a fixed order."""
     path = Path(path)
     files = [path / "saved_model.pb"] + sorted((path / "variables").glob("*"))
-    digest = hashlib.sha256()
-    for file in files:
-        if not file.is_file():
-            continue
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    return files_digest(path, [file for file in files if file.is_file()])
 
 
 def load_saved_model(path: str | Path, allow_ops: Iterable[str] = ()) -> LoadedModel:
@@ -157,7 +151,7 @@ def _read_weights(path: Path, graph_def: GraphDef) -> dict[str, np.ndarray]:
         available = reader.get_variable_to_shape_map()
     except Exception as error:  # TF raises several types for a missing or broken index
         raise ModelError(
-            f"{path}/variables cannot be read as a checkpoint ({_first_line(error)}); the variable "
+            f"{path}/variables cannot be read as a checkpoint ({first_line(error)}); the variable "
             "files are missing, truncated or corrupted: export the model again."
         ) from None
     weights = {}
@@ -170,19 +164,15 @@ def _read_weights(path: Path, graph_def: GraphDef) -> dict[str, np.ndarray]:
             weights[name] = reader.get_tensor(name)
         except Exception as error:
             raise ModelError(
-                f"{path}/variables: reading {name} failed ({_first_line(error)}); a variable shard is "
+                f"{path}/variables: reading {name} failed ({first_line(error)}); a variable shard is "
                 "missing or short: export the model again."
             ) from None
     return weights
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-
-
 def _to_weight_placeholders(graph_def: GraphDef, weights, inputs, outputs) -> Graph:
     """Variables -> weight Placeholders, their reads -> Identity; keep only the model computation."""
-    result = GraphDef()
+    result = new_graph_def()
     result.versions.CopyFrom(graph_def.versions)
     for node in graph_def.node:
         if node.op in VARIABLE_OPS and node.name in weights:
@@ -275,12 +265,7 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
     widest = max(kernel_widths, default=0)
     logits_node = _through_identity(nodes, node_of(graph.outputs["logits"]))
     num_labels = _num_labels(nodes, weights, logits_node)
-    epsilons = [
-        float(const_value(source))
-        for node in graph_def.node if node.op == "Rsqrt"
-        for add in [nodes[split_input(node.input[0])[0]]] if add.op in ("Add", "AddV2")
-        for source in [nodes[split_input(name)[0]] for name in add.input] if source.op == "Const"
-    ]
+    epsilons = layer_norm_epsilons(graph)
     return BertShape(
         layers=len(attention_softmaxes), hidden=int(hidden), heads=int(heads), head_size=int(hidden // heads),
         intermediate=int(widest), vocab=int(vocab), type_vocab=int(type_vocab),

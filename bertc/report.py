@@ -1,8 +1,9 @@
 """A run's record (dict) -> report.json (stable keys) and report.md for a person; and the terminal summary.
 
 report.json keys: status (passed | failed | rejected | planned), failed_step, error, traceback (a
-crash only), warnings (e.g. bf16 emulated on this CPU), fingerprint, precision, input {path, digest, shape}, versions, steps [{name, op_delta,
-ops_before, ops_after, seconds, matches}], target {name, device, compile_seconds, boundaries},
+crash only), warnings (e.g. bf16 emulated on this CPU), fingerprint, precision, input {path, digest, shape,
+roles (nodes per role, bertc/analysis.py)}, versions, steps [{name, op_delta, ops_before, ops_after, seconds,
+matches; the precision step also converted_roles {role: {dtype: nodes}}}], target {name, device, compile_seconds, boundaries},
 artifact {path, digest, note}, parity {examples, gate, tolerance, passed, max_abs_diff,
 mean_abs_diff, logits_max_abs_diff, logits_mean_abs_diff, argmax_agreement, disagreement_count,
 confident_disagreements, disagreements [{index, source, line (dataset rows), original, compiled,
@@ -134,6 +135,11 @@ def markdown(record: dict) -> str:
         for step in record["steps"]:
             delta = ", ".join(f"{op} {count:+d}" for op, count in step.get("op_delta", {}).items()) or "none"
             lines.append(f"| {step['name']} | {step['seconds']:.2f} | {delta} |")
+        for step in record["steps"]:
+            if step.get("converted_roles"):
+                regions = ", ".join(f"{role} ({', '.join(f'{count} {dtype}' for dtype, count in dtypes.items())})"
+                                    for role, dtypes in step["converted_roles"].items())
+                lines += ["", f"Converted by {step['name']} (nodes per role): {regions}"]
     boundaries = (record.get("target") or {}).get("boundaries")
     if boundaries:
         lines += ["", "Partition boundaries (host -> device):", ""]

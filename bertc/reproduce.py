@@ -35,7 +35,7 @@ REBUILD_CONFIG = "reproduce"
 REBUILD_HEADER = """\
 # Written by python -m bertc.reproduce: {run}/resolved.yaml over bertc's schema, bench off.
 defaults:
-  - base_config
+  - bertc_schema
   - override hydra/job_logging: disabled
   - override hydra/hydra_logging: disabled
   - _self_
@@ -96,11 +96,9 @@ def _digest_now(folder: Path | None, recorded: str | None) -> tuple[str | None, 
     if folder is None:
         return recorded, "the run's model folder is gone; compared with the digest recorded in report.json"
     from bertc.artifact import artifact_digest
-    from bertc.console import quiet_import, quiet_tensorflow
+    from bertc.lazy import import_tensorflow
 
-    quiet_tensorflow()
-    with quiet_import():
-        import tensorflow  # noqa: F401  (the digest parses saved_model.pb with TensorFlow's protobufs)
+    import_tensorflow()  # the digest parses saved_model.pb with TensorFlow's protobufs
     digest = artifact_digest(folder)
     if recorded and digest != recorded:
         return digest, (f"{folder} no longer matches the digest in report.json ({recorded}): it was modified after "

@@ -1,66 +1,6 @@
-"""`python -m bertc.run MODEL_DIR`: a target=stablehlo artifact on a PJRT device, without TensorFlow.
-
-    python -m bertc.run outputs/.../model --check                       # the manifest's reference batch, vs the TF build
-    python -m bertc.run outputs/.../model --inputs batch.npz --out out.npz --platform gpu
-    python -m bertc.run bench/artifacts/large-fp32 --regenerate --check # a bundle without weights: remake them
-
---inputs is an .npz with int32 input_ids, input_mask, segment_ids [batch, seq_len]; --out gets
-probabilities and logits. Exit codes: 0 done (and --check passed), 1 --check over the gate, 2 a bad
-artifact or input.
-"""
-from __future__ import annotations
-
-import argparse
-import sys
-import time
-from pathlib import Path
-
-import numpy as np
-
-from bertc.errors import UserError
-from bertc.runtime import SERVING_INPUTS, Runtime, read_manifest, regenerate_weights
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bertc.run", description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="the model/ folder of a target=stablehlo run, or its stablehlo/ folder")
-    parser.add_argument("--platform", default=None, help="cpu, gpu, tpu or a PJRT plugin's name (default: JAX's default)")
-    parser.add_argument("--device", type=int, default=0, help="which device of the platform")
-    parser.add_argument("--check", action="store_true", help="run the manifest's reference batch and compare")
-    parser.add_argument("--inputs", type=Path, help=".npz with " + ", ".join(SERVING_INPUTS))
-    parser.add_argument("--out", type=Path, help=".npz to write probabilities and logits to")
-    parser.add_argument("--regenerate", action="store_true", help="remake the weights from the manifest's seed instead of reading them")
-    args = parser.parse_args(argv)
-    try:
-        weights = None
-        if args.regenerate:
-            weights, differ = regenerate_weights(read_manifest(args.model))
-            if differ:
-                print(f"warning: {len(differ)} regenerated weight(s) differ from the build's digests (first {differ[0]}); "
-                      "parity against the reference is void", file=sys.stderr)
-        runtime = Runtime(args.model, platform=args.platform, device_index=args.device, weights=weights)
-        print(f"{runtime.folder}: batch sizes {runtime.batch_sizes}, seq_len {runtime.seq_len}, on {runtime.platform} ({runtime.device})")
-        code = 0
-        if args.check:
-            check = runtime.self_check()
-            print(f"check: max |dp| {check['max_abs_diff']:.3g} over {check['examples']} examples against the TensorFlow build "
-                  f"(gate {check['tolerance']}): {'passed' if check['passed'] else 'FAILED'}")
-            code = 0 if check["passed"] else 1
-        if args.inputs:
-            with np.load(args.inputs) as data:
-                feeds = {name: data[name] for name in SERVING_INPUTS if name in data.files}
-            start = time.perf_counter()
-            outputs = runtime(feeds)
-            print(f"{len(outputs['probabilities'])} examples in {time.perf_counter() - start:.3f}s (first call compiles)")
-            if args.out:
-                np.savez(args.out, **outputs)
-            else:
-                print(np.array2string(outputs["probabilities"], precision=4, threshold=40))
-        return code
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
+"""`python -m bertc.run`: the former name of `python -m bertc.serve` (serve a target=stablehlo artifact), kept
+so existing commands keep working."""
+from bertc.serve import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

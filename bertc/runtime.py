@@ -19,7 +19,6 @@ jax.export's own format; jax.extend is JAX's documented API for such extensions.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -27,15 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bertc.errors import UserError
+from bertc.portable import (  # the artifact's format, shared with the target that writes it
+    FORMAT,
+    MANIFEST,
+    ServingError,
+    compute_host,
+    numpy_dtype,
+    tensor_digest,
+)
+from bertc.signature import SERVING_INPUTS
 
-FORMAT = "bertc-stablehlo-1"
-MANIFEST = "manifest.json"
-SERVING_INPUTS = ("input_ids", "input_mask", "segment_ids")
-
-
-class ServingError(UserError):
-    """The artifact or the call is not what the runtime expects; the message says what to do."""
+__all__ = ["FORMAT", "MANIFEST", "SERVING_INPUTS", "Runtime", "ServingError", "compute_host", "numpy_dtype",
+           "tensor_digest"]
 
 
 # ---- the artifact --------------------------------------------------------------------------------
@@ -57,18 +59,6 @@ def read_manifest(path: str | Path) -> dict:
     if manifest.get("format") != FORMAT:
         raise ServingError(f"{path}: manifest format {manifest.get('format')!r}, this runtime reads {FORMAT!r}.")
     return manifest
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes  # JAX's own dependency: NumPy has no bfloat16
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
-def tensor_digest(value: np.ndarray) -> str:
-    return "sha256:" + hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
 
 
 def load_weights(path: str | Path, manifest: Mapping | None = None) -> dict[str, np.ndarray]:
@@ -122,45 +112,6 @@ def regenerate_weights(
             differ.append(name)
         weights[name] = value
     return weights, differ
-
-
-# ---- the host part -------------------------------------------------------------------------------
-
-def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
-    """tf.nn.batch_normalization's arithmetic over the last axis, in float32, as google's graph does it."""
-    mean = x.mean(axis=-1, keepdims=True, dtype=np.float32)
-    variance = np.square(x - mean).mean(axis=-1, keepdims=True, dtype=np.float32)
-    inverse = (np.float32(1.0) / np.sqrt(variance + np.float32(epsilon))) * gamma
-    return x * inverse + (beta - mean * inverse)
-
-
-def compute_host(host: Mapping, weights: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The manifest's host recipe on a batch of serving inputs -> the boundary tensors the device part reads."""
-    result = {}
-    embedding = host["embedding_output"]
-    ids, segments = feeds["input_ids"], feeds["segment_ids"]
-    seq_len = ids.shape[1]
-    # NOTE: the order of the sums is the graph's: (words + token types) + positions.
-    x = _float32(weights, embedding["word_embeddings"])[ids] + _float32(weights, embedding["token_type_embeddings"])[segments]
-    x = x + _float32(weights, embedding["position_embeddings"])[:seq_len][None]
-    norm = embedding["layer_norm"]
-    x = layer_norm(x, _float32(weights, norm["gamma"]), _float32(weights, norm["beta"]), norm["epsilon"])
-    result["embedding_output"] = x.astype(numpy_dtype(embedding["dtype"]))
-
-    mask = host["attention_mask"]
-    present = feeds["input_mask"].astype(np.float32)
-    if mask["form"] == "bias":  # mask=reimpl: one additive [B,1,1,T] bias shared by every layer
-        value = (np.float32(1.0) - present[:, None, None, :]) * np.float32(mask["bias_value"])
-    elif mask["form"] == "mask":  # mask=original: google's [B,F,T] float mask, ones broadcast over F
-        value = np.broadcast_to(present[:, None, :], (len(present), seq_len, seq_len))
-    else:
-        raise ServingError(f"unknown attention mask form {mask['form']!r} in the manifest; upgrade bertc.runtime.")
-    result["attention_mask"] = np.ascontiguousarray(value).astype(numpy_dtype(mask["dtype"]))
-    return result
-
-
-def _float32(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    return np.asarray(weights[name], np.float32)
 
 
 # ---- compiling and running on a PJRT device ------------------------------------------------------

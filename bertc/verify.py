@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertc.batches import Batch, synthetic_batches
 from bertc.errors import UserError
 
 # Max |probability difference| per precision, set from the largest difference measured over the
@@ -25,38 +26,7 @@ from bertc.errors import UserError
 # bf16 rounds ~16x coarser than fp16, hence its figure. Measured on 6 layers: a deeper model adds
 # error with depth; measure it and set verify.tolerance rather than trust this gate blindly.
 GATES = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 3e-2}
-
-
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    input_ids: np.ndarray
-    input_mask: np.ndarray
-    segment_ids: np.ndarray
-    labels: np.ndarray | None = None
-    source: str = "synthetic"
-    lines: np.ndarray | None = None  # dataset batches: the TSV line of each row
-
-    def feeds(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self.input_ids, "input_mask": self.input_mask, "segment_ids": self.segment_ids}
-
-
-def synthetic_batches(batches: int, batch_size: int, seq_len: int, vocab: int, seed: int) -> list[Batch]:
-    """Seeded batches: [CLS] a [SEP] b [SEP] with random lengths, the rest padding."""
-    rng = np.random.default_rng(seed)
-    result = []
-    for _ in range(batches):
-        ids = np.zeros((batch_size, seq_len), np.int32)
-        mask = np.zeros_like(ids)
-        segments = np.zeros_like(ids)
-        for row in range(batch_size):
-            length = int(rng.integers(4, seq_len + 1))
-            first = int(rng.integers(1, length - 2))
-            ids[row, :length] = rng.integers(1000, vocab, length) if vocab > 1000 else rng.integers(1, vocab, length)
-            ids[row, 0], ids[row, first], ids[row, length - 1] = min(101, vocab - 1), min(102, vocab - 1), min(102, vocab - 1)
-            mask[row, :length] = 1
-            segments[row, first + 1:length] = 1
-        result.append(Batch(ids, mask, segments))
-    return result
+__all__ = ["GATES", "Batch", "synthetic_batches"]  # the batches live in bertc.batches; verify re-exports them
 
 
 # ---- GLUE TSV ----------------------------------------------------------------------------------

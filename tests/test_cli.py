@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_user_errors_are_clear_and_leave_no_model(tiny_model_dir, tmp_path, over
     assert json.loads((run_dir / "report.json").read_text())["status"] == "failed"
 
 
-def test_unknown_option_gets_hydras_message(tmp_path):
+def test_unknown_option_is_named(tmp_path):
     result = bertc("mask.no_such_option=1", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
     assert result.returncode != 0 and "no_such_option" in result.stderr
 
@@ -82,3 +83,50 @@ def test_sweep_writes_summary_with_a_failed_row(tiny_model_dir, tmp_path):
     assert statuses.count("passed") == 2 and statuses.count("failed") == 2
     assert "must be negative" in (sweep_dir / "summary.md").read_text()
     assert (sweep_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_help_is_bertcs_own_fast_and_names_no_schema(tmp_path):
+    start = time.perf_counter()
+    result = bertc("--help", cwd=tmp_path)
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0 and seconds < 5, (seconds, result.stderr)
+    text = result.stdout
+    assert "powered by Hydra" not in text and "base_" not in text
+    for group in ("model", "removal", "mask", "precision", "partition", "target", "verify", "bench"):
+        assert f"\n  {group} " in text, group
+    assert "options: fp32, mixed, mixed_bf16" in text and "exit codes" in text and "bertc -m precision=" in text
+
+
+def test_version_prints_bertcs_version(tmp_path):
+    from importlib import metadata
+
+    result = bertc("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == f"bertc {metadata.version('bertc')}"
+
+
+@pytest.mark.parametrize("override, words", [
+    ("precison=mixed", "did you mean precision?"),
+    ("precision=mixd", "did you mean mixed?"),
+    ("mask.fold_scal=true", "did you mean mask.fold_scale?"),
+])
+def test_unknown_keys_and_options_suggest_the_nearest_and_exit_2(tmp_path, override, words):
+    start = time.perf_counter()
+    result = bertc(override, f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
+    assert time.perf_counter() - start < 5 and not (tmp_path / "x").exists()
+
+
+def test_a_wrong_type_is_a_config_error_exit_2(tmp_path):
+    result = bertc("mask.fold_scale=maybe", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert result.returncode == 2 and "not a valid bool" in result.stderr
+
+
+def test_shell_completion_offers_groups_and_options_without_schemas(tmp_path):
+    env = {**os.environ, "COMP_LINE": "bertc "}
+    groups = subprocess.run([sys.executable, "-m", "bertc", "-sc", "query=bash"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env=env, check=False).stdout.split()
+    assert "precision=" in groups and "mask." in groups and not any("base_" in word or "schema" in word for word in groups)
+    env["COMP_LINE"] = "bertc precision="
+    options = subprocess.run([sys.executable, "-m", "bertc", "-sc", "query=bash"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, env=env, check=False).stdout.split()
+    assert options == ["precision=fp32", "precision=mixed", "precision=mixed_bf16"]

@@ -2,6 +2,8 @@
 every precision x partition on target xla, each checked against the original on padded inputs."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -14,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from rich.console import Console
 
 from bertc.cli import CONF_DIR
+from bertc.pipeline import compile_run
 from bertc.plan import build_plan
-from bertc.runner import compile_run
 
 TOLERANCE = {"fp32": 1e-5, "mixed": 5e-3, "mixed_bf16": 3e-2}
 
@@ -82,10 +84,12 @@ def test_compiled_model_serves_in_fresh_process_without_bertc(tiny_model_dir, tm
 
 
 def test_broken_rewrite_fails_the_gate_and_model_goes_to_rejected(tiny_model_dir, tmp_path, monkeypatch):
-    from bertc.passes import REGISTRY
+    from bertc import passes
 
-    original = REGISTRY["rewrite_attention_mask"][0]
+    spec = passes.get("rewrite_attention_mask")
+    original = spec.run
 
+    @functools.wraps(original)  # the wrapper keeps the pass's name
     def perturbing(graph, params):
         result = original(graph, params)
         weights = dict(result.graph.weights)
@@ -93,7 +97,7 @@ def test_broken_rewrite_fails_the_gate_and_model_goes_to_rejected(tiny_model_dir
         weights[name] = weights[name] * 1.5
         return type(result)(result.graph.replace(weights=weights), result.matches)
 
-    monkeypatch.setitem(REGISTRY, "rewrite_attention_mask", (perturbing, REGISTRY["rewrite_attention_mask"][1]))
+    monkeypatch.setitem(passes._REGISTERED, spec.name, dataclasses.replace(spec, run=perturbing))
     cfg = compose_config([f"model.path={tiny_model_dir}", "bench=off"])
     code = compile_run(build_plan(cfg), tmp_path, Console(file=io.StringIO()))
     report = json.loads((tmp_path / "report.json").read_text())

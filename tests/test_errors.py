@@ -21,8 +21,8 @@ from tensorflow.core.framework import node_def_pb2, types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from bertc.cli import CONF_DIR
+from bertc.pipeline import compile_run
 from bertc.plan import build_plan
-from bertc.runner import compile_run
 
 
 def run(model_path, run_dir: Path, *overrides: str) -> tuple[int, dict, str]:

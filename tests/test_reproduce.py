@@ -17,8 +17,8 @@ from rich.console import Console
 from bertc import diff, reproduce
 from bertc.artifact import artifact_digest, canonical_saved_model
 from bertc.cli import CONF_DIR
+from bertc.pipeline import compile_run
 from bertc.plan import build_plan, fingerprint
-from bertc.runner import compile_run
 
 FAST = ["bench=off", "verify.batches=1", "verify.batch_size=2"]
 

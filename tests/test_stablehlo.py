@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 
 from bertc.errors import ConfigError
+from bertc.pipeline import compile_run
 from bertc.plan import build_plan
-from bertc.runner import compile_run
 from bertc.verify import GATES, CompiledModel, synthetic_batches
 from tests.test_compile import compose_config
 

@@ -12,12 +12,11 @@ import tensorflow as tf
 from bertc.errors import ConfigError
 from bertc.graph import run_graph
 from bertc.load import load_saved_model
-from bertc.passes import MaskParams, PartitionParams, RemovalParams
-from bertc.passes.partition_graph import partition_graph
-from bertc.passes.remove_training_ops import remove_training_ops
-from bertc.passes.rewrite_attention_mask import rewrite_attention_mask
-from bertc.plan import TargetParams
+from bertc.passes.partition_graph import PartitionParams, partition_graph
+from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
+from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.targets import neuron
+from bertc.targets.base import TargetOptions
 from bertc.verify import synthetic_batches
 
 
@@ -60,7 +59,7 @@ def test_neuron_missing_is_a_clear_error_before_any_work(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", None)
     monkeypatch.setitem(sys.modules, "tensorflow.neuron", None)
     with pytest.raises(ConfigError, match="Neuron package repository") as error:
-        neuron.check_available(TargetParams(name="neuron"))
+        neuron.TARGET.check_available(TargetOptions("neuron", "auto", 8, 128))
     assert "placeholder" in str(error.value) and "target=xla" in str(error.value)
 
 
@@ -68,7 +67,7 @@ def test_neuron_inf1_contract_partition_decides_what_goes_to_neuron(partitioned,
     tracer = RecordingTracer("tensorflow.neuron")
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", None)
     monkeypatch.setitem(sys.modules, "tensorflow.neuron", tracer)
-    module = neuron.compile(partitioned, TargetParams(name="neuron", batch_size=4, dynamic_batch=True), 128, precision="mixed_bf16")
+    module = neuron.TARGET.lower(partitioned, TargetOptions("neuron", "auto", 4, 128, compute_dtype="bfloat16"))
     (call,) = tracer.calls
     assert call["flags"] == "--fp32-cast=matmult-bf16 --dynamic-batch-size"
     assert call["shapes"] == [(4, 128)] * 3
@@ -83,7 +82,8 @@ def test_neuron_inf1_contract_partition_decides_what_goes_to_neuron(partitioned,
 def test_neuronx_contract_traces_device_part_at_static_shape(partitioned, monkeypatch, dynamic_batch):
     tracer = RecordingTracer("tensorflow_neuronx")
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", tracer)
-    module = neuron.compile(partitioned, TargetParams(name="neuron", batch_size=4, dynamic_batch=dynamic_batch), 128, precision="mixed")
+    options = TargetOptions("neuron", "auto", 4, 128, compute_dtype="float16", dynamic_batch=dynamic_batch)
+    module = neuron.TARGET.lower(partitioned, options)
     (call,) = tracer.calls
     assert call["flags"] == "--auto-cast=matmult --auto-cast-type=fp16"
     assert sorted(call["shapes"]) == sorted([(4, 1, 1, 128), (4, 128, 32)]), "the boundary tensors, at the static batch"
@@ -91,6 +91,24 @@ def test_neuronx_contract_traces_device_part_at_static_shape(partitioned, monkey
     expected = run_graph(partitioned, feeds)["probabilities"]
     served = module.serve(**{key: tf.constant(value) for key, value in feeds.items()})["probabilities"].numpy()
     np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, kind, flags", [
+    (["precision=mixed", "precision.dtype=bfloat16"], "neuronx", "--auto-cast=matmult --auto-cast-type=bf16"),
+    (["precision=mixed", "precision.dtype=bfloat16"], "neuron", "--fp32-cast=matmult-bf16 --dynamic-batch-size"),
+    (["precision=mixed"], "neuronx", "--auto-cast=matmult --auto-cast-type=fp16"),
+    (["precision=fp32"], "neuron", "--fp32-cast=none --dynamic-batch-size"),
+])
+def test_neuron_cast_flags_follow_the_precision_rules_not_the_preset_name(overrides, kind, flags):
+    from bertc.load import BertShape
+    from bertc.pipeline import target_options
+    from bertc.plan import build_plan
+    from tests.test_plan import compose_config
+
+    plan = build_plan(compose_config(["target=neuron", *overrides]))
+    shape = BertShape(2, 32, 4, 8, 64, 30522, 2, 512, 128, 2, 1e-12)
+    options = target_options(plan, shape, "sha256:x")
+    assert " ".join(neuron.compiler_flags(kind, options.compute_dtype, options.dynamic_batch)) == flags
 
 
 def test_wrong_sequence_length_names_the_expected_length(partitioned, tmp_path):

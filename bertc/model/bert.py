@@ -50,6 +50,15 @@ def _gelu(x: tf.Tensor) -> tf.Tensor:
     return x * cdf
 
 
+def _gelu_exact(x: tf.Tensor) -> tf.Tensor:
+    """The erf form (Hugging Face's `gelu`), so an imported model computes the function it was trained with."""
+    cdf = 0.5 * (1.0 + tf.math.erf(x / np.float32(np.sqrt(2.0))))
+    return x * cdf
+
+
+ACTIVATION_FUNCTIONS = {"gelu": _gelu, "gelu_exact": _gelu_exact}
+
+
 def _layer_norm(inputs: tf.Tensor) -> tf.Tensor:
     # contrib.layers.layer_norm over the last axis: moments + batch_normalization, epsilon 1e-12.
     with v1.variable_scope("LayerNorm"):
@@ -137,7 +146,8 @@ def _encoder(embedding_output, attention_mask, config: BertConfig) -> list[tf.Te
                     attention = _dense(attention, width, config, "dense")
                     attention = _layer_norm(attention + layer_input)
             with v1.variable_scope("intermediate"):
-                intermediate = _dense(attention, config.intermediate_size, config, "dense", _gelu)
+                intermediate = _dense(attention, config.intermediate_size, config, "dense",
+                                      ACTIVATION_FUNCTIONS[config.hidden_act])
             with v1.variable_scope("output"):
                 layer_output = _dense(intermediate, width, config, "dense")
                 prev_output = _layer_norm(layer_output + attention)

@@ -5,6 +5,10 @@ import dataclasses
 import json
 from pathlib import Path
 
+# hidden_act -> what the encoder's activation computes. google-research's "gelu" is the tanh approximation;
+# "gelu_exact" (bertc's name) is the erf form, which Hugging Face calls "gelu".
+ACTIVATIONS = ("gelu", "gelu_exact")
+
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
@@ -26,10 +30,10 @@ class BertConfig:
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                 f"{self.num_attention_heads}: each head needs an equal share of the hidden size."
             )
-        if self.hidden_act != "gelu":
+        if self.hidden_act not in ACTIVATIONS:
             raise ValueError(
-                f"hidden_act {self.hidden_act!r} is not supported: google-research BERT checkpoints "
-                "use 'gelu' (the tanh approximation)."
+                f"hidden_act {self.hidden_act!r} is not supported; bertc builds {', '.join(ACTIVATIONS)}: "
+                "google-research's 'gelu' is the tanh approximation, 'gelu_exact' the erf form (Hugging Face's 'gelu')."
             )
 
     @property

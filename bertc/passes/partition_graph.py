@@ -12,30 +12,29 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-import tensorflow as tf
-
+from bertc.analysis import find_attention_sites
 from bertc.errors import ConfigError
 from bertc.graph import (
+    BOUNDARY_PREFIX,
     Graph,
-    GraphDef,
     GraphError,
     PassResult,
     ancestors,
     copy_graph_def,
     input_ref,
-    keep_nodes,
     make_node,
-    make_placeholder,
     node_of,
     nodes_by_name,
     output_dtype,
     split_input,
-    static_shapes,
+    split_partition,
     tensor_name,
 )
-from bertc.passes.rewrite_attention_mask import find_attention_sites
+from bertc.lazy import tf
+from bertc.passes import Condition, Pass
+from bertc.schema import Key
 
-PREFIX = "bertc/boundary/"
+PREFIX = BOUNDARY_PREFIX
 ALIASES = ("@embedding_output", "@attention_mask")
 WALK_BACK_OPS = ("Reshape", "Identity", "Cast", "ExpandDims", "Squeeze")
 
@@ -44,18 +43,6 @@ WALK_BACK_OPS = ("Reshape", "Identity", "Cast", "ExpandDims", "Squeeze")
 class PartitionParams:
     boundaries: tuple[str, ...] = ALIASES
     host_device: str = "/device:CPU:0"
-
-
-@dataclasses.dataclass(frozen=True)
-class Boundary:
-    key: str
-    tensor: str
-    shape: tuple[int | None, ...]
-    dtype: str
-
-    def describe(self) -> str:
-        dims = ",".join("B" if dim is None else str(dim) for dim in self.shape)
-        return f"{self.key}: {self.tensor} [{dims}] {self.dtype}"
 
 
 def resolve_boundary(graph: Graph, spec: str) -> str:
@@ -160,42 +147,27 @@ def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
     return PassResult(result, matches)
 
 
-def boundaries_of(graph: Graph) -> list[Boundary]:
-    """The crossings a partitioned graph has, with the shapes and dtypes TensorFlow infers for them."""
-    shapes = static_shapes(graph)
-    result = []
-    for node in graph.graph_def.node:
-        if node.name.startswith(PREFIX):
-            shape = shapes[tensor_name(node.name)]
-            source, index, _ = split_input(node.input[0])
-            dims = tuple(shape.as_list()) if shape.rank is not None else ()
-            dtype = tf.as_dtype(node.attr["T"].type).name
-            result.append(Boundary(node.name[len(PREFIX):], tensor_name(source, index), dims, dtype))
-    return result
+def _host_part_pinned(graph: Graph, params: PartitionParams) -> str | None:
+    boundaries = [node.name for node in graph.graph_def.node if node.name.startswith(PREFIX)]
+    host = ancestors(graph.graph_def, boundaries)
+    loose = [node.name for node in graph.graph_def.node if node.name in host and node.device != params.host_device]
+    return f"host nodes not on {params.host_device}: {loose[:4]}" if loose else None
 
 
-def split_partition(graph: Graph) -> tuple[Graph | None, Graph]:
-    """(host part, device part); host is None when the graph has no boundaries."""
-    boundary_names = [node.name for node in graph.graph_def.node if node.name.startswith(PREFIX)]
-    if not boundary_names:
-        return None, graph
-    shapes = static_shapes(graph)
-    host = keep_nodes(graph, ancestors(graph.graph_def, boundary_names))
-    host = host.replace(outputs={name[len(PREFIX):]: tensor_name(name) for name in boundary_names})
+def _one_boundary_per_spec(graph: Graph, params: PartitionParams) -> str | None:
+    boundaries = [node.name for node in graph.graph_def.node if node.name.startswith(PREFIX)]
+    return None if len(boundaries) >= len(set(params.boundaries)) else f"{len(boundaries)} boundaries for {list(params.boundaries)}"
 
-    device_def = GraphDef()
-    device_def.versions.CopyFrom(graph.graph_def.versions)
-    needed = ancestors(graph.graph_def, graph.outputs.values(), stops=boundary_names)
-    for node in graph.graph_def.node:
-        if node.name in boundary_names and node.name in needed:
-            shape = shapes[tensor_name(node.name)]
-            device_def.node.append(make_placeholder(node.name, tf.as_dtype(node.attr["T"].type), shape.as_list()))
-        elif node.name in needed:
-            device_def.node.add().CopyFrom(node)
-    device = Graph(
-        device_def,
-        {name: value for name, value in graph.weights.items() if name in needed},
-        {name[len(PREFIX):]: tensor_name(name) for name in boundary_names if name in needed},
-        dict(graph.outputs),
-    )
-    return host, device
+
+PASS = Pass(
+    partition_graph, "partition", PartitionParams,
+    help="split into a host part (embeddings, mask bias) pinned to the CPU and a device part",
+    switch=Key("mode", str, "none", choices=("none", "cpu_embed"), off="none"),
+    # NOTE: partition last: the boundary tensors carry their final dtypes, and it places every node the
+    # earlier steps made.
+    after=("apply_precision_map",),
+    ensures=(
+        Condition("the host part (everything the boundaries need) is pinned to the host device", _host_part_pinned),
+        Condition("each boundary has its crossing node", _one_boundary_per_spec),
+    ),
+)

@@ -15,6 +15,7 @@ from bertc.errors import ConfigError
 from bertc.graph import (
     Graph,
     PassResult,
+    ancestors,
     const_value,
     copy_graph_def,
     input_ref,
@@ -24,6 +25,8 @@ from bertc.graph import (
     static_shapes,
     tensor_name,
 )
+from bertc.passes import Condition, Pass
+from bertc.schema import Key
 
 PASS_THROUGH_OPS = ("Identity", "StopGradient", "CheckNumerics", "Snapshot", "PreventGradient")
 PATTERNS = ("Assert", "ReshapeChain")
@@ -158,3 +161,26 @@ def _drop_identity_reshapes(graph: Graph) -> tuple[Graph, int]:
         for key, t in graph.outputs.items()
     }
     return prune_to_outputs(graph.replace(graph_def=graph_def, outputs=outputs)), len(identity)
+
+
+def _pruned(graph: Graph, params: RemovalParams) -> str | None:
+    needed = ancestors(graph.graph_def, graph.outputs.values())
+    dead = [node.name for node in graph.graph_def.node if node.name not in needed]
+    return f"{len(dead)} node(s) the outputs do not need remain, e.g. {dead[:3]}" if dead else None
+
+
+def _listed_ops_gone(graph: Graph, params: RemovalParams) -> str | None:
+    removed = [op for op in params.ops if op in PASS_THROUGH_OPS + ("Assert",)]
+    left = [node.name for node in graph.graph_def.node if node.op in removed]
+    return f"listed op(s) remain: {left[:5]}" if left else None
+
+
+PASS = Pass(
+    remove_training_ops, "removal", RemovalParams,
+    help="prune what serving never reaches, then bypass or drop the listed ops",
+    switch=Key("enabled", bool, True, off=False),
+    ensures=(
+        Condition("every node is needed by the serving outputs", _pruned),
+        Condition("no op of a listed pass-through type or Assert remains", _listed_ops_gone),
+    ),
+)

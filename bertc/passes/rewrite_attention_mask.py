@@ -10,18 +10,18 @@ multiply on the scores is folded into the query kernel and bias.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
+from bertc.analysis import find_attention_sites
 from bertc.errors import ConfigError
 from bertc.graph import (
+    ATTENTION_BIAS_SCOPE,
     Graph,
     GraphError,
-    NodeDef,
     PassResult,
     const_value,
-    consumers,
     copy_graph_def,
     make_const,
     make_node,
@@ -30,101 +30,21 @@ from bertc.graph import (
     prune_to_outputs,
     split_input,
 )
+from bertc.lazy import tf
+from bertc.passes import Condition, Pass
+from bertc.schema import Key, derived
 
-SCOPE = "bertc/attention_bias"
-SHAPE_ONLY_OPS = ("Shape", "ShapeN", "Size", "Rank")
-# What a mask computation may consist of; anything else on the mask side means it is not a mask.
-MASK_OPS = {
-    "Reshape", "Cast", "Fill", "Mul", "ExpandDims", "Sub", "Pack", "StridedSlice", "Const", "Identity",
-    "Tile", "BroadcastTo", "AddV2", "Add", "Neg", "Shape", "Squeeze", "OnesLike", "Placeholder",
-}
+if TYPE_CHECKING:
+    from bertc.graph import NodeDef
+
+SCOPE = ATTENTION_BIAS_SCOPE
 
 
 @dataclasses.dataclass(frozen=True)
 class MaskParams:
     bias_value: float = -10000.0
     fold_scale: bool = False
-    compute_dtype: str = "float32"  # the attention's dtype after the precision step; checked for range
-
-
-def _value_sources(graph: Graph) -> dict[str, frozenset[str]]:
-    """Node -> the graph inputs (and 'weights') its value depends on; Shape-like reads do not count."""
-    nodes = nodes_by_name(graph.graph_def)
-    inputs = {node_of(tensor) for tensor in graph.inputs.values()}
-    sources: dict[str, frozenset[str]] = {}
-
-    def visit(name: str) -> frozenset[str]:
-        stack = [name]
-        while stack:
-            current = stack[-1]
-            if current in sources:
-                stack.pop()
-                continue
-            node = nodes[current]
-            pending = [split_input(i)[0] for i in node.input if not i.startswith("^")]
-            missing = [p for p in pending if p not in sources]
-            if missing and node.op not in SHAPE_ONLY_OPS:
-                stack.extend(missing)
-                continue
-            stack.pop()
-            if current in inputs:
-                sources[current] = frozenset([current])
-            elif current in graph.weights:
-                sources[current] = frozenset(["weights"])
-            elif node.op in SHAPE_ONLY_OPS:
-                sources[current] = frozenset()
-            else:
-                sources[current] = frozenset().union(*(sources[p] for p in pending)) if pending else frozenset()
-        return sources[name]
-
-    for node in graph.graph_def.node:
-        visit(node.name)
-    return sources
-
-
-def find_attention_sites(graph: Graph) -> list[tuple[NodeDef, int]]:
-    """[(score Add, position of its mask operand)], in graph order; raises if none is found."""
-    mask_input = node_of(graph.inputs["input_mask"])
-    sources = _value_sources(graph)
-    nodes, users = nodes_by_name(graph.graph_def), consumers(graph.graph_def)
-    mask_only = frozenset([mask_input])
-    sites = []
-    for node in graph.graph_def.node:
-        if node.op not in ("Add", "AddV2") or len(node.input) < 2:
-            continue
-        operands = [split_input(name)[0] for name in node.input[:2]]
-        kinds = [sources[name] == mask_only for name in operands]
-        if kinds.count(True) != 1:
-            continue
-        if not any(user.op == "Softmax" for user, _ in users.get(node.name, ())):
-            continue
-        sites.append((node, kinds.index(True)))
-    if not sites:
-        reached = [user.name for user, _ in users.get(mask_input, ())]
-        raise GraphError(
-            f"mask=reimpl: no attention site found. Looked for an Add feeding a Softmax with one operand "
-            f"computed from {mask_input} alone; matching started at {mask_input}, read by {reached or 'nothing'}."
-        )
-    for site, position in sites:
-        _check_mask_side(nodes, split_input(site.input[position])[0], mask_input)
-    return sites
-
-
-def _check_mask_side(nodes, start: str, mask_input: str) -> None:
-    stack, seen = [start], set()
-    while stack:
-        name = stack.pop()
-        if name in seen or name == mask_input:
-            continue
-        seen.add(name)
-        node = nodes[name]
-        if node.op not in MASK_OPS:
-            raise GraphError(
-                f"mask=reimpl: {name} ({node.op}) computes part of the attention mask, but a mask is built "
-                f"from {sorted(MASK_OPS)}; matching stopped there. Keep mask=original for this graph."
-            )
-        if node.op not in SHAPE_ONLY_OPS:
-            stack.extend(split_input(i)[0] for i in node.input if not i.startswith("^"))
+    compute_dtype: str = derived("float32")  # the attention's dtype after the precision step; checked for range
 
 
 def check_bias_value(value: float, dtype: str) -> None:
@@ -219,3 +139,36 @@ def _query_weights(nodes, matmul: NodeDef, weights) -> tuple[str, str]:
     if projection.op != "MatMul":
         raise GraphError(f"mask.fold_scale: {projection.name} ({projection.op}) is not the query MatMul.")
     return weight(projection.input[1]), weight(node.input[1])
+
+
+def _has_mask_input(graph: Graph, params: MaskParams) -> str | None:
+    return None if "input_mask" in graph.inputs else f"the graph has no input_mask input (inputs: {sorted(graph.inputs)})"
+
+
+def _one_shared_bias(graph: Graph, params: MaskParams) -> str | None:
+    operands = {split_input(site.input[position])[0] for site, position in find_attention_sites(graph)}
+    return None if operands == {f"{SCOPE}/bias"} else f"the attention sites read {sorted(operands)[:4]}, not {SCOPE}/bias"
+
+
+def _scale_folded(graph: Graph, params: MaskParams) -> str | None:
+    if not params.fold_scale:
+        return None
+    nodes = nodes_by_name(graph.graph_def)
+    scaled = [site.name for site, position in find_attention_sites(graph)
+              if nodes[split_input(site.input[1 - position])[0]].op == "Mul"]
+    return f"scores still scaled by a Mul at {scaled[:3]}" if scaled else None
+
+
+PASS = Pass(
+    rewrite_attention_mask, "mask", MaskParams,
+    help="one [B,1,1,T] additive mask bias shared by every layer (mask.fold_scale folds 1/sqrt(d))",
+    switch=Key("mode", str, "reimpl", choices=("original", "reimpl"), off="original"),
+    # NOTE: after removal: the structure is matched without Identity reads and asserts in the way.
+    after=("remove_training_ops",),
+    derive=lambda facts: {"compute_dtype": facts["compute_dtype"]},
+    requires=(Condition("the graph has an input_mask serving input", _has_mask_input),),
+    ensures=(
+        Condition("one shared [B,1,1,T] bias feeds every attention softmax", _one_shared_bias),
+        Condition("with fold_scale, no scale multiply is left on the scores", _scale_folded),
+    ),
+)

@@ -1,13 +1,22 @@
-"""Targets: (rewritten Graph, TargetParams, seq_len) -> a tf.Module whose `serve` is saved as the SavedModel.
+"""Targets: (rewritten Graph, TargetOptions) -> a tf.Module whose `serve` is saved as the SavedModel.
 
-`check_available` runs before any work, so a missing toolchain fails the run at once.
+Each target module defines `TARGET`, an object with the `Target` interface (bertc/targets/base.py).
+This file only lists them, without importing them (TensorFlow loads when a compile starts).
 """
-from bertc.targets import neuron, stablehlo, tf_runtime, xla
+from __future__ import annotations
 
-REGISTRY = {"tf": tf_runtime, "xla": xla, "neuron": neuron, "stablehlo": stablehlo}
+import importlib
+
+TARGETS = {
+    "tf": "bertc.targets.tf_runtime",
+    "xla": "bertc.targets.xla",
+    "neuron": "bertc.targets.neuron",
+    "stablehlo": "bertc.targets.stablehlo",
+}
+DEVICES = ("auto", "cpu", "gpu")
 
 
 def get(name: str):
-    if name not in REGISTRY:
-        raise KeyError(f"unknown target {name!r}; targets: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    if name not in TARGETS:
+        raise KeyError(f"unknown target {name!r}; targets: {', '.join(TARGETS)}")
+    return importlib.import_module(TARGETS[name]).TARGET

@@ -20,7 +20,9 @@ import tensorflow as tf
 
 from bertc.errors import ConfigError
 from bertc.graph import Graph
-from bertc.targets.serving import SERVING_INPUTS, CompiledBert, Placement
+from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.serving import CompiledBert, Placement
 
 NOT_INSTALLED = (
     "target=neuron needs tensorflow-neuron (Inferentia 1: import tensorflow.neuron) or tensorflow-neuronx "
@@ -28,13 +30,18 @@ NOT_INSTALLED = (
     "the Neuron package repository on a Neuron instance (the PyPI package named tensorflow-neuron is a "
     "placeholder that raises 'WRONG PACKAGE'). The same plan runs elsewhere with target=xla or target=tf."
 )
-# precision preset -> the compiler's cast options (neuron-cc for Inf1, neuronx-cc for Inf2/Trn1)
+# the compute dtype the precision rules use -> the compiler's cast options (neuron-cc for Inf1, neuronx-cc for
+# Inf2/Trn1). Keyed by dtype, not by the preset's name: `precision=mixed precision.dtype=bfloat16` is bf16.
 CAST_FLAGS = {
-    "neuron": {"fp32": ["--fp32-cast=none"], "mixed": ["--fp32-cast=matmult-fp16"], "mixed_bf16": ["--fp32-cast=matmult-bf16"]},
+    "neuron": {
+        "float32": ["--fp32-cast=none"],
+        "float16": ["--fp32-cast=matmult-fp16"],
+        "bfloat16": ["--fp32-cast=matmult-bf16"],
+    },
     "neuronx": {
-        "fp32": ["--auto-cast=none"],
-        "mixed": ["--auto-cast=matmult", "--auto-cast-type=fp16"],
-        "mixed_bf16": ["--auto-cast=matmult", "--auto-cast-type=bf16"],
+        "float32": ["--auto-cast=none"],
+        "float16": ["--auto-cast=matmult", "--auto-cast-type=fp16"],
+        "bfloat16": ["--auto-cast=matmult", "--auto-cast-type=bf16"],
     },
 }
 
@@ -49,13 +56,8 @@ def find_compiler() -> tuple[str, object] | tuple[None, None]:
     return None, None
 
 
-def check_available(params) -> None:
-    if find_compiler()[0] is None:
-        raise ConfigError(NOT_INSTALLED)
-
-
-def compiler_flags(kind: str, precision: str, dynamic_batch: bool) -> list[str]:
-    flags = list(CAST_FLAGS[kind].get(precision, CAST_FLAGS[kind]["fp32"]))
+def compiler_flags(kind: str, compute_dtype: str, dynamic_batch: bool) -> list[str]:
+    flags = list(CAST_FLAGS[kind][compute_dtype])
     if dynamic_batch and kind == "neuron":
         flags.append("--dynamic-batch-size")
     return flags
@@ -101,7 +103,7 @@ class NeuronBert(tf.Module):
 
     def _serve(self, input_ids, input_mask, segment_ids):
         outputs = self.traced(input_ids, input_mask, segment_ids)
-        return {key: tf.identity(outputs[key], name=key) for key in ("probabilities", "logits")}
+        return {key: tf.identity(outputs[key], name=key) for key in SERVING_OUTPUTS}
 
 
 def _chunked(device, batch_size: int):
@@ -119,34 +121,49 @@ def _chunked(device, batch_size: int):
             padded.append(tf.reshape(tensor, tf.concat([[chunks, batch_size], tf.shape(tensor)[1:]], 0)))
         results = tf.map_fn(
             lambda parts: device(dict(zip(keys, parts))), tuple(padded),
-            fn_output_signature={"probabilities": tf.float32, "logits": tf.float32},
+            fn_output_signature=dict.fromkeys(SERVING_OUTPUTS, tf.float32),
         )
         return {key: tf.reshape(value, [-1, value.shape[-1]])[:total] for key, value in results.items()}
 
     return run
 
 
-def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32", input_limits=None):
-    kind, compiler = find_compiler()
-    if compiler is None:
-        raise ConfigError(NOT_INSTALLED)
-    module = CompiledBert(graph, seq_len, Placement(host_device=host_device, device=None, jit_compile=False, input_limits=input_limits))
-    zeros = np.zeros((params.batch_size, seq_len), np.int32)
-    example = (tf.constant(zeros), tf.constant(np.ones_like(zeros)), tf.constant(zeros))
-    flags = compiler_flags(kind, precision, params.dynamic_batch)
-    with _neuron_cc_flags(flags):
-        if kind == "neuron":
-            traced = compiler.trace(module.serve, example, subgraph_builder_function=runs_on_neuron(host_device))
-            return NeuronBert(traced, seq_len, owner=module)
-        features = dict(zip(SERVING_INPUTS, example))
-        boundary = module.host(features) if module.host is not None else features
-        keys = sorted(boundary)
-        device_call = tf.function(lambda *tensors: module.device_part(dict(zip(keys, tensors))), autograph=False)
-        traced_device = compiler.trace(device_call, tuple(boundary[key] for key in keys))
+class NeuronTarget(SavedModelTarget):
+    name = "neuron"
+
+    def check_available(self, options: TargetOptions) -> None:
+        if find_compiler()[0] is None:
+            raise ConfigError(NOT_INSTALLED)
+
+    def lower(self, graph: Graph, options: TargetOptions):
+        kind, compiler = find_compiler()
+        if compiler is None:
+            raise ConfigError(NOT_INSTALLED)
+        placement = Placement(options.host_device, None, jit_compile=False, input_limits=options.input_limits)
+        module = CompiledBert(graph, options.seq_len, placement)
+        zeros = np.zeros((options.batch_size, options.seq_len), np.int32)
+        example = (tf.constant(zeros), tf.constant(np.ones_like(zeros)), tf.constant(zeros))
+        with _neuron_cc_flags(compiler_flags(kind, options.compute_dtype, options.dynamic_batch)):
+            if kind == "neuron":
+                traced = compiler.trace(module.serve, example, subgraph_builder_function=runs_on_neuron(options.host_device))
+                return NeuronBert(traced, options.seq_len, owner=module)
+            return _trace_device_part(compiler, module, example, options)
+
+
+def _trace_device_part(compiler, module: CompiledBert, example, options: TargetOptions) -> CompiledBert:
+    """Inf2/Trn: the host part stays TensorFlow; the device part alone is traced at the compiled batch."""
+    features = dict(zip(SERVING_INPUTS, example))
+    boundary = module.host(features) if module.host is not None else features
+    keys = sorted(boundary)
+    device_call = tf.function(lambda *tensors: module.device_part(dict(zip(keys, tensors))), autograph=False)
+    traced_device = compiler.trace(device_call, tuple(boundary[key] for key in keys))
 
     def call(parts: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return traced_device(*[parts[key] for key in keys])
 
-    module._device_fn = _chunked(call, params.batch_size) if params.dynamic_batch else call
+    module._device_fn = _chunked(call, options.batch_size) if options.dynamic_batch else call
     module.neuron_device = traced_device
     return module
+
+
+TARGET = NeuronTarget()

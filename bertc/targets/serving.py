@@ -15,11 +15,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertc.graph import Graph
-from bertc.passes.partition_graph import split_partition
-
-SERVING_INPUTS = ("input_ids", "input_mask", "segment_ids")
-SERVING_OUTPUTS = ("probabilities", "logits")
+from bertc.graph import Graph, pruned_function, split_partition
+from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +47,8 @@ class _Part(tf.Module):
             _variable_key(key): tf.Variable(value, trainable=False, name=_variable_key(key))
             for key, value in graph.weights.items()
         }
-        # Import once into a wrapped function and prune it to (inputs, weights) -> outputs: the
-        # weight Placeholders become the function's arguments, so nothing unfed is left for XLA.
-        graph_def = graph.graph_def
-        imported = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
-        feeds = [imported.graph.get_tensor_by_name(graph.inputs[key]) for key in self._input_keys]
-        feeds += [imported.graph.get_tensor_by_name(f"{name}:0") for name in self._weight_names]
-        fetches = [imported.graph.get_tensor_by_name(graph.outputs[key]) for key in self._output_keys]
-        self._pruned = [imported.prune(feeds, fetches)]  # a list: not a tracked attribute of the module
+        # a list: not a tracked attribute of the module
+        self._pruned = [pruned_function(graph, self._input_keys, self._weight_names, self._output_keys)]
 
     def __call__(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         arguments = [inputs[key] for key in self._input_keys]

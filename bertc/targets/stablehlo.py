@@ -26,22 +26,27 @@ import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
+from bertc.analysis import layer_norm_epsilons
+from bertc.batches import synthetic_batches
 from bertc.errors import ConfigError
 from bertc.graph import (
+    ATTENTION_BIAS_SCOPE,
     Graph,
     GraphError,
     ancestors,
     const_value,
     nodes_by_name,
+    pruned_function,
     run_graph,
     split_input,
+    split_partition,
     static_shapes,
 )
-from bertc.passes.partition_graph import split_partition
-from bertc.passes.rewrite_attention_mask import SCOPE as MASK_SCOPE
-from bertc.runtime import FORMAT, MANIFEST, compute_host, tensor_digest
-from bertc.targets.devices import resolve_device
-from bertc.targets.serving import SERVING_INPUTS, SERVING_OUTPUTS, CompiledBert, Placement
+from bertc.portable import FORMAT, MANIFEST, compute_host, tensor_digest
+from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.serving import CompiledBert, save_compiled
+from bertc.targets.xla import xla_module
 
 FOLDER = "stablehlo"
 WEIGHTS_FILE = "weights.safetensors"
@@ -79,8 +84,41 @@ def _serializer():
     return stablehlo
 
 
-def check_available(params) -> None:
-    resolve_device(params.device)
+class StableHloTarget(SavedModelTarget):
+    name = "stablehlo"
+
+    def check_available(self, options: TargetOptions) -> None:
+        super().check_available(options)
+        _check_stablehlo_export()
+
+    def lower(self, graph: Graph, options: TargetOptions) -> CompiledBert:
+        module = xla_module(graph, options)
+        host, device = split_partition(graph)
+        recipe = host_recipe(host, options.seq_len) if host is not None else None
+        inputs = _part_inputs(device)
+        weight_names = list(device.weights)
+        function = _device_function(device, [entry["name"] for entry in inputs], weight_names)
+        modules = []
+        for batch_size in options.batch_sizes:
+            text = emit_text(function, inputs, device.weights, weight_names, batch_size)
+            modules.append(Emitted(batch_size, text, *portable_artifact(text)))
+        weights = dict(device.weights)
+        if host is not None:
+            weights.update(host.weights)
+        outputs = [{"name": key, "dtype": "float32", "shape": [None, *_static_dims(device, key)]} for key in SERVING_OUTPUTS]
+        model_shape = {**options.model_shape, "num_labels": outputs[0]["shape"][1]} if options.model_shape else None
+        module.portable = PortableBuild(
+            options.seq_len, inputs, weight_names, outputs, weights, recipe, tuple(modules),
+            dict(options.input_limits) if options.input_limits else None, model_shape,
+        )
+        return module
+
+    def save(self, module: CompiledBert, path: Path, options: TargetOptions) -> None:
+        save_compiled(module, path)
+        write_portable(module, path, options)
+
+
+def _check_stablehlo_export() -> None:
     try:
         probe = tf.function(lambda x: x * 2.0, jit_compile=True, autograph=False)
         text = probe.experimental_get_compiler_ir(tf.TensorSpec([2], tf.float32))(stage="stablehlo")
@@ -91,40 +129,6 @@ def check_available(params) -> None:
             f"'stablehlo' and tensorflow.compiler.mlir.stablehlo); TensorFlow {tf.__version__} failed: "
             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}. Use TensorFlow 2.21, or target=xla."
         ) from None
-
-
-def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32", input_limits=None) -> CompiledBert:
-    placement = Placement(host_device=host_device, device=resolve_device(params.device), jit_compile=True, input_limits=input_limits)
-    module = CompiledBert(graph, seq_len, placement)
-    host, device = split_partition(graph)
-    recipe = host_recipe(host, seq_len) if host is not None else None
-    inputs = _part_inputs(device)
-    weight_names = list(device.weights)
-    function = _device_function(device, [entry["name"] for entry in inputs], weight_names)
-    modules = []
-    for batch_size in params.batch_sizes:
-        text = emit_text(function, inputs, device.weights, weight_names, batch_size)
-        modules.append(Emitted(batch_size, text, *portable_artifact(text)))
-    weights = dict(device.weights)
-    if host is not None:
-        weights.update(host.weights)
-    outputs = [{"name": key, "dtype": "float32", "shape": [None, *_static_dims(device, key)]} for key in SERVING_OUTPUTS]
-    module.portable = PortableBuild(
-        seq_len, inputs, weight_names, outputs, weights, recipe, tuple(modules),
-        dict(input_limits) if input_limits else None, _model_shape(graph, outputs),
-    )
-    return module
-
-
-def _model_shape(graph: Graph, outputs: list[dict]) -> dict | None:
-    from bertc.load import read_bert_shape
-
-    try:
-        shape = dict(vars(read_bert_shape(graph)))
-    except Exception:  # the rewrites may hide what the reader looks for; the shape is informative only
-        return None
-    shape["num_labels"] = outputs[0]["shape"][1]  # the reader looks for the classifier behind casts it does not cross
-    return shape
 
 
 # ---- the device function and its StableHLO -------------------------------------------------------
@@ -152,12 +156,7 @@ def _static_dims(device: Graph, key: str) -> list[int]:
 
 def _device_function(device: Graph, input_keys: list[str], weight_names: list[str]):
     """(inputs..., weights...) -> (probabilities, logits), jit-compiled: the weights are parameters, not captures."""
-    graph_def = device.graph_def
-    imported = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
-    feeds = [imported.graph.get_tensor_by_name(device.inputs[key]) for key in input_keys]
-    feeds += [imported.graph.get_tensor_by_name(f"{name}:0") for name in weight_names]
-    fetches = [imported.graph.get_tensor_by_name(device.outputs[key]) for key in SERVING_OUTPUTS]
-    pruned = imported.prune(feeds, fetches)
+    pruned = pruned_function(device, input_keys, weight_names, SERVING_OUTPUTS)
     return tf.function(lambda *arguments: tuple(pruned(*arguments)), jit_compile=True, autograph=False)
 
 
@@ -217,11 +216,7 @@ def host_recipe(host: Graph, seq_len: int) -> dict:
     positions = [name for name in read_by(("Slice", "StridedSlice"), 0) if host.weights[name].ndim == 2]
     gammas = read_by(("Mul",), 1) + read_by(("Mul",), 0)
     betas = read_by(("Sub",), 0)
-    epsilons = [
-        float(const_value(source)) for node in host.graph_def.node if node.op == "Rsqrt"
-        for add in [nodes[split_input(node.input[0])[0]]] if add.op in ("Add", "AddV2")
-        for source in [nodes[split_input(name)[0]] for name in add.input] if source.op == "Const"
-    ]
+    epsilons = layer_norm_epsilons(host)
     found = {"word": word, "token type": token_types[:1], "position": positions[:1], "gamma": gammas[:1], "beta": betas[:1], "epsilon": epsilons[:1]}
     absent = [role for role, value in found.items() if not value]
     if absent:
@@ -252,8 +247,8 @@ def _output_specs(part: Graph) -> dict[str, tuple[list, str]]:
 
 def _mask_recipe(nodes, spec: tuple[list, str], seq_len: int) -> dict:
     shape, dtype = spec
-    if shape[1:] == [1, 1, seq_len] and f"{MASK_SCOPE}/value" in nodes:
-        value = float(const_value(nodes[f"{MASK_SCOPE}/value"]))
+    if shape[1:] == [1, 1, seq_len] and f"{ATTENTION_BIAS_SCOPE}/value" in nodes:
+        value = float(const_value(nodes[f"{ATTENTION_BIAS_SCOPE}/value"]))
         return {"form": "bias", "bias_value": value, "dtype": dtype, "shape": [None, 1, 1, seq_len],
                 "formula": "(1 - float32(input_mask))[:, None, None, :] * bias_value"}
     if shape[1:] == [seq_len, seq_len]:
@@ -263,8 +258,6 @@ def _mask_recipe(nodes, spec: tuple[list, str], seq_len: int) -> dict:
 
 
 def _check_recipe(host: Graph, recipe: dict, seq_len: int) -> None:
-    from bertc.verify import synthetic_batches
-
     vocab = host.weights[recipe["embedding_output"]["word_embeddings"]].shape[0]
     for batch in synthetic_batches(2, 3, seq_len, vocab, seed=7):
         feeds = batch.feeds()
@@ -284,8 +277,8 @@ def _check_recipe(host: Graph, recipe: dict, seq_len: int) -> None:
 
 # ---- after the SavedModel is written: model/stablehlo/ -------------------------------------------
 
-def after_save(module: CompiledBert, artifact: Path, plan, fingerprint: str) -> None:
-    """Write model/stablehlo/: the modules, weights.safetensors and manifest.json (the runner calls it)."""
+def write_portable(module: CompiledBert, artifact: Path, options: TargetOptions) -> None:
+    """Write model/stablehlo/: the modules, weights.safetensors and manifest.json."""
     from safetensors.numpy import save_file
 
     build: PortableBuild = module.portable
@@ -301,8 +294,8 @@ def after_save(module: CompiledBert, artifact: Path, plan, fingerprint: str) -> 
     save_file({name: np.ascontiguousarray(build.weights[name]) for name in names}, str(folder / WEIGHTS_FILE))
     manifest = {
         "format": FORMAT,
-        "fingerprint": fingerprint,
-        "precision": plan.precision,
+        "fingerprint": options.fingerprint,
+        "precision": options.precision,
         "seq_len": build.seq_len,
         "model_shape": build.model_shape,
         "tensorflow": tf.__version__,
@@ -315,8 +308,8 @@ def after_save(module: CompiledBert, artifact: Path, plan, fingerprint: str) -> 
             for name in build.weight_names
         ],
         "outputs": build.outputs,
-        "weights": {"file": WEIGHTS_FILE, **_regeneration(build.weights, plan)},
-        "reference": _reference(module, plan, build.seq_len),
+        "weights": {"file": WEIGHTS_FILE, **_regeneration(build.weights, options)},
+        "reference": _reference(module, options),
     }
     (folder / MANIFEST).write_text(_json(manifest) + "\n")
 
@@ -332,23 +325,23 @@ def _json(value, indent: str = "") -> str:
     return json.dumps(value)
 
 
-def _regeneration(weights: Mapping[str, np.ndarray], plan) -> dict:
+def _regeneration(weights: Mapping[str, np.ndarray], options: TargetOptions) -> dict:
     """Per weight: digest, dtype, and (for a preset's seeded weights) how to remake it with NumPy, each
     recipe checked here by remaking the weight and comparing bytes."""
     tensors = {
         name: {"shape": list(value.shape), "dtype": value.dtype.name, "sha256": tensor_digest(value), "source": name, "scale": None}
         for name, value in sorted(weights.items())
     }
-    if plan.model.kind != "preset":
+    if options.seeded_preset is None:
         return {"regenerate": None, "tensors": tensors}
     from bertc.model.config import preset
     from bertc.model.weights import random_weight
 
-    config = preset(plan.model.size)
-    folded = any(getattr(step.params, "fold_scale", False) for step in plan.steps)
-    scales = [None] + ([float(np.float32(1.0 / math.sqrt(float(config.head_size))))] if folded else [])
+    size, seed = options.seeded_preset
+    config = preset(size)
+    scales = [None] + ([float(np.float32(1.0 / math.sqrt(float(config.head_size))))] if options.scale_folded else [])
     for name, entry in tensors.items():
-        base = random_weight(name, tuple(entry["shape"]), config, plan.model.seed)
+        base = random_weight(name, tuple(entry["shape"]), config, seed)
         for scale in scales:
             value = base if scale is None else (base * np.float32(scale)).astype(np.float32)
             if tensor_digest(value.astype(weights[name].dtype)) == entry["sha256"]:
@@ -356,23 +349,24 @@ def _regeneration(weights: Mapping[str, np.ndarray], plan) -> dict:
                 break
         else:
             return {"regenerate": None, "regenerate_note": f"{name} is not a transform bertc knows of its seeded value", "tensors": tensors}
-    recipe = {"generator": "bertc.model.weights.random_weight", "size": plan.model.size, "seed": plan.model.seed,
+    recipe = {"generator": "bertc.model.weights.random_weight", "size": size, "seed": seed,
               "initializer_range": config.initializer_range,
               "steps": "random_weight(source, shape) [* float32(scale), in float32] -> astype(dtype); digest sha256 of the bytes"}
     return {"regenerate": recipe, "tensors": tensors}
 
 
-def _reference(module: CompiledBert, plan, seq_len: int) -> dict:
+def _reference(module: CompiledBert, options: TargetOptions) -> dict:
     """A seeded batch and what the TensorFlow build computes for it: the runtime's self-check, anywhere."""
-    from bertc.verify import GATES, synthetic_batches
-
     vocab = (module.portable.input_limits or {}).get("input_ids", 1000)
-    batch = synthetic_batches(1, plan.target.batch_size, seq_len, vocab, seed=11)[0]
+    batch = synthetic_batches(1, options.batch_size, options.seq_len, vocab, seed=11)[0]
     outputs = module.serve(**{key: tf.constant(value) for key, value in batch.feeds().items()})
     return {
         **{key: value.tolist() for key, value in batch.feeds().items()},
         "probabilities": outputs["probabilities"].numpy().tolist(),
         "logits": outputs["logits"].numpy().tolist(),
-        "tolerance": plan.verify.tolerance or GATES[plan.verify.precision],
+        "tolerance": options.gate_tolerance,
         "note": "outputs of model/ (TensorFlow, XLA on the build machine's CPU) for these inputs",
     }
+
+
+TARGET = StableHloTarget()

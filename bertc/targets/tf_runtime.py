@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 from bertc.graph import Graph
+from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.devices import resolve_device
 from bertc.targets.serving import CompiledBert, Placement
 
 
-def check_available(params) -> None:
-    resolve_device(params.device)
+class TensorFlowTarget(SavedModelTarget):
+    name = "tf"
+
+    def lower(self, graph: Graph, options: TargetOptions) -> CompiledBert:
+        device = resolve_device(options.device) if options.device != "auto" else None
+        placement = Placement(options.host_device, device, jit_compile=False, input_limits=options.input_limits)
+        return CompiledBert(graph, options.seq_len, placement)
 
 
-def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32", input_limits=None) -> CompiledBert:
-    device = resolve_device(params.device) if params.device != "auto" else None
-    return CompiledBert(graph, seq_len, Placement(host_device=host_device, device=device, jit_compile=False, input_limits=input_limits))
+TARGET = TensorFlowTarget()

@@ -7,13 +7,22 @@ saved with the function, so TensorFlow Serving uses XLA without bertc.
 from __future__ import annotations
 
 from bertc.graph import Graph
+from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.devices import resolve_device
 from bertc.targets.serving import CompiledBert, Placement
 
 
-def check_available(params) -> None:
-    resolve_device(params.device)
+def xla_module(graph: Graph, options: TargetOptions) -> CompiledBert:
+    placement = Placement(options.host_device, resolve_device(options.device), jit_compile=True,
+                          input_limits=options.input_limits)
+    return CompiledBert(graph, options.seq_len, placement)
 
 
-def compile(graph: Graph, params, seq_len: int, *, host_device: str = "/device:CPU:0", precision: str = "fp32", input_limits=None) -> CompiledBert:
-    return CompiledBert(graph, seq_len, Placement(host_device=host_device, device=resolve_device(params.device), jit_compile=True, input_limits=input_limits))
+class XlaTarget(SavedModelTarget):
+    name = "xla"
+
+    def lower(self, graph: Graph, options: TargetOptions) -> CompiledBert:
+        return xla_module(graph, options)
+
+
+TARGET = XlaTarget()

@@ -15,9 +15,11 @@ import tensorflow as tf
 from bertc.model.bert import build_classifier
 from bertc.model.config import BertConfig
 from bertc.model.weights import Weights, check_weights
+from bertc.signature import SERVING_INPUTS as BASE_INPUTS
+from bertc.signature import TRAINING_INPUTS
 
 v1 = tf.compat.v1
-SERVING_INPUTS = ("input_ids", "input_mask", "segment_ids", "label_ids", "is_real_example")
+SERVING_INPUTS = BASE_INPUTS + TRAINING_INPUTS  # run_classifier's five
 
 
 def export_saved_model(

@@ -1,4 +1,4 @@
-"""A plan's ModelSource -> the folder of a serving SavedModel to compile (exported into the cache if needed).
+"""A plan's ModelInput -> the folder of a serving SavedModel to compile (exported into the cache if needed).
 
 A SavedModel path is used as it is (read-only). Presets, the packaged MiniLM, google-research
 checkpoint folders and Hugging Face folders are exported once by `bertc.export` into the cache
@@ -7,13 +7,13 @@ holds everything the export depends on, so a stale entry cannot be picked up.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from bertc.artifact import files_digest
+from bertc.config import ModelInput
 from bertc.errors import ModelError
-from bertc.plan import ModelSource
 
 EXPORT_FORMAT = "1"  # bump when bertc.model's graph or weights change
 
@@ -36,16 +36,10 @@ def detect_kind(path: Path) -> str:
 
 
 def _folder_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return files_digest(path, sorted(file for file in path.rglob("*") if file.is_file())).removeprefix("sha256:")[:16]
 
 
-def materialize(source: ModelSource, log: Callable[[str], None] = lambda message: None) -> Path:
+def materialize(source: ModelInput, log: Callable[[str], None] = lambda message: None) -> Path:
     """The SavedModel folder for `source`, exporting it into the cache first when it is not one."""
     from bertc.export import export_model
 

@@ -1,0 +1,39 @@
+"""Seeded serving inputs (batches of input_ids, input_mask, segment_ids) for verify, bench and the targets'
+self-checks (NumPy only)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    input_ids: np.ndarray
+    input_mask: np.ndarray
+    segment_ids: np.ndarray
+    labels: np.ndarray | None = None
+    source: str = "synthetic"
+    lines: np.ndarray | None = None  # dataset batches: the TSV line of each row
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids, "input_mask": self.input_mask, "segment_ids": self.segment_ids}
+
+
+def synthetic_batches(batches: int, batch_size: int, seq_len: int, vocab: int, seed: int) -> list[Batch]:
+    """Seeded batches: [CLS] a [SEP] b [SEP] with random lengths, the rest padding."""
+    rng = np.random.default_rng(seed)
+    result = []
+    for _ in range(batches):
+        ids = np.zeros((batch_size, seq_len), np.int32)
+        mask = np.zeros_like(ids)
+        segments = np.zeros_like(ids)
+        for row in range(batch_size):
+            length = int(rng.integers(4, seq_len + 1))
+            first = int(rng.integers(1, length - 2))
+            ids[row, :length] = rng.integers(1000, vocab, length) if vocab > 1000 else rng.integers(1, vocab, length)
+            ids[row, 0], ids[row, first], ids[row, length - 1] = min(101, vocab - 1), min(102, vocab - 1), min(102, vocab - 1)
+            mask[row, :length] = 1
+            segments[row, first + 1:length] = 1
+        result.append(Batch(ids, mask, segments))
+    return result

@@ -1,0 +1,430 @@
+"""(Plan, run folder) -> the compiled model in `model/` (or `rejected/`) plus report.json / report.md.
+
+The pipeline is `run_pipeline`: one named stage per line, each a function whose arguments and result
+say what flows between stages. `Run` records (report, console); the stages do the work; `compile_run`
+maps what went wrong to an exit code and always leaves a report. The runner, not the passes, does the
+bookkeeping of each step: op histograms before and after, time, a graph check, match counts (an entry
+that matched nothing is an error), the pass's `requires` before it and its `ensures` after it, and
+errors named with the step and the steps before it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from bertc.artifact import DIGEST_NOTE, artifact_digest
+from bertc.errors import ConfigError, UserError, first_line
+from bertc.plan import Plan, fingerprint, versions
+from bertc.report import summary_table, write_atomic, write_reports
+
+EXIT_USER_ERROR = 2
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, before: list[str], error: Exception):
+        self.step, self.before, self.error = step, before, error
+        ran = f" (after {', '.join(before)})" if before else ""
+        super().__init__(f"step {step}{ran} failed: {error}")
+
+
+class BrokenPromise(Exception):
+    """A pass's `ensures` does not hold after it ran: a bug in bertc, not in the user's model."""
+
+
+class Run:
+    """One compile's record (what becomes report.json) and its console; the stages write into it."""
+
+    def __init__(self, plan: Plan, run_dir: Path, console: Console, debug: bool = False):
+        self.plan, self.run_dir, self.console, self.debug = plan, run_dir, console, debug
+        self.record: dict = {"status": "running", "failed_step": None, "error": None, "precision": plan.precision}
+        self.stage = "start"
+        self.staging: Path | None = None  # the artifact's folder until it is complete and verified
+
+    @contextlib.contextmanager
+    def step(self, label: str, stage: str) -> Iterator[None]:
+        self.stage = stage
+        start = time.perf_counter()
+        with self.console.status(f"[bold]{escape(label)}[/]..."):
+            yield
+        self.console.print(f"  [green]done[/] {escape(label)} [dim]({time.perf_counter() - start:.1f}s)[/]")
+
+    def say(self, message: str) -> None:
+        self.console.print(f"  [dim]{escape(message)}[/]")
+
+    def warn(self, message: str) -> None:
+        self.record.setdefault("warnings", []).append(message)
+        self.console.print(f"  [yellow]warning[/]: {escape(message)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """The input as a SavedModel folder, and what the fingerprint is made of."""
+
+    path: Path
+    digest: str
+    versions: dict
+    fingerprint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Original:
+    """What verify and bench need of the original model, without its weights."""
+
+    path: Path
+    signature_inputs: dict[str, str]
+    outputs: dict[str, str]
+    seq_len: int
+    vocab: int
+
+
+def run_pipeline(run: Run) -> None:
+    plan = run.plan
+    set_threads(plan)
+    source = materialize(run, plan)
+    target = check_target(run, plan)  # NOTE: before any work: a missing toolchain fails at once
+    loaded = load(run, plan, source)
+    original = Original(source.path, loaded.signature_inputs,
+                        {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")},
+                        loaded.shape.seq_len, loaded.shape.vocab)
+    options = target_options(plan, loaded.shape, source.fingerprint)
+    graph = rewrite(run, plan, loaded.graph)
+    del loaded  # NOTE: from here only the rewritten graph holds weights (BERT-Large: 1.3 GB a copy)
+    module = lower(run, target, graph, options)
+    del graph
+    artifact = save(run, target, module, options)
+    del module  # NOTE: the weights live in the saved artifact now: free them before verify and bench load two models
+    models = open_models(plan, original, artifact)
+    passed = verify(run, plan, original, models)
+    bench(run, plan, original, models)
+    del models
+    publish(run, artifact, passed)
+
+
+def set_threads(plan: Plan) -> None:
+    import tensorflow as tf
+
+    if plan.target.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(plan.target.intra_op_threads)
+    if plan.target.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(plan.target.inter_op_threads)
+
+
+def prepare(plan: Plan, log: Callable[[str], None]) -> Source:
+    """Materialize the input and compute what the fingerprint needs."""
+    from bertc.load import model_digest
+    from bertc.materialize import materialize as materialize_input
+
+    path = materialize_input(plan.model, log)
+    digest = model_digest(path)
+    # The saved functions record the building machine's device counts (and thread settings), and
+    # target.device=auto resolves from them: they change the artifact, so they are in the fingerprint.
+    library_versions = {**versions(), "devices": _device_counts()}
+    return Source(path, digest, library_versions, fingerprint(plan, digest, library_versions))
+
+
+def _device_counts() -> str:
+    import tensorflow as tf
+
+    return ",".join(f"{kind}={len(tf.config.list_logical_devices(kind))}" for kind in ("CPU", "GPU"))
+
+
+def write_plan(run_dir: Path, plan: Plan, source: Source) -> None:
+    payload = {
+        "fingerprint": source.fingerprint,
+        "input": {"path": str(source.path), "digest": source.digest},
+        "versions": source.versions,
+        "plan": plan.to_dict(),
+    }
+    write_atomic(run_dir / "plan.json", json.dumps(payload, indent=2) + "\n")
+
+
+def materialize(run: Run, plan: Plan) -> Source:
+    run.stage = "input"
+    source = prepare(plan, run.say)
+    run.record.update(fingerprint=source.fingerprint, versions=source.versions,
+                      input={"path": str(source.path), "digest": source.digest})
+    write_plan(run.run_dir, plan, source)
+    run.console.print(f"fingerprint [bold]{source.fingerprint[:23]}...[/]")
+    return source
+
+
+def check_target(run: Run, plan: Plan):
+    from bertc import targets
+    from bertc.hardware import bf16_is_emulated
+    from bertc.targets.base import TargetOptions
+
+    run.stage = "target"
+    target = targets.get(plan.target.name)
+    target.check_available(TargetOptions(plan.target.name, plan.target.device, plan.shape.batch_size, 0))
+    if plan.compute_dtype == "bfloat16" and bf16_is_emulated(plan.target.device):
+        run.warn(
+            "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): TensorFlow emulates bf16 "
+            "matmuls, so expect mixed_bf16 to be slower than fp32 here; on this CPU try precision=fp32 "
+            "target=xla mask.fold_scale=true"
+        )
+    return target
+
+
+def load(run: Run, plan: Plan, source: Source):
+    from bertc.load import load_saved_model
+
+    with run.step(f"load {source.path.name}", "load"):
+        loaded = load_saved_model(source.path, plan.allow_ops)
+    shape = loaded.shape
+    run.record["input"]["shape"] = dict(vars(shape))
+    try:
+        run.record["input"]["roles"] = role_counts(loaded.graph)
+    except UserError as error:  # a graph the analysis cannot read: the steps that need roles say so themselves
+        run.record["input"]["roles"] = {}
+        run.say(f"roles not found: {first_line(error)}")
+    run.say(f"BERT: {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, intermediate "
+            f"{shape.intermediate}, seq_len {shape.seq_len}, {shape.num_labels} labels")
+    if plan.shape.seq_len is not None and plan.shape.seq_len != shape.seq_len:
+        raise ConfigError(
+            f"shape.seq_len={plan.shape.seq_len} differs from the model's exported sequence length {shape.seq_len}; "
+            f"re-export with --seq-len {plan.shape.seq_len} (at most max_position_embeddings={shape.max_positions}) "
+            "or leave shape.seq_len unset."
+        )
+    return loaded
+
+
+def role_counts(graph) -> dict[str, int]:
+    """How many nodes play each role (bertc/analysis.py), as the report records it."""
+    import collections
+
+    from bertc.analysis import node_roles
+
+    return dict(sorted(collections.Counter(node_roles(graph).values()).items()))
+
+
+def target_options(plan: Plan, shape, fingerprint_: str):
+    """What the target needs to know, derived once from the plan and the model's shape."""
+    from bertc.targets.base import TargetOptions
+    from bertc.verify import GATES
+
+    partition, mask = plan.step_params("partition"), plan.step_params("mask")
+    return TargetOptions(
+        name=plan.target.name, device=plan.target.device, batch_size=plan.shape.batch_size, seq_len=shape.seq_len,
+        host_device=partition.host_device if partition else "/device:CPU:0",
+        compute_dtype=plan.compute_dtype,
+        scale_folded=bool(mask and mask.fold_scale),
+        input_limits={"input_ids": shape.vocab, "segment_ids": shape.type_vocab} if plan.security.guard_inputs else None,
+        dynamic_batch=plan.target.dynamic_batch, batch_sizes=plan.target.batch_sizes, precision=plan.precision,
+        gate_tolerance=plan.verify.tolerance or GATES[plan.gate], fingerprint=fingerprint_,
+        seeded_preset=(plan.model.size, plan.model.seed) if plan.model.kind == "preset" else None,
+        model_shape=dict(vars(shape)),
+    )
+
+
+def rewrite(run: Run, plan: Plan, graph):
+    """The plan's steps in order, each bookkept; the graph after the last."""
+    from bertc.graph import boundaries_of
+
+    done: list[str] = []
+    run.record["steps"] = []
+    for step in plan.steps:
+        with run.step(step.name, step.name):
+            graph, entry = run_step(step, graph, done)
+        run.record["steps"].append(entry)
+        run.say(f"{entry['ops_before']} -> {entry['ops_after']} nodes; {_delta_text(entry['op_delta'])}")
+        done.append(step.name)
+    run.record["boundaries"] = [boundary.describe() for boundary in boundaries_of(graph)]
+    for line in run.record["boundaries"]:
+        run.say(f"boundary {line}")
+    return graph
+
+
+def run_step(step, graph, done: list[str]) -> tuple[Any, dict]:
+    """One pass with its bookkeeping: requires, the pass, a graph check, ensures, match counts, op delta."""
+    from bertc import passes
+    from bertc.graph import check_graph, op_delta, op_histogram
+
+    spec = passes.get(step.name)
+    before = op_histogram(graph.graph_def)
+    start = time.perf_counter()
+    try:
+        for condition in spec.requires:
+            problem = condition.check(graph, step.params)
+            if problem:
+                raise ConfigError(f"{step.name} requires {condition.description}: {problem}.")
+        result = spec.run(graph, step.params)
+        check_graph(result.graph)
+    except Exception as error:
+        raise StepFailed(step.name, done, error) from error
+    seconds = time.perf_counter() - start
+    for condition in spec.ensures:
+        problem = condition.check(result.graph, step.params)
+        if problem:
+            raise StepFailed(step.name, done, BrokenPromise(
+                f"{step.name} promised that {condition.description}, and it does not hold: {problem}. "
+                "This is a bug in bertc: please report it with this run folder."
+            ))
+    unmatched = [entry for entry, count in result.matches.items() if count == 0]
+    if unmatched:
+        one = len(unmatched) == 1
+        raise StepFailed(step.name, done, ConfigError(
+            f"{step.group} entr{'y' if one else 'ies'} {unmatched} matched nothing in the "
+            f"graph; remove {'it' if one else 'them'} or fix the pattern."
+        ))
+    after = op_histogram(result.graph.graph_def)
+    return result.graph, {
+        "name": step.name, "op_delta": op_delta(before, after), "ops_before": sum(before.values()),
+        "ops_after": sum(after.values()), "seconds": round(seconds, 4), "matches": dict(result.matches),
+        **dict(result.details),
+    }
+
+
+def _delta_text(delta: dict[str, int], shown: int = 5) -> str:
+    """The largest few op-count changes; the full list is in report.json."""
+    if not delta:
+        return "no op change"
+    largest = sorted(delta.items(), key=lambda item: -abs(item[1]))
+    text = ", ".join(f"{op} {count:+d}" for op, count in largest[:shown])
+    return text + (f", and {len(largest) - shown} more op types (report.json)" if len(largest) > shown else "")
+
+
+def lower(run: Run, target, graph, options):
+    from bertc.targets.serving import warm_up
+
+    with run.step(f"compile for target {options.name}", "compile"):
+        start = time.perf_counter()
+        module = target.lower(graph, options)
+        warm_up(module, options.batch_size, options.seq_len)
+        seconds = time.perf_counter() - start
+    run.record["target"] = {"name": options.name, "device": options.device, "compile_seconds": round(seconds, 3),
+                            "boundaries": run.record.pop("boundaries", [])}
+    return module
+
+
+def save(run: Run, target, module, options) -> Path:
+    """The target's SavedModel in a staging folder beside model/: moved into place only once verified."""
+    import tensorflow as tf
+
+    run.staging = Path(tempfile.mkdtemp(prefix=".model.partial-", dir=run.run_dir))
+    artifact = run.staging / "model"
+    run.stage = "compile"
+    try:
+        target.save(module, artifact, options)
+    except (OSError, tf.errors.OpError) as error:
+        full = getattr(error, "errno", None) == errno.ENOSPC or "space left" in str(error).lower()
+        raise UserError(
+            f"writing the compiled model under {run.run_dir} failed ({first_line(error)}). "
+            + ("The disk is full: free space, or " if full else "Check that the folder is writable, or ")
+            + "choose another run folder with hydra.run.dir=... Nothing was left in model/."
+        ) from None
+    run.record["artifact"] = {"digest": artifact_digest(artifact), "note": DIGEST_NOTE}
+    return artifact
+
+
+def open_models(plan: Plan, original: Original, artifact: Path) -> dict | None:
+    """The original (TensorFlow's own loading of the user's folder) and the compiled model, for verify and bench."""
+    if not (plan.verify.enabled or plan.bench.enabled):
+        return None
+    from bertc.verify import CompiledModel, OriginalModel
+
+    return {"original": OriginalModel(original.path, original.signature_inputs, original.outputs),
+            "compiled": CompiledModel(artifact)}
+
+
+def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> bool:
+    """Compiled against original on the same inputs; True when within the gate."""
+    if not plan.verify.enabled:
+        return True
+    from bertc.verify import compare, read_glue_tsv, synthetic_batches, tokenize_pairs
+
+    settings = plan.verify
+    with run.step("verify against the original", "verify"):
+        batches = synthetic_batches(settings.batches, settings.batch_size, original.seq_len, original.vocab, settings.seed)
+        if settings.dataset:
+            vocab = original.path / "vocab.txt"
+            if not vocab.is_file():
+                raise ConfigError(f"verify.dataset needs the model's vocab.txt, and {original.path} has none.")
+            pairs = read_glue_tsv(settings.dataset, settings.max_examples)
+            batches += tokenize_pairs(pairs, vocab, original.seq_len, settings.batch_size)
+        parity = compare(models["original"], models["compiled"], batches, plan.gate, settings.tolerance)
+    run.record["parity"] = parity
+    run.say(f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "
+            f"argmax agreement {parity['argmax_agreement']:.4f}")
+    return bool(parity["passed"])
+
+
+def bench(run: Run, plan: Plan, original: Original, models: dict | None) -> None:
+    if not plan.bench.enabled:
+        return
+    from bertc.bench import benchmark
+
+    settings = plan.bench
+    with run.step("benchmark original vs compiled", "bench"):
+        run.record["bench"] = benchmark(models, settings.batch_sizes, original.seq_len, original.vocab,
+                                        settings.rounds, settings.seconds, settings.warmup)
+
+
+def publish(run: Run, artifact: Path, passed: bool) -> None:
+    """Move the verified artifact into model/ (a failed one into rejected/) and set the run's status."""
+    final = run.run_dir / ("model" if passed else "rejected")
+    if final.exists():
+        shutil.rmtree(final)
+    artifact.rename(final)
+    run.record["artifact"]["path"] = str(final)
+    run.record["status"] = "passed" if passed else "rejected"
+    if not passed:
+        parity = run.record["parity"]
+        run.record["failed_step"] = "verify"
+        run.record["error"] = (
+            f"parity gate failed: max |dp| {parity['max_abs_diff']:.3g} > {parity['tolerance']} "
+            f"or {parity['confident_disagreements']} confident disagreements; the model is in rejected/"
+        )
+
+
+def compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool = False) -> int:
+    """Run the plan into `run_dir`; returns the exit code: 0 passed, 2 the user's input or config is at
+    fault (the message says what to change), 1 the model was rejected by verify or bertc failed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(plan, run_dir, console, debug)
+    try:
+        run_pipeline(run)
+    except UserError as error:
+        _fail(run, error, traceback.format_exc() if debug else None)
+        return EXIT_USER_ERROR
+    except StepFailed as failure:
+        user_fault = isinstance(failure.error, UserError)
+        # A pass that broke (not the user's input) keeps its traceback in report.json for the bug report.
+        _fail(run, failure, traceback.format_exc() if debug or not user_fault else None)
+        return EXIT_USER_ERROR if user_fault else 1
+    except BaseException as error:  # a crash: still leave an honest report, then re-raise
+        _fail(run, error, traceback.format_exc())
+        raise
+    finally:
+        if run.staging is not None and run.staging.exists():
+            shutil.rmtree(run.staging, ignore_errors=True)
+        _finish(run)
+    return 0 if run.record["status"] == "passed" else 1
+
+
+def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
+    run.record.update(status="failed", failed_step=getattr(error, "step", None) or run.stage,
+                      error=str(error) or type(error).__name__)
+    if trace:
+        run.record["traceback"] = trace
+        if run.debug:
+            run.console.print(trace, markup=False, highlight=False)
+
+
+def _finish(run: Run) -> None:
+    write_reports(run.run_dir, run.record)
+    run.console.print(summary_table(run.record))
+    if run.record.get("error"):
+        run.console.print(f"[bold red]error[/] [dim]({run.record.get('failed_step')})[/]: {escape(run.record['error'])}")
+    run.console.print(f"run folder: {escape(str(run.run_dir))}")
