@@ -5,7 +5,6 @@ report.json and returns, so the sweep goes on and the summary shows a failed row
 """
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -17,10 +16,11 @@ from rich.panel import Panel
 from bertc.config import register_configs
 from bertc.console import native_stderr_to, silence_tf_loggers
 from bertc.errors import UserError
+from bertc.locate import conf_dir
 from bertc.runner import EXIT_USER_ERROR
 
 register_configs()
-CONF_DIR = str(importlib.resources.files("bertc.conf"))
+CONF_DIR = conf_dir()  # the checkout's conf/ or the packaged bertc/conf, whichever bertc/ Python imported
 
 
 def _is_multirun() -> bool:
