@@ -11,13 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.panel import Panel
 
 from bertc.config import register_configs
 from bertc.console import native_stderr_to, silence_tf_loggers
 from bertc.errors import UserError
 from bertc.locate import conf_dir
 from bertc.runner import EXIT_USER_ERROR
+from bertc.terminal import dim, escape, plan_panel, print_wrapped
 
 register_configs()
 CONF_DIR = conf_dir()  # the checkout's conf/ or the packaged bertc/conf, whichever bertc/ Python imported
@@ -45,12 +45,12 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
         write_atomic(run_dir / "resolved.yaml", resolved)
         plan = build_plan(cfg)
-        console.print(Panel("\n".join(plan.describe()), title="bertc plan", expand=False))
+        print_wrapped(console, plan_panel(plan.describe()))
         if cfg.dry_run:
-            input_path, digest, library_versions, print_ = prepare(plan, lambda message: console.print(f"  [dim]{message}[/]"))
+            input_path, digest, library_versions, print_ = prepare(plan, lambda message: console.print(dim(message)))
             write_plan(run_dir, plan, input_path, digest, library_versions, print_)
             write_reports(run_dir, {"status": "planned", "fingerprint": print_, "input": {"path": str(input_path), "digest": digest}, "versions": library_versions, "steps": []})
-            console.print(f"fingerprint {print_}\ndry run: nothing compiled; plan written to {run_dir / 'plan.json'}")
+            console.print(f"fingerprint {print_}\ndry run: nothing compiled; plan written to {escape(str(run_dir / 'plan.json'))}")
             return 0
         with native_stderr_to(run_dir / "tensorflow.log"):
             code = compile_run(plan, run_dir, console, debug=bool(cfg.debug))
@@ -58,7 +58,7 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
         if cfg.get("debug"):
             raise
         write_reports(run_dir, {"status": "failed", "failed_step": "plan", "error": str(error), "steps": []})
-        console.print(f"[bold red]error:[/] {error}")
+        console.print(f"[bold red]error:[/] {escape(str(error))}")
         code = EXIT_USER_ERROR
     if code and not _is_multirun():
         raise SystemExit(code)

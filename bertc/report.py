@@ -20,6 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -194,5 +195,5 @@ def summary_table(record: dict) -> Table:
     if (record.get("target") or {}).get("compile_seconds") is not None:
         table.add_row("compile", f"{record['target']['compile_seconds']:.1f} s")
     if (record.get("artifact") or {}).get("path"):
-        table.add_row("model", record["artifact"]["path"])
+        table.add_row("model", escape(record["artifact"]["path"]))
     return table

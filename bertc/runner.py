@@ -26,6 +26,7 @@ from bertc.artifact import DIGEST_NOTE, artifact_digest
 from bertc.errors import ConfigError, UserError
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
+from bertc.terminal import dim, escape, op_change_summary, print_wrapped
 
 EXIT_USER_ERROR = 2
 # The artifact digest is canonical: equal for two compiles of one plan, in one process or two (bertc/artifact.py).
@@ -53,12 +54,12 @@ class Run:
     def step(self, label: str, stage: str):
         self.stage = stage
         start = time.perf_counter()
-        with self.console.status(f"[bold]{label}[/]..."):
+        with self.console.status(f"[bold]{escape(label)}[/]..."):
             yield
-        self.console.print(f"  [green]done[/] {label} [dim]({time.perf_counter() - start:.1f}s)[/]")
+        self.console.print(f"  [green]done[/] {escape(label)} [dim]({time.perf_counter() - start:.1f}s)[/]")
 
     def say(self, message: str) -> None:
-        self.console.print(f"  [dim]{message}[/]")
+        self.console.print(dim(message))
 
 
 def prepare(plan: Plan, log: Callable[[str], None]) -> tuple[Path, str, dict, str]:
@@ -139,10 +140,10 @@ def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
 
 def _finish(run: Run) -> None:
     write_reports(run.run_dir, run.record)
-    run.console.print(summary_table(run.record))
+    print_wrapped(run.console, summary_table(run.record))
     if run.record.get("error"):
-        run.console.print(f"[bold red]error[/] [dim]({run.record.get('failed_step')})[/]: {run.record['error']}")
-    run.console.print(f"run folder: {run.run_dir}")
+        run.console.print(f"[bold red]error[/] [dim]({run.record.get('failed_step')})[/]: {escape(run.record['error'])}")
+    run.console.print(f"run folder: {escape(str(run.run_dir))}")
 
 
 def _set_threads(plan: Plan) -> None:
@@ -168,7 +169,7 @@ def _warn_if_bf16_is_emulated(run: Run, tf) -> None:
             "target=xla mask.fold_scale=true"
         )
         run.record.setdefault("warnings", []).append(message)
-        run.console.print(f"  [yellow]warning[/]: {message}")
+        run.console.print(f"  [yellow]warning[/]: {escape(message)}")
 
 
 def _run_pipeline(run: Run, input_path: Path) -> Path | None:
@@ -223,7 +224,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
             "name": step.name, "op_delta": op_delta(before, after), "ops_before": sum(before.values()),
             "ops_after": sum(after.values()), "seconds": round(seconds, 4), "matches": dict(result.matches),
         })
-        run.say(f"{sum(before.values())} -> {sum(after.values())} nodes; " + (", ".join(f"{op} {n:+d}" for op, n in op_delta(before, after).items()) or "no op change"))
+        run.say(f"{sum(before.values())} -> {sum(after.values())} nodes; {op_change_summary(op_delta(before, after))}")
         done.append(step.name)
         run.record["steps"] = steps
     run.record.setdefault("steps", steps)
