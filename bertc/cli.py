@@ -47,10 +47,11 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
         plan = build_plan(cfg)
         print_wrapped(console, plan_panel(plan.describe()))
         if cfg.dry_run:
-            input_path, digest, library_versions, print_ = prepare(plan, lambda message: console.print(dim(message)))
+            input_path, digest, library_versions, print_ = prepare(plan, lambda text: console.print(dim(text)))
             write_plan(run_dir, plan, input_path, digest, library_versions, print_)
             write_reports(run_dir, {"status": "planned", "fingerprint": print_, "input": {"path": str(input_path), "digest": digest}, "versions": library_versions, "steps": []})
-            console.print(f"fingerprint {print_}\ndry run: nothing compiled; plan written to {escape(str(run_dir / 'plan.json'))}")
+            plan_file = escape(str(run_dir / "plan.json"))
+            console.print(f"fingerprint {print_}\ndry run: nothing compiled; plan written to {plan_file}")
             return 0
         with native_stderr_to(run_dir / "tensorflow.log"):
             code = compile_run(plan, run_dir, console, debug=bool(cfg.debug))

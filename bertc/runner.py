@@ -224,7 +224,8 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
             "name": step.name, "op_delta": op_delta(before, after), "ops_before": sum(before.values()),
             "ops_after": sum(after.values()), "seconds": round(seconds, 4), "matches": dict(result.matches),
         })
-        run.say(f"{sum(before.values())} -> {sum(after.values())} nodes; {op_change_summary(op_delta(before, after))}")
+        changes = op_change_summary(op_delta(before, after))
+        run.say(f"{sum(before.values())} -> {sum(after.values())} nodes; {changes}")
         done.append(step.name)
         run.record["steps"] = steps
     run.record.setdefault("steps", steps)

@@ -40,7 +40,9 @@ def op_change_summary(delta: Mapping[str, int], shown: int = OP_CHANGES_SHOWN) -
     largest = sorted(delta.items(), key=lambda item: (-abs(item[1]), item[0]))
     text = ", ".join(f"{op} {count:+d}" for op, count in largest[:shown])
     rest = len(largest) - shown
-    return text + (f" and {rest} more op type{'' if rest == 1 else 's'} (report.json lists all)" if rest > 0 else "")
+    if rest > 0:
+        text += f" and {rest} more op type{'' if rest == 1 else 's'} (report.json lists all)"
+    return text
 
 
 def dim(message: str) -> str:
