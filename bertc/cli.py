@@ -47,7 +47,8 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
         plan = build_plan(cfg)
         print_wrapped(console, plan_panel(plan.describe()))
         if cfg.dry_run:
-            input_path, digest, library_versions, print_ = prepare(plan, lambda line: console.print(dim(line)))
+            input_path, digest, library_versions, print_ = prepare(
+                plan, lambda line: console.print(dim(line)))
             write_plan(run_dir, plan, input_path, digest, library_versions, print_)
             write_reports(run_dir, {"status": "planned", "fingerprint": print_, "input": {"path": str(input_path), "digest": digest}, "versions": library_versions, "steps": []})
             plan_file = escape(str(run_dir / "plan.json"))
