@@ -22,6 +22,7 @@ class ModelConf:
 class RemovalConf:
     enabled: bool = True
     ops: List[str] = dataclasses.field(default_factory=lambda: ["Identity", "StopGradient", "Assert", "ReshapeChain"])
+    keep_signature: bool = False  # serve run_classifier's 5 inputs (label_ids, is_real_example accepted, ignored)
 
 
 @dataclasses.dataclass

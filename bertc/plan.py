@@ -63,6 +63,7 @@ class TargetParams:
     dynamic_batch: bool = True
     guard_inputs: bool = True
     batch_sizes: tuple[int, ...] = (1, 8)  # target=stablehlo: the static batch sizes it emits a module for
+    keep_signature: bool = False  # removal.keep_signature: the served signature keeps the two training inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +131,7 @@ class Plan:
             f"seq_len {target.seq_len or 'from model'}, input guard {'on' if target.guard_inputs else 'off'}"
             + (f", threads intra={target.intra_op_threads} inter={target.inter_op_threads}" if target.intra_op_threads or target.inter_op_threads else "")
             + (f", StableHLO modules for batch sizes {list(target.batch_sizes)}" if target.name == "stablehlo" else "")
+            + (", signature keeps label_ids and is_real_example" if target.keep_signature else "")
         )
         verify = self.verify
         lines.append(
@@ -226,7 +228,8 @@ def build_plan(cfg: Any) -> Plan:
         steps=tuple(steps),
         target=TargetParams(target.name, target.device, cfg.shape.batch_size, cfg.shape.seq_len,
                             target.intra_op_threads, target.inter_op_threads, target.dynamic_batch,
-                            cfg.security.guard_inputs, tuple(sorted(set(target.batch_sizes)))),
+                            cfg.security.guard_inputs, tuple(sorted(set(target.batch_sizes))),
+                            keep_signature=bool(cfg.removal.keep_signature)),
         verify=VerifyParams(verify.enabled, verify.batches, verify.batch_size, verify.seed,
                             verify.dataset, verify.max_examples, verify.tolerance, _gate_name(cfg.precision)),
         bench=BenchParams(bench.enabled, tuple(bench.batch_sizes), bench.rounds, bench.seconds, bench.warmup),

@@ -13,7 +13,9 @@ batch 1, spread {throughput {batch: {min, max, cv, rounds}}, latency_p50_ms {min
 each figure over the rounds, cv the coefficient of variation (null for one round)}, speedup,
 speedup_batch, speedup_spread {min, max, cv, rounds} (the per-round speedups), latency_ratio_p50,
 load_average {before, after, cores} (1-minute), reliable, unreliable_reasons [why the speedup
-should not be trusted], peak_rss_mb}. A key whose part did not run is absent. NaN and infinity,
+should not be trusted], peak_rss_mb}, serving {base_path (TensorFlow Serving's --model_base_path:
+it holds version 1/), model_name, version, inputs (the signature's), dropped_inputs (run_classifier
+inputs the signature no longer takes)}, a passed model only. A key whose part did not run is absent. NaN and infinity,
 which JSON lacks, are written as null.
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
+
+from bertc.serving_layout import serving_lines
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -165,6 +169,7 @@ def markdown(record: dict) -> str:
             lines += ["", f"Speedup (compiled / original throughput) at batch {bench['speedup_batch']}: "
                           f"**{bench['speedup']:.2f}x**{ratio}; peak RSS {bench['peak_rss_mb']:.0f} MB."]
         lines += spread_lines(bench)
+    lines += serving_lines(record.get("serving"))
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +210,10 @@ def summary_table(record: dict) -> Table:
         table.add_row("compile", f"{record['target']['compile_seconds']:.1f} s")
     if (record.get("artifact") or {}).get("path"):
         table.add_row("model", escape(record["artifact"]["path"]))
+    if record.get("serving"):
+        serving = record["serving"]
+        table.add_row("serving", escape(f"{serving['base_path']} (TensorFlow Serving, model {serving['model_name']}); "
+                                        f"inputs {', '.join(serving['inputs'])}"))
     return table
 
 

@@ -26,6 +26,7 @@ from bertc.artifact import DIGEST_NOTE, artifact_digest
 from bertc.errors import ConfigError, UserError
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
+from bertc.serving_layout import write_serving_layout
 from bertc.terminal import dim, escape, op_change_summary, print_wrapped
 
 EXIT_USER_ERROR = 2
@@ -245,7 +246,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
         warm_up(module, plan.target.batch_size, seq_len)
         compile_seconds = time.perf_counter() - start
         try:
-            save_compiled(module, artifact)
+            save_compiled(module, artifact, keep_signature=plan.target.keep_signature)
             if hasattr(target_module, "after_save"):  # target=stablehlo: its stablehlo/ folder inside the artifact
                 target_module.after_save(module, artifact, plan, run.record["fingerprint"])
         except (OSError, tf.errors.OpError) as error:
@@ -304,6 +305,8 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
         shutil.rmtree(final)
     artifact.rename(final)
     run.record["artifact"]["path"] = str(final)
+    if passed:  # TensorFlow Serving's layout, serving/<name>/1/ (bertc/serving_layout.py)
+        run.record["serving"] = write_serving_layout(final, run.run_dir, plan.model.name, plan.target.keep_signature)
     run.record["status"] = "passed" if passed else "rejected"
     if not passed:
         run.record["failed_step"] = "verify"
