@@ -46,6 +46,7 @@ from bertc.model.sources import (
     read_checkpoint_folder,
     read_hf_folder,
 )
+from bertc.model.vocab import synthetic_vocab
 from bertc.model.weights import random_weights
 
 SOURCE_KINDS = ("size", "checkpoint", "hf", "minilm")
@@ -87,6 +88,10 @@ def export_model(
         weights = random_weights(config, labels, seed)
         drawn: tuple[str, ...] = tuple(weights)
         has_classifier, vocab = False, None
+        # A generated vocab.txt (bertc/model/vocab.py), so verify.dataset=... can tokenize text for it.
+        vocab_tokens = synthetic_vocab(config.vocab_size)
+        say("vocab.txt generated (special tokens at BERT's ids, then characters): it tokenizes text, "
+            "but predictions of random weights mean nothing")
     else:
         folder = _source_folder(source_kind, source)
         is_checkpoint = source_kind == "checkpoint"
@@ -106,6 +111,7 @@ def export_model(
             )
         labels = source_labels if has_classifier else (num_labels or DEFAULT_NUM_LABELS)
         weights, drawn = complete_weights(config, weights, labels, seed)
+        vocab_tokens = None
         if any(name in drawn for name in POOLER_NAMES):
             say(f"no pooler in the checkpoint: bert/pooler/dense drawn from seed {seed}")
         if not has_classifier:
@@ -118,8 +124,9 @@ def export_model(
         f"vocab {config.vocab_size}; {labels} labels, sequence length {seq_len}"
     )
     say(f"writing the serving SavedModel to {out}")
-    export_saved_model(config, weights, out, num_labels=labels, seq_len=seq_len, vocab_file=vocab)
-    say(f"done: {out} (saved_model.pb, variables/, bert_config.json{', vocab.txt' if vocab else ''})")
+    export_saved_model(config, weights, out, num_labels=labels, seq_len=seq_len, vocab_file=vocab, vocab_tokens=vocab_tokens)
+    has_vocab = vocab is not None or vocab_tokens is not None
+    say(f"done: {out} (saved_model.pb, variables/, bert_config.json{', vocab.txt' if has_vocab else ''})")
     return {
         "out": str(out),
         "source": f"{source_kind} {source}" if source_kind != "minilm" else "minilm",
@@ -129,7 +136,8 @@ def export_model(
         "seed": seed,
         "classifier_from_seed": all(name in drawn for name in HEAD_NAMES),
         "pooler_from_seed": all(name in drawn for name in POOLER_NAMES),
-        "vocab": vocab is not None,
+        "vocab": has_vocab,
+        "vocab_generated": vocab_tokens is not None,
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from bertc.errors import ModelError
 from bertc.plan import ModelSource
 
-EXPORT_FORMAT = "1"  # bump when bertc.model's graph or weights change
+EXPORT_FORMAT = "2"  # bump when bertc.model's export changes (2: presets get a generated vocab.txt)
 
 
 def cache_dir() -> Path:
