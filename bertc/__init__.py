@@ -1,4 +1,4 @@
-"""bertc: a declarative compiler for fine-tuned BERT SavedModels; `bertc.compile(...)` compiles one from Python.
+"""bertc: a declarative compiler for fine-tuned BERT SavedModels; `bertc.compile(...)` runs one from Python.
 
 `compile` lives in bertc/api.py and is imported on first use, so `import bertc` stays cheap (no
 TensorFlow, no Hydra).

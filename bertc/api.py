@@ -1,4 +1,4 @@
-"""`bertc.compile(model_path, overrides, run_dir)` -> the run's report: one compile from Python, no command line.
+"""`bertc.compile(model_path, overrides, run_dir)` -> the run's report: one compile from Python, no CLI.
 
     import bertc
     report = bertc.compile("models/mrpc", overrides=["precision=mixed", "target=xla"], run_dir="runs/mixed")
@@ -8,6 +8,7 @@ The config is composed from bertc's own config groups with Hydra's compose API (
 composition and type checks as `bertc ...` on the command line), then compiled by the same job
 function the CLI runs, into the same run folder.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,7 +19,7 @@ from pathlib import Path
 from bertc.errors import ConfigError
 
 
-def compile(  # noqa: A001  (bertc.compile is the name the API promises)
+def compile(  # bertc.compile: the name the API promises (it shadows the builtin in this module only)
     model_path: str | Path | None = None,
     overrides: Sequence[str] = (),
     run_dir: str | Path | None = None,
@@ -45,13 +46,19 @@ def compile(  # noqa: A001  (bertc.compile is the name the API promises)
     quiet_tensorflow()
     given = list(overrides)
     if model_path is not None:
-        given.append(f"model.path={Path(model_path).expanduser().resolve()}")  # absolute: reproducible from anywhere
+        given.append(
+            f"model.path={Path(model_path).expanduser().resolve()}"
+        )  # absolute: reproducible from anywhere
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="bertc"):
             cfg = compose("config", overrides=given)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"the overrides {given} do not compose into a bertc config: {error}") from None
-    run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    run_dir = (
+        Path(run_dir)
+        if run_dir is not None
+        else Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    )
     snapshot = run_dir / ".hydra"  # what Hydra keeps for a CLI run: the composed config and the overrides
     snapshot.mkdir(parents=True, exist_ok=True)
     (snapshot / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

@@ -4,6 +4,7 @@
 first on sys.path), not the installed package, so the configs must be found from whichever `bertc`
 folder Python picked: the wheel ships them as `bertc/conf`, a checkout keeps them at the top level.
 """
+
 from __future__ import annotations
 
 import importlib.resources

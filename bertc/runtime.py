@@ -189,7 +189,7 @@ def _backend(backend, platform: str | None):
     """JAX's PJRT client for `platform`; a platform this machine lacks is one line saying so, not a traceback."""
     try:
         return backend.get_backend(platform)
-    except RuntimeError as error:
+    except RuntimeError:
         import jax
 
         present = sorted({device.platform for device in jax.devices()})

@@ -1,4 +1,4 @@
-"""A passed run's `model/` -> `serving/<name>/1/`, the folder layout TensorFlow Serving loads as it is; its report lines.
+"""A passed run's `model/` -> `serving/<name>/1/`, the layout TensorFlow Serving loads as it is; report lines.
 
 TensorFlow Serving watches a base path holding numbered versions (`<base>/<version>/saved_model.pb`),
 while `model/` holds the SavedModel directly. The version folder holds hard links to model/'s files
@@ -6,6 +6,7 @@ while `model/` holds the SavedModel directly. The version folder holds hard link
 file system refuses links). It is written beside its place and moved in complete. A rejected model
 gets none.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,10 @@ from pathlib import Path
 
 SERVING_VERSION = 1
 SERVED_INPUTS = ("input_ids", "input_mask", "segment_ids")  # int32 [batch, seq_len]
-TRAINING_INPUTS = ("label_ids", "is_real_example")  # run_classifier's int32 [batch] inputs, never read when serving
+TRAINING_INPUTS = (
+    "label_ids",
+    "is_real_example",
+)  # run_classifier's int32 [batch] inputs, never read when serving
 
 
 def serving_name(label: str) -> str:
@@ -37,8 +41,12 @@ def write_serving_layout(model_dir: Path, run_dir: Path, label: str, keep_signat
     staging = Path(tempfile.mkdtemp(prefix=".serving.partial-", dir=run_dir))
     try:
         # stablehlo/ is target=stablehlo's PJRT bundle: TensorFlow Serving does not read it.
-        shutil.copytree(model_dir, staging / name / str(SERVING_VERSION), copy_function=_link_or_copy,
-                        ignore=shutil.ignore_patterns("stablehlo"))
+        shutil.copytree(
+            model_dir,
+            staging / name / str(SERVING_VERSION),
+            copy_function=_link_or_copy,
+            ignore=shutil.ignore_patterns("stablehlo"),
+        )
         final = run_dir / "serving"
         if final.exists():
             shutil.rmtree(final)
@@ -57,11 +65,16 @@ def write_serving_layout(model_dir: Path, run_dir: Path, label: str, keep_signat
 def signature_note(serving: dict) -> str:
     """What changed in the serving signature, for report.md and the terminal."""
     if serving["dropped_inputs"]:
-        return (f"serving_default takes {', '.join(serving['inputs'])} (int32 [batch, seq_len]); run_classifier's "
-                f"{' and '.join(serving['dropped_inputs'])} are gone (serving never read them): a client that sends "
-                "all five gets an error; removal.keep_signature=true keeps them, accepted and ignored")
-    return (f"serving_default keeps run_classifier's five inputs: {', '.join(SERVED_INPUTS)} (int32 [batch, "
-            f"seq_len]) and {' and '.join(TRAINING_INPUTS)} (int32 [batch], accepted and ignored)")
+        return (
+            f"serving_default takes {', '.join(serving['inputs'])} (int32 [batch, seq_len]); "
+            f"run_classifier's {' and '.join(serving['dropped_inputs'])} are gone (serving never read them): "
+            "a client that sends all five gets an error; removal.keep_signature=true keeps them "
+            "(accepted and ignored)"
+        )
+    return (
+        f"serving_default keeps run_classifier's five inputs: {', '.join(SERVED_INPUTS)} (int32 [batch, "
+        f"seq_len]) and {' and '.join(TRAINING_INPUTS)} (int32 [batch], accepted and ignored)"
+    )
 
 
 def serving_lines(serving: dict | None) -> list[str]:
@@ -70,10 +83,13 @@ def serving_lines(serving: dict | None) -> list[str]:
         return []
     base, name = serving["base_path"], serving["model_name"]
     return [
-        "", "## Serving", "",
+        "",
+        "## Serving",
+        "",
         f"- TensorFlow Serving layout: `{base}/{serving['version']}/` (hard links to `model/`)",
-        f"- signature: {signature_note(serving)}; outputs `probabilities`, `logits` (float32 [batch, labels])",
-        "", "```",
+        f"- signature: {signature_note(serving)}; outputs `probabilities`, `logits` (float32)",
+        "",
+        "```",
         f"tensorflow_model_server --rest_api_port=8501 --model_name={name} --model_base_path={base}",
         f"docker run -p 8501:8501 -v {base}:/models/{name} -e MODEL_NAME={name} tensorflow/serving",
         f"curl -d @request.json http://localhost:8501/v1/models/{name}:predict",

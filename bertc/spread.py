@@ -43,7 +43,7 @@ def load_average() -> dict:
 
 
 def figure_spreads(per_round: Mapping[str, Mapping[int, Sequence[Sequence[float]]]], batch_sizes) -> dict:
-    """{model: {"throughput": {batch: spread}, "latency_p50_ms": spread (batch 1)}} from per-round call times."""
+    """Per-round call times -> {model: {"throughput": {batch: spread}, "latency_p50_ms": spread}}."""
     spreads: dict = {}
     for name, by_size in per_round.items():
         entry: dict = {
@@ -96,7 +96,8 @@ def add_spread(
     batch_sizes,
     loads: Sequence[dict],
 ) -> None:
-    """Add to a bench result: each model's `spread`, `speedup_spread`, `load_average`, `reliable`, `unreliable_reasons`."""
+    """Add to a bench result: each model's `spread`; `speedup_spread`, `load_average`, `reliable`, and
+    `unreliable_reasons`."""
     spreads = figure_spreads(per_round, batch_sizes)
     for name, entry in spreads.items():
         result[name]["spread"] = entry

@@ -5,6 +5,7 @@ head_size]`), so it goes through `rich.markup.escape` before bertc's own markup 
 The plan panel wraps at the terminal width, each item's continuation under its value: the console
 itself soft-wraps (long paths stay copyable in one piece), which would otherwise cut a panel's lines.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping

@@ -1,4 +1,5 @@
-"""The random-weight presets (the demo among them) get a generated vocab.txt, so verify.dataset=... runs on them."""
+"""The random-weight presets (the demo among them) get a generated vocab.txt: verify.dataset runs on them."""
+
 from __future__ import annotations
 
 import io
@@ -41,4 +42,7 @@ def test_verify_dataset_runs_on_a_preset(tmp_path):
     code = compile_run(build_plan(cfg), tmp_path / "run", Console(file=io.StringIO()))
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert code == 0, report.get("error")
-    assert report["parity"]["by_source"]["dataset"]["examples"] == 2 and report["parity"]["accuracy"]["examples"] == 2
+    assert (
+        report["parity"]["by_source"]["dataset"]["examples"] == 2
+        and report["parity"]["accuracy"]["examples"] == 2
+    )

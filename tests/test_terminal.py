@@ -1,5 +1,6 @@
 """What bertc prints on an 80-column terminal: the plan wraps and keeps every word, op changes are
 summarised, and text with brackets (tensor shapes, lists) survives Rich's markup."""
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,13 @@ def test_the_plan_wraps_at_80_columns_and_keeps_every_word(tiny_model_dir, tmp_p
     deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "model"
     deep.parent.mkdir(parents=True)
     deep.symlink_to(tiny_model_dir)
-    overrides = [f"model.path={deep}", "dry_run=true", "precision=mixed", "partition=cpu_embed",
-                 "removal.ops=[Identity,StopGradient,CheckNumerics,Snapshot,Assert,ReshapeChain]"]
+    overrides = [
+        f"model.path={deep}",
+        "dry_run=true",
+        "precision=mixed",
+        "partition=cpu_embed",
+        "removal.ops=[Identity,StopGradient,CheckNumerics,Snapshot,Assert,ReshapeChain]",
+    ]
     cfg = compose_config(overrides)
     console = terminal()
     assert run_job(cfg, tmp_path / "run", console) == 0
