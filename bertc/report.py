@@ -176,7 +176,7 @@ def markdown(record: dict) -> str:
 def summary_table(record: dict) -> Table:
     table = Table(title=f"bertc: {record.get('status')}", show_header=True, header_style="bold")
     table.add_column("what")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     table.add_row("fingerprint", str(record.get("fingerprint", "-"))[:23] + "...")
     parity = record.get("parity")
     if parity:

@@ -15,7 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-OP_CHANGES_SHOWN = 4  # the largest changes printed; report.json keeps them all
+OP_CHANGES_SHOWN = 3  # the largest changes printed; report.json keeps them all
 PLAN_LABEL_WIDTH = 9  # Plan.describe() lines: a 9-character label ("step 1   ", "target   "), then the value
 
 
@@ -35,14 +35,14 @@ def print_wrapped(console, renderable) -> None:
 
 
 def op_change_summary(delta: Mapping[str, int], shown: int = OP_CHANGES_SHOWN) -> str:
-    """`Identity -412, Cast +40, ... and 3 more op types`: the largest changes by size, ties by name."""
+    """`Identity -412, Cast +40, Sub -24 and 4 more op types in report.json`: the largest changes first."""
     if not delta:
         return "no op change"
     largest = sorted(delta.items(), key=lambda item: (-abs(item[1]), item[0]))
     text = ", ".join(f"{op} {count:+d}" for op, count in largest[:shown])
     rest = len(largest) - shown
     if rest > 0:
-        text += f" and {rest} more op type{'' if rest == 1 else 's'} (report.json lists all)"
+        text += f" and {rest} more op type{'' if rest == 1 else 's'} in report.json"
     return text
 
 
