@@ -15,8 +15,8 @@ speedup_batch, speedup_spread {min, max, cv, rounds} (the per-round speedups), l
 load_average {before, after, cores} (1-minute), reliable, unreliable_reasons [why the speedup
 should not be trusted], peak_rss_mb}, serving {base_path (TensorFlow Serving's --model_base_path:
 it holds version 1/), model_name, version, inputs (the signature's), dropped_inputs (run_classifier
-inputs the signature no longer takes)}, a passed model only. A key whose part did not run is absent. NaN and infinity,
-which JSON lacks, are written as null.
+inputs the signature no longer takes)}, a passed model only. A key whose part did not run is
+absent. NaN and infinity, which JSON lacks, are written as null.
 """
 from __future__ import annotations
 
@@ -212,8 +212,8 @@ def summary_table(record: dict) -> Table:
         table.add_row("model", escape(record["artifact"]["path"]))
     if record.get("serving"):
         serving = record["serving"]
-        table.add_row("serving", escape(f"{serving['base_path']} (TensorFlow Serving, model {serving['model_name']}); "
-                                        f"inputs {', '.join(serving['inputs'])}"))
+        where = f"{serving['base_path']} (TensorFlow Serving, model {serving['model_name']})"
+        table.add_row("serving", escape(f"{where}; inputs {', '.join(serving['inputs'])}"))
     return table
 
 
@@ -230,25 +230,31 @@ def spread_summary(bench: dict) -> str:
     speedup = bench["speedup_spread"]
     if speedup["rounds"] < 2:
         return "one round: no spread measured"
-    cvs = [(bench[name].get("spread") or {}).get("throughput", {}).get(size, {}).get("cv") for name in ("original", "compiled")]
-    moved = ", ".join(f"{name} {fmt_number(cv * 100, 2)}%" for name, cv in zip(("original", "compiled"), cvs) if cv is not None)
-    return f"speedup {speedup['min']:.2f}-{speedup['max']:.2f}x over {speedup['rounds']} rounds; b{size} cv {moved}"
+    moved = []
+    for name in ("original", "compiled"):
+        cv = (bench[name].get("spread") or {}).get("throughput", {}).get(size, {}).get("cv")
+        if cv is not None:
+            moved.append(f"{name} {fmt_number(cv * 100, 2)}%")
+    rounds = f"{speedup['min']:.2f}-{speedup['max']:.2f}x over {speedup['rounds']} rounds"
+    return f"speedup {rounds}; b{size} cv {', '.join(moved)}"
 
 
 def spread_lines(bench: dict) -> list[str]:
     """report.md: each figure's spread over the rounds and the reliability verdict."""
     if not bench.get("speedup_spread"):
         return []
+    sizes = list(bench["original"]["throughput"])
     lines = ["", "Spread over the rounds (min-max, coefficient of variation):", "",
-             "| model | " + " | ".join(f"batch {b} seq/s" for b in bench["original"]["throughput"]) + " | p50 ms b1 |",
-             "|---" * (len(bench["original"]["throughput"]) + 2) + "|"]
+             "| model | " + " | ".join(f"batch {b} seq/s" for b in sizes) + " | p50 ms b1 |",
+             "|---" * (len(sizes) + 2) + "|"]
     for name in ("original", "compiled"):
         figures = bench[name].get("spread") or {}
         cells = [_range(figures.get("throughput", {}).get(b)) for b in bench[name]["throughput"]]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_range(figures.get('latency_p50_ms'), 2)} |")
     load = bench.get("load_average") or {}
+    before, after = fmt_number(load.get("before")), fmt_number(load.get("after"))
     lines += ["", f"Per-round speedup {_range(bench['speedup_spread'], 2, 'x')}; 1-minute load average "
-                  f"{fmt_number(load.get('before'))} before, {fmt_number(load.get('after'))} after, on {load.get('cores')} cores."]
+                  f"{before} before, {after} after, on {load.get('cores')} cores."]
     if bench.get("unreliable_reasons"):
         lines += ["", "**The speedup is unreliable**: " + "; ".join(bench["unreliable_reasons"]) + "."]
     return lines
