@@ -3,7 +3,8 @@
 Each round runs every (model, batch size) for a fixed time after warm-up, alternating the models
 (and which goes first), so drift in the machine (thermal, other load) hits both alike. Batch-1
 calls give the latency percentiles; every batch size gives sequences per second. The speedup is compiled / original
-throughput at the largest batch size, and its batch-1 latency ratio is reported beside it.
+throughput at the largest batch size, and its batch-1 latency ratio is reported beside it. Each
+figure's spread over the rounds, and whether the speedup can be trusted, come from bertc/spread.py.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from bertc.spread import add_spread, load_average
 from bertc.verify import synthetic_batches
 
 
@@ -51,22 +53,25 @@ def benchmark(
         for size in batch_sizes:
             for _ in range(warmup):
                 model(feeds[size])
-    durations: dict[str, dict[int, list[float]]] = {name: {size: [] for size in batch_sizes} for name in models}
+    loads = [load_average()]
+    # Call durations kept per round: each figure's spread over the rounds is reported (bertc/spread.py).
+    durations: dict[str, dict[int, list[list[float]]]] = {name: {size: [] for size in batch_sizes} for name in models}
     order = list(models.items())
     for round_number in range(rounds):
         for size in batch_sizes:
             # NOTE: the order flips every round: a model that always ran second would always inherit the first's heat.
             for name, model in (order if round_number % 2 == 0 else order[::-1]):
                 progress(f"round {round_number + 1}/{rounds}, batch {size}, {name}")
-                durations[name][size] += _timed_calls(model, feeds[size], seconds)
+                durations[name][size].append(_timed_calls(model, feeds[size], seconds))
+    loads.append(load_average())
     result: dict = {"seq_len": seq_len, "rounds": rounds, "seconds_per_measurement": seconds}
     for name in models:
         entry: dict = {"throughput": {}}
         for size in batch_sizes:
-            calls = durations[name][size]
+            calls = [call for round_calls in durations[name][size] for call in round_calls]
             entry["throughput"][str(size)] = float(size * len(calls) / sum(calls))
         if 1 in batch_sizes:
-            ms = np.array(durations[name][1]) * 1000
+            ms = np.array([call for round_calls in durations[name][1] for call in round_calls]) * 1000
             entry["latency_ms"] = {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)}
         result[name] = entry
     if "original" in models and "compiled" in models:
@@ -75,5 +80,6 @@ def benchmark(
         result["speedup_batch"] = int(largest)
         if 1 in batch_sizes:
             result["latency_ratio_p50"] = result["compiled"]["latency_ms"]["p50"] / result["original"]["latency_ms"]["p50"]
+    add_spread(result, durations, batch_sizes, loads)
     result["peak_rss_mb"] = peak_rss_mb()
     return result

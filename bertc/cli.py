@@ -5,33 +5,22 @@ report.json and returns, so the sweep goes on and the summary shows a failed row
 """
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.markup import escape
-from rich.panel import Panel
 
 from bertc.config import register_configs
 from bertc.console import native_stderr_to, silence_tf_loggers
 from bertc.errors import UserError
+from bertc.locate import conf_dir
 from bertc.pipeline import EXIT_USER_ERROR
-
-
-def config_dir() -> str:
-    """conf/ of a source checkout when this bertc is one (the clone's ./bertc may be imported before the
-    installed package), else the configs packaged with the installed bertc."""
-    checkout = Path(__file__).resolve().parent.parent / "conf"
-    if (checkout / "config.yaml").is_file():
-        return str(checkout)
-    return str(importlib.resources.files("bertc.conf"))
-
+from bertc.terminal import dim, escape, plan_panel, print_wrapped
 
 register_configs()
-CONF_DIR = config_dir()
+CONF_DIR = conf_dir()  # the checkout's conf/ or the packaged bertc/conf, whichever bertc/ Python imported
 
 
 def _is_multirun() -> bool:
@@ -56,9 +45,9 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
         write_atomic(run_dir / "resolved.yaml", resolved)
         plan = build_plan(cfg)
-        console.print(Panel(escape("\n".join(plan.describe())), title="bertc plan", expand=False))
+        print_wrapped(console, plan_panel(plan.describe()))
         if cfg.dry_run:
-            source = prepare(plan, lambda message: console.print(f"  [dim]{escape(message)}[/]"))
+            source = prepare(plan, lambda line: console.print(dim(line)))
             write_plan(run_dir, plan, source)
             write_reports(run_dir, {"status": "planned", "fingerprint": source.fingerprint, "steps": [],
                                     "input": {"path": str(source.path), "digest": source.digest},

@@ -29,6 +29,7 @@ from bertc.model.sources import (
     read_checkpoint_folder,
     read_hf_folder,
 )
+from bertc.model.vocab import synthetic_vocab
 from bertc.model.weights import random_weights
 
 SOURCE_KINDS = ("size", "checkpoint", "hf", "minilm")
@@ -61,8 +62,13 @@ def export_model(
     if out.exists():
         raise FileExistsError(f"{out} already exists; bertc never overwrites a model: choose a new --out.")
 
+    vocab_tokens = None
     if source_kind == "size":
         config, weights, drawn, labels, vocab = _preset_weights(str(source), seq_len, num_labels, seed, say)
+        # A generated vocab.txt (bertc/model/vocab.py), so verify.dataset=... can tokenize text for it.
+        vocab_tokens = synthetic_vocab(config.vocab_size)
+        say("vocab.txt generated (special tokens at BERT's ids, then characters): it tokenizes text, "
+            "but predictions of random weights mean nothing")
     else:
         config, weights, drawn, labels, vocab = _imported_weights(source_kind, source, seq_len, num_labels, seed, say)
     say(
@@ -71,8 +77,10 @@ def export_model(
         f"vocab {config.vocab_size}; {labels} labels, sequence length {seq_len}"
     )
     say(f"writing the serving SavedModel to {out}")
-    export_saved_model(config, weights, out, num_labels=labels, seq_len=seq_len, vocab_file=vocab)
-    say(f"done: {out} (saved_model.pb, variables/, bert_config.json{', vocab.txt' if vocab else ''})")
+    export_saved_model(config, weights, out, num_labels=labels, seq_len=seq_len, vocab_file=vocab,
+                       vocab_tokens=vocab_tokens)
+    has_vocab = vocab is not None or vocab_tokens is not None
+    say(f"done: {out} (saved_model.pb, variables/, bert_config.json{', vocab.txt' if has_vocab else ''})")
     return {
         "out": str(out),
         "source": f"{source_kind} {source}" if source_kind != "minilm" else "minilm",
@@ -82,7 +90,8 @@ def export_model(
         "seed": seed,
         "classifier_from_seed": all(name in drawn for name in HEAD_NAMES),
         "pooler_from_seed": all(name in drawn for name in POOLER_NAMES),
-        "vocab": vocab is not None,
+        "vocab": has_vocab,
+        "vocab_generated": vocab_tokens is not None,
     }
 
 

@@ -15,7 +15,7 @@ from bertc.artifact import files_digest
 from bertc.config import ModelInput
 from bertc.errors import ModelError
 
-EXPORT_FORMAT = "1"  # bump when bertc.model's graph or weights change
+EXPORT_FORMAT = "3"  # bump when bertc.model's export changes (2: presets get a vocab.txt; 3: HF gelu is erf)
 
 
 def cache_dir() -> Path:

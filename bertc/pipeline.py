@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 
 from bertc.artifact import DIGEST_NOTE, artifact_digest
 from bertc.errors import ConfigError, UserError, first_line
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
+from bertc.serving_layout import write_serving_layout
+from bertc.terminal import dim, escape, op_change_summary, print_wrapped
 
 EXIT_USER_ERROR = 2
 
@@ -61,7 +62,7 @@ class Run:
         self.console.print(f"  [green]done[/] {escape(label)} [dim]({time.perf_counter() - start:.1f}s)[/]")
 
     def say(self, message: str) -> None:
-        self.console.print(f"  [dim]{escape(message)}[/]")
+        self.console.print(dim(message))
 
     def warn(self, message: str) -> None:
         self.record.setdefault("warnings", []).append(message)
@@ -224,7 +225,7 @@ def target_options(plan: Plan, shape, fingerprint_: str):
         dynamic_batch=plan.target.dynamic_batch, batch_sizes=plan.target.batch_sizes, precision=plan.precision,
         gate_tolerance=plan.verify.tolerance or GATES[plan.gate], fingerprint=fingerprint_,
         seeded_preset=(plan.model.size, plan.model.seed) if plan.model.kind == "preset" else None,
-        model_shape=dict(vars(shape)),
+        model_shape=dict(vars(shape)), keep_signature=plan.keep_signature,
     )
 
 
@@ -238,7 +239,7 @@ def rewrite(run: Run, plan: Plan, graph):
         with run.step(step.name, step.name):
             graph, entry = run_step(step, graph, done)
         run.record["steps"].append(entry)
-        run.say(f"{entry['ops_before']} -> {entry['ops_after']} nodes; {_delta_text(entry['op_delta'])}")
+        run.say(f"{entry['ops_before']} -> {entry['ops_after']} nodes; {op_change_summary(entry['op_delta'])}")
         done.append(step.name)
     run.record["boundaries"] = [boundary.describe() for boundary in boundaries_of(graph)]
     for line in run.record["boundaries"]:
@@ -284,15 +285,6 @@ def run_step(step, graph, done: list[str]) -> tuple[Any, dict]:
         "ops_after": sum(after.values()), "seconds": round(seconds, 4), "matches": dict(result.matches),
         **dict(result.details),
     }
-
-
-def _delta_text(delta: dict[str, int], shown: int = 5) -> str:
-    """The largest few op-count changes; the full list is in report.json."""
-    if not delta:
-        return "no op change"
-    largest = sorted(delta.items(), key=lambda item: -abs(item[1]))
-    text = ", ".join(f"{op} {count:+d}" for op, count in largest[:shown])
-    return text + (f", and {len(largest) - shown} more op types (report.json)" if len(largest) > shown else "")
 
 
 def lower(run: Run, target, graph, options):
@@ -378,6 +370,8 @@ def publish(run: Run, artifact: Path, passed: bool) -> None:
         shutil.rmtree(final)
     artifact.rename(final)
     run.record["artifact"]["path"] = str(final)
+    if passed:  # TensorFlow Serving's layout, serving/<name>/1/ (bertc/serving_layout.py)
+        run.record["serving"] = write_serving_layout(final, run.run_dir, run.plan.model.name, run.plan.keep_signature)
     run.record["status"] = "passed" if passed else "rejected"
     if not passed:
         parity = run.record["parity"]
@@ -424,7 +418,7 @@ def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
 
 def _finish(run: Run) -> None:
     write_reports(run.run_dir, run.record)
-    run.console.print(summary_table(run.record))
+    print_wrapped(run.console, summary_table(run.record))
     if run.record.get("error"):
         run.console.print(f"[bold red]error[/] [dim]({run.record.get('failed_step')})[/]: {escape(run.record['error'])}")
     run.console.print(f"run folder: {escape(str(run.run_dir))}")

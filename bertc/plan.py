@@ -44,6 +44,7 @@ class Plan:
     precision: str = "fp32"  # the precision preset's name, a label for reports
     compute_dtype: str = "float32"  # the narrowest dtype the precision rules use
     gate: str = "fp32"  # which verify gate applies: that of the compute dtype
+    keep_signature: bool = False  # removal.keep_signature: the served signature keeps the two training inputs
 
     @property
     def allow_ops(self) -> tuple[str, ...]:
@@ -56,7 +57,8 @@ class Plan:
         """Everything about the plan that can change the compiled model."""
         return {
             "steps": [{"name": step.name, "params": _plain(step.params)} for step in self.steps],
-            "target": {**_plain(self.target), **_plain(self.shape), "guard_inputs": self.security.guard_inputs},
+            "target": {**_plain(self.target), **_plain(self.shape), "guard_inputs": self.security.guard_inputs,
+                       "keep_signature": self.keep_signature},
         }
 
     def to_dict(self) -> dict:
@@ -86,6 +88,7 @@ class Plan:
             f"seq_len {self.shape.seq_len or 'from model'}, input guard {'on' if self.security.guard_inputs else 'off'}"
             + (f", threads intra={target.intra_op_threads} inter={target.inter_op_threads}" if target.intra_op_threads or target.inter_op_threads else "")
             + (f", StableHLO modules for batch sizes {list(target.batch_sizes)}" if target.name == "stablehlo" else "")
+            + (", signature keeps label_ids and is_real_example" if self.keep_signature else "")
         )
         verify = self.verify
         lines.append(
@@ -163,6 +166,7 @@ def build_plan(cfg: Any) -> Plan:
         precision=cfg.precision.name,
         compute_dtype=compute_dtype,
         gate=PRECISION_GATES[compute_dtype],
+        keep_signature=bool(cfg.removal.keep_signature),
     )
     _check_values(plan)
     return dataclasses.replace(plan, target=dataclasses.replace(plan.target, batch_sizes=tuple(sorted(set(plan.target.batch_sizes)))))

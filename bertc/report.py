@@ -10,7 +10,13 @@ confident_disagreements, disagreements [{index, source, line (dataset rows), ori
 margin, confident}] (at most 20, confident first), nonfinite_outputs, by_source {synthetic,
 dataset: the same figures per source}, accuracy {examples, original, compiled} when the dataset
 has labels}, bench {original, compiled: {throughput by batch size, latency_ms {p50, p90, p99} at
-batch 1}, speedup, speedup_batch, latency_ratio_p50, peak_rss_mb}. A key whose part did not run is
+batch 1, spread {throughput {batch: {min, max, cv, rounds}}, latency_p50_ms {min, max, cv, rounds}}:
+each figure over the rounds, cv the coefficient of variation (null for one round)}, speedup,
+speedup_batch, speedup_spread {min, max, cv, rounds} (the per-round speedups), latency_ratio_p50,
+load_average {before, after, cores} (1-minute), reliable, unreliable_reasons [why the speedup
+should not be trusted], peak_rss_mb}, serving {base_path (TensorFlow Serving's --model_base_path:
+it holds version 1/), model_name, version, inputs (the signature's), dropped_inputs (run_classifier
+inputs the signature no longer takes)}, a passed model only. A key whose part did not run is
 absent. NaN and infinity, which JSON lacks, are written as null.
 """
 from __future__ import annotations
@@ -21,7 +27,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
+
+from bertc.serving_layout import serving_lines
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -165,13 +174,15 @@ def markdown(record: dict) -> str:
             ratio = f"; batch-1 p50 latency ratio {bench['latency_ratio_p50']:.2f}" if "latency_ratio_p50" in bench else ""
             lines += ["", f"Speedup (compiled / original throughput) at batch {bench['speedup_batch']}: "
                           f"**{bench['speedup']:.2f}x**{ratio}; peak RSS {bench['peak_rss_mb']:.0f} MB."]
+        lines += spread_lines(bench)
+    lines += serving_lines(record.get("serving"))
     return "\n".join(lines) + "\n"
 
 
 def summary_table(record: dict) -> Table:
     table = Table(title=f"bertc: {record.get('status')}", show_header=True, header_style="bold")
     table.add_column("what")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     table.add_row("fingerprint", str(record.get("fingerprint", "-"))[:23] + "...")
     parity = record.get("parity")
     if parity:
@@ -195,10 +206,61 @@ def summary_table(record: dict) -> Table:
             f"throughput b{size}",
             f"{bench['original']['throughput'][size]:.1f} -> {bench['compiled']['throughput'][size]:.1f} seq/s ({bench['speedup']:.2f}x)",
         )
+        if bench.get("speedup_spread"):
+            table.add_row("spread", escape(spread_summary(bench)))
+        if bench.get("unreliable_reasons"):
+            table.add_row("[yellow]unreliable[/]", escape("; ".join(bench["unreliable_reasons"])))
         if "latency_ms" in bench["compiled"]:
             table.add_row("latency p50 b1", f"{bench['original']['latency_ms']['p50']:.2f} -> {bench['compiled']['latency_ms']['p50']:.2f} ms")
     if (record.get("target") or {}).get("compile_seconds") is not None:
         table.add_row("compile", f"{record['target']['compile_seconds']:.1f} s")
     if (record.get("artifact") or {}).get("path"):
-        table.add_row("model", record["artifact"]["path"])
+        table.add_row("model", escape(record["artifact"]["path"]))
+    if record.get("serving"):
+        serving = record["serving"]
+        where = f"{serving['base_path']} (TensorFlow Serving, model {serving['model_name']})"
+        table.add_row("serving", escape(f"{where}; inputs {', '.join(serving['inputs'])}"))
     return table
+
+
+def _range(figure: dict | None, digits: int = 1, unit: str = "") -> str:
+    if not figure:
+        return "-"
+    cv = f" (cv {figure['cv']:.1%})" if figure.get("cv") is not None else " (one round)"
+    return f"{figure['min']:.{digits}f}-{figure['max']:.{digits}f}{unit}{cv}"
+
+
+def spread_summary(bench: dict) -> str:
+    """One line for the terminal: the per-round speedups and how much each compared throughput moved."""
+    size = str(bench["speedup_batch"])
+    speedup = bench["speedup_spread"]
+    if speedup["rounds"] < 2:
+        return "one round: no spread measured"
+    moved = []
+    for name in ("original", "compiled"):
+        cv = (bench[name].get("spread") or {}).get("throughput", {}).get(size, {}).get("cv")
+        if cv is not None:
+            moved.append(f"{name} {fmt_number(cv * 100, 2)}%")
+    rounds = f"{speedup['min']:.2f}-{speedup['max']:.2f}x over {speedup['rounds']} rounds"
+    return f"speedup {rounds}; b{size} cv {', '.join(moved)}"
+
+
+def spread_lines(bench: dict) -> list[str]:
+    """report.md: each figure's spread over the rounds and the reliability verdict."""
+    if not bench.get("speedup_spread"):
+        return []
+    sizes = list(bench["original"]["throughput"])
+    lines = ["", "Spread over the rounds (min-max, coefficient of variation):", "",
+             "| model | " + " | ".join(f"batch {b} seq/s" for b in sizes) + " | p50 ms b1 |",
+             "|---" * (len(sizes) + 2) + "|"]
+    for name in ("original", "compiled"):
+        figures = bench[name].get("spread") or {}
+        cells = [_range(figures.get("throughput", {}).get(b)) for b in bench[name]["throughput"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_range(figures.get('latency_p50_ms'), 2)} |")
+    load = bench.get("load_average") or {}
+    before, after = fmt_number(load.get("before")), fmt_number(load.get("after"))
+    lines += ["", f"Per-round speedup {_range(bench['speedup_spread'], 2, 'x')}; 1-minute load average "
+                  f"{before} before, {after} after, on {load.get('cores')} cores."]
+    if bench.get("unreliable_reasons"):
+        lines += ["", "**The speedup is unreliable**: " + "; ".join(bench["unreliable_reasons"]) + "."]
+    return lines

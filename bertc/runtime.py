@@ -136,6 +136,20 @@ def _execute(executable, arguments: list) -> list:
     return [shards[0] for shards in results.disassemble_into_single_device_arrays()]
 
 
+def _backend(backend, platform: str | None):
+    """JAX's PJRT client for `platform`; a platform this machine lacks is one line saying so, not a traceback."""
+    try:
+        return backend.get_backend(platform)
+    except RuntimeError:
+        import jax
+
+        present = sorted({device.platform for device in jax.devices()})
+        raise ServingError(
+            f"platform {platform!r} is not available here: JAX sees only {', '.join(present)}. "
+            "For a GPU: an NVIDIA GPU with pip install 'jax[cuda12]'; or a PJRT plugin; or --platform cpu."
+        ) from None
+
+
 class Runtime:
     """Loads an artifact onto one PJRT device; calling it runs a batch of any size (see the module doc)."""
 
@@ -153,7 +167,7 @@ class Runtime:
         self.manifest = read_manifest(self.folder)
         self.seq_len = int(self.manifest["seq_len"])
         self.batch_sizes = sorted(int(module["batch_size"]) for module in self.manifest["modules"])
-        self.client = backend.get_backend(platform)
+        self.client = _backend(backend, platform)
         devices = self.client.local_devices()
         if device_index >= len(devices):
             raise ServingError(f"device {device_index} asked for, but {self.client.platform} has {len(devices)}.")

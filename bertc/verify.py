@@ -198,11 +198,14 @@ class CompiledModel:
 
         self._loaded = tf.saved_model.load(str(path))
         self._function = self._loaded.signatures["serving_default"]
+        # removal.keep_signature=true: label_ids and is_real_example are in the signature, never read.
+        self._ignored = [key for key in self._function.structured_input_signature[1] if key in ("label_ids", "is_real_example")]
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
-        outputs = self._function(**{key: tf.constant(value) for key, value in feeds.items()})
+        ignored = {key: tf.zeros([len(feeds["input_ids"])], tf.int32) for key in self._ignored}
+        outputs = self._function(**{key: tf.constant(value) for key, value in feeds.items()}, **ignored)
         return {key: value.numpy() for key, value in outputs.items()}
 
 

@@ -77,6 +77,9 @@ def test_sweep_writes_summary_with_a_failed_row(tiny_model_dir, tmp_path):
     result = bertc("-m", f"model.path={tiny_model_dir}", "precision=fp32,mixed_bf16", "mask.bias_value=-10000,1",
                    "bench=quick", "bench.batch_sizes=[4]", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    started = [line for line in result.stdout.splitlines() if line.startswith("job ")]
+    assert [line.split(":")[0] for line in started] == ["job 1/4", "job 2/4", "job 3/4", "job 4/4"], result.stdout[-3000:]
+    assert "precision=fp32 mask.bias_value=-10000" in started[0]
     rows = (sweep_dir / "summary.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4
     statuses = [row.split(",")[2] for row in rows[1:]]

@@ -161,8 +161,8 @@ def test_full_disk_while_saving_leaves_nothing(tiny_model_dir, tmp_path, monkeyp
 
     real_save = serving.save_compiled
 
-    def save_then_fail(module, path):
-        real_save(module, path)  # a partly written artifact exists when the disk fills up
+    def save_then_fail(module, path, **options):
+        real_save(module, path, **options)  # a partly written artifact exists when the disk fills up
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(serving, "save_compiled", save_then_fail)
@@ -178,8 +178,8 @@ KILLED_CHILD = textwrap.dedent(
     from bertc.targets import serving
     real_save = serving.save_compiled
     marker = Path(sys.argv[2])
-    def slow_save(module, path):
-        real_save(module, path)
+    def slow_save(module, path, **options):
+        real_save(module, path, **options)
         marker.touch()  # tell the parent we are mid-save
         time.sleep(120)
     serving.save_compiled = slow_save

@@ -11,7 +11,7 @@ from rich.console import Console
 import bertc.report
 from bertc.bench import benchmark
 from bertc.report import fmt_number, markdown, summary_table, write_reports
-from bertc.sweep import COLUMNS, summarize
+from bertc.sweep import columns, plot_figure, summarize, sweep_size
 from bertc.verify import Batch, compare, synthetic_batches
 
 
@@ -61,6 +61,7 @@ def test_every_key_in_report_json_is_documented(tmp_path):
     keys = set(data) | set(data["parity"]) | set(data["parity"]["accuracy"]) | set(data["bench"])
     keys |= set(data["bench"]["compiled"]) | set(data["bench"]["compiled"]["latency_ms"])
     keys |= set(data["parity"]["disagreements"][0]) if data["parity"]["disagreements"] else set()
+    keys |= set(data["bench"]["compiled"]["spread"]) | set(data["bench"]["speedup_spread"]) | set(data["bench"]["load_average"])
     keys -= {"seq_len", "rounds", "seconds_per_measurement"}  # bench's settings, echoed for the reader
     missing = sorted(key for key in keys if key not in documented)
     assert not missing, f"report.json keys missing from bertc/report.py's docstring: {missing}"
@@ -134,7 +135,95 @@ def test_sweep_summary_has_one_row_per_job(tmp_path):
     assert rows[0]["overrides"] == "precision=fp32" and float(rows[0]["speedup"]) > 0
     assert "must be" in rows[1]["reason"] and "no report.json" in rows[2]["reason"]
     csv_lines = (sweep / "summary.csv").read_text().strip().splitlines()
-    assert csv_lines[0].split(",") == list(COLUMNS) and len(csv_lines) >= 4
+    assert csv_lines[0].split(",") == columns(rows) and len(csv_lines) >= 4
     table = (sweep / "summary.md").read_text().splitlines()
     assert sum(line.startswith("| ") for line in table) == 1 + 3  # header and one line per job, newlines folded
     assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_reports_each_figures_spread_over_its_rounds():
+    bench = record()["bench"]
+    for name in ("original", "compiled"):
+        for size in ("1", "4"):
+            figure = bench[name]["spread"]["throughput"][size]
+            assert figure["rounds"] == 2 and figure["min"] <= bench[name]["throughput"][size] <= figure["max"]
+            assert figure["cv"] is not None and figure["cv"] >= 0
+        assert bench[name]["spread"]["latency_p50_ms"]["min"] <= bench[name]["spread"]["latency_p50_ms"]["max"]
+    assert bench["speedup_spread"]["min"] <= bench["speedup_spread"]["max"]
+    assert bench["load_average"]["cores"] >= 1 and isinstance(bench["reliable"], bool)
+    assert bench["reliable"] == (not bench["unreliable_reasons"])
+
+
+def test_a_noisy_or_busy_benchmark_marks_the_speedup_unreliable(monkeypatch):
+    from bertc import spread
+
+    steady = {"throughput": {"8": {"min": 10.0, "max": 10.2, "cv": 0.01, "rounds": 3}}}
+    noisy = {"throughput": {"8": {"min": 6.0, "max": 12.0, "cv": 0.3, "rounds": 3}}}
+    quiet = [{"one_minute": 0.5, "cores": 2}]
+    above = {"min": 1.1, "max": 1.2, "cv": 0.03, "rounds": 3}
+    assert spread.unreliable_reasons({"original": steady, "compiled": steady}, above, 8, quiet) == []
+    reasons = spread.unreliable_reasons({"original": steady, "compiled": noisy}, above, 8, quiet)
+    assert reasons == ["compiled b8 throughput varies 30% between rounds (over 10%)"]
+    straddles = {"min": 0.9, "max": 1.3, "cv": 0.2, "rounds": 3}
+    assert "both sides of 1" in spread.unreliable_reasons({"original": steady}, straddles, 8, quiet)[0]
+    busy = spread.unreliable_reasons({"original": steady}, above, 8, [{"one_minute": 5.0, "cores": 2}])
+    assert busy == ["1-minute load average 5.0 exceeds the 2 cores (other work was running)"]
+    single = spread.unreliable_reasons({"original": steady}, {**above, "rounds": 1}, 8, quiet)
+    assert "one round only" in single[0]
+    # The terminal and report.md say so.
+    data = record()
+    data["bench"].update(reliable=False, unreliable_reasons=reasons)
+    console = Console(width=80, record=True)
+    console.print(summary_table(data))
+    text = " ".join(console.export_text().split())
+    assert "unreliable" in text and "varies 30%" in text and "speedup" in text and "rounds" in text
+    assert "**The speedup is unreliable**: compiled b8 throughput varies 30%" in markdown(data)
+    assert "Spread over the rounds" in markdown(data)
+
+
+def write_sweep(sweep, jobs):
+    for number, (overrides, data) in enumerate(jobs):
+        job = sweep / str(number)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+        if data is not None:
+            write_reports(job, data)
+
+
+def test_sweep_columns_name_units_and_batch_sizes(tmp_path):
+    write_sweep(tmp_path, [(["precision=fp32"], record()), (["precision=mixed"], record(shift=0.01))])
+    rows = summarize(tmp_path)
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
+    for column in ("original_throughput_b4_seq_s", "compiled_throughput_b4_seq_s", "speedup_b4_x", "speedup_b4_min_x",
+                   "speedup_b4_max_x", "throughput_cv_b4_pct", "original_latency_b1_p50_ms", "compiled_latency_b1_p50_ms",
+                   "reliable", "unreliable_reasons"):
+        assert column in header, column
+    assert not {"throughput_original", "throughput_compiled", "speedup"} & set(header)
+    assert float(rows[0]["speedup_min"]) <= float(rows[0]["speedup"]) <= float(rows[0]["speedup_max"])
+    assert "speedup_b4_min_x" in (tmp_path / "summary.md").read_text()
+
+
+def test_sweep_plot_labels_stay_inside_the_frame_and_axes_name_units():
+    rows = []
+    for job, (diff, speedup) in enumerate([(1e-9, 0.7), (1e-2, 1.9), (3e-3, 1.2), (0.0, 1.0), (2e-2, 0.6)]):
+        rows.append({"job": str(job), "overrides": f"model.path=/models/mrpc precision=p{job} partition=cpu_embed "
+                     f"mask.fold_scale=true target.device=cpu extra.long.override{job}=value", "status": "passed",
+                     "max_abs_diff": str(diff), "speedup": str(speedup), "speedup_min": str(speedup - 0.1),
+                     "speedup_max": str(speedup + 0.1), "reliable": "yes", "batch": 8})
+    figure = plot_figure(rows)
+    axes = figure.axes[0]
+    assert "seq/s" in axes.get_ylabel() and "batch 8" in axes.get_ylabel() and "probability" in axes.get_xlabel()
+    assert len(axes.containers) == len(rows)  # one error bar per job
+    renderer = figure.canvas.get_renderer()
+    frame = axes.get_window_extent(renderer)
+    labels = axes.texts
+    assert len(labels) == len(rows)
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, label.get_text()
+
+
+def test_sweep_size_counts_the_jobs():
+    assert sweep_size(["precision=fp32,mixed,mixed_bf16", "partition=none,cpu_embed", "bench=quick"]) == 6
+    assert sweep_size(["x=range(0,4)"], {"y": "a,b"}) == 8
+    assert sweep_size(["model=glob(*)"]) is None

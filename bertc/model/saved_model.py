@@ -2,7 +2,7 @@
 
 Five int32 placeholders (`input_ids`, `input_mask`, `segment_ids` [None,S]; `label_ids`,
 `is_real_example` [None]), signature `serving_default` -> `probabilities`, weights in `variables/`.
-The folder also gets `bert_config.json` and, when given, `vocab.txt`.
+The folder also gets `bert_config.json` and, when given (a file or its tokens), `vocab.txt`.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def export_saved_model(
     num_labels: int,
     seq_len: int = 128,
     vocab_file: str | Path | None = None,
+    vocab_tokens: list[str] | None = None,
 ) -> Path:
     """Write the SavedModel to `out_dir`, which must not exist; written beside it, then moved."""
     out_dir = Path(out_dir)
@@ -48,6 +49,8 @@ def export_saved_model(
         (staging / "model" / "bert_config.json").write_text(config.to_json() + "\n")
         if vocab_file is not None:
             shutil.copyfile(vocab_file, staging / "model" / "vocab.txt")
+        elif vocab_tokens is not None:
+            (staging / "model" / "vocab.txt").write_text("\n".join(vocab_tokens) + "\n")
         (staging / "model").rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -179,6 +179,8 @@ PASS = Pass(
     remove_training_ops, "removal", RemovalParams,
     help="prune what serving never reaches, then bypass or drop the listed ops",
     switch=Key("enabled", bool, True, off=False),
+    # read by the target, not the pass: the served signature keeps run_classifier's two training inputs
+    keys=(Key("keep_signature", bool, False),),
     ensures=(
         Condition("every node is needed by the serving outputs", _pruned),
         Condition("no op of a listed pass-through type or Assert remains", _listed_ops_gone),

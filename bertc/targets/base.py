@@ -27,6 +27,7 @@ class TargetOptions:
     # (preset size, seed) when the weights are a preset's seeded ones, so a manifest can say how to remake them
     seeded_preset: tuple[str, int] | None = None
     model_shape: Mapping[str, int | float] | None = None  # the BERT shape read at load, for manifests
+    keep_signature: bool = False  # removal.keep_signature: the signature also takes label_ids, is_real_example
 
 
 class Target(Protocol):
@@ -56,4 +57,4 @@ class SavedModelTarget:
     def save(self, module: Any, path: Path, options: TargetOptions) -> None:
         from bertc.targets.serving import save_compiled
 
-        save_compiled(module, path)
+        save_compiled(module, path, keep_signature=options.keep_signature)

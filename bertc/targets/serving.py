@@ -3,7 +3,8 @@
 The GraphDef goes into the serving function by `import_graph_def`, with every weight Placeholder
 mapped to a `tf.Variable`: weights land in `variables/`, so `saved_model.pb` stays small even for
 BERT-Large. The signature keeps the original names: `input_ids`, `input_mask`, `segment_ids`
-(int32, any batch) -> `probabilities`, `logits`. The file serves with plain TensorFlow.
+(int32, any batch) -> `probabilities`, `logits`; with keep_signature also run_classifier's
+`label_ids` and `is_real_example`, accepted and ignored. The file serves with plain TensorFlow.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from bertc.graph import Graph, pruned_function, split_partition
-from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS, TRAINING_INPUTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +107,22 @@ class CompiledBert(tf.Module):
         return {key: tf.identity(outputs[key], name=key) for key in SERVING_OUTPUTS}
 
 
-def save_compiled(module: CompiledBert, path: Path) -> None:
-    signature = module.serve.get_concrete_function()
+def five_input_signature(module: tf.Module):
+    """run_classifier's signature: the three served inputs plus label_ids and is_real_example, never read."""
+    seq_len = module.serve.input_signature[0].shape[1]
+    specs = [tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in SERVING_INPUTS]
+    specs += [tf.TensorSpec([None], tf.int32, name=name) for name in TRAINING_INPUTS]
+
+    def serve_with_training_inputs(input_ids, input_mask, segment_ids, label_ids, is_real_example):
+        del label_ids, is_real_example  # accepted so that a drop-in client's request is valid
+        return module.serve(input_ids, input_mask, segment_ids)
+
+    module.serve_with_training_inputs = tf.function(serve_with_training_inputs, input_signature=specs, autograph=False)
+    return module.serve_with_training_inputs.get_concrete_function()
+
+
+def save_compiled(module: CompiledBert, path: Path, keep_signature: bool = False) -> None:
+    signature = five_input_signature(module) if keep_signature else module.serve.get_concrete_function()
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     tf.saved_model.save(module, str(path), signatures={"serving_default": signature}, options=options)
 

@@ -114,7 +114,7 @@ class StableHloTarget(SavedModelTarget):
         return module
 
     def save(self, module: CompiledBert, path: Path, options: TargetOptions) -> None:
-        save_compiled(module, path)
+        save_compiled(module, path, keep_signature=options.keep_signature)
         write_portable(module, path, options)
 
 

@@ -1,0 +1,95 @@
+"""A passed run's `model/` -> `serving/<name>/1/`, the layout TensorFlow Serving loads as it is; report lines.
+
+TensorFlow Serving watches a base path holding numbered versions (`<base>/<version>/saved_model.pb`),
+while `model/` holds the SavedModel directly. The version folder holds hard links to model/'s files
+(no second copy on disk, no symlinks that a `docker -v` mount could not follow; a copy where the
+file system refuses links). It is written beside its place and moved in complete. A rejected model
+gets none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from bertc.signature import SERVING_INPUTS as SERVED_INPUTS  # int32 [batch, seq_len]
+from bertc.signature import TRAINING_INPUTS  # run_classifier's int32 [batch] inputs, never read when serving
+
+SERVING_VERSION = 1
+
+
+def serving_name(label: str) -> str:
+    """The model's label as a TensorFlow Serving model name (letters, digits, `_` and `-`)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", label) or "bert"
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def write_serving_layout(model_dir: Path, run_dir: Path, label: str, keep_signature: bool) -> dict:
+    """Write run_dir/serving/<name>/1/ from model_dir; returns report.json's `serving` entry."""
+    name = serving_name(label)
+    staging = Path(tempfile.mkdtemp(prefix=".serving.partial-", dir=run_dir))
+    try:
+        # stablehlo/ is target=stablehlo's PJRT bundle: TensorFlow Serving does not read it.
+        shutil.copytree(
+            model_dir,
+            staging / name / str(SERVING_VERSION),
+            copy_function=_link_or_copy,
+            ignore=shutil.ignore_patterns("stablehlo"),
+        )
+        final = run_dir / "serving"
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {
+        "base_path": str(final / name),
+        "model_name": name,
+        "version": SERVING_VERSION,
+        "inputs": [*SERVED_INPUTS, *(TRAINING_INPUTS if keep_signature else ())],
+        "dropped_inputs": [] if keep_signature else list(TRAINING_INPUTS),
+    }
+
+
+def signature_note(serving: dict) -> str:
+    """What changed in the serving signature, for report.md and the terminal."""
+    if serving["dropped_inputs"]:
+        return (
+            f"serving_default takes {', '.join(serving['inputs'])} (int32 [batch, seq_len]); "
+            f"run_classifier's {' and '.join(serving['dropped_inputs'])} are gone (serving never read them): "
+            "a client that sends all five gets an error; removal.keep_signature=true keeps them "
+            "(accepted and ignored)"
+        )
+    return (
+        f"serving_default keeps run_classifier's five inputs: {', '.join(SERVED_INPUTS)} (int32 [batch, "
+        f"seq_len]) and {' and '.join(TRAINING_INPUTS)} (int32 [batch], accepted and ignored)"
+    )
+
+
+def serving_lines(serving: dict | None) -> list[str]:
+    """report.md's Serving section: the signature and the exact commands that serve this run's model."""
+    if not serving:
+        return []
+    base, name = serving["base_path"], serving["model_name"]
+    return [
+        "",
+        "## Serving",
+        "",
+        f"- TensorFlow Serving layout: `{base}/{serving['version']}/` (hard links to `model/`)",
+        f"- signature: {signature_note(serving)}; outputs `probabilities`, `logits` (float32)",
+        "",
+        "```",
+        f"tensorflow_model_server --rest_api_port=8501 --model_name={name} --model_base_path={base}",
+        f"docker run -p 8501:8501 -v {base}:/models/{name} -e MODEL_NAME={name} tensorflow/serving",
+        f"curl -d @request.json http://localhost:8501/v1/models/{name}:predict",
+        "```",
+    ]
