@@ -9,27 +9,23 @@ import tempfile
 from pathlib import Path
 
 from bertc.console import quiet_import, quiet_tensorflow
+from bertc.faults import exit_on_interrupt, install_signal_handlers
 
+install_signal_handlers()  # Ctrl-C, SIGTERM from here on: one line, a record, exit 130/143 (bertc/faults.py)
 quiet_tensorflow()
-with quiet_import():
+with exit_on_interrupt(), quiet_import():
     import tensorflow  # noqa: F401  (its import-time CUDA probes print to fd 2)
 
 import hydra
 from omegaconf import DictConfig
 
 from bertc.cli import CONF_DIR, run_job
+from bertc.rundir import RunFolderError, claim_from_command_line, output_root
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def app(cfg: DictConfig) -> int:
     return run_job(cfg)
-
-
-def _output_root(argv: list[str]) -> Path:
-    """The folder Hydra will create the run (or sweep) folder under, from the command line."""
-    key = "hydra.sweep.dir=" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir="
-    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(key)]
-    return Path(given[-1]) if given else Path.cwd() / "outputs"
 
 
 def _check_writable(root: Path) -> str | None:
@@ -48,11 +44,19 @@ def _check_writable(root: Path) -> str | None:
 
 
 def main() -> None:
-    problem = _check_writable(_output_root(sys.argv[1:]))
-    if problem:
-        print(problem, file=sys.stderr)
-        sys.exit(2)
-    app()
+    argv = sys.argv[1:]
+    with exit_on_interrupt():
+        try:  # bertc/rundir.py: before Hydra writes .hydra/ into the folder
+            claim = claim_from_command_line(argv, output_root(argv))
+        except RunFolderError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        problem = _check_writable(output_root(argv))
+        if problem:
+            print(problem, file=sys.stderr)
+            sys.exit(2)
+        with claim:
+            app()
 
 
 if __name__ == "__main__":

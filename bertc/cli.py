@@ -17,6 +17,7 @@ from rich.panel import Panel
 from bertc.config import register_configs
 from bertc.console import native_stderr_to, silence_tf_loggers
 from bertc.errors import UserError
+from bertc.faults import guarded_job
 from bertc.runner import EXIT_USER_ERROR
 
 register_configs()
@@ -32,13 +33,19 @@ def _run_dir() -> Path:
 
 
 def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | None = None) -> int:
+    console = console or Console(highlight=False, soft_wrap=True)
+    run_dir = Path(run_dir or _run_dir())
+    # bertc/faults.py: the run folder claimed first (bertc/rundir.py); SIGINT, SIGTERM, sweep crashes recorded
+    return guarded_job(run_dir, cfg.model.path, bool(cfg.get("overwrite")), console, _is_multirun(),
+                       lambda: _run_job(cfg, run_dir, console))
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, console: Console) -> int:
     from bertc.plan import build_plan
     from bertc.report import write_atomic, write_reports
     from bertc.runner import compile_run, prepare, write_plan
 
     silence_tf_loggers()
-    console = console or Console(highlight=False, soft_wrap=True)
-    run_dir = Path(run_dir or _run_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
     code = 0
     try:

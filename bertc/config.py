@@ -109,6 +109,7 @@ class Config:
     security: SecurityConf = dataclasses.field(default_factory=SecurityConf)
     dry_run: bool = False  # print the plan and its fingerprint, compile nothing
     debug: bool = False  # show tracebacks for user errors too
+    overwrite: bool = False  # replace a finished run in the run folder (bertc/rundir.py); else it is refused
 
 
 def register_configs() -> None:

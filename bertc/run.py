@@ -67,7 +67,8 @@ def read_inputs(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in SERVING_INPUTS if name in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as error:
-        raise UserError(f"--inputs {path} cannot be read as an .npz of {', '.join(SERVING_INPUTS)} ({error}).") from None
+        names = ", ".join(SERVING_INPUTS)
+        raise UserError(f"--inputs {path} cannot be read as an .npz of {names} ({error}).") from None
 
 
 if __name__ == "__main__":

@@ -21,11 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from bertc.artifact import DIGEST_NOTE, artifact_digest
 from bertc.errors import ConfigError, UserError
+from bertc.faults import Interrupted, as_interrupted, interrupted_line, mark_recorded, signals_raise
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
+from bertc.rundir import claim_run_folder
 
 EXIT_USER_ERROR = 2
 # The artifact digest is canonical: equal for two compiles of one plan, in one process or two (bertc/artifact.py).
@@ -48,6 +51,7 @@ class Run:
         self.stage = "start"
         self.plan_debug = False  # debug=true: print tracebacks of user errors too
         self.staging: Path | None = None  # the artifact's folder until it is complete and verified
+        self.interruption: Interrupted | None = None  # SIGINT/SIGTERM (bertc/faults.py)
 
     @contextlib.contextmanager
     def step(self, label: str, stage: str):
@@ -90,9 +94,18 @@ def write_plan(run_dir: Path, plan: Plan, input_path: Path, digest: str, library
     write_atomic(run_dir / "plan.json", json.dumps(payload, indent=2) + "\n")
 
 
-def compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool = False) -> int:
+def compile_run(
+    plan: Plan, run_dir: Path, console: Console, debug: bool = False, overwrite: bool = False
+) -> int:
     """Run the plan into `run_dir`; returns the exit code: 0 passed, 2 the user's input or config is at
-    fault (the message says what to change), 1 the model was rejected by verify or bertc failed."""
+    fault (the message says what to change), 1 the model was rejected by verify or bertc failed.
+    SIGINT/SIGTERM: recorded `interrupted`, then bertc.faults.Interrupted (a KeyboardInterrupt) is raised."""
+    # bertc/rundir.py: refuse the input's folder, a finished run (unless overwrite), a held folder; lock it
+    with claim_run_folder(run_dir, plan.model.path, overwrite), signals_raise():
+        return _compile_run(plan, run_dir, console, debug)
+
+
+def _compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(plan, run_dir, console)
     run.plan_debug = debug
@@ -113,8 +126,13 @@ def compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool = False
         # A pass that broke (not the user's input) keeps its traceback in report.json for the bug report.
         _fail(run, failure, traceback.format_exc() if debug or not user_fault else None)
         return EXIT_USER_ERROR if user_fault else 1
+    except KeyboardInterrupt as error:  # SIGINT or SIGTERM (bertc/faults.py): recorded with its stage
+        _interrupted(run, as_interrupted(error))
+        mark_recorded(error)
+        raise
     except BaseException as error:  # a crash: still leave an honest report, then re-raise
         _fail(run, error, traceback.format_exc())
+        mark_recorded(error)
         raise
     finally:
         for leftover in (staging, run.staging):
@@ -137,8 +155,16 @@ def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
             run.console.print(trace, markup=False, highlight=False)
 
 
+def _interrupted(run: Run, error: Interrupted) -> None:
+    run.interruption = error
+    run.record.update(status="interrupted", failed_step=run.stage, error=f"{error} during {run.stage}")
+
+
 def _finish(run: Run) -> None:
     write_reports(run.run_dir, run.record)
+    if run.interruption is not None:  # one line, no summary: the user asked it to stop
+        run.console.print(escape(interrupted_line(run.interruption, run.stage, run.run_dir)))
+        return
     run.console.print(summary_table(run.record))
     if run.record.get("error"):
         run.console.print(f"[bold red]error[/] [dim]({run.record.get('failed_step')})[/]: {run.record['error']}")

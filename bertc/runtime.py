@@ -53,7 +53,7 @@ def stablehlo_folder(path: str | Path) -> Path:
 
 
 def read_manifest(path: str | Path) -> dict:
-    """manifest.json, its structure checked (a damaged or foreign file is a ServingError, not a KeyError later)."""
+    """manifest.json, its structure checked (a damaged or foreign file: a ServingError, not a KeyError)."""
     file = stablehlo_folder(path) / MANIFEST
     try:
         manifest = json.loads(file.read_text())
@@ -74,7 +74,11 @@ def read_manifest(path: str | Path) -> dict:
 # only tighten them.
 
 REBUILD = "the artifact is damaged or was edited: compile it again (python -m bertc target=stablehlo ...)."
-WORD_TABLE, TOKEN_TYPE_TABLE, POSITION_TABLE = "word_embeddings", "token_type_embeddings", "position_embeddings"
+WORD_TABLE, TOKEN_TYPE_TABLE, POSITION_TABLE = (
+    "word_embeddings",
+    "token_type_embeddings",
+    "position_embeddings",
+)
 
 
 def _need(condition, file: Path, what: str) -> None:
@@ -83,40 +87,78 @@ def _need(condition, file: Path, what: str) -> None:
 
 
 def _is_shape(value) -> bool:
-    return isinstance(value, list) and all(dim is None or (isinstance(dim, int) and dim >= 0) for dim in value)
+    return isinstance(value, list) and all(
+        dim is None or (isinstance(dim, int) and dim >= 0) for dim in value
+    )
 
 
 def check_manifest(manifest: dict, file: Path) -> None:
     """The keys and types the runtime reads, before it reads them."""
-    _need(isinstance(manifest.get("seq_len"), int) and manifest["seq_len"] > 0, file, "seq_len is not a positive integer")
+    _need(
+        isinstance(manifest.get("seq_len"), int) and manifest["seq_len"] > 0,
+        file,
+        "seq_len is not a positive integer",
+    )
     modules = manifest.get("modules")
     _need(isinstance(modules, list) and modules, file, "modules is not a non-empty list")
     for entry in modules:
-        _need(isinstance(entry, dict) and isinstance(entry.get("batch_size"), int) and entry["batch_size"] > 0, file,
-              f"a module entry {str(entry)[:80]} has no positive batch_size")
-        _need(any(isinstance(entry.get(key), str) for key in ("bytecode", "text")), file,
-              f"the batch-{entry['batch_size']} module names no bytecode or text file")
+        _need(
+            isinstance(entry, dict) and isinstance(entry.get("batch_size"), int) and entry["batch_size"] > 0,
+            file,
+            f"a module entry {str(entry)[:80]} has no positive batch_size",
+        )
+        _need(
+            any(isinstance(entry.get(key), str) for key in ("bytecode", "text")),
+            file,
+            f"the batch-{entry['batch_size']} module names no bytecode or text file",
+        )
     parameters = manifest.get("parameters")
     _need(isinstance(parameters, list) and parameters, file, "parameters is not a non-empty list")
     for entry in parameters:
-        _need(isinstance(entry, dict) and entry.get("kind") in ("input", "weight") and isinstance(entry.get("name"), str)
-              and _is_shape(entry.get("shape")) and isinstance(entry.get("dtype"), str), file,
-              f"the parameter {str(entry)[:80]} lacks kind (input | weight), name, shape or dtype")
+        _need(
+            isinstance(entry, dict)
+            and entry.get("kind") in ("input", "weight")
+            and isinstance(entry.get("name"), str)
+            and _is_shape(entry.get("shape"))
+            and isinstance(entry.get("dtype"), str),
+            file,
+            f"the parameter {str(entry)[:80]} lacks kind (input | weight), name, shape or dtype",
+        )
     outputs = manifest.get("outputs")
-    _need(isinstance(outputs, list) and [entry.get("name") for entry in outputs if isinstance(entry, dict)]
-          == ["probabilities", "logits"] and all(_is_shape(entry.get("shape")) for entry in outputs), file,
-          "outputs are not probabilities and logits with shapes")
+    _need(
+        isinstance(outputs, list)
+        and [entry.get("name") for entry in outputs if isinstance(entry, dict)] == ["probabilities", "logits"]
+        and all(_is_shape(entry.get("shape")) for entry in outputs),
+        file,
+        "outputs are not probabilities and logits with shapes",
+    )
     weights = manifest.get("weights")
-    _need(isinstance(weights, dict) and isinstance(weights.get("file"), str) and isinstance(weights.get("tensors"), dict),
-          file, "weights lacks its file name or its tensors")
+    _need(
+        isinstance(weights, dict)
+        and isinstance(weights.get("file"), str)
+        and isinstance(weights.get("tensors"), dict),
+        file,
+        "weights lacks its file name or its tensors",
+    )
     for name, entry in weights["tensors"].items():
-        _need(isinstance(entry, dict) and _is_shape(entry.get("shape")) and isinstance(entry.get("dtype"), str)
-              and isinstance(entry.get("sha256"), str), file, f"the weight {name} lacks shape, dtype or sha256")
+        _need(
+            isinstance(entry, dict)
+            and _is_shape(entry.get("shape"))
+            and isinstance(entry.get("dtype"), str)
+            and isinstance(entry.get("sha256"), str),
+            file,
+            f"the weight {name} lacks shape, dtype or sha256",
+        )
     for entry in parameters:
         if entry["kind"] == "weight":
             listed = weights["tensors"].get(entry["name"])
-            _need(listed is not None and listed["shape"] == entry["shape"] and listed["dtype"] == entry["dtype"], file,
-                  f"the module's weight parameter {entry['name']} is not the weight the manifest lists")
+            _need(
+                listed is not None
+                and listed["shape"] == entry["shape"]
+                and listed["dtype"] == entry["dtype"],
+                file,
+                f"the module's weight parameter {entry['name']} is not the weight the manifest lists",
+            )
     host = manifest.get("host")
     if host is not None:
         try:
@@ -125,14 +167,23 @@ def check_manifest(manifest: dict, file: Path) -> None:
             numpy_dtype(host["embedding_output"]["dtype"]), numpy_dtype(host["attention_mask"]["dtype"])
             host["attention_mask"]["form"]
         except (KeyError, TypeError, ValueError) as error:
-            raise ServingError(f"{file}: the host recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}") from None
-        _need(all(name in weights["tensors"] for name in names), file, "the host recipe reads weights the manifest does not list")
+            raise ServingError(
+                f"{file}: the host recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}"
+            ) from None
+        _need(
+            all(name in weights["tensors"] for name in names),
+            file,
+            "the host recipe reads weights the manifest does not list",
+        )
 
 
 def artifact_file(folder: Path, name, what: str) -> Path:
-    """A file the manifest names -> its path, refused if the name leaves the artifact folder (.., absolute, a link out)."""
+    """A file the manifest names -> its path; refused if the name leaves the artifact folder (.., absolute,
+    a link out)."""
     if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise ServingError(f"{folder / MANIFEST} names {what} {name!r}, outside the artifact folder; {REBUILD}")
+        raise ServingError(
+            f"{folder / MANIFEST} names {what} {name!r}, outside the artifact folder; {REBUILD}"
+        )
     path = folder / name
     root = folder.resolve()
     if not path.resolve().is_relative_to(root):
@@ -145,7 +196,10 @@ def check_weights(manifest: Mapping, weights: Mapping[str, np.ndarray], digests:
     listed = manifest["weights"]["tensors"]
     missing = [name for name in listed if name not in weights]
     if missing:
-        raise ServingError(f"{len(missing)} weight(s) missing from {where}, first {missing[:3]}; the weights are not this artifact's.")
+        raise ServingError(
+            f"{len(missing)} weight(s) missing from {where}, first {missing[:3]}; "
+            "the weights are not this artifact's."
+        )
     for name, entry in listed.items():
         value = np.asarray(weights[name])
         if list(value.shape) != entry["shape"] or value.dtype.name != entry["dtype"]:
@@ -155,18 +209,24 @@ def check_weights(manifest: Mapping, weights: Mapping[str, np.ndarray], digests:
             )
         if digests and tensor_digest(value) != entry["sha256"]:
             raise ServingError(
-                f"the weight {name} in {where} does not match its sha256 in the manifest: the file was modified or "
+                f"the weight {name} in {where} does not match its sha256 in the manifest: the file was "
+                "modified or "
                 f"damaged after the build; {REBUILD}"
             )
 
 
-def _table(weights: Mapping[str, np.ndarray], suffix: str, host: Mapping | None, host_key: str | None) -> str | None:
-    """The 2-D embedding table whose name ends in `suffix`; where a host recipe reads one, it must be that one."""
+def _table(
+    weights: Mapping[str, np.ndarray], suffix: str, host: Mapping | None, host_key: str | None
+) -> str | None:
+    """The 2-D embedding table whose name ends in `suffix`; where a host recipe reads one, it must be that."""
     found = [name for name, value in weights.items() if name.split("/")[-1] == suffix and np.ndim(value) == 2]
     if host is not None and host_key is not None:
         named = host["embedding_output"][host_key]
         if found and named not in found:
-            raise ServingError(f"the host recipe reads {named} as the {suffix} table, but the artifact's is {found[0]}; {REBUILD}")
+            raise ServingError(
+                f"the host recipe reads {named} as the {suffix} table, but the artifact's is {found[0]}; "
+                f"{REBUILD}"
+            )
         return named
     return found[0] if len(found) == 1 else None
 
@@ -175,13 +235,19 @@ def input_limits(manifest: Mapping, weights: Mapping[str, np.ndarray]) -> dict[s
     """The id limits from the embedding tables' own rows (a manifest's input_limits may only lower them)."""
     host = manifest.get("host")
     limits = {}
-    for key, suffix, host_key in (("input_ids", WORD_TABLE, "word_embeddings"), ("segment_ids", TOKEN_TYPE_TABLE, "token_type_embeddings")):
+    for key, suffix, host_key in (
+        ("input_ids", WORD_TABLE, "word_embeddings"),
+        ("segment_ids", TOKEN_TYPE_TABLE, "token_type_embeddings"),
+    ):
         table = _table(weights, suffix, host, host_key)
         if table is None:
-            raise ServingError(f"the artifact has no {suffix} table the runtime can recognise, so {key} cannot be bounded; {REBUILD}")
+            raise ServingError(
+                f"the artifact has no {suffix} table the runtime can recognise, so {key} cannot be "
+                f"bounded; {REBUILD}"
+            )
         limits[key] = int(np.shape(weights[table])[0])
     recorded = manifest.get("input_limits")
-    for key, limit in (recorded.items() if isinstance(recorded, dict) else []):
+    for key, limit in recorded.items() if isinstance(recorded, dict) else []:
         if key in limits and isinstance(limit, int) and 0 < limit < limits[key]:
             limits[key] = limit
     return limits
@@ -227,7 +293,8 @@ def load_weights(path: str | Path, manifest: Mapping | None = None) -> dict[str,
     try:
         weights = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as error:  # a damaged or foreign file
-        raise ServingError(f"{file} cannot be read as safetensors ({str(error).splitlines()[0] if str(error) else type(error).__name__}); {REBUILD}") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ServingError(f"{file} cannot be read as safetensors ({reason}); {REBUILD}") from None
     check_weights(manifest, weights, digests=True, where=str(file))
     return weights
 
@@ -245,10 +312,14 @@ def regenerate_weights(
     try:
         return _regenerate(manifest, check, drawn)
     except (KeyError, TypeError, ValueError) as error:
-        raise ServingError(f"the manifest's regeneration recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}") from None
+        raise ServingError(
+            f"the manifest's regeneration recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}"
+        ) from None
 
 
-def _regenerate(manifest: Mapping, check: bool, drawn: dict[tuple, np.ndarray] | None) -> tuple[dict[str, np.ndarray], list[str]]:
+def _regenerate(
+    manifest: Mapping, check: bool, drawn: dict[tuple, np.ndarray] | None
+) -> tuple[dict[str, np.ndarray], list[str]]:
     from bertc.model.config import BertConfig
     from bertc.model.weights import random_weight
 
@@ -423,7 +494,8 @@ class Runtime:
                 if not entry.get(key):
                     continue
                 try:
-                    with open(artifact_file(self.folder, entry[key], f"the batch-{batch_size} module"), mode) as stream:
+                    file = artifact_file(self.folder, entry[key], f"the batch-{batch_size} module")
+                    with open(file, mode) as stream:
                         module = stream.read()
                 except (OSError, UnicodeDecodeError) as error:
                     errors.append(f"{entry[key]}: cannot be read ({error})")
@@ -504,10 +576,13 @@ class Runtime:
             feeds = {name: np.asarray(reference[name], np.int32) for name in SERVING_INPUTS}
             expected = {key: np.asarray(reference[key], np.float32) for key in ("probabilities", "logits")}
         except (KeyError, TypeError, ValueError) as error:
-            raise ServingError(f"{file}: the reference batch is incomplete ({type(error).__name__}: {error}); {REBUILD}") from None
+            raise ServingError(
+                f"{file}: the reference batch is incomplete ({type(error).__name__}: {error}); {REBUILD}"
+            ) from None
         outputs = self(feeds)
         for key, value in expected.items():
-            _need(value.shape == outputs[key].shape, file, f"the reference {key} are {list(value.shape)}, the model gives {list(outputs[key].shape)}")
+            _need(value.shape == outputs[key].shape, file,
+                  f"the reference {key} are {list(value.shape)}, the model gives {list(outputs[key].shape)}")
         diff = float(np.abs(outputs["probabilities"] - expected["probabilities"]).max())
         logits = float(np.abs(outputs["logits"] - expected["logits"]).max())
         return {

@@ -1,6 +1,7 @@
 """bertc.runtime checks a target=stablehlo artifact before trusting it: weight digests and shapes, file names
 inside the artifact, id limits and the self-check's gate from the weights (not editable manifest fields), and
 clean errors (exit 2, no traceback) for broken manifests, weights and inputs."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,7 +31,9 @@ CLASSIFIER = "output_weights"
 def built(tmp_path_factory) -> Path:
     """The tiny preset, target=stablehlo, fp32, one module for batch 8."""
     run_dir = tmp_path_factory.mktemp("stablehlo-checks")
-    cfg = compose_config(["model=tiny", "target=stablehlo", "target.batch_sizes=[8]", "bench=off", "verify=off"])
+    cfg = compose_config(
+        ["model=tiny", "target=stablehlo", "target.batch_sizes=[8]", "bench=off", "verify=off"]
+    )
     code = compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO()))
     assert code == 0, json.loads((run_dir / "report.json").read_text()).get("error")
     return run_dir / "model"
@@ -69,7 +72,7 @@ def cli(*args: str, capsys) -> tuple[int, str, str]:
 
 
 def assert_refused(folder: Path, capsys, *words: str) -> None:
-    """The runtime refuses the artifact, and `python -m bertc.run --check` exits 2 with one error paragraph."""
+    """The runtime refuses the artifact; `python -m bertc.run --check` exits 2 with one error paragraph."""
     from bertc.runtime import Runtime
 
     with pytest.raises(ServingError) as raised:
@@ -101,6 +104,7 @@ def test_a_weight_of_another_shape_is_refused(artifact, capsys):
 def test_the_gate_comes_from_the_weights_not_the_manifest(artifact, capsys):
     """A weight changed with its digest updated to match, and the manifest's gate raised to 1.0: --check fails
     at the fp32 gate."""
+
     def tamper(weights):
         weights[CLASSIFIER] = (weights[CLASSIFIER] * 400.0).astype(np.float32)
 
@@ -144,7 +148,7 @@ def test_a_manifest_cannot_raise_the_id_limits(artifact):
     from bertc.runtime import Runtime
 
     value = manifest(artifact)
-    value["input_limits"] = {"input_ids": 10 ** 9, "segment_ids": 1}  # looser for ids, tighter for segments
+    value["input_limits"] = {"input_ids": 10**9, "segment_ids": 1}  # looser for ids, tighter for segments
     write_manifest(artifact, value)
     assert Runtime(artifact, platform="cpu").input_limits == {"input_ids": 30522, "segment_ids": 1}
 
@@ -173,6 +177,7 @@ def _drop(key):
     def edit(value):
         del value[key]
         return value
+
     return edit
 
 
@@ -184,25 +189,54 @@ def _set(path: str, item):
             node = node[int(part)] if isinstance(node, list) else node[part]
         node[int(last) if isinstance(node, list) else last] = item
         return value
+
     return edit
 
 
 BROKEN_MANIFESTS = {
-    "not JSON": (lambda folder: (folder / "manifest.json").write_text("{ not json"), ["cannot be read as JSON"]),
-    "binary": (lambda folder: (folder / "manifest.json").write_bytes(bytes(range(256)) * 4), ["cannot be read as JSON"]),
+    "not JSON": (
+        lambda folder: (folder / "manifest.json").write_text("{ not json"),
+        ["cannot be read as JSON"],
+    ),
+    "binary": (
+        lambda folder: (folder / "manifest.json").write_bytes(bytes(range(256)) * 4),
+        ["cannot be read as JSON"],
+    ),
     "a list": (lambda folder: write_manifest(folder, [1, 2]), ["holds no JSON object"]),
-    "another format": (lambda folder: write_manifest(folder, _set("format", "x")(manifest(folder))), ["manifest format 'x'"]),
-    "no modules": (lambda folder: write_manifest(folder, _drop("modules")(manifest(folder))), ["modules is not a non-empty list"]),
-    "bad batch size": (lambda folder: write_manifest(folder, _set("modules.0.batch_size", "8")(manifest(folder))), ["batch_size"]),
-    "bad seq_len": (lambda folder: write_manifest(folder, _set("seq_len", 64)(manifest(folder))), ["seq_len 64"]),
+    "another format": (
+        lambda folder: write_manifest(folder, _set("format", "x")(manifest(folder))),
+        ["manifest format 'x'"],
+    ),
+    "no modules": (
+        lambda folder: write_manifest(folder, _drop("modules")(manifest(folder))),
+        ["modules is not a non-empty list"],
+    ),
+    "bad batch size": (
+        lambda folder: write_manifest(folder, _set("modules.0.batch_size", "8")(manifest(folder))),
+        ["batch_size"],
+    ),
+    "bad seq_len": (
+        lambda folder: write_manifest(folder, _set("seq_len", 64)(manifest(folder))),
+        ["seq_len 64"],
+    ),
     "parameter without shape": (
-        lambda folder: write_manifest(folder, _set("parameters.3.shape", "big")(manifest(folder))), ["lacks kind", "shape"]),
+        lambda folder: write_manifest(folder, _set("parameters.3.shape", "big")(manifest(folder))),
+        ["lacks kind", "shape"],
+    ),
     "weight without digest": (
-        lambda folder: write_manifest(folder, _set(f"weights.tensors.{WORD}", {"shape": [1], "dtype": "float32"})(manifest(folder))),
-        ["lacks shape, dtype or sha256"]),
+        lambda folder: write_manifest(
+            folder, _set(f"weights.tensors.{WORD}", {"shape": [1], "dtype": "float32"})(manifest(folder))
+        ),
+        ["lacks shape, dtype or sha256"],
+    ),
     "parameter not the listed weight": (
-        lambda folder: write_manifest(folder, _set("parameters.3.dtype", "float16")(manifest(folder))), ["is not the weight"]),
-    "no weights entry": (lambda folder: write_manifest(folder, _drop("weights")(manifest(folder))), ["weights lacks"]),
+        lambda folder: write_manifest(folder, _set("parameters.3.dtype", "float16")(manifest(folder))),
+        ["is not the weight"],
+    ),
+    "no weights entry": (
+        lambda folder: write_manifest(folder, _drop("weights")(manifest(folder))),
+        ["weights lacks"],
+    ),
 }
 
 
