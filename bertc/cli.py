@@ -1,7 +1,8 @@
 """A composed config -> one job: plan printed, resolved.yaml and plan.json written, compile run; exit codes.
 
-In a single run a failure exits non-zero; in a sweep (-m) the job records its failure in its
-report.json and returns, so the sweep goes on and the summary shows a failed row.
+In a single run a failure exits non-zero; in a sweep (-m) the job records its failure (a crash
+too) in its report.json and returns, so the sweep goes on and the summary shows a failed row.
+The run folder is claimed first and SIGINT/SIGTERM recorded (bertc/faults.py, bertc/rundir.py).
 """
 from __future__ import annotations
 
