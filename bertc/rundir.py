@@ -33,6 +33,7 @@ STAGING_PATTERN = ".model.partial-*"
 ARTIFACT_FOLDERS = ("model", "rejected")
 FINISHED_MARKS = (*ARTIFACT_FOLDERS, "report.json")
 SWEEP_MARKS = ("summary.csv", "summary.md", "summary.png")
+NO_JOB_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 
 _held: dict[Path, int] = {}  # resolved run folder -> the open lock file this process holds
 
@@ -180,7 +181,7 @@ def claim_from_command_line(argv: list[str], output_root: Path) -> contextlib.Ab
     literal = "${" not in str(output_root) and bool(
         _values(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     )
-    if not literal:
+    if not literal or NO_JOB_FLAGS & set(argv):  # --help, --cfg ...: Hydra answers, no run writes there
         return contextlib.nullcontext()
     if multirun:
         check_sweep_not_finished(output_root, overwrite)

@@ -134,6 +134,9 @@ def test_command_line_checks_before_hydra(model, tmp_path, monkeypatch):
             assert claim.owner, "a literal run folder is locked before Hydra starts"
     with pytest.raises(RunFolderError, match="already holds a finished run"):
         claim_from_command_line([f"hydra.run.dir={tmp_path / 'done'}", "overwrite=false"], tmp_path / "done")
+    # --help, --cfg job: no job runs, so nothing is claimed (no folder, no lock file)
+    with claim_from_command_line(["--cfg", "job", f"hydra.run.dir={tmp_path / 'shown'}"], tmp_path / "shown"):
+        assert not (tmp_path / "shown").exists()
 
 
 def test_finished_run_is_refused_and_overwrite_replaces_it(tiny_model_dir, tmp_path):
