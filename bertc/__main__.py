@@ -8,10 +8,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bertc.console import quiet_import, quiet_tensorflow
 from bertc.faults import exit_on_interrupt, install_signal_handlers
 
 install_signal_handlers()  # Ctrl-C, SIGTERM from here on: one line, a record, exit 130/143 (bertc/faults.py)
+
+from bertc.console import quiet_import, quiet_tensorflow  # after the handlers: rich takes a while
+
 quiet_tensorflow()
 with exit_on_interrupt(), quiet_import():
     import tensorflow  # noqa: F401  (its import-time CUDA probes print to fd 2)

@@ -17,9 +17,10 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
+if TYPE_CHECKING:  # python -m bertc installs the handlers first thing: nothing heavy is imported here
+    from rich.console import Console
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_USER_ERROR = 2
@@ -113,6 +114,8 @@ def guarded_job(
 ) -> int:
     """run_job's frame: the run folder claimed (bertc/rundir.py), signals recorded, a sweep job's crash
     recorded."""
+    from rich.markup import escape
+
     from bertc.report import write_reports
     from bertc.rundir import RunFolderError, claim_run_folder
 
