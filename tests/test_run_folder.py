@@ -380,3 +380,30 @@ def test_a_sweep_whose_job_crashes_still_writes_its_summary(tiny_model_dir, tmp_
     assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     crashed = json.loads((sweep / "1" / "report.json").read_text())
     assert crashed["status"] == "failed" and "RuntimeError" in crashed["traceback"]
+
+
+def test_guarded_job_records_a_sweep_jobs_crash_once(tmp_path):
+    from bertc.faults import guarded_job, mark_recorded
+
+    def crash():
+        raise RuntimeError("boom")
+
+    stream = io.StringIO()
+    console = Console(file=stream, width=300)
+    assert guarded_job(tmp_path / "a", None, False, console, True, crash) == 1
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert (
+        report["status"] == "failed" and report["error"] == "boom" and "RuntimeError" in report["traceback"]
+    )
+    assert "this job crashed (boom)" in stream.getvalue()
+
+    def recorded_crash():  # compile_run wrote its own, fuller report before re-raising
+        (tmp_path / "b" / "report.json").write_text('{"status": "failed", "failed_step": "verify"}')
+        error = RuntimeError("late")
+        mark_recorded(error)
+        raise error
+
+    assert guarded_job(tmp_path / "b", None, False, console, True, recorded_crash) == 1
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["failed_step"] == "verify"
+    with pytest.raises(RuntimeError, match="boom"):  # a single run: Hydra shows the crash, exit 1
+        guarded_job(tmp_path / "c", None, False, console, False, crash)
