@@ -53,7 +53,8 @@ def bundle(model_dir: Path, out: Path) -> int:
 def compile_one(model: str, precision: str, batch_sizes: list[int], run_dir: Path, extra: list[str]) -> Path:
     command = [
         sys.executable, "-m", "bertc", f"model={model}", "target=stablehlo", f"target.batch_sizes=[{','.join(map(str, batch_sizes))}]",
-        f"precision={precision}", "bench=off", "verify.batches=1", "target.device=cpu", f"hydra.run.dir={run_dir}", *extra,
+        f"precision={precision}", "bench=off", "verify.batches=1", "target.device=cpu", f"hydra.run.dir={run_dir}",
+        "overwrite=true", *extra,  # the work folder is this script's own: a rerun replaces its compiles
     ]
     if model in DEEP and precision in VERIFY_TOLERANCE and not any(item.startswith("verify.tolerance=") for item in extra):
         command.append(f"verify.tolerance={VERIFY_TOLERANCE[precision]}")

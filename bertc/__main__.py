@@ -9,14 +9,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bertc.faults import exit_on_interrupt, install_signal_handlers
+
+install_signal_handlers()  # Ctrl-C, SIGTERM from here on: one line, a record, exit 130/143 (bertc/faults.py)
+
 EXIT_CONFIG_ERROR = 2
-
-
-def _output_root(argv: list[str]) -> Path:
-    """The folder Hydra will create the run (or sweep) folder under, from the command line."""
-    key = "hydra.sweep.dir=" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir="
-    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(key)]
-    return Path(given[-1]) if given else Path.cwd() / "outputs"
 
 
 def _check_writable(root: Path) -> str | None:
@@ -38,6 +35,7 @@ def _answer_before_hydra(argv: list[str]) -> int | None:
     """--help, --version and unknown keys: an exit code, or None to go on to Hydra."""
     from bertc import usage
     from bertc.cli import CONF_DIR
+    from bertc.rundir import output_root
 
     if "--version" in argv or "-V" in argv:
         print(f"bertc {usage.version()}")
@@ -51,7 +49,7 @@ def _answer_before_hydra(argv: list[str]) -> int | None:
     if problem:
         print(f"error: {problem} (bertc --help lists the groups and options)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    problem = _check_writable(_output_root(argv))
+    problem = _check_writable(output_root(argv))
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -59,28 +57,37 @@ def _answer_before_hydra(argv: list[str]) -> int | None:
 
 
 def main() -> None:
-    code = _answer_before_hydra(sys.argv[1:])
-    if code is not None:
-        sys.exit(code)
-    import hydra
+    argv = sys.argv[1:]
+    with exit_on_interrupt():
+        code = _answer_before_hydra(argv)
+        if code is not None:
+            sys.exit(code)
+        import hydra
 
-    from bertc.cli import CONF_DIR, run_job
+        from bertc.cli import CONF_DIR, run_job
+        from bertc.rundir import RunFolderError, claim_from_command_line, output_root
 
-    started: list[bool] = []
-
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-    def app(cfg) -> int:
-        started.append(True)
-        return run_job(cfg)
-
-    try:
-        app()
-    except SystemExit as exit_:
-        # Hydra reports a config it cannot compose (a wrong type, a bad interpolation) and exits 1: that is
-        # the user's config at fault, which bertc's exit codes call 2.
-        if exit_.code == 1 and not started:
+        try:  # bertc/rundir.py: before Hydra writes .hydra/ into the folder
+            claim = claim_from_command_line(argv, output_root(argv))
+        except RunFolderError as error:
+            print(f"error: {error}", file=sys.stderr)
             sys.exit(EXIT_CONFIG_ERROR)
-        raise
+        started: list[bool] = []
+
+        @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+        def app(cfg) -> int:
+            started.append(True)
+            return run_job(cfg)
+
+        try:
+            with claim:
+                app()
+        except SystemExit as exit_:
+            # Hydra reports a config it cannot compose (a wrong type, a bad interpolation) and exits 1: the
+            # user's config at fault, which bertc's exit codes call 2.
+            if exit_.code == 1 and not started:
+                sys.exit(EXIT_CONFIG_ERROR)
+            raise
 
 
 if __name__ == "__main__":

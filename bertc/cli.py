@@ -1,7 +1,8 @@
 """A composed config -> one job: plan printed, resolved.yaml and plan.json written, compile run; exit codes.
 
-In a single run a failure exits non-zero; in a sweep (-m) the job records its failure in its
-report.json and returns, so the sweep goes on and the summary shows a failed row.
+In a single run a failure exits non-zero; in a sweep (-m) the job records its failure (a crash
+too) in its report.json and returns, so the sweep goes on and the summary shows a failed row.
+The run folder is claimed first and SIGINT/SIGTERM recorded (bertc/faults.py, bertc/rundir.py).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from bertc.config import register_configs
 from bertc.console import native_stderr_to, silence_tf_loggers
 from bertc.errors import UserError
+from bertc.faults import guarded_job
 from bertc.locate import conf_dir
 from bertc.pipeline import EXIT_USER_ERROR
 from bertc.terminal import dim, escape, plan_panel, print_wrapped
@@ -32,13 +34,19 @@ def _run_dir() -> Path:
 
 
 def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | None = None) -> int:
+    console = console or Console(highlight=False, soft_wrap=True)
+    run_dir = Path(run_dir or _run_dir())
+    # bertc/faults.py: the run folder claimed first (bertc/rundir.py); SIGINT, SIGTERM, sweep crashes recorded
+    return guarded_job(run_dir, cfg.model.path, bool(cfg.get("overwrite")), console, _is_multirun(),
+                       lambda: _run_job(cfg, run_dir, console))
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, console: Console) -> int:
     from bertc.pipeline import compile_run, prepare, write_plan
     from bertc.plan import build_plan
     from bertc.report import write_atomic, write_reports
 
     silence_tf_loggers()
-    console = console or Console(highlight=False, soft_wrap=True)
-    run_dir = Path(run_dir or _run_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
     code = 0
     try:

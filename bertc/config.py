@@ -76,6 +76,7 @@ GROUPS: dict[str, type] = {
 TOP_LEVEL = (
     Key("dry_run", bool, False),  # print the plan and its fingerprint, compile nothing
     Key("debug", bool, False),  # show tracebacks for user errors too
+    Key("overwrite", bool, False),  # replace a finished run in the run folder (bertc/rundir.py); else it is refused
 )
 
 

@@ -58,14 +58,45 @@ def read_run(path: str | Path) -> RunRecord:
     plan = _read_json(plan_file)
     if not {"fingerprint", "input", "versions", "plan"} <= set(plan):
         raise BadRunFolder(f"{plan_file} lacks fingerprint, input, versions or plan: it was not written by bertc.")
-    report = _read_json(path / "report.json") if (path / "report.json").is_file() else {}
+    _check_plan(plan, plan_file)
+    report_file = path / "report.json"
+    report = _read_json(report_file) if report_file.exists() else {}
+    _check_report(report, report_file)
     return RunRecord(path, plan, report)
+
+
+def _check_plan(plan: dict, file: Path) -> None:
+    """The types compare() and reproduce rely on: a damaged or foreign plan.json is refused here, not
+    met later as a KeyError."""
+    problems = []
+    if not isinstance(plan["fingerprint"], str):
+        problems.append("fingerprint is not a string")
+    for key in ("input", "versions", "plan"):
+        if not isinstance(plan[key], dict):
+            problems.append(f"{key} is not an object")
+    body = plan["plan"] if isinstance(plan["plan"], dict) else {}
+    steps = body.get("steps", [])
+    if not isinstance(steps, list) or not all(
+        isinstance(step, dict) and isinstance(step.get("name"), str)
+        and isinstance(step.get("params") or {}, dict)
+        for step in steps
+    ):
+        problems.append("plan.steps is not a list of {name, params}")
+    problems += [f"plan.{key} is not an object" for key in ("target", *UNFINGERPRINTED)
+                 if not isinstance(body.get(key, {}), dict)]
+    if problems:
+        raise BadRunFolder(f"{file} is not a plan bertc wrote: {'; '.join(problems)}.")
+
+
+def _check_report(report: dict, file: Path) -> None:
+    if not isinstance(report.get("artifact") or {}, dict) or not isinstance(report.get("status", ""), str):
+        raise BadRunFolder(f"{file} is not a report bertc wrote: its artifact or status has the wrong type.")
 
 
 def _read_json(file: Path) -> dict:
     try:
         value = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, ValueError) as error:
         raise BadRunFolder(f"{file} cannot be read as JSON ({error}).") from None
     if not isinstance(value, dict):
         raise BadRunFolder(f"{file} holds no JSON object.")

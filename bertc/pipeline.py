@@ -25,8 +25,10 @@ from rich.console import Console
 
 from bertc.artifact import DIGEST_NOTE, artifact_digest
 from bertc.errors import ConfigError, UserError, first_line
+from bertc.faults import Interrupted, as_interrupted, interrupted_line, mark_recorded, signals_raise
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
+from bertc.rundir import claim_run_folder
 from bertc.serving_layout import write_serving_layout
 from bertc.terminal import dim, escape, op_change_summary, print_wrapped
 
@@ -52,6 +54,7 @@ class Run:
         self.record: dict = {"status": "running", "failed_step": None, "error": None, "precision": plan.precision}
         self.stage = "start"
         self.staging: Path | None = None  # the artifact's folder until it is complete and verified
+        self.interruption: Interrupted | None = None  # SIGINT/SIGTERM (bertc/faults.py)
 
     @contextlib.contextmanager
     def step(self, label: str, stage: str) -> Iterator[None]:
@@ -382,9 +385,20 @@ def publish(run: Run, artifact: Path, passed: bool) -> None:
         )
 
 
-def compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool = False) -> int:
+def compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool = False, overwrite: bool = False) -> int:
     """Run the plan into `run_dir`; returns the exit code: 0 passed, 2 the user's input or config is at
-    fault (the message says what to change), 1 the model was rejected by verify or bertc failed."""
+    fault (the message says what to change), 1 the model was rejected by verify or bertc failed.
+    SIGINT/SIGTERM: recorded `interrupted`, then bertc.faults.Interrupted (a KeyboardInterrupt) is raised."""
+    from bertc.lazy import import_tensorflow
+
+    # NOTE: TensorFlow before the signal handlers: importing it installs handlers of its own over bertc's.
+    import_tensorflow()
+    # bertc/rundir.py: refuse the input's folder, a finished run (unless overwrite), a held folder; lock it
+    with claim_run_folder(run_dir, plan.model.path, overwrite), signals_raise():
+        return _compile_run(plan, run_dir, console, debug)
+
+
+def _compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(plan, run_dir, console, debug)
     try:
@@ -397,8 +411,13 @@ def compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool = False
         # A pass that broke (not the user's input) keeps its traceback in report.json for the bug report.
         _fail(run, failure, traceback.format_exc() if debug or not user_fault else None)
         return EXIT_USER_ERROR if user_fault else 1
+    except KeyboardInterrupt as error:  # SIGINT or SIGTERM (bertc/faults.py): recorded with its stage
+        _interrupted(run, as_interrupted(error))
+        mark_recorded(error)
+        raise
     except BaseException as error:  # a crash: still leave an honest report, then re-raise
         _fail(run, error, traceback.format_exc())
+        mark_recorded(error)
         raise
     finally:
         if run.staging is not None and run.staging.exists():
@@ -416,8 +435,16 @@ def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
             run.console.print(trace, markup=False, highlight=False)
 
 
+def _interrupted(run: Run, error: Interrupted) -> None:
+    run.interruption = error
+    run.record.update(status="interrupted", failed_step=run.stage, error=f"{error} during {run.stage}")
+
+
 def _finish(run: Run) -> None:
     write_reports(run.run_dir, run.record)
+    if run.interruption is not None:  # one line, no summary: the user asked it to stop
+        run.console.print(escape(interrupted_line(run.interruption, run.stage, run.run_dir)))
+        return
     print_wrapped(run.console, summary_table(run.record))
     if run.record.get("error"):
         run.console.print(f"[bold red]error[/] [dim]({run.record.get('failed_step')})[/]: {escape(run.record['error'])}")

@@ -1,9 +1,10 @@
 """A run's record (dict) -> report.json (stable keys) and report.md for a person; and the terminal summary.
 
-report.json keys: status (passed | failed | rejected | planned), failed_step, error, traceback (a
-crash only), warnings (e.g. bf16 emulated on this CPU), fingerprint, precision, input {path, digest, shape,
-roles (nodes per role, bertc/analysis.py)}, versions, steps [{name, op_delta, ops_before, ops_after, seconds,
-matches; the precision step also converted_roles {role: {dtype: nodes}}}], target {name, device, compile_seconds, boundaries},
+report.json keys: status (passed | failed | rejected | planned | interrupted: SIGINT or SIGTERM, with
+failed_step the stage it stopped in), failed_step, error, traceback (a crash only), warnings (e.g.
+bf16 emulated on this CPU), fingerprint, precision, input {path, digest, shape, roles (nodes per role,
+bertc/analysis.py)}, versions, steps [{name, op_delta, ops_before, ops_after, seconds, matches; the
+precision step also converted_roles {role: {dtype: nodes}}}], target {name, device, compile_seconds, boundaries},
 artifact {path, digest, note}, parity {examples, gate, tolerance, passed, max_abs_diff,
 mean_abs_diff, logits_max_abs_diff, logits_mean_abs_diff, argmax_agreement, disagreement_count,
 confident_disagreements, disagreements [{index, source, line (dataset rows), original, compiled,
@@ -56,6 +57,11 @@ def _json_safe(value):
 
 
 def write_reports(run_dir: Path, record: dict) -> None:
+    from bertc.rundir import retire_previous
+
+    # overwrite=true: a model/ or rejected/ this report does not describe goes first (bertc/rundir.py)
+    published = record.get("status") in ("passed", "rejected")
+    retire_previous(run_dir, keep=(record.get("artifact") or {}).get("path") if published else None)
     write_atomic(run_dir / "report.json", json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
     write_atomic(run_dir / "report.md", markdown(record))
 

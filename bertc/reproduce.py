@@ -24,7 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bertc.diff import BadRunFolder, Difference, RunRecord, compare, read_run
@@ -47,6 +48,7 @@ def check_run_folder(run: Path) -> RunRecord:
     record = read_run(run)
     if not (run / "resolved.yaml").is_file():
         raise BadRunFolder(f"{run} has no resolved.yaml: the run's configuration is missing; it cannot be rebuilt.")
+    read_resolved(run / "resolved.yaml")
     status = record.report.get("status")
     if status not in COMPLETED:
         where = f" at {record.report.get('failed_step')}: {record.report.get('error')}" if status == "failed" else ""
@@ -57,6 +59,26 @@ def check_run_folder(run: Path) -> RunRecord:
     if status != "planned" and not record.artifact_digest:
         raise BadRunFolder(f"{run}/report.json has status {status} but no artifact digest.")
     return record
+
+
+def read_resolved(file: Path) -> DictConfig:
+    """resolved.yaml, checked against bertc's schema: a damaged or foreign file is refused, not rebuilt."""
+    from bertc.config import root_schema
+
+    try:
+        loaded = OmegaConf.load(file)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BadRunFolder(f"{file} cannot be read as YAML ({reason}); it cannot be rebuilt.") from None
+    if not isinstance(loaded, DictConfig):
+        raise BadRunFolder(f"{file} holds no mapping of config groups; it cannot be rebuilt.")
+    try:
+        OmegaConf.merge(OmegaConf.structured(root_schema()), loaded)
+    except OmegaConfBaseException as error:
+        reason = " ".join(str(error).split())[:300]
+        message = f"{file} does not fit bertc's config schema ({reason}); it cannot be rebuilt."
+        raise BadRunFolder(message) from None
+    return loaded
 
 
 def original_cwd(run: Path) -> Path | None:
@@ -70,8 +92,8 @@ def original_cwd(run: Path) -> Path | None:
 
 
 def write_rebuild_config(run: Path, out: Path) -> None:
-    cfg = OmegaConf.load(run / "resolved.yaml")
-    cfg.bench.enabled = False
+    cfg = read_resolved(run / "resolved.yaml")
+    OmegaConf.update(cfg, "bench.enabled", False, merge=True)
     cfg.hydra = {"run": {"dir": str(out)}}
     (out / f"{REBUILD_CONFIG}.yaml").write_text(REBUILD_HEADER.format(run=run) + OmegaConf.to_yaml(cfg))
 
@@ -99,7 +121,13 @@ def _digest_now(folder: Path | None, recorded: str | None) -> tuple[str | None, 
     from bertc.lazy import import_tensorflow
 
     import_tensorflow()  # the digest parses saved_model.pb with TensorFlow's protobufs
-    digest = artifact_digest(folder)
+    from google.protobuf.message import DecodeError
+
+    try:
+        digest = artifact_digest(folder)
+    except (DecodeError, OSError) as error:  # a model folder damaged since the run
+        return recorded, (f"{folder} cannot be read any more ({type(error).__name__}: {error}); compared "
+                          "with the digest recorded in report.json")
     if recorded and digest != recorded:
         return digest, (f"{folder} no longer matches the digest in report.json ({recorded}): it was modified after "
                         "the run, or an older bertc defined the digest otherwise; compared with the model as it is now")
@@ -230,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_FOLDER
     if arguments.out:
         out = Path(arguments.out).resolve()
+        if out.exists() and not out.is_dir():
+            print(f"error: --out {out} is a file, not a folder; give a new or empty folder.", file=sys.stderr)
+            return EXIT_BAD_FOLDER
         if out.exists() and any(out.iterdir()):
             print(f"error: --out {out} is not empty; bertc.reproduce never overwrites a folder.", file=sys.stderr)
             return EXIT_BAD_FOLDER

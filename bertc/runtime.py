@@ -55,25 +55,238 @@ def stablehlo_folder(path: str | Path) -> Path:
 
 
 def read_manifest(path: str | Path) -> dict:
-    manifest = json.loads((stablehlo_folder(path) / MANIFEST).read_text())
+    """manifest.json, its structure checked (a damaged or foreign file: a ServingError, not a KeyError)."""
+    file = stablehlo_folder(path) / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ServingError(f"{file} cannot be read as JSON ({error}); {REBUILD}") from None
+    if not isinstance(manifest, dict):
+        raise ServingError(f"{file} holds no JSON object; {REBUILD}")
     if manifest.get("format") != FORMAT:
         raise ServingError(f"{path}: manifest format {manifest.get('format')!r}, this runtime reads {FORMAT!r}.")
+    check_manifest(manifest, file)
     return manifest
+
+
+# ---- checking the artifact before it is trusted ------------------------------------------------
+# The manifest is the root of trust: the weights file must match its digests and shapes, every file
+# it names must lie inside the artifact's folder, and what bounds the inputs and the self-check (id
+# limits, parity gate) comes from the checked weights themselves, so an edited manifest field can
+# only tighten them.
+
+REBUILD = "the artifact is damaged or was edited: compile it again (python -m bertc target=stablehlo ...)."
+WORD_TABLE, TOKEN_TYPE_TABLE, POSITION_TABLE = (
+    "word_embeddings",
+    "token_type_embeddings",
+    "position_embeddings",
+)
+
+
+def _need(condition, file: Path, what: str) -> None:
+    if not condition:
+        raise ServingError(f"{file}: {what}; {REBUILD}")
+
+
+def _is_shape(value) -> bool:
+    return isinstance(value, list) and all(
+        dim is None or (isinstance(dim, int) and dim >= 0) for dim in value
+    )
+
+
+def check_manifest(manifest: dict, file: Path) -> None:
+    """The keys and types the runtime reads, before it reads them."""
+    _need(
+        isinstance(manifest.get("seq_len"), int) and manifest["seq_len"] > 0,
+        file,
+        "seq_len is not a positive integer",
+    )
+    modules = manifest.get("modules")
+    _need(isinstance(modules, list) and modules, file, "modules is not a non-empty list")
+    for entry in modules:
+        _need(
+            isinstance(entry, dict) and isinstance(entry.get("batch_size"), int) and entry["batch_size"] > 0,
+            file,
+            f"a module entry {str(entry)[:80]} has no positive batch_size",
+        )
+        _need(
+            any(isinstance(entry.get(key), str) for key in ("bytecode", "text")),
+            file,
+            f"the batch-{entry['batch_size']} module names no bytecode or text file",
+        )
+    parameters = manifest.get("parameters")
+    _need(isinstance(parameters, list) and parameters, file, "parameters is not a non-empty list")
+    for entry in parameters:
+        _need(
+            isinstance(entry, dict)
+            and entry.get("kind") in ("input", "weight")
+            and isinstance(entry.get("name"), str)
+            and _is_shape(entry.get("shape"))
+            and isinstance(entry.get("dtype"), str),
+            file,
+            f"the parameter {str(entry)[:80]} lacks kind (input | weight), name, shape or dtype",
+        )
+    outputs = manifest.get("outputs")
+    _need(
+        isinstance(outputs, list)
+        and [entry.get("name") for entry in outputs if isinstance(entry, dict)] == ["probabilities", "logits"]
+        and all(_is_shape(entry.get("shape")) for entry in outputs),
+        file,
+        "outputs are not probabilities and logits with shapes",
+    )
+    weights = manifest.get("weights")
+    _need(
+        isinstance(weights, dict)
+        and isinstance(weights.get("file"), str)
+        and isinstance(weights.get("tensors"), dict),
+        file,
+        "weights lacks its file name or its tensors",
+    )
+    for name, entry in weights["tensors"].items():
+        _need(
+            isinstance(entry, dict)
+            and _is_shape(entry.get("shape"))
+            and isinstance(entry.get("dtype"), str)
+            and isinstance(entry.get("sha256"), str),
+            file,
+            f"the weight {name} lacks shape, dtype or sha256",
+        )
+    for entry in parameters:
+        if entry["kind"] == "weight":
+            listed = weights["tensors"].get(entry["name"])
+            _need(
+                listed is not None
+                and listed["shape"] == entry["shape"]
+                and listed["dtype"] == entry["dtype"],
+                file,
+                f"the module's weight parameter {entry['name']} is not the weight the manifest lists",
+            )
+    host = manifest.get("host")
+    if host is not None:
+        try:
+            names = _host_weight_names(host)
+            float(host["embedding_output"]["layer_norm"]["epsilon"])
+            numpy_dtype(host["embedding_output"]["dtype"]), numpy_dtype(host["attention_mask"]["dtype"])
+            host["attention_mask"]["form"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ServingError(
+                f"{file}: the host recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}"
+            ) from None
+        _need(
+            all(name in weights["tensors"] for name in names),
+            file,
+            "the host recipe reads weights the manifest does not list",
+        )
+
+
+def artifact_file(folder: Path, name, what: str) -> Path:
+    """A file the manifest names -> its path; refused if the name leaves the artifact folder (.., absolute,
+    a link out)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ServingError(
+            f"{folder / MANIFEST} names {what} {name!r}, outside the artifact folder; {REBUILD}"
+        )
+    path = folder / name
+    root = folder.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ServingError(f"{path} ({what}) is a link that leaves the artifact folder {root}; {REBUILD}")
+    return path
+
+
+def check_weights(manifest: Mapping, weights: Mapping[str, np.ndarray], digests: bool, where: str) -> None:
+    """Every weight the manifest lists: present, its shape and dtype, and (digests=True) its sha256."""
+    listed = manifest["weights"]["tensors"]
+    missing = [name for name in listed if name not in weights]
+    if missing:
+        raise ServingError(
+            f"{len(missing)} weight(s) missing from {where}, first {missing[:3]}; "
+            "the weights are not this artifact's."
+        )
+    for name, entry in listed.items():
+        value = np.asarray(weights[name])
+        if list(value.shape) != entry["shape"] or value.dtype.name != entry["dtype"]:
+            raise ServingError(
+                f"the weight {name} in {where} is {value.dtype.name} {list(value.shape)}, the manifest says "
+                f"{entry['dtype']} {entry['shape']}; the weights are not this artifact's."
+            )
+        if digests and tensor_digest(value) != entry["sha256"]:
+            raise ServingError(
+                f"the weight {name} in {where} does not match its sha256 in the manifest: the file was "
+                "modified or "
+                f"damaged after the build; {REBUILD}"
+            )
+
+
+def _table(
+    weights: Mapping[str, np.ndarray], suffix: str, host: Mapping | None, host_key: str | None
+) -> str | None:
+    """The 2-D embedding table whose name ends in `suffix`; where a host recipe reads one, it must be that."""
+    found = [name for name, value in weights.items() if name.split("/")[-1] == suffix and np.ndim(value) == 2]
+    if host is not None and host_key is not None:
+        named = host["embedding_output"][host_key]
+        if found and named not in found:
+            raise ServingError(
+                f"the host recipe reads {named} as the {suffix} table, but the artifact's is {found[0]}; "
+                f"{REBUILD}"
+            )
+        return named
+    return found[0] if len(found) == 1 else None
+
+
+def input_limits(manifest: Mapping, weights: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The id limits from the embedding tables' own rows (a manifest's input_limits may only lower them)."""
+    host = manifest.get("host")
+    limits = {}
+    for key, suffix, host_key in (
+        ("input_ids", WORD_TABLE, "word_embeddings"),
+        ("segment_ids", TOKEN_TYPE_TABLE, "token_type_embeddings"),
+    ):
+        table = _table(weights, suffix, host, host_key)
+        if table is None:
+            raise ServingError(
+                f"the artifact has no {suffix} table the runtime can recognise, so {key} cannot be "
+                f"bounded; {REBUILD}"
+            )
+        limits[key] = int(np.shape(weights[table])[0])
+    recorded = manifest.get("input_limits")
+    for key, limit in recorded.items() if isinstance(recorded, dict) else []:
+        if key in limits and isinstance(limit, int) and 0 < limit < limits[key]:
+            limits[key] = limit
+    return limits
+
+
+def parity_gate(weights: Mapping[str, np.ndarray], recorded=None) -> float:
+    """The self-check's gate from the narrowest float dtype of the (checked) weights, as verify gates that
+    precision; a gate recorded in the manifest may only be tighter."""
+    from bertc.verify import GATES
+
+    dtypes = {np.asarray(value).dtype.name for value in weights.values()}
+    gate = GATES["bf16"] if "bfloat16" in dtypes else GATES["fp16"] if "float16" in dtypes else GATES["fp32"]
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and 0 <= recorded < gate:
+        return float(recorded)
+    return gate
 
 
 def load_weights(path: str | Path, manifest: Mapping | None = None) -> dict[str, np.ndarray]:
     """The weights the manifest lists, from weights.safetensors (bf16 is stored as safetensors' BF16)."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     folder = stablehlo_folder(path)
     manifest = manifest or read_manifest(folder)
-    file = folder / manifest["weights"]["file"]
+    file = artifact_file(folder, manifest["weights"]["file"], "the weights file")
     if not file.is_file():
         raise ServingError(
             f"{file} is missing. The benchmark bundles leave the weights out: pass weights=regenerate_weights(manifest) "
             "when the manifest says how to regenerate them."
         )
-    return load_file(str(file))
+    try:
+        weights = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as error:  # a damaged or foreign file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ServingError(f"{file} cannot be read as safetensors ({reason}); {REBUILD}") from None
+    check_weights(manifest, weights, digests=True, where=str(file))
+    return weights
 
 
 def regenerate_weights(
@@ -86,6 +299,17 @@ def regenerate_weights(
     differs means another NumPy draws other numbers: timings still hold, parity does not. `drawn`
     keeps the float32 draws between calls (several precisions of one model draw the same numbers).
     """
+    try:
+        return _regenerate(manifest, check, drawn)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ServingError(
+            f"the manifest's regeneration recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}"
+        ) from None
+
+
+def _regenerate(
+    manifest: Mapping, check: bool, drawn: dict[tuple, np.ndarray] | None
+) -> tuple[dict[str, np.ndarray], list[str]]:
     from bertc.model.config import BertConfig
     from bertc.model.weights import random_weight
 
@@ -167,15 +391,25 @@ class Runtime:
         self.manifest = read_manifest(self.folder)
         self.seq_len = int(self.manifest["seq_len"])
         self.batch_sizes = sorted(int(module["batch_size"]) for module in self.manifest["modules"])
+        for entry in self.manifest["modules"]:  # every file the modules name, before anything is compiled
+            for key in ("bytecode", "text"):
+                if entry.get(key):
+                    artifact_file(self.folder, entry[key], f"the batch-{entry['batch_size']} module")
+        # Weights read from the artifact are checked against the manifest's digests; weights passed in
+        # (regenerate_weights, which reports digests itself) by shape and dtype.
+        if weights is not None:
+            weights = dict(weights)
+            check_weights(self.manifest, weights, digests=False, where="the weights passed in")
+        else:
+            weights = load_weights(self.folder, self.manifest)
+        self.input_limits = input_limits(self.manifest, weights)
+        self.gate = parity_gate(weights, (self.manifest.get("reference") or {}).get("tolerance"))
+        self._check_seq_len(weights)
         self.client = _backend(backend, platform)
         devices = self.client.local_devices()
         if device_index >= len(devices):
             raise ServingError(f"device {device_index} asked for, but {self.client.platform} has {len(devices)}.")
         self.device = devices[device_index]
-        weights = dict(weights) if weights is not None else load_weights(self.folder, self.manifest)
-        missing = [name for name in self.manifest["weights"]["tensors"] if name not in weights]
-        if missing:
-            raise ServingError(f"{len(missing)} weight(s) missing, first {missing[:3]}; the weights are not this artifact's.")
         parameters = self.manifest["parameters"]
         self.input_names = [entry["name"] for entry in parameters if entry["kind"] == "input"]
         self.host = self.manifest.get("host")
@@ -185,6 +419,21 @@ class Runtime:
         self.device_weights = [jax.device_put(weights[entry["name"]], self.device) for entry in parameters if entry["kind"] == "weight"]
         self._executables: dict[int, object] = {}
         self.compile_seconds: dict[int, float] = {}
+
+    def _check_seq_len(self, weights: Mapping[str, np.ndarray]) -> None:
+        """seq_len is what the modules take and what the position table holds."""
+        inputs = {entry["name"]: entry for entry in self.manifest["parameters"] if entry["kind"] == "input"}
+        first = inputs.get("embedding_output" if self.host_recipe() else "input_ids")
+        file = self.folder / MANIFEST
+        _need(first is not None and len(first["shape"]) >= 2 and first["shape"][1] == self.seq_len, file,
+              f"seq_len {self.seq_len} is not the length the modules take ({first and first['shape']})")
+        table = _table(weights, POSITION_TABLE, self.host_recipe(), "position_embeddings")
+        if table is not None:
+            _need(np.shape(weights[table])[0] >= self.seq_len, file,
+                  f"seq_len {self.seq_len} exceeds the {np.shape(weights[table])[0]} rows of {table}")
+
+    def host_recipe(self) -> Mapping | None:
+        return self.manifest.get("host")
 
     @property
     def platform(self) -> str:
@@ -209,8 +458,13 @@ class Runtime:
             for key, mode in (("bytecode", "rb"), ("text", "r")):
                 if not entry.get(key):
                     continue
-                with open(self.folder / entry[key], mode) as stream:
-                    module = stream.read()
+                try:
+                    file = artifact_file(self.folder, entry[key], f"the batch-{batch_size} module")
+                    with open(file, mode) as stream:
+                        module = stream.read()
+                except (OSError, UnicodeDecodeError) as error:
+                    errors.append(f"{entry[key]}: cannot be read ({error})")
+                    continue
                 try:
                     self._executables[batch_size] = _compile(self.client, self.device, module)
                     break
@@ -232,7 +486,7 @@ class Runtime:
         for name, array in arrays.items():
             if not np.issubdtype(array.dtype, np.integer):
                 raise ServingError(f"{name} is {array.dtype}; token ids, masks and segment ids are integers.")
-        for name, limit in (self.manifest.get("input_limits") or {}).items():
+        for name, limit in self.input_limits.items():
             array = arrays[name]
             if array.size and (array.min() < 0 or array.max() >= limit):
                 raise ServingError(
@@ -281,14 +535,24 @@ class Runtime:
     def self_check(self) -> dict:
         """Run the manifest's reference batch; its max |probability difference| against what the TensorFlow
         build computed, and whether that is within the precision's gate."""
-        reference = self.manifest["reference"]
-        feeds = {name: np.asarray(reference[name], np.int32) for name in SERVING_INPUTS}
+        reference = self.manifest.get("reference")
+        file = self.folder / MANIFEST
+        try:
+            feeds = {name: np.asarray(reference[name], np.int32) for name in SERVING_INPUTS}
+            expected = {key: np.asarray(reference[key], np.float32) for key in ("probabilities", "logits")}
+        except (KeyError, TypeError, ValueError) as error:
+            raise ServingError(
+                f"{file}: the reference batch is incomplete ({type(error).__name__}: {error}); {REBUILD}"
+            ) from None
         outputs = self(feeds)
-        diff = float(np.abs(outputs["probabilities"] - np.asarray(reference["probabilities"], np.float32)).max())
-        logits = float(np.abs(outputs["logits"] - np.asarray(reference["logits"], np.float32)).max())
+        for key, value in expected.items():
+            _need(value.shape == outputs[key].shape, file,
+                  f"the reference {key} are {list(value.shape)}, the model gives {list(outputs[key].shape)}")
+        diff = float(np.abs(outputs["probabilities"] - expected["probabilities"]).max())
+        logits = float(np.abs(outputs["logits"] - expected["logits"]).max())
         return {
             "examples": len(feeds["input_ids"]), "max_abs_diff": diff, "logits_max_abs_diff": logits,
-            "tolerance": reference["tolerance"], "passed": bool(diff <= reference["tolerance"]),
+            "tolerance": self.gate, "passed": bool(diff <= self.gate),
         }
 
 

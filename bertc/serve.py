@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(gate {check['tolerance']}): {'passed' if check['passed'] else 'FAILED'}")
             code = 0 if check["passed"] else 1
         if args.inputs:
-            with np.load(args.inputs) as data:
-                feeds = {name: data[name] for name in SERVING_INPUTS if name in data.files}
+            feeds = read_inputs(args.inputs)
             start = time.perf_counter()
             outputs = runtime(feeds)
             print(f"{len(outputs['probabilities'])} examples in {time.perf_counter() - start:.3f}s (first call compiles)")
@@ -62,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def read_inputs(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in SERVING_INPUTS if name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as error:
+        names = ", ".join(SERVING_INPUTS)
+        raise UserError(f"--inputs {path} cannot be read as an .npz of {names} ({error}).") from None
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import json
 
-from bertc.pipeline import compile_run
 from rich.console import Console
 from tokenizers import BertWordPieceTokenizer
 
 from bertc.model.vocab import SPECIAL_IDS, synthetic_vocab
+from bertc.pipeline import compile_run
 from bertc.plan import build_plan
 from tests.test_compile import compose_config
 

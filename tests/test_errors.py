@@ -206,3 +206,7 @@ def test_killed_mid_save_leaves_no_half_written_model(tiny_model_dir, tmp_path):
             child.kill()
     assert not (run_dir / "model").exists()
     assert list(run_dir.glob(".model.partial-*")), "the partial artifact stays hidden in its staging folder"
+    from bertc.rundir import claim_run_folder
+
+    with claim_run_folder(run_dir, tiny_model_dir):  # the next run in the folder: the SIGKILL's staging goes
+        assert not list(run_dir.glob(".model.partial-*"))

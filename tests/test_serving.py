@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import tensorflow as tf
-from bertc.pipeline import compile_run
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
 from bertc.cli import CONF_DIR
+from bertc.pipeline import compile_run
 from bertc.plan import build_plan
 from bertc.verify import OriginalModel, synthetic_batches
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 
 import pytest
-from bertc.pipeline import Run, _finish
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
 from bertc.cli import CONF_DIR, run_job
+from bertc.pipeline import Run, _finish
 from bertc.plan import build_plan
 from bertc.terminal import op_change_summary
 

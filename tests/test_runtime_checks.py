@@ -1,0 +1,292 @@
+"""bertc.runtime checks a target=stablehlo artifact before trusting it: weight digests and shapes, file names
+inside the artifact, id limits and the self-check's gate from the weights (not editable manifest fields), and
+clean errors (exit 2, no traceback) for broken manifests, weights and inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from bertc import run as run_cli
+from bertc.pipeline import compile_run
+from bertc.plan import build_plan
+from bertc.runtime import ServingError, parity_gate, tensor_digest
+from bertc.verify import GATES, synthetic_batches
+from tests.test_compile import compose_config
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+WORD = "bert/embeddings/word_embeddings"
+CLASSIFIER = "output_weights"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The tiny preset, target=stablehlo, fp32, one module for batch 8."""
+    run_dir = tmp_path_factory.mktemp("stablehlo-checks")
+    cfg = compose_config(
+        ["model=tiny", "target=stablehlo", "target.batch_sizes=[8]", "bench=off", "verify=off"]
+    )
+    code = compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO()))
+    assert code == 0, json.loads((run_dir / "report.json").read_text()).get("error")
+    return run_dir / "model"
+
+
+@pytest.fixture
+def artifact(built, tmp_path) -> Path:
+    """A private copy of the stablehlo/ folder that a test may tamper with."""
+    folder = tmp_path / "artifact"
+    shutil.copytree(built / "stablehlo", folder)
+    return folder
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def write_manifest(folder: Path, value) -> None:
+    (folder / "manifest.json").write_text(json.dumps(value))
+
+
+def edit_weights(folder: Path, edit) -> dict:
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(folder / "weights.safetensors"))
+    edit(weights)
+    save_file(weights, str(folder / "weights.safetensors"))
+    return weights
+
+
+def cli(*args: str, capsys) -> tuple[int, str, str]:
+    code = run_cli.main([*map(str, args)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    return code, captured.out, captured.err
+
+
+def assert_refused(folder: Path, capsys, *words: str) -> None:
+    """The runtime refuses the artifact; `python -m bertc.run --check` exits 2 with one error paragraph."""
+    from bertc.runtime import Runtime
+
+    with pytest.raises(ServingError) as raised:
+        Runtime(folder, platform="cpu")
+    for word in words:
+        assert word in str(raised.value), str(raised.value)
+    code, _, err = cli(folder, "--check", capsys=capsys)
+    assert code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    for word in words:
+        assert word in err, err
+
+
+def test_a_tampered_embedding_row_is_refused(artifact, capsys):
+    def tamper(weights):
+        weights[WORD][30000] = 1.0  # a row the reference batch may never read: only the digest can tell
+
+    edit_weights(artifact, tamper)
+    assert_refused(artifact, capsys, WORD, "sha256")
+
+
+def test_a_weight_of_another_shape_is_refused(artifact, capsys):
+    def shrink(weights):
+        weights[WORD] = np.ascontiguousarray(weights[WORD][:1000])
+
+    edit_weights(artifact, shrink)
+    assert_refused(artifact, capsys, WORD, "[1000, 32]", "[30522, 32]")
+
+
+def test_the_gate_comes_from_the_weights_not_the_manifest(artifact, capsys):
+    """A weight changed with its digest updated to match, and the manifest's gate raised to 1.0: --check fails
+    at the fp32 gate."""
+
+    def tamper(weights):
+        weights[CLASSIFIER] = (weights[CLASSIFIER] * 400.0).astype(np.float32)
+
+    weights = edit_weights(artifact, tamper)
+    value = manifest(artifact)
+    value["weights"]["tensors"][CLASSIFIER]["sha256"] = tensor_digest(weights[CLASSIFIER])
+    value["reference"]["tolerance"] = 1.0
+    write_manifest(artifact, value)
+    code, out, _ = cli(artifact, "--check", capsys=capsys)
+    assert code == 1 and "FAILED" in out and f"gate {GATES['fp32']}" in out, out
+
+
+def test_parity_gate_follows_the_narrowest_weight_dtype():
+    import ml_dtypes
+
+    fp32 = {"a": np.zeros(2, np.float32)}
+    assert parity_gate(fp32) == GATES["fp32"]
+    assert parity_gate({**fp32, "b": np.zeros(2, np.float16)}) == GATES["fp16"]
+    assert parity_gate({**fp32, "b": np.zeros(2, ml_dtypes.bfloat16)}) == GATES["bf16"]
+    assert parity_gate(fp32, recorded=1.0) == GATES["fp32"], "a manifest cannot loosen the gate"
+    assert parity_gate(fp32, recorded=1e-7) == 1e-7, "a manifest may tighten it"
+    assert parity_gate(fp32, recorded="1") == GATES["fp32"]
+
+
+def test_ids_are_bounded_by_the_tables_without_input_limits(artifact):
+    from bertc.runtime import Runtime
+
+    value = manifest(artifact)
+    del value["input_limits"]
+    write_manifest(artifact, value)
+    runtime = Runtime(artifact, platform="cpu")
+    assert runtime.input_limits == {"input_ids": 30522, "segment_ids": 2}
+    feeds = synthetic_batches(1, 2, 128, 30522, seed=4)[0].feeds()
+    with pytest.raises(ServingError, match=r"input_ids holds ids outside \[0, 30522\)"):
+        runtime({**feeds, "input_ids": feeds["input_ids"] + 30522})
+    with pytest.raises(ServingError, match=r"segment_ids holds ids outside \[0, 2\)"):
+        runtime({**feeds, "segment_ids": feeds["segment_ids"] + 2})
+
+
+def test_a_manifest_cannot_raise_the_id_limits(artifact):
+    from bertc.runtime import Runtime
+
+    value = manifest(artifact)
+    value["input_limits"] = {"input_ids": 10**9, "segment_ids": 1}  # looser for ids, tighter for segments
+    write_manifest(artifact, value)
+    assert Runtime(artifact, platform="cpu").input_limits == {"input_ids": 30522, "segment_ids": 1}
+
+
+@pytest.mark.parametrize("where", ["weights", "module"])
+@pytest.mark.parametrize("name", ["../outside.bin", "/etc/hostname", "sub/../../outside.bin"])
+def test_file_names_that_leave_the_artifact_are_refused(artifact, capsys, where, name):
+    shutil.copy(artifact / "weights.safetensors", artifact.parent / "outside.bin")
+    value = manifest(artifact)
+    if where == "weights":
+        value["weights"]["file"] = name
+    else:
+        value["modules"][0]["bytecode"] = name
+    write_manifest(artifact, value)
+    assert_refused(artifact, capsys, "outside the artifact folder", repr(name))
+
+
+def test_a_link_out_of_the_artifact_is_refused(artifact, capsys):
+    outside = artifact.parent / "elsewhere.safetensors"
+    (artifact / "weights.safetensors").rename(outside)
+    os.symlink(outside, artifact / "weights.safetensors")
+    assert_refused(artifact, capsys, "a link that leaves the artifact folder")
+
+
+def _drop(key):
+    def edit(value):
+        del value[key]
+        return value
+
+    return edit
+
+
+def _set(path: str, item):
+    def edit(value):
+        node = value
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = item
+        return value
+
+    return edit
+
+
+BROKEN_MANIFESTS = {
+    "not JSON": (
+        lambda folder: (folder / "manifest.json").write_text("{ not json"),
+        ["cannot be read as JSON"],
+    ),
+    "binary": (
+        lambda folder: (folder / "manifest.json").write_bytes(bytes(range(256)) * 4),
+        ["cannot be read as JSON"],
+    ),
+    "a list": (lambda folder: write_manifest(folder, [1, 2]), ["holds no JSON object"]),
+    "another format": (
+        lambda folder: write_manifest(folder, _set("format", "x")(manifest(folder))),
+        ["manifest format 'x'"],
+    ),
+    "no modules": (
+        lambda folder: write_manifest(folder, _drop("modules")(manifest(folder))),
+        ["modules is not a non-empty list"],
+    ),
+    "bad batch size": (
+        lambda folder: write_manifest(folder, _set("modules.0.batch_size", "8")(manifest(folder))),
+        ["batch_size"],
+    ),
+    "bad seq_len": (
+        lambda folder: write_manifest(folder, _set("seq_len", 64)(manifest(folder))),
+        ["seq_len 64"],
+    ),
+    "parameter without shape": (
+        lambda folder: write_manifest(folder, _set("parameters.3.shape", "big")(manifest(folder))),
+        ["lacks kind", "shape"],
+    ),
+    "weight without digest": (
+        lambda folder: write_manifest(
+            folder, _set(f"weights.tensors.{WORD}", {"shape": [1], "dtype": "float32"})(manifest(folder))
+        ),
+        ["lacks shape, dtype or sha256"],
+    ),
+    "parameter not the listed weight": (
+        lambda folder: write_manifest(folder, _set("parameters.3.dtype", "float16")(manifest(folder))),
+        ["is not the weight"],
+    ),
+    "no weights entry": (
+        lambda folder: write_manifest(folder, _drop("weights")(manifest(folder))),
+        ["weights lacks"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_MANIFESTS))
+def test_broken_manifest_gives_a_clean_error(artifact, capsys, case):
+    breaker, words = BROKEN_MANIFESTS[case]
+    breaker(artifact)
+    assert_refused(artifact, capsys, *words)
+
+
+@pytest.mark.parametrize("case", ["truncated", "garbage", "missing"])
+def test_broken_weights_file_gives_a_clean_error(artifact, capsys, case):
+    file = artifact / "weights.safetensors"
+    if case == "truncated":
+        file.write_bytes(file.read_bytes()[:5000])
+        words = ["cannot be read as safetensors"]
+    elif case == "garbage":
+        file.write_bytes(b"\x00" * 64)
+        words = ["cannot be read as safetensors"]
+    else:
+        file.unlink()
+        words = ["is missing"]
+    assert_refused(artifact, capsys, *words)
+
+
+def test_a_module_file_missing_or_broken_is_a_clean_error(artifact, capsys):
+    from bertc.runtime import Runtime
+
+    entry = manifest(artifact)["modules"][0]
+    (artifact / entry["bytecode"]).unlink()
+    (artifact / entry["text"]).write_text("module { this is not stablehlo")
+    runtime = Runtime(artifact, platform="cpu")
+    with pytest.raises(ServingError, match="could not compile the batch-8 module"):
+        runtime.compile()
+    code, _, err = cli(artifact, "--check", capsys=capsys)
+    assert code == 2 and "could not compile" in err
+
+
+def test_a_broken_reference_batch_is_a_clean_error(artifact, capsys):
+    write_manifest(artifact, _drop("reference")(manifest(artifact)))
+    code, _, err = cli(artifact, "--check", capsys=capsys)
+    assert code == 2 and "reference batch is incomplete" in err
+
+
+def test_bad_inputs_file_is_a_clean_error(artifact, capsys, tmp_path):
+    (tmp_path / "batch.npz").write_bytes(b"not a zip file")
+    code, _, err = cli(artifact, "--inputs", tmp_path / "batch.npz", capsys=capsys)
+    assert code == 2 and "cannot be read as an .npz" in err
+
+
+def test_the_untouched_artifact_still_passes(artifact, capsys):
+    code, out, _ = cli(artifact, "--check", capsys=capsys)
+    assert code == 0 and "passed" in out and f"gate {GATES['fp32']}" in out
