@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bertc.cli import CONF_DIR, run_job
+from bertc.limits import exit_if_work_abandoned
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -52,7 +53,11 @@ def main() -> None:
     if problem:
         print(problem, file=sys.stderr)
         sys.exit(2)
-    app()
+    try:
+        app()
+    except SystemExit as stop:
+        exit_if_work_abandoned(stop.code)  # issue 14: a timed-out TensorFlow call cannot be joined
+        raise
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class TargetConf:
     dynamic_batch: bool = True  # neuron: accept any batch by splitting and padding
     # stablehlo only: a StableHLO module per static batch size (bertc.runtime pads a batch up to the next one)
     batch_sizes: List[int] = dataclasses.field(default_factory=lambda: [1, 8])
+    timeout_s: Optional[float] = 1800.0  # issue 14: wall-clock limit of compile + warm-up; null: none
 
 
 @dataclasses.dataclass
@@ -78,6 +79,7 @@ class VerifyConf:
     dataset: Optional[str] = None  # a GLUE-format TSV (MRPC layout)
     max_examples: Optional[int] = None
     tolerance: Optional[float] = None  # max |probability difference|; null: the precision's gate
+    timeout_s: Optional[float] = 3600.0  # issue 14: wall-clock limit of loading both models and comparing; null: none
 
 
 @dataclasses.dataclass
@@ -87,6 +89,7 @@ class BenchConf:
     rounds: int = 3  # interleaved rounds: original, compiled, original, ...
     seconds: float = 1.5  # per model, batch size and round
     warmup: int = 2
+    timeout_s: Optional[float] = 3600.0  # issue 14: wall-clock limit of the benchmark; null: none
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ from importlib import metadata
 from typing import Any
 
 from bertc.errors import ConfigError
+from bertc.limits import RunLimits, run_limits  # issue 14: value checks and time limits
 from bertc.passes import MaskParams, PartitionParams, PrecisionParams, PrecisionRule, RemovalParams
 
 STEP_ORDER: tuple[tuple[str, str], ...] = (
@@ -95,6 +96,7 @@ class Plan:
     bench: BenchParams
     allow_ops: tuple[str, ...] = ()
     precision: str = "fp32"
+    limits: RunLimits = dataclasses.field(default_factory=RunLimits)  # issue 14: time limits, not fingerprinted
 
     def artifact_spec(self) -> dict:
         """Everything about the plan that can change the compiled model."""
@@ -110,6 +112,7 @@ class Plan:
             "verify": _plain(self.verify),
             "bench": _plain(self.bench),
             "security": {"allow_ops": list(self.allow_ops)},
+            "limits": _plain(self.limits),  # issue 14
         }
 
     def describe(self) -> list[str]:
@@ -216,6 +219,7 @@ def build_plan(cfg: Any) -> Plan:
         raise ConfigError(f"target.batch_sizes={list(target.batch_sizes)} needs at least one size, each >= 1.")
     if cfg.shape.seq_len is not None and cfg.shape.seq_len < 1:
         raise ConfigError(f"shape.seq_len={cfg.shape.seq_len} must be positive.")
+    limits = run_limits(cfg)  # issue 14: tolerance, threads, boundaries, timeouts
     verify, bench = cfg.verify, cfg.bench
     if bench.enabled and (not bench.batch_sizes or min(bench.batch_sizes) < 1):
         raise ConfigError(f"bench.batch_sizes={list(bench.batch_sizes)} needs at least one size, each >= 1.")
@@ -232,6 +236,7 @@ def build_plan(cfg: Any) -> Plan:
         bench=BenchParams(bench.enabled, tuple(bench.batch_sizes), bench.rounds, bench.seconds, bench.warmup),
         allow_ops=tuple(cfg.security.allow_ops),
         precision=cfg.precision.name,
+        limits=limits,
     )
 
 

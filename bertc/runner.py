@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import shutil
 import tempfile
@@ -176,6 +177,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
 
     from bertc import targets
     from bertc.graph import check_graph, op_delta, op_histogram
+    from bertc.limits import check_before_running, run_with_limit  # issue 14
     from bertc.load import load_saved_model
     from bertc.passes import REGISTRY
     from bertc.passes.partition_graph import boundaries_of
@@ -198,6 +200,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
             f"re-export with --seq-len {seq_len} (at most max_position_embeddings={shape.max_positions}) "
             "or leave shape.seq_len unset."
         )
+    run.record["input"]["bounds"] = check_before_running(plan, loaded)  # issue 14: inputs, memory, static cost
 
     graph, done, steps, result = loaded.graph, [], [], None
     for step in plan.steps:
@@ -240,7 +243,8 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
         module = target_module.compile(graph, plan.target, seq_len, host_device=host_device, precision=plan.precision, input_limits=limits)
         from bertc.targets.serving import save_compiled, warm_up
 
-        warm_up(module, plan.target.batch_size, seq_len)
+        run_with_limit(functools.partial(warm_up, module, plan.target.batch_size, seq_len),  # issue 14
+                       plan.limits.compile_s, "target.timeout_s", "the warm-up")
         compile_seconds = time.perf_counter() - start
         try:
             save_compiled(module, artifact)
@@ -267,8 +271,11 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     if plan.verify.enabled or plan.bench.enabled:
         from bertc.verify import CompiledModel, OriginalModel
 
-        original = OriginalModel(input_path, signature_inputs, original_outputs)
-        compiled = CompiledModel(artifact)
+        original, compiled = run_with_limit(  # issue 14: loading runs the restore and init ops
+            functools.partial(lambda *paths: (OriginalModel(*paths[:3]), CompiledModel(paths[3])),
+                              input_path, signature_inputs, original_outputs, artifact),
+            plan.limits.verify_s if plan.verify.enabled else plan.limits.bench_s,
+            "verify.timeout_s" if plan.verify.enabled else "bench.timeout_s", "loading the original and compiled models")
     if plan.verify.enabled:
         with run.step("verify against the original", "verify"):
             from bertc.verify import compare, read_glue_tsv, synthetic_batches, tokenize_pairs
@@ -281,7 +288,8 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
                     raise ConfigError(f"verify.dataset needs the model's vocab.txt, and {input_path} has none.")
                 pairs = read_glue_tsv(verify.dataset, verify.max_examples)
                 batches += tokenize_pairs(pairs, vocab, seq_len, verify.batch_size)
-            parity = compare(original, compiled, batches, verify.precision, verify.tolerance)
+            parity = run_with_limit(functools.partial(compare, original, compiled, batches, verify.precision, verify.tolerance),
+                                    plan.limits.verify_s, "verify.timeout_s", "verify")  # issue 14
         run.record["parity"] = parity
         passed = parity["passed"]
         run.say(f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "
@@ -291,10 +299,10 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
 
         bench = plan.bench
         with run.step("benchmark original vs compiled", "bench"):
-            run.record["bench"] = benchmark(
-                {"original": original, "compiled": compiled}, bench.batch_sizes, seq_len, shape.vocab,
+            run.record["bench"] = run_with_limit(functools.partial(  # issue 14
+                benchmark, {"original": original, "compiled": compiled}, bench.batch_sizes, seq_len, shape.vocab,
                 bench.rounds, bench.seconds, bench.warmup,
-            )
+            ), plan.limits.bench_s, "bench.timeout_s", "the benchmark")
     del original, compiled
 
     final = run.run_dir / ("model" if passed else "rejected")
