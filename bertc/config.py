@@ -79,7 +79,7 @@ class VerifyConf:
     dataset: Optional[str] = None  # a GLUE-format TSV (MRPC layout)
     max_examples: Optional[int] = None
     tolerance: Optional[float] = None  # max |probability difference|; null: the precision's gate
-    timeout_s: Optional[float] = 3600.0  # issue 14: wall-clock limit of loading both models and comparing; null: none
+    timeout_s: Optional[float] = 3600.0  # issue 14: limit of loading both models and comparing; null: none
 
 
 @dataclasses.dataclass

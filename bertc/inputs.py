@@ -51,7 +51,7 @@ def materialize(source: ModelSource, log: Callable[[str], None] = lambda message
 
     if source.kind == "path":
         path = Path(source.path).expanduser()
-        if path.is_symlink() and not path.exists():  # a loop or a dangling link: say which, not "does not exist"
+        if path.is_symlink() and not path.exists():  # a loop or a dangling link: say which
             from bertc.load import refuse_outside_links
 
             refuse_outside_links(path)

@@ -1,4 +1,4 @@
-"""Config values and a loaded model -> the limits a run keeps: checked values, a static cost bound, time limits.
+"""Config values and a loaded model -> the limits a run keeps: checked values, a static cost bound, timeouts.
 
 Three kinds of limit, each failing as a clear user error (exit 2) before the harm:
 
@@ -59,12 +59,14 @@ def run_limits(cfg: Any) -> RunLimits:
         )
     for key in ("intra_op_threads", "inter_op_threads"):
         if cfg.target[key] < 0:
-            raise ConfigError(f"target.{key}={cfg.target[key]} must be 0 (TensorFlow's choice) or a positive count.")
+            raise ConfigError(
+                f"target.{key}={cfg.target[key]} must be 0 (TensorFlow's choice) or a positive count.")
     if cfg.partition.mode != "none":
         boundaries = list(cfg.partition.boundaries)
         repeated = sorted({name for name in boundaries if boundaries.count(name) > 1})
         if repeated:
-            raise ConfigError(f"partition.boundaries names {repeated} more than once; give each boundary once.")
+            raise ConfigError(
+                f"partition.boundaries names {repeated} more than once; give each boundary once.")
     timeouts = {"target.timeout_s": cfg.target.timeout_s, "verify.timeout_s": cfg.verify.timeout_s,
                 "bench.timeout_s": cfg.bench.timeout_s}
     for key, value in timeouts.items():
@@ -111,7 +113,8 @@ def available_memory() -> int | None:
 
 def estimated_peak_bytes(shape: Any, batch: int) -> int:
     """A float32 BERT call at `batch`: the weights three times (reader, compiled, original) and one layer's
-    live activations (scores and softmax of every head, the FFN activation and its GELU terms, ~12 [B,S,H])."""
+    live activations (scores and softmax of every head, the FFN activation and its GELU terms,
+    about 12 [B,S,H])."""
     weights = (shape.vocab + shape.max_positions + shape.type_vocab) * shape.hidden + shape.layers * (
         4 * shape.hidden * shape.hidden + 2 * shape.hidden * shape.intermediate)
     tokens = batch * shape.seq_len
@@ -125,9 +128,10 @@ def refuse_batch_beyond_memory(shape: Any, plan: Any) -> None:
     needed = estimated_peak_bytes(shape, batch)
     if available is not None and needed > MEMORY_FRACTION * available:
         raise ConfigError(
-            f"{key}: a batch of {batch} at sequence length {shape.seq_len} needs about {needed / 2**30:.1f} GiB for "
-            f"this model ({shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads), and {available / 2**30:.1f} "
-            "GiB of memory is available. Choose a smaller batch size."
+            f"{key}: a batch of {batch} at sequence length {shape.seq_len} needs about "
+            f"{needed / 2**30:.1f} GiB for this model ({shape.layers} layers, hidden {shape.hidden}, "
+            f"{shape.heads} heads), and {available / 2**30:.1f} GiB of memory is available. Choose a "
+            "smaller batch size."
         )
 
 
@@ -182,12 +186,13 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
         else:
             copied = subgraph.node.add()
             copied.CopyFrom(node)
-            copied.attr.pop("_output_shapes", None)  # the exporter's hints: inference here is at the real batch
+            copied.attr.pop("_output_shapes", None)  # the exporter's hints; inferred here at the real batch
     with tf.Graph().as_default() as tf_graph:
         try:
             tf.graph_util.import_graph_def(subgraph, name="")
-        except ValueError as error:  # shape inference proved a mismatch: the graph cannot run at this batch
-            raise ModelError(f"the model's graph does not hold together at batch {batch}: {str(error)[:400]}") from None
+        except (ValueError, tf.errors.OpError) as error:  # shape inference proved the graph cannot run
+            raise ModelError(
+                f"the model's graph does not hold together at batch {batch}: {str(error)[:400]}") from None
     limit, budget = tensor_limit(shape, batch), work_limit(shape, batch)
     too_big, unknown, costs = [], [], {}
     for operation in tf_graph.get_operations():
@@ -203,8 +208,9 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
             elif tensor.shape.num_elements() > limit:
                 too_big.append(f"{tensor.name} ({operation.type}, shape {tensor.shape.as_list()}, "
                                f"{tensor.shape.num_elements():.3g} elements)")
-    described = (f"a BERT of {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, intermediate "
-                 f"{shape.intermediate}, vocab {shape.vocab}, at batch {batch} and sequence length {shape.seq_len}")
+    described = (f"a BERT of {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, "
+                 f"intermediate {shape.intermediate}, vocab {shape.vocab}, at batch {batch} and sequence "
+                 f"length {shape.seq_len}")
     if too_big:
         raise ModelError(
             f"the model's graph would make tensor(s) larger than {limit:.3g} elements ({TENSOR_MARGIN}x the "
@@ -213,9 +219,9 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
         )
     if unknown:
         raise ModelError(
-            f"the size of {len(unknown)} tensor(s) the model would compute cannot be bounded before running it: "
-            f"{', '.join(unknown[:5])}. bertc runs only graphs whose every tensor has a static shape at the "
-            "configured batch (google-research/bert's export has)."
+            f"the size of {len(unknown)} tensor(s) the model would compute cannot be bounded before "
+            f"running it: {', '.join(unknown[:5])}. bertc runs only graphs whose every tensor has a "
+            "static shape at the configured batch (google-research/bert's export has)."
         )
     total = sum(costs.values())
     for name, size in outputs.items():
@@ -228,14 +234,16 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
     if total > budget:
         heaviest = sorted(costs.items(), key=lambda item: -item[1])[:3]
         raise ModelError(
-            f"the model's graph would cost {total:.3g} operations per call, over {budget:.3g} ({WORK_MARGIN}x "
-            f"{described}); the heaviest nodes: "
-            + ", ".join(f"{name} ({nodes[name].op if name in nodes else '?'}, {cost:.3g})" for name, cost in heaviest)
+            f"the model's graph would cost {total:.3g} operations per call, over {budget:.3g} "
+            f"({WORK_MARGIN}x {described}); the heaviest nodes: "
+            + ", ".join(f"{name} ({nodes[name].op if name in nodes else '?'}, {cost:.3g})"
+                        for name, cost in heaviest)
             + ". bertc refuses to run it; the graph computes more than a BERT classifier."
         )
     return {"batch": batch, "tensor_limit": limit, "work": total, "work_limit": budget,
-            "largest_tensor": max((t.shape.num_elements() for op in tf_graph.get_operations() for t in op.outputs
-                                   if t.shape.is_fully_defined()), default=0)}
+            "largest_tensor": max((tensor.shape.num_elements() for operation in tf_graph.get_operations()
+                                   for tensor in operation.outputs if tensor.shape.is_fully_defined()),
+                                  default=0)}
 
 
 def _restored(operation) -> bool:
@@ -255,7 +263,9 @@ def _declared_shape(node) -> list[int] | None:
 def _cost(operation) -> int:
     """Multiply-adds of a matmul-like op (2 per product), else the elements it produces."""
     def dims(tensor) -> list[int]:
-        return [dim if dim is not None else 0 for dim in tensor.shape.as_list()] if tensor.shape.rank is not None else []
+        if tensor.shape.rank is None:
+            return []
+        return [dim if dim is not None else 0 for dim in tensor.shape.as_list()]
 
     kind = operation.type
     produced = sum(t.shape.num_elements() or 0 for t in operation.outputs if t.shape.is_fully_defined())
@@ -272,7 +282,8 @@ def _cost(operation) -> int:
         equation = operation.get_attr("equation").decode()
         sizes: dict[str, int] = {}
         for letters, tensor in zip(equation.split("->")[0].split(","), operation.inputs):
-            for letter, size in zip(letters.replace("...", ""), dims(tensor)[-len(letters.replace("...", "")):]):
+            letters = letters.replace("...", "")  # broadcast dims: counted in the output's elements
+            for letter, size in zip(letters, dims(tensor)[-len(letters):] if letters else []):
                 sizes[letter] = max(sizes.get(letter, 0), size)
         return 2 * math.prod(sizes.values()) if sizes else produced
     return produced

@@ -103,9 +103,9 @@ def refuse_outside_links(path: Path) -> None:
                 raise ModelError(_broken_link_message(entry, path)) from None
             if not target.is_relative_to(root):
                 raise ModelError(
-                    f"{entry} is a symbolic link to {target}, outside the model folder {path}. bertc reads only "
-                    "the model's own files (TensorFlow would follow the link when loading it); copy the file "
-                    "into the folder instead of linking it."
+                    f"{entry} is a symbolic link to {target}, outside the model folder {path}. bertc "
+                    "reads only the model's own files (TensorFlow would follow the link when loading it); "
+                    "copy the file into the folder instead of linking it."
                 )
 
 
@@ -116,12 +116,13 @@ def _broken_link_message(entry: Path, root: Path) -> str:
     except RuntimeError:
         problem = "is a symbolic link loop"
     except OSError as error:
-        problem = "is a symbolic link loop" if error.errno == errno.ELOOP else f"is a dangling symbolic link (to {os.readlink(entry)})"
+        loop = error.errno == errno.ELOOP
+        problem = "is a symbolic link loop" if loop else f"is a dangling link (to {os.readlink(entry)})"
     return f"{entry} in the model folder {root} {problem}; fix or remove the link."
 
 
 def load_saved_model(path: str | Path, allow_ops: Iterable[str] = ()) -> LoadedModel:
-    """Read the model; refuse it (before anything could execute it) if loading or serving it runs impure ops."""
+    """Read the model; refuse it (before anything could execute it) if loading or serving runs impure ops."""
     path = Path(path)
     check_allow_ops_known(allow_ops)
     refuse_outside_links(path)
@@ -215,7 +216,7 @@ def _pick_meta_graph(saved_model, path: Path):
 
 
 def _check_graph_version(graph_def: GraphDef, path: Path) -> None:
-    """The GraphDef versions rule TensorFlow applies on import: refused here as a clear error, not a crash later."""
+    """The GraphDef versions rule TensorFlow applies on import, as a clear error here, not a crash later."""
     versions, ours = graph_def.versions, tf.version.GRAPH_DEF_VERSION
     too_new = versions.min_consumer > ours or ours in versions.bad_consumers
     too_old = versions.producer < tf.version.GRAPH_DEF_VERSION_MIN_PRODUCER
@@ -275,7 +276,8 @@ def _check_weight(path: Path, name: str, value: np.ndarray, graph_shape) -> None
     """The checkpoint's value must have the graph's shape and finite numbers: bad weights stop here, named."""
     if not graph_shape.unknown_rank:
         expected = [dim.size for dim in graph_shape.dim]
-        if len(expected) != value.ndim or any(want >= 0 and want != got for want, got in zip(expected, value.shape)):
+        differs = any(want >= 0 and want != got for want, got in zip(expected, value.shape))
+        if len(expected) != value.ndim or differs:
             raise ModelError(
                 f"{path}/variables: variable {name} has shape {list(value.shape)} in the checkpoint but "
                 f"{expected} in the graph; the checkpoint belongs to another model: export the model again."

@@ -96,7 +96,7 @@ class Plan:
     bench: BenchParams
     allow_ops: tuple[str, ...] = ()
     precision: str = "fp32"
-    limits: RunLimits = dataclasses.field(default_factory=RunLimits)  # issue 14: time limits, not fingerprinted
+    limits: RunLimits = dataclasses.field(default_factory=RunLimits)  # issue 14: not fingerprinted
 
     def artifact_spec(self) -> dict:
         """Everything about the plan that can change the compiled model."""

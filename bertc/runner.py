@@ -200,7 +200,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
             f"re-export with --seq-len {seq_len} (at most max_position_embeddings={shape.max_positions}) "
             "or leave shape.seq_len unset."
         )
-    run.record["input"]["bounds"] = check_before_running(plan, loaded)  # issue 14: inputs, memory, static cost
+    run.record["input"]["bounds"] = check_before_running(plan, loaded)  # issue 14: inputs, memory, cost
 
     graph, done, steps, result = loaded.graph, [], [], None
     for step in plan.steps:
@@ -275,7 +275,8 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
             functools.partial(lambda *paths: (OriginalModel(*paths[:3]), CompiledModel(paths[3])),
                               input_path, signature_inputs, original_outputs, artifact),
             plan.limits.verify_s if plan.verify.enabled else plan.limits.bench_s,
-            "verify.timeout_s" if plan.verify.enabled else "bench.timeout_s", "loading the original and compiled models")
+            "verify.timeout_s" if plan.verify.enabled else "bench.timeout_s",
+            "loading the original and compiled models")
     if plan.verify.enabled:
         with run.step("verify against the original", "verify"):
             from bertc.verify import compare, read_glue_tsv, synthetic_batches, tokenize_pairs
@@ -288,8 +289,9 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
                     raise ConfigError(f"verify.dataset needs the model's vocab.txt, and {input_path} has none.")
                 pairs = read_glue_tsv(verify.dataset, verify.max_examples)
                 batches += tokenize_pairs(pairs, vocab, seq_len, verify.batch_size)
-            parity = run_with_limit(functools.partial(compare, original, compiled, batches, verify.precision, verify.tolerance),
-                                    plan.limits.verify_s, "verify.timeout_s", "verify")  # issue 14
+            parity = run_with_limit(  # issue 14
+                functools.partial(compare, original, compiled, batches, verify.precision, verify.tolerance),
+                plan.limits.verify_s, "verify.timeout_s", "verify")
         run.record["parity"] = parity
         passed = parity["passed"]
         run.say(f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "
@@ -300,8 +302,8 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
         bench = plan.bench
         with run.step("benchmark original vs compiled", "bench"):
             run.record["bench"] = run_with_limit(functools.partial(  # issue 14
-                benchmark, {"original": original, "compiled": compiled}, bench.batch_sizes, seq_len, shape.vocab,
-                bench.rounds, bench.seconds, bench.warmup,
+                benchmark, {"original": original, "compiled": compiled}, bench.batch_sizes, seq_len,
+                shape.vocab, bench.rounds, bench.seconds, bench.warmup,
             ), plan.limits.bench_s, "bench.timeout_s", "the benchmark")
     del original, compiled
 

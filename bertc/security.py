@@ -57,7 +57,7 @@ class UnsafeGraphError(UserError):
 
 
 def check_allow_ops_known(allow_ops: Iterable[str]) -> None:
-    """security.allow_ops names TensorFlow op types; a name TensorFlow does not know is a typo, not a permission."""
+    """security.allow_ops names TensorFlow op types: an unknown name is a typo, not a grant."""
     from tensorflow.python.framework import op_def_registry
 
     unknown = sorted({op for op in allow_ops if op_def_registry.get(op) is None})
@@ -100,7 +100,8 @@ def refuse_unsafe_loading(meta_graph, serving_outputs: Iterable[str], serving_in
     return executed
 
 
-def loader_executed_nodes(meta_graph, serving_outputs: Iterable[str], serving_inputs: Iterable[str]) -> dict[str, set[str]]:
+def loader_executed_nodes(meta_graph, serving_outputs: Iterable[str],
+                          serving_inputs: Iterable[str]) -> dict[str, set[str]]:
     """The nodes TensorFlow's TF1 loader (load_v1_in_v2) and the pruned serving call run, by purpose."""
     graph_def = meta_graph.graph_def
     nodes = nodes_by_name(graph_def)
@@ -114,6 +115,14 @@ def loader_executed_nodes(meta_graph, serving_outputs: Iterable[str], serving_in
             )
         return name
 
+    dangling = [(node.name, source) for node in graph_def.node for source in node.input
+                if split_input(source)[0] not in nodes]
+    if dangling:
+        raise UnsafeGraphError(
+            f"the model's graph is broken: node {dangling[0][0]} takes input {dangling[0][1]!r}, which is "
+            f"not a node of the graph ({len(dangling)} such input(s)); TensorFlow could not load it. Export "
+            "the model again."
+        )
     executed: dict[str, set[str]] = {}
     if meta_graph.HasField("saver_def"):
         saver = meta_graph.saver_def
@@ -129,9 +138,9 @@ def loader_executed_nodes(meta_graph, serving_outputs: Iterable[str], serving_in
         ]
     for key in INIT_COLLECTIONS:
         if key in meta_graph.collection_def:
-            init_roots[f"init op ({key} collection)"] = [
-                node_named(name, f"{key} collection") for name in meta_graph.collection_def[key].node_list.value
-            ]
+            names = meta_graph.collection_def[key].node_list.value
+            init_roots[f"init op ({key} collection)"] = [node_named(name, f"{key} collection")
+                                                         for name in names]
     if TABLE_INITIALIZERS in meta_graph.collection_def:
         init_roots["table initialiser"] = [
             node_named(name, "table_initializer collection")
@@ -156,7 +165,7 @@ def loader_executed_nodes(meta_graph, serving_outputs: Iterable[str], serving_in
 
 
 def loader_fed_nodes(meta_graph) -> set[str]:
-    """The nodes whose value TensorFlow's loader feeds (the checkpoint filename, asset paths): not executed."""
+    """The nodes TensorFlow's loader feeds (the checkpoint filename, asset paths): not executed."""
     nodes = nodes_by_name(meta_graph.graph_def)
     fed = _asset_nodes(meta_graph, nodes)
     if meta_graph.HasField("saver_def"):
@@ -194,7 +203,8 @@ def _is_restore_machinery(node: NodeDef, nodes: Mapping[str, NodeDef], filename:
         source, _ = _through_identity(nodes, node.input[1])
         target, _ = _through_identity(nodes, node.input[0])
         return (
-            source is not None and source.op in RESTORE_READ_OPS and _is_restore_machinery(source, nodes, filename)
+            source is not None and source.op in RESTORE_READ_OPS
+            and _is_restore_machinery(source, nodes, filename)
             and target is not None and target.op in ("VariableV2", "VarHandleOp")
         )
     return False
@@ -216,9 +226,10 @@ def _called_functions(node: NodeDef, library: Mapping) -> list[str]:
 
 def _node_problems(node: NodeDef, allowed: frozenset | set, library: Mapping, where: str | None,
                    via: tuple[str, ...] = (), caller: str | None = None) -> list[str]:
-    """One line per impure op in `node` or in any function it calls (naming the functions and the calling node)."""
+    """One line per impure op in `node` or in a function it calls (naming the functions and the caller)."""
     called = _called_functions(node, library)
-    chain = "".join(f" in function {name}" for name in reversed(via)) + (f", called by node {caller}" if caller else "")
+    chain = "".join(f" in function {name}" for name in reversed(via))
+    chain += f", called by node {caller}" if caller else ""
     context = f" [{where}]" if where else ""
     problems = []
     if node.op not in allowed and node.op not in CALL_OPS and node.op not in library:
@@ -227,7 +238,8 @@ def _node_problems(node: NodeDef, allowed: frozenset | set, library: Mapping, wh
         if name in via:
             continue  # recursion: the body was checked at its first visit
         if name not in library:
-            problems.append(f"{node.name} ({node.op}) calls {name}, not in the graph's function library{chain}{context}")
+            problems.append(
+                f"{node.name} ({node.op}) calls {name}, not in the graph's function library{chain}{context}")
             continue
         for inner in library[name].node_def:
             problems += _node_problems(inner, allowed, library, where, via + (name,), caller or node.name)

@@ -159,7 +159,7 @@ def _check_readable_file(path: Path) -> None:
 
 
 def check_verify_inputs(verify, model_path: Path, vocab_rows: int) -> None:
-    """Before compiling: the dataset is a readable file, and the model's vocab.txt fits its embedding table."""
+    """Before compiling: the dataset is a readable file, and the model's vocab.txt fits its embeddings."""
     if not verify.dataset:
         return
     _check_readable_file(Path(verify.dataset))
@@ -170,9 +170,9 @@ def check_verify_inputs(verify, model_path: Path, vocab_rows: int) -> None:
     tokens = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
     if tokens > vocab_rows:
         raise ModelError(
-            f"{vocab} has {tokens} tokens but the model's word-embedding table has {vocab_rows} rows: ids from "
-            f"{vocab_rows} up would index past the table. The vocab.txt belongs to another model; use the one "
-            "the model was trained with."
+            f"{vocab} has {tokens} tokens but the model's word-embedding table has {vocab_rows} rows: ids "
+            f"from {vocab_rows} up would index past the table. The vocab.txt belongs to another model; use "
+            "the one the model was trained with."
         )
 
 

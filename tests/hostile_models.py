@@ -52,7 +52,8 @@ def _node(graph_def, name: str):
 def in_restore_op(path: Path, canary: Path) -> None:
     def edit(proto):
         meta = proto.meta_graphs[0]
-        _node(meta.graph_def, meta.saver_def.restore_op_name).input.append("^" + add_write(meta.graph_def, canary))
+        restore = _node(meta.graph_def, meta.saver_def.restore_op_name)
+        restore.input.append("^" + add_write(meta.graph_def, canary))
     edit_proto(path, edit)
 
 
@@ -64,21 +65,27 @@ def in_init_op(path: Path, canary: Path) -> None:
     edit_proto(path, edit)
 
 
-def in_main_op_collection(path: Path, canary: Path) -> None:
+def in_main_op_collection(path: Path, canary: Path, key: str = "saved_model_main_op") -> None:
     def edit(proto):
         meta = proto.meta_graphs[0]
-        meta.collection_def["saved_model_main_op"].node_list.value.append(add_write(meta.graph_def, canary))
+        meta.collection_def[key].node_list.value.append(add_write(meta.graph_def, canary))
     edit_proto(path, edit)
 
 
+def in_legacy_init_op(path: Path, canary: Path) -> None:
+    in_main_op_collection(path, canary, key="legacy_init_op")
+
+
 def in_second_meta_graph(path: Path, canary: Path) -> None:
-    """meta_graphs[0] (tags serve, gpu) is clean; [1] (tags exactly serve, the one TF loads) writes in its restore op."""
+    """meta_graphs[0] (tags serve, gpu) is clean; [1] (tags exactly serve: the one TensorFlow loads)
+    writes in its restore op."""
     def edit(proto):
         clean = proto.meta_graphs[0]
         hostile = proto.meta_graphs.add()
         hostile.CopyFrom(clean)
         clean.meta_info_def.tags.append("gpu")
-        _node(hostile.graph_def, hostile.saver_def.restore_op_name).input.append("^" + add_write(hostile.graph_def, canary))
+        restore = _node(hostile.graph_def, hostile.saver_def.restore_op_name)
+        restore.input.append("^" + add_write(hostile.graph_def, canary))
     edit_proto(path, edit)
 
 
@@ -134,9 +141,13 @@ def in_table_initializer(path: Path, canary: Path) -> None:
 HOSTILE = {
     "restore op": (in_restore_op, "canary", ["hostile/write (WriteFile)", "restore op"]),
     "init op": (in_init_op, "canary", ["hostile/write (WriteFile)", "__saved_model_init_op"]),
-    "main op collection": (in_main_op_collection, "canary", ["hostile/write (WriteFile)", "saved_model_main_op"]),
+    "main op collection": (in_main_op_collection, "canary",
+                           ["hostile/write (WriteFile)", "saved_model_main_op"]),
+    "legacy init op": (in_legacy_init_op, "canary", ["hostile/write (WriteFile)", "legacy_init_op"]),
     "second meta graph": (in_second_meta_graph, "canary", ["hostile/write (WriteFile)", "restore op"]),
-    "function in restore op": (in_function_called_by_restore, "canary", ["(WriteFile) in function", "hidden_writer"]),
-    "SaveV2 elsewhere": (save_elsewhere_in_restore_op, "canary.index", ["hostile/save (SaveV2)", "restore op"]),
+    "function in restore op": (in_function_called_by_restore, "canary",
+                               ["(WriteFile) in function", "hidden_writer", "called by node hostile/call"]),
+    "SaveV2 elsewhere": (save_elsewhere_in_restore_op, "canary.index",
+                         ["hostile/save (SaveV2)", "restore op"]),
     "table initializer": (in_table_initializer, "canary", ["hostile/write (WriteFile)", "table initialiser"]),
 }

@@ -118,8 +118,8 @@ def test_hostile_models_do_write_when_tensorflow_loads_them(tiny_model_dir, tmp_
         build(model, canaries / "canary")
         models.append(str(model))
         expected.append(canaries / canary_name)
-    result = subprocess.run([sys.executable, "-c", LOAD_ALL, *models], check=False, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = subprocess.run([sys.executable, "-c", LOAD_ALL, *models], check=False, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert [path.exists() for path in expected] == [True] * len(expected), dict(zip(cases, expected))
 
@@ -143,6 +143,23 @@ def test_meta_graph_tags_must_pick_what_tensorflow_picks(model_copy, tmp_path, t
     edit_proto(model_copy, _retag(tag_sets))
     code, report, output = run_model(model_copy, tmp_path / "run")
     assert_refused(code, report, output, tmp_path / "run", *words)
+
+
+def test_tf2_object_graph_is_refused_before_tensorflow_loads_it(model_copy, tmp_path):
+    """TensorFlow loads a SavedModel with an object graph by running its saved functions: refused."""
+    edit_proto(model_copy, lambda proto: proto.meta_graphs[0].object_graph_def.nodes.add())
+    code, report, output = run_model(model_copy, tmp_path / "run")
+    assert_refused(code, report, output, tmp_path / "run", "TF2 object-based SavedModel", "does not check")
+
+
+def test_dangling_input_is_a_clear_error(model_copy, tmp_path):
+    def edit(proto):
+        graph_def = proto.meta_graphs[0].graph_def
+        restore = next(node for node in graph_def.node if node.name == "save/restore_all")
+        restore.input.append("^nowhere/at_all")
+    edit_proto(model_copy, edit)
+    code, report, output = run_model(model_copy, tmp_path / "run")
+    assert_refused(code, report, output, tmp_path / "run", "save/restore_all", "nowhere/at_all", "broken")
 
 
 def test_restore_reading_another_checkpoint_is_refused(model_copy, tmp_path):
@@ -229,7 +246,8 @@ def _heavy_fill(size: int, matmuls: int):
         tensor = _op(graph_def, "heavy/fill", "Fill", [_const(graph_def, "heavy/dims", [size, size]), one],
                      T=types_pb2.DT_FLOAT, index_type=types_pb2.DT_INT32)
         for number in range(matmuls):
-            tensor = _op(graph_def, f"heavy/matmul_{number}", "MatMul", [tensor, tensor], T=types_pb2.DT_FLOAT)
+            tensor = _op(graph_def, f"heavy/matmul_{number}", "MatMul", [tensor, tensor],
+                         T=types_pb2.DT_FLOAT)
         total = _op(graph_def, "heavy/sum", "Sum", [tensor, _const(graph_def, "heavy/axes", [0, 1])],
                     T=types_pb2.DT_FLOAT, Tidx=types_pb2.DT_INT32)
         next(node for node in graph_def.node if node.name == "loss/Softmax").input.append("^" + total)
@@ -241,7 +259,8 @@ def _huge_tile(proto):
     meta = proto.meta_graphs[0]
     graph_def = meta.graph_def
     tiled = _op(graph_def, "heavy/tile", "Tile",
-                [_const(graph_def, "heavy/seed", [[1.0]], types_pb2.DT_FLOAT), _const(graph_def, "heavy/multiples", [2**20, 2**20])],
+                [_const(graph_def, "heavy/seed", [[1.0]], types_pb2.DT_FLOAT),
+                 _const(graph_def, "heavy/multiples", [2**20, 2**20])],
                 T=types_pb2.DT_FLOAT, Tmultiples=types_pb2.DT_INT32)
     group = graph_def.node.add()
     group.name, group.op = "heavy/init", "NoOp"
@@ -259,7 +278,8 @@ def _huge_output(proto):
 
 
 HEAVY = {
-    "Fill 12000x12000 into chained MatMuls": (_heavy_fill(12000, 3), ["heavy/fill:0", "larger than", "[12000, 12000]"]),
+    "Fill 12000x12000 into chained MatMuls": (_heavy_fill(12000, 3),
+                                              ["heavy/fill:0", "larger than", "[12000, 12000]"]),
     "chained MatMuls of 3000x3000": (_heavy_fill(3000, 40), ["would cost", "heavy/matmul_"]),
     "Tile to 4 TiB in the main op": (_huge_tile, ["heavy/tile:0", "[1048576, 1048576]"]),
     "output that cannot be allocated": (_huge_output, ["heavy/wide_logits:0", "larger than"]),
@@ -300,7 +320,8 @@ HANGING_CHILD = textwrap.dedent(
     import sys, threading, time
     import bertc.verify
     def hang(*args, **kwargs):  # a call that never returns, like a TensorFlow op that cannot be cancelled
-        blocker = threading.Thread(target=time.sleep, args=(3600,), daemon=False)  # a normal exit would wait for it
+        # daemon=False: a normal interpreter exit would wait for it
+        blocker = threading.Thread(target=time.sleep, args=(3600,), daemon=False)
         blocker.start()
         blocker.join()
     bertc.verify.compare = hang
@@ -316,7 +337,8 @@ HANGING_CHILD = textwrap.dedent(
 def test_cli_exits_after_a_time_limit_without_waiting_for_the_call(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run([sys.executable, "-c", HANGING_CHILD, str(tiny_model_dir), str(run_dir)],
-                            check=False, capture_output=True, text=True, timeout=240, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            check=False, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["status"] == "failed" and "verify.timeout_s=2" in report["error"]
@@ -360,7 +382,8 @@ MODEL_FAULTS = {
     "Inf weight": (lambda m: _rewrite_checkpoint(m, _poison),
                    ["bert/encoder/layer_1/output/dense/kernel", "NaN or Inf", "[3, 5]"]),
     "checkpoint shape": (lambda m: _rewrite_checkpoint(m, _reshape_bias), ["output_bias", "[3]", "[2]"]),
-    "graph version": (lambda m: edit_proto(m, _future_graph), ["cannot be read by this TensorFlow", "min_consumer"]),
+    "graph version": (lambda m: edit_proto(m, _future_graph),
+                      ["cannot be read by this TensorFlow", "min_consumer"]),
 }
 
 
@@ -387,7 +410,8 @@ def _vocab(model: Path, rows: int) -> None:
 
 def test_vocab_longer_than_the_embedding_table(model_copy, tmp_path):
     _vocab(model_copy, 30522 + 7)
-    code, report, output = run_model(model_copy, tmp_path / "run", f"verify.dataset={_tsv(tmp_path / 'dev.tsv')}")
+    dataset = _tsv(tmp_path / "dev.tsv")
+    code, report, output = run_model(model_copy, tmp_path / "run", f"verify.dataset={dataset}")
     assert_refused(code, report, output, tmp_path / "run", "30529 tokens", "30522 rows")
     assert "steps" not in report  # refused before compiling
 
