@@ -229,7 +229,7 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
         if tensor.shape.num_elements() > batch * max(shape.num_labels, 1):
             raise ModelError(
                 f"the model's output {name} would have shape {tensor.shape.as_list()} at batch {batch}; a "
-                f"classifier's output is [batch, num_labels] = [{batch}, {shape.num_labels}]."
+                f"classifier's output is (batch, num_labels) = ({batch}, {shape.num_labels})."
             )
     if total > budget:
         heaviest = sorted(costs.items(), key=lambda item: -item[1])[:3]

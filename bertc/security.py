@@ -230,7 +230,7 @@ def _node_problems(node: NodeDef, allowed: frozenset | set, library: Mapping, wh
     called = _called_functions(node, library)
     chain = "".join(f" in function {name}" for name in reversed(via))
     chain += f", called by node {caller}" if caller else ""
-    context = f" [{where}]" if where else ""
+    context = f", in the {where}" if where else ""  # no square brackets: the console reads them as markup
     problems = []
     if node.op not in allowed and node.op not in CALL_OPS and node.op not in library:
         problems.append(f"{node.name} ({node.op}){chain}{context}")

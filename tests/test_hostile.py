@@ -89,6 +89,7 @@ def test_model_that_writes_when_loaded_is_refused(model_copy, tmp_path, case):
     before = folder_state(model_copy)
     code, report, output = run_model(model_copy, tmp_path / "run", "bench=quick")
     assert_refused(code, report, output, tmp_path / "run", *words, "security.allow_ops")
+    assert all(word in output for word in words), output  # the terminal shows where it would run, too
     assert report["failed_step"] == "load"
     assert not list(canaries.iterdir()), "the model wrote its canary: bertc executed it"
     assert folder_state(model_copy) == before
@@ -176,7 +177,7 @@ def test_restore_reading_another_checkpoint_is_refused(model_copy, tmp_path):
         restore.input[0] = "hostile/elsewhere"
     edit_proto(model_copy, edit)
     code, report, output = run_model(model_copy, tmp_path / "run")
-    assert_refused(code, report, output, tmp_path / "run", "save/RestoreV2 (RestoreV2) [restore op]")
+    assert_refused(code, report, output, tmp_path / "run", "save/RestoreV2 (RestoreV2), in the restore op")
 
 
 def test_function_call_with_pure_body_is_allowed_by_the_op_check(tiny_model_dir):
