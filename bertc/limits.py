@@ -195,18 +195,19 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
                 f"the model's graph does not hold together at batch {batch}: {str(error)[:400]}") from None
     limit, budget = tensor_limit(shape, batch), work_limit(shape, batch)
     too_big, unknown, costs = [], [], {}
-    for operation in tf_graph.get_operations():
-        if operation.type == "Placeholder" and operation.name in stops:
+    library = {function.signature.name: function for function in graph_def.library.function}
+    for where, operation in _operations_with_function_bodies(tf_graph, library):
+        if operation.type == "Placeholder" and operation.name in stops and not where:
             continue
         cost = _cost(operation)
-        costs[operation.name] = cost
+        costs[operation.name + where] = cost
         for tensor in operation.outputs:
             if _restored(operation):
                 continue  # sized by the checkpoint, whose shapes the reader checked against the variables
             if not tensor.shape.is_fully_defined():
-                unknown.append(f"{tensor.name} ({operation.type}, shape {tensor.shape})")
+                unknown.append(f"{tensor.name}{where} ({operation.type}, shape {tensor.shape})")
             elif tensor.shape.num_elements() > limit:
-                too_big.append(f"{tensor.name} ({operation.type}, shape {tensor.shape.as_list()}, "
+                too_big.append(f"{tensor.name}{where} ({operation.type}, shape {tensor.shape.as_list()}, "
                                f"{tensor.shape.num_elements():.3g} elements)")
     described = (f"a BERT of {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, "
                  f"intermediate {shape.intermediate}, vocab {shape.vocab}, at batch {batch} and sequence "
@@ -244,6 +245,28 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
             "largest_tensor": max((tensor.shape.num_elements() for operation in tf_graph.get_operations()
                                    for tensor in operation.outputs if tensor.shape.is_fully_defined()),
                                   default=0)}
+
+
+def _operations_with_function_bodies(tf_graph, library: Mapping, where: str = "",
+                                     seen: frozenset = frozenset()):
+    """(" in function F, called by N" or "", operation) for every operation, and those of every function
+    called, traced at the shapes of the call's inputs (nested calls too; a recursion is not re-entered)."""
+    from tensorflow.python.framework.function_def_to_graph import function_def_to_graph
+
+    for operation in tf_graph.get_operations():
+        yield where, operation
+        called = [operation.type] if operation.type in library else []
+        for value in operation.node_def.attr.values():
+            called += [value.func.name] if value.HasField("func") else []
+            called += [function.name for function in value.list.func]
+        for name in called:
+            if name not in library or name in seen:
+                continue
+            shapes = [tensor.shape for tensor in operation.inputs]
+            with tf_graph.as_default():
+                body = function_def_to_graph(library[name], input_shapes=shapes if shapes else None)
+            inner = f" in function {name}, called by {operation.name}{where}"
+            yield from _operations_with_function_bodies(body, library, inner, seen | {name})
 
 
 def _restored(operation) -> bool:

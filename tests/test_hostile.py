@@ -180,6 +180,47 @@ def test_restore_reading_another_checkpoint_is_refused(model_copy, tmp_path):
     assert_refused(code, report, output, tmp_path / "run", "save/RestoreV2 (RestoreV2), in the restore op")
 
 
+def _call_in_restore_op(build_function):
+    """A PartitionedCall of a traced function, needed by the restore op."""
+    def edit(proto):
+        function_def = build_function().function_def
+        meta = proto.meta_graphs[0]
+        meta.graph_def.library.function.add().CopyFrom(function_def)
+        call = meta.graph_def.node.add()
+        call.name, call.op = "called/call", "PartitionedCall"
+        call.attr["f"].func.name = function_def.signature.name
+        call.attr["Tin"].list.SetInParent()
+        call.attr["Tout"].list.type.append(types_pb2.DT_FLOAT)
+        restore = next(node for node in meta.graph_def.node if node.name == "save/restore_all")
+        restore.input.append("^called/call")
+    return edit
+
+
+def test_pure_function_in_the_loader_path_compiles(model_copy, tmp_path):
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def small_sum():
+        return tf.reduce_sum(tf.fill([4, 4], 1.0))
+
+    edit_proto(model_copy, _call_in_restore_op(small_sum.get_concrete_function))
+    code, report, output = run_model(model_copy, tmp_path / "run")
+    assert code == 0, output
+    assert report["status"] == "passed"
+
+
+def test_heavy_function_body_is_bounded_too(model_copy, tmp_path):
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def heavy_sum():
+        return tf.reduce_sum(tf.fill([12000, 12000], 1.0))
+
+    edit_proto(model_copy, _call_in_restore_op(heavy_sum.get_concrete_function))
+    code, report, output = run_model(model_copy, tmp_path / "run")
+    assert_refused(code, report, output, tmp_path / "run", "[12000, 12000]", "in function", "called/call")
+
+
 def test_function_call_with_pure_body_is_allowed_by_the_op_check(tiny_model_dir):
     """A call node is judged by its body: a pure one passes (and keeps working when imported)."""
     import tensorflow as tf
