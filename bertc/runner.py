@@ -269,11 +269,10 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     passed = True
     original = compiled = None
     if plan.verify.enabled or plan.bench.enabled:
-        from bertc.verify import CompiledModel, OriginalModel
+        from bertc.verify import load_both
 
         original, compiled = run_with_limit(  # issue 14: loading runs the restore and init ops
-            functools.partial(lambda *paths: (OriginalModel(*paths[:3]), CompiledModel(paths[3])),
-                              input_path, signature_inputs, original_outputs, artifact),
+            functools.partial(load_both, input_path, signature_inputs, original_outputs, artifact),
             plan.limits.verify_s if plan.verify.enabled else plan.limits.bench_s,
             "verify.timeout_s" if plan.verify.enabled else "bench.timeout_s",
             "loading the original and compiled models")

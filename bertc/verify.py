@@ -267,6 +267,12 @@ class CompiledModel:
         return {key: value.numpy() for key, value in outputs.items()}
 
 
+def load_both(original: Path, signature_inputs: Mapping[str, str], outputs: Mapping[str, str],
+              compiled: Path) -> tuple[OriginalModel, CompiledModel]:
+    """The input (TensorFlow runs its restore and init ops here) and the compiled model, loaded."""
+    return OriginalModel(original, signature_inputs, outputs), CompiledModel(compiled)
+
+
 LISTED_DISAGREEMENTS = 20  # report.json lists at most this many, confident ones first
 
 
