@@ -65,6 +65,7 @@ def main() -> None:
         import hydra
 
         from bertc.cli import CONF_DIR, run_job
+        from bertc.limits import exit_if_work_abandoned
         from bertc.rundir import RunFolderError, claim_from_command_line, output_root
 
         try:  # bertc/rundir.py: before Hydra writes .hydra/ into the folder
@@ -87,6 +88,7 @@ def main() -> None:
             # user's config at fault, which bertc's exit codes call 2.
             if exit_.code == 1 and not started:
                 sys.exit(EXIT_CONFIG_ERROR)
+            exit_if_work_abandoned(exit_.code)  # a timed-out TensorFlow call cannot be joined: exit at once
             raise
 
 

@@ -34,6 +34,7 @@ class TargetConf:
     dynamic_batch: bool = True  # neuron: accept any batch by splitting and padding
     # stablehlo only: a StableHLO module per static batch size (bertc.runtime pads a batch up to the next one)
     batch_sizes: tuple[int, ...] = (1, 8)
+    timeout_s: float | None = 1800.0  # wall-clock limit of compile + warm-up; null: none (not fingerprinted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class VerifyConf:
     dataset: str | None = None  # a GLUE-format TSV (MRPC layout)
     max_examples: int | None = None
     tolerance: float | None = None  # max |probability difference|; null: the precision's gate
+    timeout_s: float | None = 3600.0  # limit of loading both models and comparing; null: none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,7 @@ class BenchConf:
     rounds: int = 3  # interleaved rounds: original, compiled, original, ...
     seconds: float = 1.5  # per model, batch size and round
     warmup: int = 2
+    timeout_s: float | None = 3600.0  # wall-clock limit of the benchmark; null: none
 
 
 @dataclasses.dataclass(frozen=True)

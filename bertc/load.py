@@ -8,8 +8,11 @@ initialisers. The loss branch is kept: dropping it is the removal step's job.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import errno
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -34,7 +37,7 @@ from bertc.graph import (
     split_input,
     tensor_name,
 )
-from bertc.security import refuse_unsafe_ops
+from bertc.security import check_allow_ops_known, refuse_unsafe_loading, refuse_unsafe_ops
 from bertc.signature import SERVING_INPUTS
 
 VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
@@ -62,18 +65,61 @@ class LoadedModel:
     shape: BertShape
     digest: str
     signature_inputs: dict[str, str]  # every input of the original signature -> tensor name
+    # What TensorFlow's loader and the serving call would run (purpose -> node names), in `meta_graph`,
+    # the graph TensorFlow loads: bertc.limits bounds its cost before anything runs.
+    meta_graph: Any = None
+    executed: Mapping[str, set[str]] = dataclasses.field(default_factory=dict)
 
 
 def model_digest(path: str | Path) -> str:
     """sha256 over saved_model.pb and the variable files (names and bytes), in a fixed order."""
     path = Path(path)
+    refuse_outside_links(path)
     files = [path / "saved_model.pb"] + sorted((path / "variables").glob("*"))
     return files_digest(path, [file for file in files if file.is_file()])
 
 
+def refuse_outside_links(path: Path) -> None:
+    """A symbolic link in the model folder must stay inside it: TensorFlow and the digest would follow it."""
+    if path.is_symlink() and not path.exists():
+        raise ModelError(_broken_link_message(path, path))
+    root = path.resolve()
+    if not root.is_dir():
+        return  # the loader says what is missing
+    for folder, subfolders, files in os.walk(root):  # os.walk does not descend into linked folders
+        for name in subfolders + files:
+            entry = Path(folder) / name
+            if not entry.is_symlink():
+                continue
+            try:
+                target = entry.resolve(strict=True)
+            except (OSError, RuntimeError):
+                raise ModelError(_broken_link_message(entry, path)) from None
+            if not target.is_relative_to(root):
+                raise ModelError(
+                    f"{entry} is a symbolic link to {target}, outside the model folder {path}. bertc "
+                    "reads only the model's own files (TensorFlow would follow the link when loading it); "
+                    "copy the file into the folder instead of linking it."
+                )
+
+
+def _broken_link_message(entry: Path, root: Path) -> str:
+    try:
+        entry.resolve(strict=True)
+        problem = "cannot be followed"
+    except RuntimeError:
+        problem = "is a symbolic link loop"
+    except OSError as error:
+        loop = error.errno == errno.ELOOP
+        problem = "is a symbolic link loop" if loop else f"is a dangling link (to {os.readlink(entry)})"
+    return f"{entry} in the model folder {root} {problem}; fix or remove the link."
+
+
 def load_saved_model(path: str | Path, allow_ops: Iterable[str] = ()) -> LoadedModel:
-    """Read the model; refuse it (before anything could execute it) if it holds impure ops."""
+    """Read the model; refuse it (before anything could execute it) if loading or serving runs impure ops."""
     path = Path(path)
+    check_allow_ops_known(allow_ops)
+    refuse_outside_links(path)
     meta_graph = _read_meta_graph(path)
     signature = _serving_signature(meta_graph, path)
     inputs = {key: value.name for key, value in signature.inputs.items()}
@@ -91,6 +137,7 @@ def load_saved_model(path: str | Path, allow_ops: Iterable[str] = ()) -> LoadedM
             "export the classifier with run_classifier's predict outputs."
         )
     graph_def = meta_graph.graph_def
+    executed = refuse_unsafe_loading(meta_graph, [outputs["probabilities"]], inputs.values(), allow_ops)
     weights = _read_weights(path, graph_def)
     graph = _to_weight_placeholders(graph_def, weights, inputs, outputs)
     refuse_unsafe_ops(graph, allow_ops)
@@ -100,7 +147,7 @@ def load_saved_model(path: str | Path, allow_ops: Iterable[str] = ()) -> LoadedM
         outputs={"probabilities": outputs["probabilities"], "logits": logits},
     )
     shape = read_bert_shape(graph, path)
-    return LoadedModel(path, graph, shape, model_digest(path), inputs)
+    return LoadedModel(path, graph, shape, model_digest(path), inputs, meta_graph, executed)
 
 
 def _read_meta_graph(path: Path):
@@ -120,15 +167,62 @@ def _read_meta_graph(path: Path):
             f"{proto_file} is not a valid SavedModel protobuf ({error}); the file is truncated or "
             "corrupted: export the model again."
         ) from None
-    serving = [graph for graph in saved_model.meta_graphs if "serve" in graph.meta_info_def.tags]
-    if not serving:
-        raise ModelError(f"{path}: no meta graph is tagged 'serve'; export it for serving.")
-    if not serving[0].graph_def.node:
+    meta_graph = _pick_meta_graph(saved_model, path)
+    if not meta_graph.graph_def.node:
         raise ModelError(
             f"{path}: the 'serve' graph is empty. It looks like a TF2 object-based SavedModel; bertc "
             "reads the TF1 graph that google-research/bert exports (python -m bertc.export makes one)."
         )
-    return serving[0]
+    _check_graph_version(meta_graph.graph_def, path)
+    return meta_graph
+
+
+def _pick_meta_graph(saved_model, path: Path):
+    """The meta graph `tf.saved_model.load(path, tags=["serve"])` loads, which verify and bench run.
+
+    TensorFlow takes the first whose tag set is exactly {"serve"}; bertc reads that one, so what it
+    checks is what TensorFlow executes. A tag set that only contains "serve", or two graphs tagged
+    exactly "serve", would make the two disagree or depend on order: refused.
+    """
+    tag_sets = [sorted(graph.meta_info_def.tags) for graph in saved_model.meta_graphs]
+    exact = [graph for graph in saved_model.meta_graphs if set(graph.meta_info_def.tags) == {"serve"}]
+    if len(saved_model.meta_graphs) == 1 and saved_model.meta_graphs[0].HasField("object_graph_def"):
+        raise ModelError(
+            f"{path} is a TF2 object-based SavedModel: TensorFlow would load it by restoring its object "
+            "graph and running the functions it saved, which bertc does not check. bertc reads the TF1 "
+            "graph that google-research/bert exports (python -m bertc.export makes one from a checkpoint "
+            "or a Hugging Face folder)."
+        )
+    if not exact:
+        near = [tags for tags in tag_sets if "serve" in tags]
+        raise ModelError(
+            f"{path}: no meta graph is tagged exactly 'serve' (tag sets: {tag_sets or 'none'}). "
+            + ("TensorFlow's loader, which verify and bench use, loads only the graph tagged exactly "
+               "['serve'], so bertc would not check what runs; " if near else "")
+            + "export the serving graph with tags ['serve']."
+        )
+    if len(exact) > 1:
+        raise ModelError(
+            f"{path} holds {len(exact)} meta graphs tagged exactly 'serve' (tag sets: {tag_sets}); which one "
+            "TensorFlow loads depends on their order. Keep one serving graph."
+        )
+    return exact[0]
+
+
+def _check_graph_version(graph_def: GraphDef, path: Path) -> None:
+    """The GraphDef versions rule TensorFlow applies on import, as a clear error here, not a crash later."""
+    versions, ours = graph_def.versions, tf.version.GRAPH_DEF_VERSION
+    too_new = versions.min_consumer > ours or ours in versions.bad_consumers
+    too_old = versions.producer < tf.version.GRAPH_DEF_VERSION_MIN_PRODUCER
+    if too_new or too_old:
+        raise ModelError(
+            f"{path}: its graph (GraphDef producer {versions.producer}, min_consumer {versions.min_consumer}"
+            + (f", bad_consumers {list(versions.bad_consumers)}" if versions.bad_consumers else "")
+            + f") cannot be read by this TensorFlow {tf.version.VERSION} (GraphDef version {ours}, reads "
+            f"producers from {tf.version.GRAPH_DEF_VERSION_MIN_PRODUCER}): "
+            + ("install a newer TensorFlow or export the model with this one." if too_new
+               else "export the model again with a recent TensorFlow.")
+        )
 
 
 def _serving_signature(meta_graph, path: Path):
@@ -154,6 +248,7 @@ def _read_weights(path: Path, graph_def: GraphDef) -> dict[str, np.ndarray]:
             f"{path}/variables cannot be read as a checkpoint ({first_line(error)}); the variable "
             "files are missing, truncated or corrupted: export the model again."
         ) from None
+    shapes = {node.name: node.attr["shape"].shape for node in graph_def.node if node.op in VARIABLE_OPS}
     weights = {}
     for name in names:
         if name not in available:
@@ -167,13 +262,35 @@ def _read_weights(path: Path, graph_def: GraphDef) -> dict[str, np.ndarray]:
                 f"{path}/variables: reading {name} failed ({first_line(error)}); a variable shard is "
                 "missing or short: export the model again."
             ) from None
+        _check_weight(path, name, weights[name], shapes[name])
     return weights
+
+
+def _check_weight(path: Path, name: str, value: np.ndarray, graph_shape) -> None:
+    """The checkpoint's value must have the graph's shape and finite numbers: bad weights stop here, named."""
+    if not graph_shape.unknown_rank:
+        expected = [dim.size for dim in graph_shape.dim]
+        differs = any(want >= 0 and want != got for want, got in zip(expected, value.shape))
+        if len(expected) != value.ndim or differs:
+            raise ModelError(
+                f"{path}/variables: variable {name} has shape {list(value.shape)} in the checkpoint but "
+                f"{expected} in the graph; the checkpoint belongs to another model: export the model again."
+            )
+    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        bad = ~np.isfinite(value)
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ModelError(
+            f"{path}/variables: variable {name} holds {int(bad.sum())} NaN or Inf value(s) (the first at "
+            f"index {list(first)}: {value[first]}); a model with them serves NaN. Fix the training run or "
+            "the checkpoint, then export again."
+        )
 
 
 def _to_weight_placeholders(graph_def: GraphDef, weights, inputs, outputs) -> Graph:
     """Variables -> weight Placeholders, their reads -> Identity; keep only the model computation."""
     result = new_graph_def()
     result.versions.CopyFrom(graph_def.versions)
+    result.library.CopyFrom(graph_def.library)  # function calls stay callable (their bodies passed the check)
     for node in graph_def.node:
         if node.op in VARIABLE_OPS and node.name in weights:
             value = weights[node.name]

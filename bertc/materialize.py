@@ -45,6 +45,10 @@ def materialize(source: ModelInput, log: Callable[[str], None] = lambda message:
 
     if source.kind == "path":
         path = Path(source.path).expanduser()
+        if path.is_symlink() and not path.exists():  # a loop or a dangling link: say which
+            from bertc.load import refuse_outside_links
+
+            refuse_outside_links(path)
         if not path.exists():
             raise ModelError(f"model path {path} does not exist; give model.path=<a SavedModel folder>.")
         kind = detect_kind(path)

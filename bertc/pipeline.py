@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import shutil
 import tempfile
@@ -201,6 +202,9 @@ def load(run: Run, plan: Plan, source: Source):
             f"re-export with --seq-len {plan.shape.seq_len} (at most max_position_embeddings={shape.max_positions}) "
             "or leave shape.seq_len unset."
         )
+    from bertc.limits import check_before_running
+
+    run.record["input"]["bounds"] = check_before_running(plan, loaded)  # inputs, memory, static cost
     return loaded
 
 
@@ -291,12 +295,14 @@ def run_step(step, graph, done: list[str]) -> tuple[Any, dict]:
 
 
 def lower(run: Run, target, graph, options):
+    from bertc.limits import run_with_limit
     from bertc.targets.serving import warm_up
 
     with run.step(f"compile for target {options.name}", "compile"):
         start = time.perf_counter()
         module = target.lower(graph, options)
-        warm_up(module, options.batch_size, options.seq_len)
+        run_with_limit(functools.partial(warm_up, module, options.batch_size, options.seq_len),
+                       run.plan.limits.compile_s, "target.timeout_s", "the warm-up")
         seconds = time.perf_counter() - start
     run.record["target"] = {"name": options.name, "device": options.device, "compile_seconds": round(seconds, 3),
                             "boundaries": run.record.pop("boundaries", [])}
@@ -324,19 +330,26 @@ def save(run: Run, target, module, options) -> Path:
 
 
 def open_models(plan: Plan, original: Original, artifact: Path) -> dict | None:
-    """The original (TensorFlow's own loading of the user's folder) and the compiled model, for verify and bench."""
+    """The original (TensorFlow's own loading of the user's folder) and the compiled model, for verify and bench.
+    Loading runs the restore and init ops that passed the loader-path check, under the verify time limit."""
     if not (plan.verify.enabled or plan.bench.enabled):
         return None
-    from bertc.verify import CompiledModel, OriginalModel
+    from bertc.limits import run_with_limit
+    from bertc.verify import load_both
 
-    return {"original": OriginalModel(original.path, original.signature_inputs, original.outputs),
-            "compiled": CompiledModel(artifact)}
+    limit, key = (plan.limits.verify_s, "verify.timeout_s") if plan.verify.enabled else (plan.limits.bench_s,
+                                                                                        "bench.timeout_s")
+    loaded, compiled = run_with_limit(
+        functools.partial(load_both, original.path, original.signature_inputs, original.outputs, artifact),
+        limit, key, "loading the original and compiled models")
+    return {"original": loaded, "compiled": compiled}
 
 
 def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> bool:
     """Compiled against original on the same inputs; True when within the gate."""
     if not plan.verify.enabled:
         return True
+    from bertc.limits import run_with_limit
     from bertc.verify import compare, read_glue_tsv, synthetic_batches, tokenize_pairs
 
     settings = plan.verify
@@ -348,7 +361,9 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
                 raise ConfigError(f"verify.dataset needs the model's vocab.txt, and {original.path} has none.")
             pairs = read_glue_tsv(settings.dataset, settings.max_examples)
             batches += tokenize_pairs(pairs, vocab, original.seq_len, settings.batch_size)
-        parity = compare(models["original"], models["compiled"], batches, plan.gate, settings.tolerance)
+        parity = run_with_limit(
+            functools.partial(compare, models["original"], models["compiled"], batches, plan.gate, settings.tolerance),
+            plan.limits.verify_s, "verify.timeout_s", "verify")
     run.record["parity"] = parity
     run.say(f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "
             f"argmax agreement {parity['argmax_agreement']:.4f}")
@@ -359,11 +374,14 @@ def bench(run: Run, plan: Plan, original: Original, models: dict | None) -> None
     if not plan.bench.enabled:
         return
     from bertc.bench import benchmark
+    from bertc.limits import run_with_limit
 
     settings = plan.bench
     with run.step("benchmark original vs compiled", "bench"):
-        run.record["bench"] = benchmark(models, settings.batch_sizes, original.seq_len, original.vocab,
-                                        settings.rounds, settings.seconds, settings.warmup)
+        run.record["bench"] = run_with_limit(functools.partial(
+            benchmark, models, settings.batch_sizes, original.seq_len, original.vocab,
+            settings.rounds, settings.seconds, settings.warmup,
+        ), plan.limits.bench_s, "bench.timeout_s", "the benchmark")
 
 
 def publish(run: Run, artifact: Path, passed: bool) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from bertc.config import BenchConf, ModelInput, SecurityConf, ShapeConf, TargetConf, VerifyConf
 from bertc.errors import ConfigError
+from bertc.limits import RunLimits, run_limits  # value checks and time limits
 from bertc.passes import passes
 from bertc.schema import check_choice, from_config
 
@@ -45,6 +46,7 @@ class Plan:
     compute_dtype: str = "float32"  # the narrowest dtype the precision rules use
     gate: str = "fp32"  # which verify gate applies: that of the compute dtype
     keep_signature: bool = False  # removal.keep_signature: the served signature keeps the two training inputs
+    limits: RunLimits = dataclasses.field(default_factory=RunLimits)  # time limits: not fingerprinted
 
     @property
     def allow_ops(self) -> tuple[str, ...]:
@@ -57,7 +59,9 @@ class Plan:
         """Everything about the plan that can change the compiled model."""
         return {
             "steps": [{"name": step.name, "params": _plain(step.params)} for step in self.steps],
-            "target": {**_plain(self.target), **_plain(self.shape), "guard_inputs": self.security.guard_inputs,
+            # NOTE: the time limit never changes the artifact: it stays out of the fingerprint.
+            "target": {**{key: value for key, value in _plain(self.target).items() if key != "timeout_s"},
+                       **_plain(self.shape), "guard_inputs": self.security.guard_inputs,
                        "keep_signature": self.keep_signature},
         }
 
@@ -68,6 +72,7 @@ class Plan:
             "verify": _plain(self.verify),
             "bench": _plain(self.bench),
             "security": _plain(self.security),
+            "limits": _plain(self.limits),
         }
 
     def describe(self) -> list[str]:
@@ -167,6 +172,7 @@ def build_plan(cfg: Any) -> Plan:
         compute_dtype=compute_dtype,
         gate=PRECISION_GATES[compute_dtype],
         keep_signature=bool(cfg.removal.keep_signature),
+        limits=run_limits(cfg),  # tolerance, threads, boundaries, timeouts
     )
     _check_values(plan)
     return dataclasses.replace(plan, target=dataclasses.replace(plan.target, batch_sizes=tuple(sorted(set(plan.target.batch_sizes)))))

@@ -43,7 +43,11 @@ class RunFolderError(UserError):
 
 
 def _resolved(path: str | Path) -> Path:
-    return Path(os.path.abspath(Path(path).expanduser())).resolve()
+    absolute = Path(os.path.abspath(Path(path).expanduser()))
+    try:
+        return absolute.resolve()
+    except (RuntimeError, OSError):  # a link loop: the input's own check says so (bertc/load.py)
+        return absolute
 
 
 def check_outside_input(run_dir: str | Path, model_path: str | Path | None) -> None:

@@ -1,14 +1,30 @@
-"""A GraphDef -> the nodes whose op types may do more than compute (files, network, callbacks, I/O).
+"""A SavedModel's meta graph -> the nodes TensorFlow would execute loading and serving it; refused if impure.
 
-Checked before any part of an input graph is executed (verify and bench run it). Anything outside
-the allowlist of pure tensor ops is refused with the node names; `security.allow_ops` extends it.
+Checked before any part of an input model is executed (verify and bench load the user's folder with
+`tf.saved_model.load`, the reference they compare against). The check covers what that loader runs
+(`../shared/REFERENCE.md` section 10), not only the path from the serving inputs to the outputs:
+
+- the saver's restore op (`saver_def.restore_op_name`) and everything it needs, up to the filename
+  tensor TensorFlow feeds with `<model>/variables/variables`;
+- the init op: the `__saved_model_init_op` signature, else the `saved_model_main_op` or
+  `legacy_init_op` collection, and the default local init (the `table_initializer` collection and
+  the initialisers of `local_variables`), up to the asset tensors TensorFlow feeds;
+- the serving computation: everything `probabilities` needs, up to the signature's inputs;
+- the body of every function any of these call (`PartitionedCall`, a function used as an op, any
+  function-valued attribute), nested functions too.
+
+Every op must be a pure tensor op (PURE_OPS, or named in `security.allow_ops`). The one exception is
+the checkpoint machinery that restoring needs: `RestoreV2` (and the V1 `Restore`/`RestoreSlice`) only
+in the restore op and only reading the fed filename tensor, and `Assign`/`AssignVariableOp` only in
+the restore op and only storing a value that `RestoreV2` read. Saving ops (`SaveV2`,
+`MergeV2Checkpoints`, ...) are never run by loading and are refused wherever they would execute.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from bertc.errors import UserError
-from bertc.graph import Graph
+from bertc.errors import ConfigError, UserError
+from bertc.graph import Graph, GraphDef, NodeDef, ancestors, nodes_by_name, split_input
 
 # Pure tensor ops: arithmetic, shapes, casts, control-free indexing and the ops of BERT exporters.
 PURE_OPS = frozenset(
@@ -24,21 +40,222 @@ PURE_OPS = frozenset(
     Transpose Unpack VarHandleOp VariableV2 Where ZerosLike OnesLike _FusedMatMul Erfinv Rint Sinh Cosh
     """.split()
 )
+CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})  # checked by the body they call
+RESTORE_READ_OPS = frozenset({"RestoreV2", "Restore", "RestoreSlice"})
+RESTORE_ASSIGN_OPS = frozenset({"Assign", "AssignVariableOp"})
+PASS_THROUGH_OPS = ("Identity",)
+
+INIT_OP_SIGNATURE = "__saved_model_init_op"
+INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
+ASSETS_COLLECTION = "saved_model_assets"
+TABLE_INITIALIZERS = "table_initializer"
+LOCAL_VARIABLES = "local_variables"
 
 
 class UnsafeGraphError(UserError):
     pass
 
 
-def refuse_unsafe_ops(graph: Graph, allow_ops: Iterable[str] = ()) -> None:
-    allowed = PURE_OPS | set(allow_ops)
-    bad = [(node.name, node.op) for node in graph.graph_def.node if node.op not in allowed]
-    if bad:
-        listed = ", ".join(f"{name} ({op})" for name, op in bad[:8])
-        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
-        raise UnsafeGraphError(
-            f"the model's serving graph holds {len(bad)} op(s) that are not pure tensor computations: "
-            f"{listed}{more}. bertc will not execute a graph that could read or write files, reach the "
-            "network or call back into Python. If you know these ops are harmless in your graph, allow "
-            f"them with security.allow_ops=[{','.join(sorted({op for _, op in bad}))}]."
+def check_allow_ops_known(allow_ops: Iterable[str]) -> None:
+    """security.allow_ops names TensorFlow op types: an unknown name is a typo, not a grant."""
+    from tensorflow.python.framework import op_def_registry
+
+    unknown = sorted({op for op in allow_ops if op_def_registry.get(op) is None})
+    if unknown:
+        raise ConfigError(
+            f"security.allow_ops names {unknown}, which TensorFlow does not know as op types (check the "
+            "spelling: op types are CamelCase, e.g. ReadFile, PrintV2); remove or correct them."
         )
+
+
+def refuse_unsafe_ops(graph: Graph, allow_ops: Iterable[str] = ()) -> None:
+    """Every node of bertc's own graph (what the compiled model and its warm-up run) must be pure."""
+    allowed = PURE_OPS | set(allow_ops)
+    library = _functions(graph.graph_def)
+    bad = []
+    for node in graph.graph_def.node:
+        bad += _node_problems(node, allowed, library, where=None)
+    _refuse(bad, "the model's serving graph", allow_ops)
+
+
+def refuse_unsafe_loading(meta_graph, serving_outputs: Iterable[str], serving_inputs: Iterable[str],
+                          allow_ops: Iterable[str] = ()) -> dict[str, set[str]]:
+    """Check what `tf.saved_model.load` plus the serving call would execute; returns purpose -> node names."""
+    graph_def = meta_graph.graph_def
+    nodes = nodes_by_name(graph_def)
+    executed = loader_executed_nodes(meta_graph, serving_outputs, serving_inputs)
+    allowed = PURE_OPS | set(allow_ops)
+    library = _functions(graph_def)
+    saver = meta_graph.saver_def if meta_graph.HasField("saver_def") else None
+    filename = split_input(saver.filename_tensor_name)[0] if saver else None
+    bad = []
+    for purpose, names in executed.items():
+        # An assignment refused only because what it stores was refused comes after the cause.
+        for name in sorted(names, key=lambda name: (nodes[name].op in RESTORE_ASSIGN_OPS, name)):
+            node = nodes[name]
+            if purpose == "restore op" and _is_restore_machinery(node, nodes, filename):
+                continue
+            bad += _node_problems(node, allowed, library, where=purpose)
+    _refuse(bad, "loading the model", allow_ops)
+    return executed
+
+
+def loader_executed_nodes(meta_graph, serving_outputs: Iterable[str],
+                          serving_inputs: Iterable[str]) -> dict[str, set[str]]:
+    """The nodes TensorFlow's TF1 loader (load_v1_in_v2) and the pruned serving call run, by purpose."""
+    graph_def = meta_graph.graph_def
+    nodes = nodes_by_name(graph_def)
+
+    def node_named(reference: str, what: str) -> str:
+        name = split_input(reference)[0]
+        if name not in nodes:
+            raise UnsafeGraphError(
+                f"the model's {what} names {reference!r}, which is not a node of its graph; TensorFlow could "
+                "not load it as it stands. Export the model again."
+            )
+        return name
+
+    dangling = [(node.name, source) for node in graph_def.node for source in node.input
+                if split_input(source)[0] not in nodes]
+    if dangling:
+        raise UnsafeGraphError(
+            f"the model's graph is broken: node {dangling[0][0]} takes input {dangling[0][1]!r}, which is "
+            f"not a node of the graph ({len(dangling)} such input(s)); TensorFlow could not load it. Export "
+            "the model again."
+        )
+    executed: dict[str, set[str]] = {}
+    if meta_graph.HasField("saver_def"):
+        saver = meta_graph.saver_def
+        filename = node_named(saver.filename_tensor_name, "saver_def.filename_tensor_name")
+        restore = node_named(saver.restore_op_name, "saver_def.restore_op_name")
+        executed["restore op"] = ancestors(graph_def, [restore], stops=[filename]) - {filename}
+    assets = _asset_nodes(meta_graph, nodes)
+    init_roots: dict[str, list[str]] = {}
+    if INIT_OP_SIGNATURE in meta_graph.signature_def:
+        outputs = meta_graph.signature_def[INIT_OP_SIGNATURE].outputs
+        init_roots["init op (__saved_model_init_op)"] = [
+            node_named(info.name, "__saved_model_init_op signature") for info in outputs.values()
+        ]
+    for key in INIT_COLLECTIONS:
+        if key in meta_graph.collection_def:
+            names = meta_graph.collection_def[key].node_list.value
+            init_roots[f"init op ({key} collection)"] = [node_named(name, f"{key} collection")
+                                                         for name in names]
+    if TABLE_INITIALIZERS in meta_graph.collection_def:
+        init_roots["table initialiser"] = [
+            node_named(name, "table_initializer collection")
+            for name in meta_graph.collection_def[TABLE_INITIALIZERS].node_list.value
+        ]
+    if LOCAL_VARIABLES in meta_graph.collection_def:
+        from tensorflow.core.framework import variable_pb2
+
+        initializers = []
+        for data in meta_graph.collection_def[LOCAL_VARIABLES].bytes_list.value:
+            variable = variable_pb2.VariableDef()
+            variable.ParseFromString(data)
+            if variable.initializer_name:
+                initializers.append(node_named(variable.initializer_name, "local variable initialiser"))
+        init_roots["local variable initialiser"] = initializers
+    for purpose, roots in init_roots.items():
+        executed[purpose] = ancestors(graph_def, roots, stops=assets) - assets
+    inputs = {split_input(name)[0] for name in serving_inputs}
+    roots = [node_named(name, "serving signature") for name in serving_outputs]
+    executed["serving computation"] = ancestors(graph_def, roots, stops=inputs) - inputs
+    return executed
+
+
+def loader_fed_nodes(meta_graph) -> set[str]:
+    """The nodes TensorFlow's loader feeds (the checkpoint filename, asset paths): not executed."""
+    nodes = nodes_by_name(meta_graph.graph_def)
+    fed = _asset_nodes(meta_graph, nodes)
+    if meta_graph.HasField("saver_def"):
+        fed.add(split_input(meta_graph.saver_def.filename_tensor_name)[0])
+    return fed
+
+
+def _asset_nodes(meta_graph, nodes: Mapping[str, NodeDef]) -> set[str]:
+    """The tensors the loader feeds with asset paths: they are not computed, so not executed."""
+    names = [asset.tensor_info.name for asset in meta_graph.asset_file_def]
+    if not names and ASSETS_COLLECTION in meta_graph.collection_def:
+        from tensorflow.core.protobuf import meta_graph_pb2
+
+        for packed in meta_graph.collection_def[ASSETS_COLLECTION].any_list.value:
+            asset = meta_graph_pb2.AssetFileDef()
+            packed.Unpack(asset)
+            names.append(asset.tensor_info.name)
+    return {split_input(name)[0] for name in names if split_input(name)[0] in nodes}
+
+
+def _through_identity(nodes: Mapping[str, NodeDef], reference: str) -> tuple[NodeDef | None, int]:
+    name, index, _ = split_input(reference)
+    node = nodes.get(name)
+    while node is not None and node.op in PASS_THROUGH_OPS and node.input:
+        name, index, _ = split_input(node.input[0])
+        node = nodes.get(name)
+    return node, index
+
+
+def _is_restore_machinery(node: NodeDef, nodes: Mapping[str, NodeDef], filename: str | None) -> bool:
+    """RestoreV2 reading the fed filename, or an assignment of what RestoreV2 read: what restoring needs."""
+    if node.op in RESTORE_READ_OPS:
+        return bool(node.input) and split_input(node.input[0])[0] == filename
+    if node.op in RESTORE_ASSIGN_OPS and len(node.input) >= 2:
+        source, _ = _through_identity(nodes, node.input[1])
+        target, _ = _through_identity(nodes, node.input[0])
+        return (
+            source is not None and source.op in RESTORE_READ_OPS
+            and _is_restore_machinery(source, nodes, filename)
+            and target is not None and target.op in ("VariableV2", "VarHandleOp")
+        )
+    return False
+
+
+def _functions(graph_def: GraphDef) -> dict:
+    return {function.signature.name: function for function in graph_def.library.function}
+
+
+def _called_functions(node: NodeDef, library: Mapping) -> list[str]:
+    """Library functions a node runs: its op itself, or any function-valued attribute (f, body, branches)."""
+    called = [node.op] if node.op in library else []
+    for value in node.attr.values():
+        if value.HasField("func"):
+            called.append(value.func.name)
+        called += [function.name for function in value.list.func]
+    return called
+
+
+def _node_problems(node: NodeDef, allowed: frozenset | set, library: Mapping, where: str | None,
+                   via: tuple[str, ...] = (), caller: str | None = None) -> list[str]:
+    """One line per impure op in `node` or in a function it calls (naming the functions and the caller)."""
+    called = _called_functions(node, library)
+    chain = "".join(f" in function {name}" for name in reversed(via))
+    chain += f", called by node {caller}" if caller else ""
+    context = f", in the {where}" if where else ""  # no square brackets: the console reads them as markup
+    problems = []
+    if node.op not in allowed and node.op not in CALL_OPS and node.op not in library:
+        problems.append(f"{node.name} ({node.op}){chain}{context}")
+    for name in called:
+        if name in via:
+            continue  # recursion: the body was checked at its first visit
+        if name not in library:
+            problems.append(
+                f"{node.name} ({node.op}) calls {name}, not in the graph's function library{chain}{context}")
+            continue
+        for inner in library[name].node_def:
+            problems += _node_problems(inner, allowed, library, where, via + (name,), caller or node.name)
+    return problems
+
+
+def _refuse(bad: list[str], what: str, allow_ops: Iterable[str]) -> None:
+    if not bad:
+        return
+    bad = list(dict.fromkeys(bad))
+    listed = ", ".join(bad[:8])
+    more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+    ops = sorted({line.split("(", 1)[1].split(")", 1)[0] for line in bad if "(" in line})
+    raise UnsafeGraphError(
+        f"{what} would execute {len(bad)} op(s) that are not pure tensor computations: {listed}{more}. "
+        "bertc will not execute a graph that could read or write files, reach the network or call back "
+        "into Python, neither when it loads the model (restore, init ops) nor when it runs it. If you "
+        f"know these ops are harmless in your graph, allow them with security.allow_ops=[{','.join(ops)}]."
+    )

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bertc.batches import Batch, synthetic_batches
-from bertc.errors import UserError
+from bertc.errors import ModelError, UserError
 
 # Max |probability difference| per precision, set from the largest difference measured over the
 # 408 MRPC dev pairs + 32 synthetic rows (2-core CPU, TF 2.21, target tf unless said):
@@ -77,8 +77,7 @@ def read_glue_tsv(path: str | Path, max_examples: int | None = None) -> list[Pai
     layout) means the file has no labels; otherwise every row has a label or none does.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"verify.dataset={path} does not exist; give a GLUE-format TSV (MRPC layout).")
+    _check_readable_file(path)
     if max_examples is not None and max_examples < 1:
         raise UserError(f"verify.max_examples={max_examples}: give a positive number, or null for the whole file.")
     # NOTE: not str.splitlines(): it also breaks at \x0b, \x1c-\x1e, \x85 and \u2028, which can sit in a sentence.
@@ -113,6 +112,38 @@ def read_glue_tsv(path: str | Path, max_examples: int | None = None) -> list[Pai
     if not pairs:
         raise UserError(f"{path} has a header but no examples.")
     return pairs
+
+
+def _check_readable_file(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"verify.dataset={path} does not exist; give a GLUE-format TSV (MRPC layout).")
+    if path.is_dir():
+        raise UserError(f"verify.dataset={path} is a folder; give the TSV file in it (e.g. {path}/dev.tsv).")
+    try:
+        with open(path, "rb") as stream:
+            stream.read(1)
+    except OSError as error:
+        raise UserError(
+            f"verify.dataset={path} cannot be read ({error.strerror or error}); check its permissions."
+        ) from None
+
+
+def check_verify_inputs(verify, model_path: Path, vocab_rows: int) -> None:
+    """Before compiling: the dataset is a readable file, and the model's vocab.txt fits its embeddings."""
+    if not verify.dataset:
+        return
+    _check_readable_file(Path(verify.dataset))
+    vocab = Path(model_path) / "vocab.txt"
+    if not vocab.is_file():
+        raise UserError(f"verify.dataset needs the model's vocab.txt, and {model_path} has none.")
+    data = vocab.read_bytes()
+    tokens = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    if tokens > vocab_rows:
+        raise ModelError(
+            f"{vocab} has {tokens} tokens but the model's word-embedding table has {vocab_rows} rows: ids "
+            f"from {vocab_rows} up would index past the table. The vocab.txt belongs to another model; use "
+            "the one the model was trained with."
+        )
 
 
 def _vocab_is_cased(vocab_file: Path) -> bool:
@@ -207,6 +238,12 @@ class CompiledModel:
         ignored = {key: tf.zeros([len(feeds["input_ids"])], tf.int32) for key in self._ignored}
         outputs = self._function(**{key: tf.constant(value) for key, value in feeds.items()}, **ignored)
         return {key: value.numpy() for key, value in outputs.items()}
+
+
+def load_both(original: Path, signature_inputs: Mapping[str, str], outputs: Mapping[str, str],
+              compiled: Path) -> tuple[OriginalModel, CompiledModel]:
+    """The input (TensorFlow runs its restore and init ops here) and the compiled model, loaded."""
+    return OriginalModel(original, signature_inputs, outputs), CompiledModel(compiled)
 
 
 LISTED_DISAGREEMENTS = 20  # report.json lists at most this many, confident ones first
