@@ -32,6 +32,12 @@ class MaskConf:
 
 
 @dataclasses.dataclass
+class LengthConf:
+    mode: str = "full"  # full | trim | buckets
+    sizes: List[int] = dataclasses.field(default_factory=lambda: [32, 64, 96, 128])  # buckets only
+
+
+@dataclasses.dataclass
 class RuleConf:
     scope: str = "*"
     ops: List[str] = dataclasses.field(default_factory=list)
@@ -100,6 +106,7 @@ class Config:
     model: ModelConf = dataclasses.field(default_factory=ModelConf)
     removal: RemovalConf = dataclasses.field(default_factory=RemovalConf)
     mask: MaskConf = dataclasses.field(default_factory=MaskConf)
+    length: LengthConf = dataclasses.field(default_factory=LengthConf)
     precision: PrecisionConf = dataclasses.field(default_factory=PrecisionConf)
     partition: PartitionConf = dataclasses.field(default_factory=PartitionConf)
     target: TargetConf = dataclasses.field(default_factory=TargetConf)
@@ -115,7 +122,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for group, node in (
-        ("model", ModelConf), ("removal", RemovalConf), ("mask", MaskConf), ("precision", PrecisionConf),
+        ("model", ModelConf), ("removal", RemovalConf), ("mask", MaskConf), ("length", LengthConf), ("precision", PrecisionConf),
         ("partition", PartitionConf), ("target", TargetConf), ("verify", VerifyConf), ("bench", BenchConf),
     ):
         store.store(group=group, name=f"base_{group}", node=node)

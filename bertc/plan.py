@@ -16,13 +16,17 @@ from importlib import metadata
 from typing import Any
 
 from bertc.errors import ConfigError
-from bertc.passes import MaskParams, PartitionParams, PrecisionParams, PrecisionRule, RemovalParams
+from bertc.lengths import length_params
+from bertc.passes import LengthParams, MaskParams, PartitionParams, PrecisionParams, PrecisionRule, RemovalParams
 
 STEP_ORDER: tuple[tuple[str, str], ...] = (
     # NOTE: removal first: later steps match structure without Identity reads and asserts in the way.
     ("removal", "remove_training_ops"),
     # NOTE: mask before precision: one shared bias then needs one cast, not one per layer.
     ("mask", "rewrite_attention_mask"),
+    # NOTE: length after mask: the shared bias's [-1,1,1,S] reshape exists and follows the cut; before
+    # partition: the length computation and the cut land in the host part, boundaries carry [B, L, H].
+    ("length", "trim_sequence_length"),
     # NOTE: precision before partition: the boundary tensors carry their final dtypes.
     ("precision", "apply_precision_map"),
     # NOTE: partition last: it places the nodes every earlier step made.
@@ -267,4 +271,6 @@ def _step_params(cfg: Any, group: str, narrowest: str) -> Any:
         if mode == "none":
             return None
         return PartitionParams(tuple(cfg.partition.boundaries), cfg.partition.host_device)
+    if group == "length":
+        return length_params(cfg)
     raise AssertionError(group)

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from bertc.artifact import DIGEST_NOTE, artifact_digest
 from bertc.errors import ConfigError, UserError
+from bertc.lengths import length_record, record_lengths_ran
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
 
@@ -240,7 +241,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
         module = target_module.compile(graph, plan.target, seq_len, host_device=host_device, precision=plan.precision, input_limits=limits)
         from bertc.targets.serving import save_compiled, warm_up
 
-        warm_up(module, plan.target.batch_size, seq_len)
+        warmed = warm_up(module, plan.target.batch_size, seq_len)  # {bucket: first-call seconds} under length=
         compile_seconds = time.perf_counter() - start
         try:
             save_compiled(module, artifact)
@@ -261,6 +262,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     del loaded, graph, result
     run.record["target"] = {"name": plan.target.name, "device": plan.target.device, "compile_seconds": round(compile_seconds, 3), "boundaries": boundaries}
     run.record["artifact"] = {"digest": artifact_digest(artifact), "note": ARTIFACT_FILES_NOTE}
+    run.record.update(length_record(plan, warmed))  # length step: {"length": {mode, buckets, compile_seconds}}
 
     passed = True
     original = compiled = None
@@ -282,6 +284,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
                 pairs = read_glue_tsv(verify.dataset, verify.max_examples)
                 batches += tokenize_pairs(pairs, vocab, seq_len, verify.batch_size)
             parity = compare(original, compiled, batches, verify.precision, verify.tolerance)
+            record_lengths_ran(run.record, compiled, batches)  # length step: which widths verify ran
         run.record["parity"] = parity
         passed = parity["passed"]
         run.say(f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "

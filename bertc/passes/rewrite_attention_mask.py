@@ -30,6 +30,7 @@ from bertc.graph import (
     prune_to_outputs,
     split_input,
 )
+from bertc.passes.trim_sequence_length import SCOPE as LENGTH_SCOPE
 
 SCOPE = "bertc/attention_bias"
 SHAPE_ONLY_OPS = ("Shape", "ShapeN", "Size", "Rank")
@@ -114,7 +115,7 @@ def _check_mask_side(nodes, start: str, mask_input: str) -> None:
     stack, seen = [start], set()
     while stack:
         name = stack.pop()
-        if name in seen or name == mask_input:
+        if name in seen or name == mask_input or name.startswith(LENGTH_SCOPE + "/"):  # length=: the cut mask
             continue
         seen.add(name)
         node = nodes[name]
