@@ -17,7 +17,7 @@ from typing import Any
 
 from bertc.errors import ConfigError
 from bertc.lengths import length_params
-from bertc.passes import LengthParams, MaskParams, PartitionParams, PrecisionParams, PrecisionRule, RemovalParams
+from bertc.passes import MaskParams, PartitionParams, PrecisionParams, PrecisionRule, RemovalParams
 
 STEP_ORDER: tuple[tuple[str, str], ...] = (
     # NOTE: removal first: later steps match structure without Identity reads and asserts in the way.

@@ -9,7 +9,7 @@ cut width instead. A mask that is not right-padded 0/1 with at least one real to
 after a 0, an all-padding row, other values) makes L = S, so such a batch runs exactly as before.
 
     input_mask --> ok? (binary, right-padded, row 0 real) --+
-              \--> max(row sums) -> [bucket] --------------> length = ok ? L : S
+              +--> max(row sums) -> [bucket] --------------> length = ok ? L : S
     input_ids/input_mask/segment_ids --Slice[:, :length]--> bertc/length/<input> --> the model
     Shape(bertc/length/input_mask)[1] = bertc/length/seq --> every former S in a shape
 
