@@ -144,7 +144,13 @@ def _already_applied(graph: Graph, nodes, sizes: tuple[int, ...]) -> PassResult:
 def _refuse_ambiguous_length(graph: Graph, seq_len: int) -> None:
     """S must differ from every other dimension that shapes carry, or a constant S could mean either."""
     nodes = nodes_by_name(graph.graph_def)
-    tables = {split_input(node.input[0])[0] for node in graph.graph_def.node if node.op in ("GatherV2", "Slice")}
+    tables = set()
+    for node in graph.graph_def.node:
+        if node.op in ("GatherV2", "Slice"):
+            table = nodes[split_input(node.input[0])[0]]
+            while table.op == "Identity":  # a training export reads weights through Identity
+                table = nodes[split_input(table.input[0])[0]]
+            tables.add(table.name)
     dims = {int(graph.weights[name].shape[-1]) for name in tables if name in graph.weights}  # the hidden size
     for node in graph.graph_def.node:
         if node.op == "Reshape":
