@@ -175,7 +175,7 @@ def branch_input_widths(module) -> list[int]:
     return widths
 
 
-@pytest.mark.parametrize("partition", ["none", "cpu_embed"])
+@pytest.mark.parametrize("partition", ["none", pytest.param("cpu_embed", marks=pytest.mark.slow)])
 def test_xla_buckets_one_function_per_bucket_used_for_its_lengths(loaded, masked, partition):
     graph = trim_sequence_length(masked, LengthParams("buckets", SIZES)).graph
     if partition == "cpu_embed":
