@@ -5,6 +5,7 @@ MRPC dev pairs average 53 tokens at sequence length 128. `length_mix` gives batc
 realistic mix of real lengths, from a GLUE TSV when one is given, otherwise seeded synthetic
 lengths with MRPC's distribution (mean 53, p90 70, max 86), capped at the model's length.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,7 +32,9 @@ def length_params(cfg: Any) -> LengthParams | None:
     if length is None or length.mode == "full":
         return None
     if length.mode not in MODES:
-        raise ConfigError(f"length.mode={length.mode!r} is not valid; choose one of: full, {', '.join(MODES)}.")
+        raise ConfigError(
+            f"length.mode={length.mode!r} is not valid; choose one of: full, {', '.join(MODES)}."
+        )
     sizes = tuple(int(size) for size in length.sizes)
     if length.mode == "buckets" and (not sizes or min(sizes) < 1):
         raise ConfigError(f"length.sizes={list(sizes)} needs at least one size, each >= 1.")
@@ -39,7 +42,8 @@ def length_params(cfg: Any) -> LengthParams | None:
     if length.mode == "trim" and target in STATIC_SHAPE_TARGETS:
         raise ConfigError(
             f"length=trim needs a target with dynamic shapes, and target={target} compiles static shapes "
-            "(one compile per distinct length). Use length=buckets (one compiled function per bucket) or target=tf."
+            "(one compile per distinct length). Use length=buckets (one compiled function per bucket) "
+            "or target=tf."
         )
     if length.mode == "buckets" and target in STATIC_SHAPE_TARGETS and target not in BUCKET_TARGETS:
         raise ConfigError(
@@ -51,7 +55,7 @@ def length_params(cfg: Any) -> LengthParams | None:
 
 def mrpc_like_lengths(count: int, seq_len: int, seed: int) -> np.ndarray:
     """`count` real lengths drawn from MRPC's distribution, capped at seq_len (and at least 4)."""
-    probabilities, tokens = zip(*MRPC_QUANTILES)
+    probabilities, tokens = zip(*MRPC_QUANTILES, strict=True)
     draws = np.random.default_rng(seed).random(count)
     return np.clip(np.rint(np.interp(draws, probabilities, tokens)), 4, seq_len).astype(np.int64)
 
@@ -64,15 +68,23 @@ def synthetic_feeds(lengths: np.ndarray, seq_len: int, vocab: int, seed: int) ->
     mask = np.zeros_like(ids)
     segments = np.zeros_like(ids)
     for row, length in enumerate(lengths):
-        ids[row, :length] = rng.integers(1000, vocab, length) if vocab > 1000 else rng.integers(1, vocab, length)
+        ids[row, :length] = (
+            rng.integers(1000, vocab, length) if vocab > 1000 else rng.integers(1, vocab, length)
+        )
         mask[row, :length] = 1
-        segments[row, length // 2:length] = 1
+        segments[row, length // 2 : length] = 1
     return {"input_ids": ids, "input_mask": mask, "segment_ids": segments}
 
 
 def length_mix(
-    seq_len: int, vocab: int, batch_size: int, *, tsv: str | Path | None = None, vocab_file: str | Path | None = None,
-    batches: int = 16, seed: int = 0,
+    seq_len: int,
+    vocab: int,
+    batch_size: int,
+    *,
+    tsv: str | Path | None = None,
+    vocab_file: str | Path | None = None,
+    batches: int = 16,
+    seed: int = 0,
 ) -> tuple[list[dict[str, np.ndarray]], str]:
     """(batches of `batch_size` in file order, a description of the source) with real lengths.
 
@@ -86,10 +98,12 @@ def length_mix(
             raise ConfigError(f"a length mix from {tsv} needs the model's vocab.txt (got {vocab_file}).")
         pairs = read_glue_tsv(tsv, batches * batch_size)
         tokenized = tokenize_pairs(pairs, vocab_file, seq_len, batch_size)
-        return [batch.feeds() for batch in tokenized[:batches]], f"{Path(tsv).name} ({len(pairs)} pairs, file order)"
+        return [
+            batch.feeds() for batch in tokenized[:batches]
+        ], f"{Path(tsv).name} ({len(pairs)} pairs, file order)"
     lengths = mrpc_like_lengths(batches * batch_size, seq_len, seed)
     feeds = [
-        synthetic_feeds(lengths[start:start + batch_size], seq_len, vocab, seed + start)
+        synthetic_feeds(lengths[start : start + batch_size], seq_len, vocab, seed + start)
         for start in range(0, len(lengths), batch_size)
     ]
     return feeds, f"synthetic MRPC-like lengths (seed {seed}, mean {lengths.mean():.0f}, max {lengths.max()})"
@@ -101,6 +115,7 @@ def real_lengths(feeds: dict[str, np.ndarray]) -> np.ndarray:
 
 # ---- what the run reports (report.json "length") -----------------------------------------------
 
+
 def length_record(plan: Any, warmed: dict[str, float] | None) -> dict:
     """{"length": {mode, buckets, compile_seconds by bucket}} for a plan with the length step, else {}."""
     step = next((step for step in plan.steps if step.group == "length"), None)
@@ -108,7 +123,9 @@ def length_record(plan: Any, warmed: dict[str, float] | None) -> dict:
         return {}
     entry: dict = {"mode": step.params.mode}
     if warmed:
-        entry["buckets" if step.params.mode == "buckets" else "warmed_lengths"] = [int(size) for size in warmed]
+        entry["buckets" if step.params.mode == "buckets" else "warmed_lengths"] = [
+            int(size) for size in warmed
+        ]
         entry["compile_seconds"] = dict(warmed)
     return {"length": entry}
 

@@ -9,7 +9,10 @@ confident_disagreements, disagreements [{index, source, line (dataset rows), ori
 margin, confident}] (at most 20, confident first), nonfinite_outputs, by_source {synthetic,
 dataset: the same figures per source}, accuracy {examples, original, compiled} when the dataset
 has labels}, bench {original, compiled: {throughput by batch size, latency_ms {p50, p90, p99} at
-batch 1}, speedup, speedup_batch, latency_ratio_p50, peak_rss_mb}. A key whose part did not run is
+batch 1}, speedup, speedup_batch, latency_ratio_p50, peak_rss_mb, lengths {source, mean_longest_row,
+original, compiled, speedup, latency_ratio_p50: the same on batches of real lengths}}, length {mode,
+buckets (length=buckets) or warmed_lengths, compile_seconds by bucket (first call, XLA compile
+included), ran {width: verify batches run at it}} (length=trim|buckets). A key whose part did not run is
 absent. NaN and infinity, which JSON lacks, are written as null.
 """
 from __future__ import annotations

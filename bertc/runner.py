@@ -290,7 +290,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
         run.say(f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "
                 f"argmax agreement {parity['argmax_agreement']:.4f}")
     if plan.bench.enabled:
-        from bertc.bench import benchmark
+        from bertc.bench import benchmark, benchmark_lengths
 
         bench = plan.bench
         with run.step("benchmark original vs compiled", "bench"):
@@ -298,6 +298,11 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
                 {"original": original, "compiled": compiled}, bench.batch_sizes, seq_len, shape.vocab,
                 bench.rounds, bench.seconds, bench.warmup,
             )
+            # Real lengths too (issue 15): verify.dataset's pairs with the model's vocab, else MRPC-like lengths.
+            vocab_file = input_path / "vocab.txt" if plan.verify.dataset and (input_path / "vocab.txt").is_file() else None
+            run.record["bench"]["lengths"] = benchmark_lengths(
+                {"original": original, "compiled": compiled}, bench.batch_sizes, seq_len, shape.vocab, bench.rounds,
+                bench.seconds, bench.warmup, plan.verify.dataset if vocab_file else None, vocab_file)
     del original, compiled
 
     final = run.run_dir / ("model" if passed else "rejected")

@@ -1,5 +1,6 @@
 """length=trim|buckets: the cut graph matches the original on padded batches of mixed lengths, falls back
 to the full length for masks that are not right-padded, and target=xla runs each bucket's own function."""
+
 from __future__ import annotations
 
 import copy
@@ -7,6 +8,8 @@ import copy
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_compile import compile_tiny, compose_config
+from test_passes import mixed
 
 from bertc.errors import ConfigError
 from bertc.graph import GraphError, check_graph, op_delta, op_histogram, run_graph
@@ -18,7 +21,6 @@ from bertc.passes.partition_graph import partition_graph
 from bertc.passes.remove_training_ops import remove_training_ops
 from bertc.passes.rewrite_attention_mask import rewrite_attention_mask
 from bertc.passes.trim_sequence_length import (
-    BUCKET_INDEX,
     LENGTH,
     LengthParams,
     bucket_sizes,
@@ -27,8 +29,6 @@ from bertc.passes.trim_sequence_length import (
     trim_sequence_length,
 )
 from bertc.targets.serving import CompiledBert, Placement, warm_up
-from test_compile import compile_tiny, compose_config
-from test_passes import mixed
 
 SIZES = (32, 64, 96, 128)
 # Rows of each batch: real lengths spanning every bucket, plus a batch whose rows all fit the smallest.
@@ -47,7 +47,9 @@ def masked(loaded):
 
 
 def mixed_batches(vocab: int) -> list[dict[str, np.ndarray]]:
-    return [synthetic_feeds(np.array(lengths), 128, vocab, seed) for seed, lengths in enumerate(MIXED_LENGTHS)]
+    return [
+        synthetic_feeds(np.array(lengths), 128, vocab, seed) for seed, lengths in enumerate(MIXED_LENGTHS)
+    ]
 
 
 def not_right_padded(vocab: int) -> dict[str, np.ndarray]:
@@ -94,7 +96,9 @@ def test_op_delta_and_what_was_rewired(loaded, masked):
     names = {node.name for node in result.graph.graph_def.node}
     assert {cut_name(key) for key in ("input_ids", "input_mask", "segment_ids")} <= names
     # Nothing but the length computation and the cuts reads the serving inputs any more.
-    readers = {node.name for node in result.graph.graph_def.node for ref in node.input if ref in result.graph.inputs}
+    readers = {
+        node.name for node in result.graph.graph_def.node for ref in node.input if ref in result.graph.inputs
+    }
     assert all(name.startswith("bertc/length/") for name in readers), readers
 
 
@@ -130,7 +134,9 @@ def test_mask_original_ones_fill_follows_the_cut(loaded):
     feeds = mixed_batches(loaded.shape.vocab)[1]
     outputs = run_graph(with_length(result.graph), feeds)
     assert int(outputs["length"]) == 64
-    np.testing.assert_allclose(outputs["probabilities"], run_graph(loaded.graph, feeds)["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(
+        outputs["probabilities"], run_graph(loaded.graph, feeds)["probabilities"], atol=1e-5
+    )
 
 
 def test_sequence_length_equal_to_the_hidden_size_is_refused(tmp_path):
@@ -150,11 +156,16 @@ def test_partition_and_mixed_precision_after_the_cut(loaded, masked):
     length_part, body = split_length(parted)
     assert length_part is not None and set(body.inputs) == {"input_ids", "input_mask", "segment_ids"}
     for feeds in mixed_batches(loaded.shape.vocab)[:3]:
-        np.testing.assert_allclose(run_graph(parted, feeds)["probabilities"],
-                                   run_graph(loaded.graph, feeds)["probabilities"], atol=5e-3, rtol=0)
+        np.testing.assert_allclose(
+            run_graph(parted, feeds)["probabilities"],
+            run_graph(loaded.graph, feeds)["probabilities"],
+            atol=5e-3,
+            rtol=0,
+        )
 
 
 # ---- targets -----------------------------------------------------------------------------------
+
 
 def serve(module, feeds):
     return module.serve(feeds["input_ids"], feeds["input_mask"], feeds["segment_ids"])
@@ -167,8 +178,12 @@ def branch_input_widths(module) -> list[int]:
     widths = []
     for branch in case.get_attr("branches"):
         graph = concrete.graph._functions[branch.name].graph  # noqa: SLF001 - the branch FuncGraphs
-        calls = [op for op in graph.get_operations() if op.type in ("StatefulPartitionedCall", "PartitionedCall")
-                 and op.node_def.attr["_XlaMustCompile"].b]
+        calls = [
+            op
+            for op in graph.get_operations()
+            if op.type in ("StatefulPartitionedCall", "PartitionedCall")
+            and op.node_def.attr["_XlaMustCompile"].b
+        ]
         assert len(calls) == 1, branch.name
         # input_ids [B, L], or with cpu_embed the embedding output [B, L, H]: dim 1 is the width.
         widths.append({tensor.shape[1] for tensor in calls[0].inputs if tensor.shape.rank in (2, 3)}.pop())
@@ -189,29 +204,41 @@ def test_xla_buckets_one_function_per_bucket_used_for_its_lengths(loaded, masked
         right_padded = not np.any(np.diff(feeds["input_mask"], axis=1) > 0)
         width = expected_length(feeds["input_mask"], SIZES) if right_padded else 128
         assert int(lengths["length"]) == width and SIZES[int(lengths["bucket_index"])] == width
-        np.testing.assert_allclose(serve(module, feeds)["probabilities"],
-                                   run_graph(loaded.graph, feeds)["probabilities"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            serve(module, feeds)["probabilities"],
+            run_graph(loaded.graph, feeds)["probabilities"],
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_tf_trim_serves_mixed_lengths(loaded, masked):
     module = CompiledBert(trim_sequence_length(masked, LengthParams("trim")).graph, 128, Placement())
     for feeds in mixed_batches(loaded.shape.vocab):
         assert int(module.length.lengths(feeds["input_mask"])["length"]) == feeds["input_mask"].sum(1).max()
-        np.testing.assert_allclose(serve(module, feeds)["probabilities"],
-                                   run_graph(loaded.graph, feeds)["probabilities"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            serve(module, feeds)["probabilities"],
+            run_graph(loaded.graph, feeds)["probabilities"],
+            atol=1e-5,
+            rtol=0,
+        )
     assert not module.length.dispatch  # dynamic shapes: the graph's own cut, no switch
 
 
 # ---- config and the runner ---------------------------------------------------------------------
 
+
 def test_config_group_and_target_checks():
     assert length_params(compose_config([])) is None  # the default: full
     assert length_params(compose_config(["length=trim"])) == LengthParams("trim", ())
-    assert length_params(compose_config(["length=buckets", "target=xla", "length.sizes=[16,64]"])) == \
-        LengthParams("buckets", (16, 64))
-    for overrides, message in ((["length=trim", "target=xla"], "dynamic shapes"),
-                               (["length=buckets", "target=stablehlo"], "not implemented"),
-                               (["length=buckets", "length.sizes=[]"], "at least one size")):
+    assert length_params(
+        compose_config(["length=buckets", "target=xla", "length.sizes=[16,64]"])
+    ) == LengthParams("buckets", (16, 64))
+    for overrides, message in (
+        (["length=trim", "target=xla"], "dynamic shapes"),
+        (["length=buckets", "target=stablehlo"], "not implemented"),
+        (["length=buckets", "length.sizes=[]"], "at least one size"),
+    ):
         with pytest.raises(ConfigError, match=message):
             length_params(compose_config(overrides))
 

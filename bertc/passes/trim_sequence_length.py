@@ -16,6 +16,7 @@ after a 0, an all-padding row, other values) makes L = S, so such a batch runs e
 Padded positions get a -10000 bias before the softmax, so exp underflows to exactly 0 in float32:
 cutting them changes nothing `[CLS]` sees beyond matmul round-off.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,7 +80,9 @@ def is_length_polymorphic(graph: Graph) -> bool:
 
 def trim_sequence_length(graph: Graph, params: LengthParams) -> PassResult:
     if params.mode not in MODES:
-        raise ConfigError(f"length mode {params.mode!r} is not valid; choose one of: full, {', '.join(MODES)}.")
+        raise ConfigError(
+            f"length mode {params.mode!r} is not valid; choose one of: full, {', '.join(MODES)}."
+        )
     if params.mode == "buckets" and (not params.sizes or min(params.sizes) < 1):
         raise ConfigError(f"length.sizes={list(params.sizes)} needs at least one size, each >= 1.")
     for key in ("input_ids", "input_mask", "segment_ids"):
@@ -132,8 +135,11 @@ def _already_applied(graph: Graph, nodes, sizes: tuple[int, ...]) -> PassResult:
             f"it cannot be cut again to {list(sizes) or 'trim'}. Run the length step once."
         )
     rewired = sum(
-        1 for node in graph.graph_def.node if not node.name.startswith(SCOPE + "/")
-        for ref in data_inputs(node) if ref == SEQ or ref.startswith((f"{SCOPE}/shapes/", f"{SCOPE}/seq_of/"))
+        1
+        for node in graph.graph_def.node
+        if not node.name.startswith(SCOPE + "/")
+        for ref in data_inputs(node)
+        if ref == SEQ or ref.startswith((f"{SCOPE}/shapes/", f"{SCOPE}/seq_of/"))
     )
     matches = {"sequence_constants": rewired, "inputs_cut": len(graph.inputs)}
     if sizes:
@@ -166,7 +172,7 @@ def _refuse_ambiguous_length(graph: Graph, seq_len: int) -> None:
 
 
 def _shape_elements(nodes, shape: NodeDef) -> list[int | None]:
-    """A shape operand's elements where constant (None where computed); [] when it is neither Const nor Pack."""
+    """A shape operand's constant elements (None where computed); [] when it is neither Const nor Pack."""
     if shape.op == "Const":
         value = const_value(shape)
         return [int(v) for v in value.ravel()] if value.ndim == 1 else []
@@ -175,7 +181,9 @@ def _shape_elements(nodes, shape: NodeDef) -> list[int | None]:
     elements: list[int | None] = []
     for ref in data_inputs(shape):
         element = nodes[split_input(ref)[0]]
-        elements.append(int(const_value(element)) if element.op == "Const" and const_value(element).ndim == 0 else None)
+        elements.append(
+            int(const_value(element)) if element.op == "Const" and const_value(element).ndim == 0 else None
+        )
     return elements
 
 
@@ -185,8 +193,10 @@ def _sequence_constant_uses(graph_def, seq_len: int) -> list[tuple[str, str, int
     uses: list[tuple[str, str, int]] = []
     seen: set[tuple[str, int]] = set()
     stack = [
-        (node.name, position) for node in graph_def.node
-        for position, _ in enumerate(node.input) if (node.op, position) in SHAPE_OPERANDS
+        (node.name, position)
+        for node in graph_def.node
+        for position, _ in enumerate(node.input)
+        if (node.op, position) in SHAPE_OPERANDS
     ]
     while stack:
         consumer, position = stack.pop()
@@ -232,8 +242,11 @@ def _local_length(graph_def, nodes, consumer: NodeDef, seq_len: int, shapes) -> 
         if batch.op != "StridedSlice":
             continue
         shape, begin = (nodes[split_input(name)[0]] for name in batch.input[:2])
-        hidden = shapes.get(shape.input[0] if ":" in shape.input[0] else tensor_name(shape.input[0])) \
-            if shape.op == "Shape" else None
+        hidden = (
+            shapes.get(shape.input[0] if ":" in shape.input[0] else tensor_name(shape.input[0]))
+            if shape.op == "Shape"
+            else None
+        )
         if begin.op != "Const" or const_value(begin).tolist() != [0] or hidden is None or hidden.rank is None:
             continue
         if hidden.rank >= 2 and hidden.as_list()[1] == seq_len:
@@ -244,14 +257,32 @@ def _local_length(graph_def, nodes, consumer: NodeDef, seq_len: int, shapes) -> 
                     make_const(f"{name}/begin", np.array([1], np.int32)),
                     make_const(f"{name}/end", np.array([2], np.int32)),
                     make_const(f"{name}/step", np.array([1], np.int32)),
-                    make_node("StridedSlice", name, [shape.name, f"{name}/begin", f"{name}/end", f"{name}/step"],
-                              T=out_type, Index=tf.int32, begin_mask=0, end_mask=0, ellipsis_mask=0,
-                              new_axis_mask=0, shrink_axis_mask=1),
+                    make_node(
+                        "StridedSlice",
+                        name,
+                        [shape.name, f"{name}/begin", f"{name}/end", f"{name}/step"],
+                        T=out_type,
+                        Index=tf.int32,
+                        begin_mask=0,
+                        end_mask=0,
+                        ellipsis_mask=0,
+                        new_axis_mask=0,
+                        shrink_axis_mask=1,
+                    ),
                 ]
                 if out_type != tf.int32:
-                    new.append(make_node("Cast", f"{name}/int32", [name], SrcT=out_type, DstT=tf.int32, Truncate=False))
+                    new.append(
+                        make_node(
+                            "Cast", f"{name}/int32", [name], SrcT=out_type, DstT=tf.int32, Truncate=False
+                        )
+                    )
                 graph_def.node.extend(new)
-                nodes.update({node.name: graph_def.node[len(graph_def.node) - len(new) + i] for i, node in enumerate(new)})
+                nodes.update(
+                    {
+                        node.name: graph_def.node[len(graph_def.node) - len(new) + i]
+                        for i, node in enumerate(new)
+                    }
+                )
             return f"{name}/int32" if f"{name}/int32" in nodes else name
     return SEQ
 
@@ -292,15 +323,20 @@ def _length_nodes(graph: Graph, seq_len: int, sizes: tuple[int, ...]) -> list[No
         return [make_node("All", f"{p}/{name}", [boolean, f"{p}/axes_01"], keep_dims=False, Tidx=int32)]
 
     nodes = [
-        const("axes_01", [0, 1]), const("zero", 0), const("one", 1), const("full", seq_len),
-        const("origin", [0, 0]), const("rest", [-1, -1]),
+        const("axes_01", [0, 1]),
+        const("zero", 0),
+        const("one", 1),
+        const("full", seq_len),
+        const("origin", [0, 0]),
+        const("rest", [-1, -1]),
         # binary: every value is 0 or 1
         make_node("Equal", f"{p}/is_zero", [mask, f"{p}/zero"], T=int32, incompatible_shape_error=True),
         make_node("Equal", f"{p}/is_one", [mask, f"{p}/one"], T=int32, incompatible_shape_error=True),
         make_node("LogicalOr", f"{p}/is_binary", [f"{p}/is_zero", f"{p}/is_one"]),
         *all_of("binary", f"{p}/is_binary"),
         # right-padded: no row rises (mask[:, 1:] <= mask[:, :-1])
-        const("head_size", [-1, seq_len - 1]), const("tail_begin", [0, 1]),
+        const("head_size", [-1, seq_len - 1]),
+        const("tail_begin", [0, 1]),
         make_node("Slice", f"{p}/head", [mask, f"{p}/origin", f"{p}/head_size"], T=int32, Index=int32),
         make_node("Slice", f"{p}/tail", [mask, f"{p}/tail_begin", f"{p}/rest"], T=int32, Index=int32),
         make_node("LessEqual", f"{p}/no_rise", [f"{p}/tail", f"{p}/head"], T=int32),
@@ -308,39 +344,80 @@ def _length_nodes(graph: Graph, seq_len: int, sizes: tuple[int, ...]) -> list[No
         # every row has a real token (its first position)
         const("column_size", [-1, 1]),
         make_node("Slice", f"{p}/first", [mask, f"{p}/origin", f"{p}/column_size"], T=int32, Index=int32),
-        make_node("Equal", f"{p}/first_real", [f"{p}/first", f"{p}/one"], T=int32, incompatible_shape_error=True),
+        make_node(
+            "Equal", f"{p}/first_real", [f"{p}/first", f"{p}/one"], T=int32, incompatible_shape_error=True
+        ),
         *all_of("rows_real", f"{p}/first_real"),
         make_node("LogicalAnd", f"{p}/ok_0", [f"{p}/binary", f"{p}/right_padded"]),
         make_node("LogicalAnd", f"{p}/cuttable", [f"{p}/ok_0", f"{p}/rows_real"]),
         # the longest real row (at least 1: an empty batch still has a valid shape)
         make_node("Sum", f"{p}/row_lengths", [mask, f"{p}/one"], keep_dims=False, T=int32, Tidx=int32),
-        make_node("Max", f"{p}/longest", [f"{p}/row_lengths", f"{p}/zero"], keep_dims=False, T=int32, Tidx=int32),
+        make_node(
+            "Max", f"{p}/longest", [f"{p}/row_lengths", f"{p}/zero"], keep_dims=False, T=int32, Tidx=int32
+        ),
         make_node("Maximum", REAL_LENGTH, [f"{p}/longest", f"{p}/one"], T=int32),
     ]
     if sizes:
         nodes += [
             make_const(SIZES, np.array(sizes, np.int32)),
             make_node("Less", f"{p}/too_short", [SIZES, REAL_LENGTH], T=int32),
-            make_node("Cast", f"{p}/too_short_count", [f"{p}/too_short"], SrcT=tf.bool, DstT=int32, Truncate=False),
-            make_node("Sum", f"{p}/fitting_index", [f"{p}/too_short_count", f"{p}/zero"], keep_dims=False,
-                      T=int32, Tidx=int32),
+            make_node(
+                "Cast", f"{p}/too_short_count", [f"{p}/too_short"], SrcT=tf.bool, DstT=int32, Truncate=False
+            ),
+            make_node(
+                "Sum",
+                f"{p}/fitting_index",
+                [f"{p}/too_short_count", f"{p}/zero"],
+                keep_dims=False,
+                T=int32,
+                Tidx=int32,
+            ),
             const("last_index", len(sizes) - 1),
-            make_node("SelectV2", BUCKET_INDEX, [f"{p}/cuttable", f"{p}/fitting_index", f"{p}/last_index"], T=int32),
-            make_node("GatherV2", LENGTH, [SIZES, BUCKET_INDEX, f"{p}/zero"], Tparams=int32, Tindices=int32,
-                      Taxis=int32, batch_dims=0),
+            make_node(
+                "SelectV2", BUCKET_INDEX, [f"{p}/cuttable", f"{p}/fitting_index", f"{p}/last_index"], T=int32
+            ),
+            make_node(
+                "GatherV2",
+                LENGTH,
+                [SIZES, BUCKET_INDEX, f"{p}/zero"],
+                Tparams=int32,
+                Tindices=int32,
+                Taxis=int32,
+                batch_dims=0,
+            ),
         ]
     else:
         nodes.append(make_node("SelectV2", LENGTH, [f"{p}/cuttable", REAL_LENGTH, f"{p}/full"], T=int32))
-    nodes += [const("keep_rows", -1), make_node("Pack", f"{p}/cut_size", [f"{p}/keep_rows", LENGTH], T=int32, N=2, axis=0)]
+    nodes += [
+        const("keep_rows", -1),
+        make_node("Pack", f"{p}/cut_size", [f"{p}/keep_rows", LENGTH], T=int32, N=2, axis=0),
+    ]
     for key, tensor in graph.inputs.items():
-        nodes.append(make_node("Slice", cut_name(key), [input_ref(tensor), f"{p}/origin", f"{p}/cut_size"],
-                               T=int32, Index=int32))
+        nodes.append(
+            make_node(
+                "Slice",
+                cut_name(key),
+                [input_ref(tensor), f"{p}/origin", f"{p}/cut_size"],
+                T=int32,
+                Index=int32,
+            )
+        )
     nodes += [
         make_node("Shape", f"{p}/cut_shape", [cut_name("input_mask")], T=int32, out_type=int32),
-        const("axis_1", [1]), const("axis_2", [2]),
-        make_node("StridedSlice", SEQ, [f"{p}/cut_shape", f"{p}/axis_1", f"{p}/axis_2", f"{p}/one_step"],
-                  T=int32, Index=int32, begin_mask=0, end_mask=0, ellipsis_mask=0, new_axis_mask=0,
-                  shrink_axis_mask=1),
+        const("axis_1", [1]),
+        const("axis_2", [2]),
+        make_node(
+            "StridedSlice",
+            SEQ,
+            [f"{p}/cut_shape", f"{p}/axis_1", f"{p}/axis_2", f"{p}/one_step"],
+            T=int32,
+            Index=int32,
+            begin_mask=0,
+            end_mask=0,
+            ellipsis_mask=0,
+            new_axis_mask=0,
+            shrink_axis_mask=1,
+        ),
         const("one_step", [1]),
     ]
     return nodes
@@ -356,8 +433,9 @@ def _check_no_static_length(graph: Graph, seq_len: int) -> None:
         shape = shapes.get(tensor_name(name))
         if shape is not None and shape.rank and seq_len in shape.as_list()[1:]:
             raise GraphError(
-                f"length: {name} still has the static sequence length {seq_len} in its shape {shape.as_list()} "
-                "after the cut; a constant bertc does not recognise bakes it in. Keep length=full for this graph."
+                f"length: {name} still has the static sequence length {seq_len} in its shape "
+                f"{shape.as_list()} after the cut; a constant bertc does not recognise bakes it in. "
+                "Keep length=full for this graph."
             )
 
 
@@ -373,8 +451,11 @@ def split_length(graph: Graph) -> tuple[Graph | None, Graph]:
     if not is_length_polymorphic(graph):
         return None, graph
     cut = {key: cut_name(key) for key in graph.inputs}
-    fetches = {**{key: tensor_name(name) for key, name in cut.items()}, "length": tensor_name(LENGTH),
-               "real_length": tensor_name(REAL_LENGTH)}
+    fetches = {
+        **{key: tensor_name(name) for key, name in cut.items()},
+        "length": tensor_name(LENGTH),
+        "real_length": tensor_name(REAL_LENGTH),
+    }
     if any(node.name == BUCKET_INDEX for node in graph.graph_def.node):
         fetches["bucket_index"] = tensor_name(BUCKET_INDEX)
     length_part = keep_nodes(graph, ancestors(graph.graph_def, fetches.values())).replace(outputs=fetches)
@@ -390,7 +471,13 @@ def split_length(graph: Graph) -> tuple[Graph | None, Graph]:
             body_def.node.add().CopyFrom(node)
     leaks = sorted(key for key, tensor in graph.inputs.items() if node_of(tensor) in needed)
     if leaks:
-        raise GraphError(f"length: the model still reads serving input(s) {leaks} uncut; the cut does not hold.")
-    body = Graph(body_def, {name: value for name, value in graph.weights.items() if name in needed},
-                 {key: tensor_name(name) for key, name in cut.items()}, dict(graph.outputs))
+        raise GraphError(
+            f"length: the model still reads serving input(s) {leaks} uncut; the cut does not hold."
+        )
+    body = Graph(
+        body_def,
+        {name: value for name, value in graph.weights.items() if name in needed},
+        {key: tensor_name(name) for key, name in cut.items()},
+        dict(graph.outputs),
+    )
     return length_part, body

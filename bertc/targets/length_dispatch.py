@@ -1,4 +1,4 @@
-"""A length-polymorphic graph's length part -> the serving function's first stage: cut inputs, or a bucket dispatch.
+"""A length-polymorphic graph's length part -> the serving function's first stage: the cut, or a switch.
 
 Dynamic-shape targets (tf) run the length part and pass its cut inputs on. A jit-compiled device
 part (target=xla with length=buckets) cannot take a data-dependent width, so the serving function
@@ -6,6 +6,7 @@ reads the bucket index the length part computes and `tf.switch_case`s into one b
 each slices the inputs statically to its size and calls the parts, so XLA compiles one function
 per bucket, at build time by `warm_up_buckets`.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,7 +30,8 @@ class LengthStage(tf.Module):
         self._part = part_type(length_graph, "length")
         self._seq_len = seq_len
         self.lengths = tf.function(
-            self._lengths, input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name="input_mask")],
+            self._lengths,
+            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name="input_mask")],
             autograph=False,
         )
 
@@ -49,6 +51,7 @@ class LengthStage(tf.Module):
                 cut = {key: tf.ensure_shape(value[:, :size], [None, size]) for key, value in features.items()}
                 result = run_parts(cut)
                 return result["probabilities"], result["logits"]
+
             return run
 
         probabilities, logits = tf.switch_case(outputs["bucket_index"], [branch(size) for size in self.sizes])
@@ -56,7 +59,7 @@ class LengthStage(tf.Module):
 
 
 def warm_up_buckets(module, batch_size: int, seq_len: int) -> dict[str, float]:
-    """Run one batch per bucket (its rows as long as the bucket): {bucket size: seconds of that first call}."""
+    """One batch per bucket (rows as long as the bucket): {bucket size: seconds of that first call}."""
     seconds = {}
     for size in module.length.sizes or (seq_len,):
         zeros = np.zeros((batch_size, seq_len), np.int32)
