@@ -177,7 +177,7 @@ def branch_input_widths(module) -> list[int]:
     case = next(op for op in concrete.graph.get_operations() if op.type in ("Case", "StatelessCase"))
     widths = []
     for branch in case.get_attr("branches"):
-        graph = concrete.graph._functions[branch.name].graph  # noqa: SLF001 - the branch FuncGraphs
+        graph = concrete.graph._functions[branch.name].graph  # TF has no public accessor for branch graphs
         calls = [
             op
             for op in graph.get_operations()
