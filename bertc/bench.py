@@ -97,8 +97,9 @@ def benchmark_lengths(
     from bertc.lengths import length_mix
 
     result: dict = {}
-    durations: dict[str, dict[int, list[float]]] = {name: {size: [] for size in batch_sizes} for name in models}
-    feeds = {}
+    durations: dict[str, dict[int, list[float]]]
+    durations = {name: {size: [] for size in batch_sizes} for name in models}
+    feeds: dict[int, list] = {}
     for size in batch_sizes:
         feeds[size], result["source"] = length_mix(seq_len, vocab, size, tsv=dataset, vocab_file=vocab_file,
                                                    batches=max(8, 64 // size), seed=0)
@@ -119,14 +120,15 @@ def benchmark_lengths(
                     durations[name][size].append(time.perf_counter() - start)
                     index += 1
     for name in models:
-        entry: dict = {"throughput": {str(size): float(size * len(durations[name][size]) / sum(durations[name][size]))
-                                      for size in batch_sizes}}
+        calls = durations[name]
+        entry: dict = {"throughput": {str(size): float(size * len(calls[size]) / sum(calls[size])) for size in batch_sizes}}
         if 1 in batch_sizes:
             entry["latency_ms"] = {"p50": float(np.percentile(np.array(durations[name][1]) * 1000, 50))}
         result[name] = entry
     if "original" in models and "compiled" in models:
         largest = str(max(batch_sizes))
-        result["speedup"] = result["compiled"]["throughput"][largest] / result["original"]["throughput"][largest]
+        compiled, original = result["compiled"], result["original"]
+        result["speedup"] = compiled["throughput"][largest] / original["throughput"][largest]
         if 1 in batch_sizes:
-            result["latency_ratio_p50"] = result["compiled"]["latency_ms"]["p50"] / result["original"]["latency_ms"]["p50"]
+            result["latency_ratio_p50"] = compiled["latency_ms"]["p50"] / original["latency_ms"]["p50"]
     return result

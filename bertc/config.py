@@ -122,7 +122,8 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for group, node in (
-        ("model", ModelConf), ("removal", RemovalConf), ("mask", MaskConf), ("length", LengthConf), ("precision", PrecisionConf),
-        ("partition", PartitionConf), ("target", TargetConf), ("verify", VerifyConf), ("bench", BenchConf),
+        ("model", ModelConf), ("removal", RemovalConf), ("mask", MaskConf), ("length", LengthConf),
+        ("precision", PrecisionConf), ("partition", PartitionConf), ("target", TargetConf), ("verify", VerifyConf),
+        ("bench", BenchConf),
     ):
         store.store(group=group, name=f"base_{group}", node=node)

@@ -241,7 +241,8 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
         module = target_module.compile(graph, plan.target, seq_len, host_device=host_device, precision=plan.precision, input_limits=limits)
         from bertc.targets.serving import save_compiled, warm_up
 
-        warmed = warm_up(module, plan.target.batch_size, seq_len)  # {bucket: first-call seconds} under length=
+        # length=trim|buckets: {bucket: seconds of its first call}, the XLA compile included
+        warmed = warm_up(module, plan.target.batch_size, seq_len)
         compile_seconds = time.perf_counter() - start
         try:
             save_compiled(module, artifact)
@@ -262,7 +263,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     del loaded, graph, result
     run.record["target"] = {"name": plan.target.name, "device": plan.target.device, "compile_seconds": round(compile_seconds, 3), "boundaries": boundaries}
     run.record["artifact"] = {"digest": artifact_digest(artifact), "note": ARTIFACT_FILES_NOTE}
-    run.record.update(length_record(plan, warmed))  # length step: {"length": {mode, buckets, compile_seconds}}
+    run.record.update(length_record(plan, warmed))  # length step: {"length": {mode, buckets, ...}}
 
     passed = True
     original = compiled = None
@@ -299,10 +300,11 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
                 bench.rounds, bench.seconds, bench.warmup,
             )
             # Real lengths too (issue 15): verify.dataset's pairs with the model's vocab, else MRPC-like lengths.
-            vocab_file = input_path / "vocab.txt" if plan.verify.dataset and (input_path / "vocab.txt").is_file() else None
+            vocab_file = input_path / "vocab.txt"
+            dataset = plan.verify.dataset if plan.verify.dataset and vocab_file.is_file() else None
             run.record["bench"]["lengths"] = benchmark_lengths(
-                {"original": original, "compiled": compiled}, bench.batch_sizes, seq_len, shape.vocab, bench.rounds,
-                bench.seconds, bench.warmup, plan.verify.dataset if vocab_file else None, vocab_file)
+                {"original": original, "compiled": compiled}, bench.batch_sizes, seq_len, shape.vocab,
+                bench.rounds, bench.seconds, bench.warmup, dataset, vocab_file if dataset else None)
     del original, compiled
 
     final = run.run_dir / ("model" if passed else "rejected")

@@ -72,7 +72,7 @@ class CompiledBert(tf.Module):
     def __init__(self, graph: Graph, seq_len: int, placement: Placement):
         super().__init__(name="bertc")
         length, graph = split_length(graph)  # length=trim|buckets: the cut or the bucket dispatch runs first
-        self.length = LengthStage(length, _Part, placement.jit_compile, seq_len) if length is not None else None
+        self.length = None if length is None else LengthStage(length, _Part, placement.jit_compile, seq_len)
         host, device = split_partition(graph)
         self.host = _Part(host, "host") if host is not None else None
         self.device_part = _Part(device, "device")
