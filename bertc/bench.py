@@ -121,7 +121,8 @@ def benchmark_lengths(
                     index += 1
     for name in models:
         calls = durations[name]
-        entry: dict = {"throughput": {str(size): float(size * len(calls[size]) / sum(calls[size])) for size in batch_sizes}}
+        throughput = {str(size): float(size * len(calls[size]) / sum(calls[size])) for size in batch_sizes}
+        entry: dict = {"throughput": throughput}
         if 1 in batch_sizes:
             entry["latency_ms"] = {"p50": float(np.percentile(np.array(durations[name][1]) * 1000, 50))}
         result[name] = entry
