@@ -259,3 +259,18 @@ def test_runner_reports_buckets_and_lengths_ran(tiny_model_dir, tmp_path):
     assert [step["name"] for step in report["steps"]][2] == "trim_sequence_length"
     loaded = tf.saved_model.load(str(tmp_path / "model"))
     assert "bertc_length" in loaded.signatures
+
+
+def test_bench_step_measures_a_real_length_mix():
+    from bertc.bench import benchmark_lengths
+
+    seen: list[int] = []
+
+    def model(feeds):
+        seen.append(int(feeds["input_mask"].sum(1).max()))
+        return {}
+
+    result = benchmark_lengths({"original": model, "compiled": model}, (1, 8), 128, 30522, 1, 0.01, 1)
+    assert result["source"].startswith("synthetic MRPC-like") and 40 < result["mean_longest_row"] <= 86
+    assert set(result["compiled"]["throughput"]) == {"1", "8"} and "p50" in result["compiled"]["latency_ms"]
+    assert max(seen) <= 86 and len(set(seen)) > 3, "the batches cycle through varied real lengths"
