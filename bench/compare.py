@@ -1,4 +1,4 @@
-"""bertc against the model as exported and against ONNX Runtime, measured in one process.
+"""bertc against the model as exported, ONNX Runtime and OpenVINO, measured in one process.
 
     python bench/compare.py                        # BERT-Base: export, compile, convert, measure (~12 min, 2 cores)
     python bench/compare.py --size tiny --quick    # the smoke test (~1.5 min)
@@ -18,6 +18,12 @@ Steps (each build step in its own process, so the measuring process holds only t
    and argmax agreement on seeded synthetic batches from bertc.verify); warm-up; then interleaved
    rounds: every model in turn (the order rotates each round) for `--seconds` at `--batch`, then
    every model for `--latency-seconds` at batch 1.
+
+Workloads (issue 15): real lengths from `--tsv` (a GLUE TSV, tokenized with `--vocab`) or seeded
+MRPC-like synthetic lengths, at `--batch` in file order and at batch 1, and full-length batches.
+OpenVINO (`pip install '.[bench]'`) converts the original SavedModel itself. The useful-FLOP bound
+(matmul FLOPs at each batch's longest real row over TensorFlow's measured matmul rate) is printed
+with each system's fraction of it.
 
 Throughput is sequences per second over all rounds; latency the p50 of the batch-1 calls; the
 ratios divide by the original's and ONNX Runtime's throughput in this same run. The table goes to
