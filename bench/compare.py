@@ -362,6 +362,16 @@ def bound(config: dict, workloads: dict, rate_gflops: float) -> dict:
     return result
 
 
+def warmup_batches(feeds: list, calls: int) -> list:
+    """`calls` batches, then one per distinct longest row rounded up to 16: an XLA build with length
+    buckets (multiples of 16) compiles each (batch, bucket) shape on its first call in a new process,
+    and that compile must not land in a timed round."""
+    first: dict[int, dict] = {}
+    for batch in feeds:
+        first.setdefault(-(-int(batch["input_mask"].sum(1).max()) // 16), batch)
+    return [feeds[index % len(feeds)] for index in range(calls)] + list(first.values())
+
+
 def measure(models: dict, workloads: dict, args) -> dict:
     """Interleaved rounds: per workload, each model in turn (the order rotates each round)."""
     import numpy as np
@@ -369,8 +379,8 @@ def measure(models: dict, workloads: dict, args) -> dict:
     names = list(models)
     for name in names:
         for _, feeds in workloads.values():
-            for index in range(args.warmup):
-                models[name](feeds[index % len(feeds)])
+            for batch in warmup_batches(feeds, args.warmup):
+                models[name](batch)
     times = {name: {load: [] for load in workloads} for name in names}
     per_round = {name: {load: [] for load in workloads} for name in names}
     cursors = {name: {load: [0] for load in workloads} for name in names}
