@@ -657,7 +657,7 @@ def notes_for(payload: dict) -> list[str]:
 
 
 def write_report(work: Path, payload: dict, markdown: str) -> None:
-    text = ["# bertc vs the original and ONNX Runtime", "", "    " + payload["command"], "", markdown, ""]
+    text = ["# bertc vs the original, ONNX Runtime and OpenVINO", "", "    " + payload["command"], "", markdown, ""]
     text += ["Goals (issue 7, full length):", ""] + [f"- {line}" for line in payload["goals"]] + [""]
     if payload.get("length_table"):
         text += ["## Real lengths (issue 15)", "", payload["length_table"], ""]
