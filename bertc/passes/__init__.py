@@ -13,4 +13,6 @@ REGISTRY = {
     "partition_graph": (partition_graph, PartitionParams),
 }
 
-__all__ = ["REGISTRY", "LengthParams", "MaskParams", "PartitionParams", "PrecisionParams", "PrecisionRule", "RemovalParams"]
+__all__ = [
+    "REGISTRY", "LengthParams", "MaskParams", "PartitionParams", "PrecisionParams", "PrecisionRule", "RemovalParams",
+]
