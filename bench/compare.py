@@ -1,4 +1,4 @@
-"""bertc against the model as exported and against ONNX Runtime, measured in one process.
+"""bertc against the model as exported, ONNX Runtime and OpenVINO, measured in one process.
 
     python bench/compare.py                        # BERT-Base: export, compile, convert, measure (~12 min, 2 cores)
     python bench/compare.py --size tiny --quick    # the smoke test (~1.5 min)
@@ -19,6 +19,12 @@ Steps (each build step in its own process, so the measuring process holds only t
    rounds: every model in turn (the order rotates each round) for `--seconds` at `--batch`, then
    every model for `--latency-seconds` at batch 1.
 
+Workloads (issue 15): real lengths from `--tsv` (a GLUE TSV, tokenized with `--vocab`) or seeded
+MRPC-like synthetic lengths, at `--batch` in file order and at batch 1, and full-length batches.
+OpenVINO (`pip install '.[bench]'`) converts the original SavedModel itself. The useful-FLOP bound
+(matmul FLOPs at each batch's longest real row over TensorFlow's measured matmul rate) is printed
+with each system's fraction of it.
+
 Throughput is sequences per second over all rounds; latency the p50 of the batch-1 calls; the
 ratios divide by the original's and ONNX Runtime's throughput in this same run. The table goes to
 stdout and, with the machine (CPU flags, whether TensorFlow uses oneDNN, load average), the goals
@@ -30,6 +36,7 @@ them the ONNX Runtime row is skipped and the report says so (`--no-onnx` skips i
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -55,10 +62,19 @@ PRESETS: dict[str, str] = {
     "bf16_xla": f"precision=mixed_bf16 {_REWRITES} target=xla",
     "bf16_fold_tf": f"precision=mixed_bf16 {_REWRITES} mask.fold_scale=true target=tf",
     "bf16_fold_xla": f"precision=mixed_bf16 {_REWRITES} mask.fold_scale=true target=xla",
+    # issue 15: compute only the real tokens
+    "fp32_trim": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=tf length=trim",
+    "fp32_xla_buckets": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla length=buckets",
+    "fp32_xla_buckets16": (f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla length=buckets "
+                           "length.sizes=[16,32,48,64,80,96,112,128]"),
 }
-DEFAULT_CANDIDATES = ("fp32", "fp32_fold", "fp32_xla", "bf16_tf", "bf16_xla")
+DEFAULT_CANDIDATES = ("fp32", "fp32_xla", "fp32_trim", "fp32_xla_buckets", "fp32_xla_buckets16")
 GOALS = {"bf16_vs_original": 2.0, "bf16_vs_ort": 1.7, "fp32_vs_original": 1.15, "bf16_parity": 3e-2}
-ORIGINAL, ORT = "original", "onnxruntime"
+# issue 15, on MRPC lengths at fp32
+LENGTH_GOALS = {"vs_original": 1.6, "vs_peer": 1.5, "latency_vs_original": 0.55, "bound_fraction": 0.85,
+                "parity": 1e-5, "full_vs_best": 0.97}
+ORIGINAL, ORT, OPENVINO = "original", "onnxruntime", "openvino"
+PEERS = (ORT, OPENVINO)
 DEFAULT_WORDS = set(_REWRITES.split()) | {"target=tf"}
 
 
@@ -230,13 +246,45 @@ class OrtModel:
         return self._session.run(["probabilities"], arguments)[0]
 
 
+def openvino_missing() -> str | None:
+    return None if importlib.util.find_spec("openvino") else "not installed: openvino (pip install '.[bench]')"
+
+
+class OpenVinoModel:
+    """The original SavedModel through openvino.convert_model, compiled for the CPU in f32 (latency hint)."""
+
+    def __init__(self, path: str, threads: int):
+        import numpy as np
+        import openvino as ov
+
+        self._np = np
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._compiled = ov.Core().compile_model(ov.convert_model(path), "CPU", config)
+        self._inputs = {next(iter(item.get_names())): item for item in self._compiled.inputs}
+        self._output = next(item for item in self._compiled.outputs
+                            if any("probabilities" in name or "Softmax" in name for name in item.get_names()))
+        self._request = self._compiled.create_infer_request()
+
+    def __call__(self, feeds):
+        np, batch = self._np, len(feeds["input_ids"])
+        extra = {"label_ids": np.zeros([batch], np.int32), "is_real_example": np.ones([batch], np.int32)}
+        arguments = {}
+        for name, port in self._inputs.items():
+            key = next((key for key in (*feeds, *extra) if name == key or name.startswith(key + ":")), None)
+            arguments[port] = feeds[key] if key in feeds else extra[key]
+        return self._request.infer(arguments)[self._output].copy()
+
+
 def parity(models: dict, batches) -> dict:
     import numpy as np
 
-    reference = np.concatenate([models[ORIGINAL](batch.feeds()) for batch in batches])
+    batches = [batch if isinstance(batch, dict) else batch.feeds() for batch in batches]
+    reference = np.concatenate([models[ORIGINAL](batch) for batch in batches])
     result = {}
     for name, model in models.items():
-        outputs = np.concatenate([model(batch.feeds()) for batch in batches])
+        outputs = np.concatenate([model(batch) for batch in batches])
         result[name] = {
             "max_abs_diff": float(np.abs(reference - outputs).max()),
             "argmax_agreement": float((reference.argmax(-1) == outputs.argmax(-1)).mean()),
@@ -246,57 +294,138 @@ def parity(models: dict, batches) -> dict:
     return result
 
 
-def _timed(model, feeds, seconds: float, minimum: int) -> list[float]:
+def _timed(model, feeds: list, seconds: float, minimum: int, cursor: list[int]) -> list[float]:
+    """Call `model` on the feeds in turn (from `cursor[0]`, kept across rounds: file order) for `seconds`."""
     durations, deadline = [], time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(durations) < minimum:
+        batch = feeds[cursor[0] % len(feeds)]
+        cursor[0] += 1
         start = time.perf_counter()
-        model(feeds)
+        model(batch)
         durations.append(time.perf_counter() - start)
     return durations
 
 
-def measure(models: dict, feeds_batch, feeds_one, args) -> dict:
-    """Interleaved rounds: each model in turn at the batch size, then each at batch 1; the order rotates."""
+def workloads_for(args, vocab: int, vocab_file: Path | None) -> tuple[dict, str]:
+    """name -> (batch size, [feeds]): MRPC lengths (file order) at --batch and 1, and full-length batches."""
+    import numpy as np
+
+    from bertc.lengths import length_mix
+
+    mixed, source = length_mix(args.seq_len, vocab, args.batch, tsv=args.tsv, vocab_file=vocab_file,
+                               batches=args.length_batches, seed=0)
+    singles = [{key: value[row:row + 1] for key, value in batch.items()} for batch in mixed for row in range(len(batch["input_ids"]))]
+    rng = np.random.default_rng(1234)
+    ids = rng.integers(1000, vocab, (args.batch, args.seq_len)).astype(np.int32) if vocab > 1000 else \
+        rng.integers(1, vocab, (args.batch, args.seq_len)).astype(np.int32)
+    full = {"input_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": np.zeros_like(ids)}
+    full["segment_ids"][:, args.seq_len // 2:] = 1
+    one = {key: value[:1] for key, value in full.items()}
+    return {f"mrpc_b{args.batch}": (args.batch, mixed), "mrpc_b1": (1, singles),
+            f"full_b{args.batch}": (args.batch, [full]), "full_b1": (1, [one])}, source
+
+
+def matmul_rate() -> float:
+    """TensorFlow's fp32 matmul rate on this machine, GFLOP/s: [1024,768] x [768,3072], as a BERT-Base FFN."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.standard_normal((1024, 768), np.float32))
+    b = tf.constant(rng.standard_normal((768, 3072), np.float32))
+    product = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    for _ in range(3):
+        product().numpy()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 2.0:
+        product().numpy()
+        calls += 1
+    return 2 * 1024 * 768 * 3072 * calls / (time.perf_counter() - start) / 1e9
+
+
+def useful_flops(config: dict, length: int) -> float:
+    """Matmul FLOPs of one sequence at `length` tokens: projections, FFN, scores and context, pooler."""
+    hidden, inner, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    per_layer = 8 * length * hidden * hidden + 4 * length * hidden * inner + 4 * length * length * hidden
+    return layers * per_layer + 2 * hidden * hidden + 2 * hidden * 2
+
+
+def bound(config: dict, workloads: dict, rate_gflops: float) -> dict:
+    """Per workload: sequences/s if every batch ran at its longest real row at the matmul rate."""
+    result = {}
+    for name, (_, feeds) in workloads.items():
+        seconds = [len(batch["input_ids"]) * useful_flops(config, int(batch["input_mask"].sum(1).max())) / (rate_gflops * 1e9)
+                   for batch in feeds]
+        sequences = sum(len(batch["input_ids"]) for batch in feeds)
+        lengths = [int(batch["input_mask"].sum(1).max()) for batch in feeds]
+        result[name] = {"seq_per_s": sequences / sum(seconds), "mean_length_run": sum(lengths) / len(lengths)}
+    return result
+
+
+def warmup_batches(feeds: list, calls: int) -> list:
+    """`calls` batches, then one per distinct longest row rounded up to 16: an XLA build with length
+    buckets (multiples of 16) compiles each (batch, bucket) shape on its first call in a new process,
+    and that compile must not land in a timed round."""
+    first: dict[int, dict] = {}
+    for batch in feeds:
+        first.setdefault(-(-int(batch["input_mask"].sum(1).max()) // 16), batch)
+    return [feeds[index % len(feeds)] for index in range(calls)] + list(first.values())
+
+
+def measure(models: dict, workloads: dict, args) -> dict:
+    """Interleaved rounds: per workload, each model in turn (the order rotates each round)."""
     import numpy as np
 
     names = list(models)
     for name in names:
-        for _ in range(args.warmup):
-            models[name](feeds_batch)
-            models[name](feeds_one)
-    batch_times = {name: [] for name in names}
-    per_round = {name: [] for name in names}
-    latency = {name: [] for name in names}
+        for _, feeds in workloads.values():
+            for batch in warmup_batches(feeds, args.warmup):
+                models[name](batch)
+    times = {name: {load: [] for load in workloads} for name in names}
+    per_round = {name: {load: [] for load in workloads} for name in names}
+    cursors = {name: {load: [0] for load in workloads} for name in names}
     for number in range(args.rounds):
         shift = number % len(names)
         order = names[shift:] + names[:shift]
-        for name in order:
-            durations = _timed(models[name], feeds_batch, args.seconds, 2)
-            batch_times[name] += durations
-            per_round[name].append(args.batch * len(durations) / sum(durations))
-        for name in order:
-            latency[name] += _timed(models[name], feeds_one, args.latency_seconds, 5)
-        figures = ", ".join(f"{name} {per_round[name][-1]:.2f}" for name in names)
-        log(f"round {number + 1}/{args.rounds} (seq/s at batch {args.batch}): {figures}")
+        for load, (size, feeds) in workloads.items():
+            seconds = args.seconds if size > 1 else args.latency_seconds
+            for name in order:
+                durations = _timed(models[name], feeds, seconds, 3, cursors[name][load])
+                times[name][load] += durations
+                per_round[name][load].append(size * len(durations) / sum(durations))
+        figures = ", ".join(f"{name} {per_round[name][next(iter(workloads))][-1]:.2f}" for name in names)
+        log(f"round {number + 1}/{args.rounds} (seq/s, {next(iter(workloads))}): {figures}")
     result = {}
     for name in names:
-        ms = np.array(latency[name]) * 1000
-        result[name] = {
-            "throughput": args.batch * len(batch_times[name]) / sum(batch_times[name]),
-            "round_throughput": [round(value, 3) for value in per_round[name]],
-            "calls": len(batch_times[name]),
-            "latency_ms": {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
-                           "calls": len(ms)},
-        }
+        entry = {"workloads": {}}
+        for load, (size, _) in workloads.items():
+            ms = np.array(times[name][load]) * 1000
+            entry["workloads"][load] = {
+                "throughput": size * len(ms) / (ms.sum() / 1000), "calls": len(ms),
+                "round_throughput": [round(value, 3) for value in per_round[name][load]],
+                "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            }
+        full_batch, full_one = entry["workloads"][f"full_b{args.batch}"], entry["workloads"]["full_b1"]
+        # The keys issue 7's goals read: full-length batches, as before.
+        entry["throughput"] = full_batch["throughput"]
+        entry["round_throughput"] = full_batch["round_throughput"]
+        entry["latency_ms"] = {"p50": full_one["p50_ms"], "p90": full_one["p90_ms"], "calls": full_one["calls"]}
+        result[name] = entry
     for name in names:
-        for base in (ORIGINAL, ORT):
+        for base in (ORIGINAL, *PEERS):
             if base in result:
                 result[name][f"vs_{base}"] = result[name]["throughput"] / result[base]["throughput"]
                 pairs = zip(result[name]["round_throughput"], result[base]["round_throughput"], strict=True)
                 result[name][f"vs_{base}_rounds"] = [round(mine / theirs, 3) for mine, theirs in pairs]
         if ORIGINAL in result:
-            p50, base_p50 = result[name]["latency_ms"]["p50"], result[ORIGINAL]["latency_ms"]["p50"]
-            result[name]["latency_vs_original"] = p50 / base_p50
+            result[name]["latency_vs_original"] = result[name]["latency_ms"]["p50"] / result[ORIGINAL]["latency_ms"]["p50"]
+            for load, figures in result[name]["workloads"].items():
+                base = result[ORIGINAL]["workloads"][load]
+                figures["vs_original"] = figures["throughput"] / base["throughput"]
+                figures["p50_vs_original"] = figures["p50_ms"] / base["p50_ms"]
+                peers = [result[peer]["workloads"][load]["throughput"] for peer in PEERS if peer in result]
+                if peers:
+                    figures["vs_best_peer"] = figures["throughput"] / max(peers)
     return result
 
 
@@ -420,6 +549,75 @@ def table(rows: list[dict], batch: int) -> str:
     return "\n".join(lines)
 
 
+def length_table(rows: list[dict], batch: int, bounds: dict) -> str:
+    """Issue 15's table: MRPC lengths at batch `batch` and 1, full length, and the fraction of the bound."""
+    mixed, full = f"mrpc_b{batch}", f"full_b{batch}"
+    lines = [
+        (f"| model | how | MRPC b{batch} seq/s | x original | x best peer | of bound | MRPC b1 p50 ms | x original "
+         f"| full b{batch} seq/s | x original | full b1 p50 ms | max abs dp (MRPC) |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        (f"| bound | useful matmul FLOPs at the batch's longest real row / measured matmul rate | "
+         f"{bounds[mixed]['seq_per_s']:.2f} | | | 1.00 | {1000 / bounds['mrpc_b1']['seq_per_s']:.1f} | | "
+         f"{bounds[full]['seq_per_s']:.2f} | | {1000 / bounds['full_b1']['seq_per_s']:.1f} | |"),
+    ]
+    for row in rows:
+        if "workloads" not in row:
+            lines.append(f"| {row['name']} | {row['how']} | failed | | | | | | | | | |")
+            continue
+        loads = row["workloads"]
+
+        def ratio(load, key, loads=loads):
+            return f"{loads[load][key]:.2f}x" if key in loads[load] else "n/a"
+
+        fraction = loads[mixed]["throughput"] / bounds[mixed]["seq_per_s"]
+        lines.append(
+            f"| {row['name']} | {row['how']} | {loads[mixed]['throughput']:.2f} | {ratio(mixed, 'vs_original')} | "
+            f"{ratio(mixed, 'vs_best_peer')} | {fraction:.2f} | {loads['mrpc_b1']['p50_ms']:.1f} | "
+            f"{ratio('mrpc_b1', 'p50_vs_original')} | {loads[full]['throughput']:.2f} | {ratio(full, 'vs_original')} | "
+            f"{loads['full_b1']['p50_ms']:.1f} | {row.get('length_max_abs_diff', float('nan')):.2g} |"
+        )
+    return "\n".join(lines)
+
+
+def length_goals(bench: dict, candidates: list[dict], parities: dict, bounds: dict, batch: int) -> list[str]:
+    """Issue 15's goals, for the fastest fp32 candidate with a length step on MRPC lengths at batch `batch`."""
+    mixed, full = f"mrpc_b{batch}", f"full_b{batch}"
+    fp32 = [c for c in candidates if c["name"] in bench and kind_of(c["overrides"]) == "fp32"]
+    cut = [c["name"] for c in fp32 if "length=trim" in c["overrides"] or "length=buckets" in c["overrides"]]
+    if not cut:
+        return ["no fp32 candidate with length=trim or length=buckets: issue 15's goals not checked"]
+    best = max(cut, key=lambda name: bench[name]["workloads"][mixed]["throughput"])
+    loads = bench[best]["workloads"]
+
+    def mark(ok):
+        return "met" if ok else "NOT met"
+
+    lines = [f"fastest fp32 length candidate on MRPC b{batch}: {best}"]
+    ratio = loads[mixed]["vs_original"]
+    lines.append(f"MRPC b{batch} >= {LENGTH_GOALS['vs_original']}x original: "
+                 f"{mark(ratio >= LENGTH_GOALS['vs_original'])} ({ratio:.2f}x)")
+    if "vs_best_peer" in loads[mixed]:
+        ratio = loads[mixed]["vs_best_peer"]
+        lines.append(f"MRPC b{batch} >= {LENGTH_GOALS['vs_peer']}x the faster of ONNX Runtime and OpenVINO: "
+                     f"{mark(ratio >= LENGTH_GOALS['vs_peer'])} ({ratio:.2f}x)")
+    ratio = loads["mrpc_b1"]["p50_vs_original"]
+    lines.append(f"MRPC b1 p50 <= {LENGTH_GOALS['latency_vs_original']}x original: "
+                 f"{mark(ratio <= LENGTH_GOALS['latency_vs_original'])} ({ratio:.2f}x)")
+    diff = parities[best].get("length_max_abs_diff", float("nan"))
+    lines.append(f"fp32 parity on MRPC lengths within {LENGTH_GOALS['parity']}: "
+                 f"{mark(diff <= LENGTH_GOALS['parity'])} ({diff:.2g})")
+    full_rows = [c["name"] for c in fp32 if c["name"] not in cut]
+    if full_rows:
+        today = max(full_rows, key=lambda name: bench[name]["workloads"][full]["throughput"])
+        ratio = loads[full]["throughput"] / bench[today]["workloads"][full]["throughput"]
+        lines.append(f"full-length b{batch} no slower than today's best fp32 build ({today}), within noise "
+                     f"(>= {LENGTH_GOALS['full_vs_best']}): {mark(ratio >= LENGTH_GOALS['full_vs_best'])} ({ratio:.2f}x)")
+    fraction = loads[mixed]["throughput"] / bounds[mixed]["seq_per_s"]
+    lines.append(f"within {LENGTH_GOALS['bound_fraction']:.0%} of the useful-FLOP bound on MRPC b{batch}: "
+                 f"{mark(fraction >= LENGTH_GOALS['bound_fraction'])} ({fraction:.2f})")
+    return lines
+
+
 def notes_for(payload: dict) -> list[str]:
     info, setup, found = payload["machine"], payload["settings"], payload["versions"]
     bf16 = "yes" if info["bf16_hardware"] else "NO (bf16 matmuls run emulated here: no bf16 speedup is possible)"
@@ -445,6 +643,13 @@ def notes_for(payload: dict) -> list[str]:
                      f"{'yes' if onnx['attention_fused'] else 'no'}.")
     elif onnx:
         notes.append(f"ONNX Runtime: skipped ({onnx.get('error') or onnx.get('status')}).")
+    if payload.get("openvino"):
+        notes.append(f"OpenVINO: {payload['openvino']}.")
+    if payload.get("lengths"):
+        lengths = payload["lengths"]
+        notes.append(f"Lengths: {lengths['source']}; batches of {setup['batch']} run at their longest real row "
+                     f"(mean {lengths['mean_length_run']:.1f} of {setup['seq_len']}); matmul rate "
+                     f"{lengths['matmul_gflops']:.1f} GFLOP/s (TensorFlow fp32, 1024x768x3072, best of start/end).")
     for row in payload["rows"]:
         if row.get("error"):
             notes.append(f"{row['name']} failed: {row['error'].splitlines()[-1][:300]}")
@@ -452,8 +657,11 @@ def notes_for(payload: dict) -> list[str]:
 
 
 def write_report(work: Path, payload: dict, markdown: str) -> None:
-    text = ["# bertc vs the original and ONNX Runtime", "", "    " + payload["command"], "", markdown, ""]
-    text += ["Goals (issue 7):", ""] + [f"- {line}" for line in payload["goals"]] + [""]
+    text = ["# bertc vs the original, ONNX Runtime and OpenVINO", "", "    " + payload["command"], "", markdown, ""]
+    text += ["Goals (issue 7, full length):", ""] + [f"- {line}" for line in payload["goals"]] + [""]
+    if payload.get("length_table"):
+        text += ["## Real lengths (issue 15)", "", payload["length_table"], ""]
+        text += ["Goals (issue 15):", ""] + [f"- {line}" for line in payload["length_goals"]] + [""]
     text += [f"- {line}" for line in payload["notes"]]
     (work / "results.md").write_text("\n".join(text) + "\n")
     (work / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -474,6 +682,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME=OVERRIDES",
                         help="one more candidate: a name and bertc overrides (repeatable)")
     parser.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime row")
+    parser.add_argument("--no-openvino", action="store_true", help="leave out the OpenVINO row")
+    parser.add_argument("--tsv", type=Path, help="a GLUE TSV (MRPC layout) whose pairs give the real lengths "
+                        "(default: seeded synthetic lengths with MRPC's distribution)")
+    parser.add_argument("--vocab", type=Path, help="WordPiece vocab for --tsv (default: the export's vocab.txt)")
+    parser.add_argument("--length-batches", type=int, default=51,
+                        help="batches of --batch from the length mix, in file order (51: all 408 MRPC dev pairs)")
     parser.add_argument("--ort-model-type", default="bert_tf", choices=("bert_tf", "bert"))
     parser.add_argument("--ort-spinning", default="default", choices=("default", "on", "off"),
                         help="onnxruntime's session.intra_op.allow_spinning (default: onnxruntime's own)")
@@ -483,7 +697,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0, help="per model and round at --batch (default 8)")
     parser.add_argument("--latency-seconds", type=float, default=3.0, help="per model and round at batch 1 (3)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up calls per model and batch size (2)")
-    parser.add_argument("--parity-batches", type=int, default=4, help="seeded synthetic batches of --batch (4)")
+    parser.add_argument("--parity-batches", type=int, default=4,
+                        help="seeded synthetic batches of --batch, and as many from the length mix (4)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads, TensorFlow and onnxruntime")
     parser.add_argument("--inter-op-threads", type=int, default=0, help="TensorFlow's inter-op threads")
     parser.add_argument("--onednn", default="default", choices=("default", "on", "off"),
@@ -550,18 +765,37 @@ def main(argv: list[str] | None = None) -> int:
     if onnx.get("status") in ("converted", "reused"):
         models[ORT] = OrtModel(onnx["path"], args.threads, args.ort_spinning)
         how[ORT] = f"tf2onnx + optimizer ({onnx['model_type']}), fp32"
+    openvino_status = None
+    if not args.no_openvino:
+        openvino_status = openvino_missing()
+        if openvino_status is None:
+            log("openvino: convert_model on the original SavedModel, compile for CPU (f32, latency hint)")
+            start = time.perf_counter()
+            models[OPENVINO] = OpenVinoModel(str(model_dir), args.threads)
+            how[OPENVINO] = "openvino.convert_model(SavedModel), CPU f32"
+            openvino_status = f"convert + compile {time.perf_counter() - start:.0f} s, " \
+                              f"openvino {importlib.metadata.version('openvino')}"
+        else:
+            openvino_status = f"skipped ({openvino_status})"
     for candidate in candidates:
         if candidate.get("path"):
             models[candidate["name"]] = TFCompiled(candidate["path"])
             how[candidate["name"]] = describe(candidate["overrides"])
     vocab = config["vocab_size"]
-    log(f"parity on {args.parity_batches} x {args.batch} synthetic sequences")
+    vocab_file = args.vocab or (model_dir / "vocab.txt" if (model_dir / "vocab.txt").is_file() else None)
+    workloads, length_source = workloads_for(args, vocab, vocab_file)
+    log(f"parity on {args.parity_batches} x {args.batch} synthetic sequences and the length mix ({length_source})")
     parities = parity(models, synthetic_batches(args.parity_batches, args.batch, args.seq_len, vocab, seed=0))
-    feeds_batch = synthetic_batches(1, args.batch, args.seq_len, vocab, seed=1234)[0].feeds()
-    feeds_one = {key: value[:1] for key, value in feeds_batch.items()}
-    log(f"measuring {len(models)} models: {args.rounds} rounds of {args.seconds} s each at batch {args.batch} "
-        f"and {args.latency_seconds} s at batch 1")
-    bench = measure(models, feeds_batch, feeds_one, args)
+    for name, figures in parity(models, workloads[f"mrpc_b{args.batch}"][1][:args.parity_batches]).items():
+        parities[name]["length_max_abs_diff"] = figures["max_abs_diff"]
+        parities[name]["length_argmax_agreement"] = figures["argmax_agreement"]
+    rates = [matmul_rate()]
+    log(f"matmul rate {rates[0]:.1f} GFLOP/s; measuring {len(models)} models: {args.rounds} rounds of "
+        f"{args.seconds} s each at batch {args.batch} and {args.latency_seconds} s at batch 1, per workload "
+        f"({', '.join(workloads)})")
+    bench = measure(models, workloads, args)
+    rates.append(matmul_rate())
+    bounds = bound(config, workloads, max(rates))
 
     rows = [{"name": name, "how": how[name], **bench[name], **parities[name]} for name in models]
     rows += [{"name": c["name"], "how": describe(c["overrides"]), "error": c.get("error")}
@@ -579,6 +813,11 @@ def main(argv: list[str] | None = None) -> int:
         "onnx": onnx,
         "rows": rows,
         "goals": goals(bench, candidates, parities),
+        "openvino": openvino_status,
+        "lengths": {"source": length_source, "matmul_gflops": max(rates), "matmul_gflops_start_end": rates,
+                    "bounds": bounds, "mean_length_run": bounds[f"mrpc_b{args.batch}"]["mean_length_run"]},
+        "length_table": length_table(rows, args.batch, bounds),
+        "length_goals": length_goals(bench, candidates, parities, bounds, args.batch),
         "load_start": load_start,
         "load_end": " ".join(f"{value:.1f}" for value in os.getloadavg()),
         "build_s": round(build_s, 1),
@@ -588,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     markdown = table(rows, args.batch)
     write_report(work, payload, markdown)
     print("\n" + markdown + "\n")
-    for line in payload["goals"] + [""] + payload["notes"]:
+    print(payload["length_table"] + "\n")
+    for line in payload["goals"] + [""] + payload["length_goals"] + [""] + payload["notes"]:
         print(f"- {line}" if line else "")
     print(f"\nresults: {work / 'results.md'} and results.json (total {payload['total_s']:.0f} s, "
           f"builds {build_s:.0f} s)")

@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from bertc.graph import (
+    LENGTH_SCOPE,
     Graph,
     GraphError,
     const_value,
@@ -95,7 +96,7 @@ def _check_mask_side(nodes, start: str, mask_input: str) -> None:
     stack, seen = [start], set()
     while stack:
         name = stack.pop()
-        if name in seen or name == mask_input:
+        if name in seen or name == mask_input or name.startswith(LENGTH_SCOPE + "/"):  # length=: the cut mask
             continue
         seen.add(name)
         node = nodes[name]

@@ -83,3 +83,59 @@ def benchmark(
     add_spread(result, durations, batch_sizes, loads)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+# ---- realistic lengths (issue 15): batches with a real mix of lengths, beside the full-length ones ----
+
+def benchmark_lengths(
+    models: Mapping[str, Callable],
+    batch_sizes: tuple[int, ...],
+    seq_len: int,
+    vocab: int,
+    rounds: int,
+    seconds: float,
+    warmup: int,
+    dataset: str | None = None,
+    vocab_file: str | None = None,
+) -> dict:
+    """Throughput (and batch-1 p50) on batches of real lengths: the dataset's pairs in file order when
+    given, else seeded MRPC-like lengths; each model cycles through the same batches, interleaved."""
+    from bertc.lengths import length_mix
+
+    result: dict = {}
+    durations: dict[str, dict[int, list[float]]]
+    durations = {name: {size: [] for size in batch_sizes} for name in models}
+    feeds: dict[int, list] = {}
+    for size in batch_sizes:
+        feeds[size], result["source"] = length_mix(seq_len, vocab, size, tsv=dataset, vocab_file=vocab_file,
+                                                   batches=max(8, 64 // size), seed=0)
+    longest = [int(batch["input_mask"].sum(1).max()) for batch in feeds[max(batch_sizes)]]
+    result["mean_longest_row"] = float(np.mean(longest))
+    for model in models.values():
+        for size in batch_sizes:
+            for index in range(warmup):
+                model(feeds[size][index % len(feeds[size])])
+    order = list(models.items())
+    for round_number in range(rounds):
+        for size in batch_sizes:
+            for name, model in (order if round_number % 2 == 0 else order[::-1]):
+                deadline, index = time.perf_counter() + seconds, 0
+                while time.perf_counter() < deadline or index < 3:
+                    start = time.perf_counter()
+                    model(feeds[size][index % len(feeds[size])])
+                    durations[name][size].append(time.perf_counter() - start)
+                    index += 1
+    for name in models:
+        calls = durations[name]
+        throughput = {str(size): float(size * len(calls[size]) / sum(calls[size])) for size in batch_sizes}
+        entry: dict = {"throughput": throughput}
+        if 1 in batch_sizes:
+            entry["latency_ms"] = {"p50": float(np.percentile(np.array(durations[name][1]) * 1000, 50))}
+        result[name] = entry
+    if "original" in models and "compiled" in models:
+        largest = str(max(batch_sizes))
+        compiled, original = result["compiled"], result["original"]
+        result["speedup"] = compiled["throughput"][largest] / original["throughput"][largest]
+        if 1 in batch_sizes:
+            result["latency_ratio_p50"] = compiled["latency_ms"]["p50"] / original["latency_ms"]["p50"]
+    return result

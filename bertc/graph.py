@@ -415,3 +415,66 @@ def pruned_function(graph: Graph, input_keys: Iterable[str], weight_names: Itera
     feeds += [imported.graph.get_tensor_by_name(f"{name}:0") for name in weight_names]
     fetches = [imported.graph.get_tensor_by_name(graph.outputs[key]) for key in output_keys]
     return imported.prune(feeds, fetches)
+
+
+# ---- length-polymorphic graphs: the length computation and the body -----------------------------------
+# The length step computes, in the graph, how long the batch runs (its names below) and cuts the serving
+# inputs to it; the targets split there to compile the body per bucket.
+
+LENGTH_SCOPE = "bertc/length"
+LENGTH = f"{LENGTH_SCOPE}/length"  # the width the batch runs at (int32 scalar)
+REAL_LENGTH = f"{LENGTH_SCOPE}/real_length"  # the longest real row, before bucketing and fallback
+BUCKET_INDEX = f"{LENGTH_SCOPE}/bucket_index"  # buckets only: which size ran (the last one on fallback)
+SEQ = f"{LENGTH_SCOPE}/seq"  # the cut inputs' width, read by every former S: the one tensor the body depends on
+SIZES = f"{LENGTH_SCOPE}/sizes"
+
+
+def cut_name(key: str) -> str:
+    """The node that holds serving input `key` cut to the batch's length."""
+    return f"{LENGTH_SCOPE}/{key}"
+
+
+def is_length_polymorphic(graph: Graph) -> bool:
+    return any(node.name == LENGTH for node in graph.graph_def.node)
+
+
+def split_length(graph: Graph) -> tuple[Graph | None, Graph]:
+    """(length part: serving inputs -> cut inputs + length + bucket index, body: cut inputs -> outputs).
+
+    None and the graph unchanged when the graph was not made length-polymorphic. The body reads the
+    cut inputs through Placeholders `[None, None]`, so a target can feed it inputs it cut itself
+    (target=xla: statically, one bucket per compiled function).
+    """
+    if not is_length_polymorphic(graph):
+        return None, graph
+    cut = {key: cut_name(key) for key in graph.inputs}
+    fetches = {
+        **{key: tensor_name(name) for key, name in cut.items()},
+        "length": tensor_name(LENGTH),
+        "real_length": tensor_name(REAL_LENGTH),
+    }
+    if any(node.name == BUCKET_INDEX for node in graph.graph_def.node):
+        fetches["bucket_index"] = tensor_name(BUCKET_INDEX)
+    length_part = keep_nodes(graph, ancestors(graph.graph_def, fetches.values())).replace(outputs=fetches)
+
+    body_def = new_graph_def()
+    body_def.versions.CopyFrom(graph.graph_def.versions)
+    body_def.library.CopyFrom(graph.graph_def.library)
+    needed = ancestors(graph.graph_def, graph.outputs.values(), stops=cut.values())
+    for node in graph.graph_def.node:
+        if node.name in cut.values():
+            body_def.node.append(make_placeholder(node.name, tf.int32, [None, None]))
+        elif node.name in needed:
+            body_def.node.add().CopyFrom(node)
+    leaks = sorted(key for key, tensor in graph.inputs.items() if node_of(tensor) in needed)
+    if leaks:
+        raise GraphError(
+            f"length: the model still reads serving input(s) {leaks} uncut; the cut does not hold."
+        )
+    body = Graph(
+        body_def,
+        {name: value for name, value in graph.weights.items() if name in needed},
+        {key: tensor_name(name) for key, name in cut.items()},
+        dict(graph.outputs),
+    )
+    return length_part, body

@@ -27,6 +27,7 @@ from rich.console import Console
 from bertc.artifact import DIGEST_NOTE, artifact_digest
 from bertc.errors import ConfigError, UserError, first_line
 from bertc.faults import Interrupted, as_interrupted, interrupted_line, mark_recorded, signals_raise
+from bertc.lengths import length_record, record_lengths_ran
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
 from bertc.rundir import claim_run_folder
@@ -301,9 +302,11 @@ def lower(run: Run, target, graph, options):
     with run.step(f"compile for target {options.name}", "compile"):
         start = time.perf_counter()
         module = target.lower(graph, options)
-        run_with_limit(functools.partial(warm_up, module, options.batch_size, options.seq_len),
-                       run.plan.limits.compile_s, "target.timeout_s", "the warm-up")
+        # length=trim|buckets: {bucket: seconds of its first call}, the XLA compile included
+        warmed = run_with_limit(functools.partial(warm_up, module, options.batch_size, options.seq_len),
+                                run.plan.limits.compile_s, "target.timeout_s", "the warm-up")
         seconds = time.perf_counter() - start
+    run.record.update(length_record(run.plan, warmed))  # the length step: {"length": {mode, buckets, ...}}
     run.record["target"] = {"name": options.name, "device": options.device, "compile_seconds": round(seconds, 3),
                             "boundaries": run.record.pop("boundaries", [])}
     return module
@@ -364,6 +367,7 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
         parity = run_with_limit(
             functools.partial(compare, models["original"], models["compiled"], batches, plan.gate, settings.tolerance),
             plan.limits.verify_s, "verify.timeout_s", "verify")
+        record_lengths_ran(run.record, models["compiled"], batches)  # the length step: which widths verify ran
     run.record["parity"] = parity
     run.say(f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "
             f"argmax agreement {parity['argmax_agreement']:.4f}")
@@ -373,15 +377,24 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
 def bench(run: Run, plan: Plan, original: Original, models: dict | None) -> None:
     if not plan.bench.enabled:
         return
-    from bertc.bench import benchmark
+    from bertc.bench import benchmark, benchmark_lengths
     from bertc.limits import run_with_limit
 
     settings = plan.bench
+    # Real lengths too: verify.dataset's pairs with the model's vocab, else MRPC-like lengths.
+    vocab_file = original.path / "vocab.txt"
+    dataset = plan.verify.dataset if plan.verify.dataset and vocab_file.is_file() else None
+
+    def measure() -> dict:
+        figures = benchmark(models, settings.batch_sizes, original.seq_len, original.vocab,
+                            settings.rounds, settings.seconds, settings.warmup)
+        figures["lengths"] = benchmark_lengths(models, settings.batch_sizes, original.seq_len, original.vocab,
+                                               settings.rounds, settings.seconds, settings.warmup, dataset,
+                                               vocab_file if dataset else None)
+        return figures
+
     with run.step("benchmark original vs compiled", "bench"):
-        run.record["bench"] = run_with_limit(functools.partial(
-            benchmark, models, settings.batch_sizes, original.seq_len, original.vocab,
-            settings.rounds, settings.seconds, settings.warmup,
-        ), plan.limits.bench_s, "bench.timeout_s", "the benchmark")
+        run.record["bench"] = run_with_limit(measure, plan.limits.bench_s, "bench.timeout_s", "the benchmark")
 
 
 def publish(run: Run, artifact: Path, passed: bool) -> None:

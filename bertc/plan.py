@@ -151,7 +151,7 @@ def build_plan(cfg: Any) -> Plan:
     if model.path and model.name == "demo":
         model = dataclasses.replace(model, name="user")
     compute_dtype = _narrowest_dtype(cfg.precision)
-    facts = {"compute_dtype": compute_dtype}
+    facts = {"compute_dtype": compute_dtype, "target": cfg.target.name, "length": cfg.length}
     steps = []
     for spec in passes():
         node = cfg[spec.group]

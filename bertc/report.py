@@ -15,7 +15,10 @@ batch 1, spread {throughput {batch: {min, max, cv, rounds}}, latency_p50_ms {min
 each figure over the rounds, cv the coefficient of variation (null for one round)}, speedup,
 speedup_batch, speedup_spread {min, max, cv, rounds} (the per-round speedups), latency_ratio_p50,
 load_average {before, after, cores} (1-minute), reliable, unreliable_reasons [why the speedup
-should not be trusted], peak_rss_mb}, serving {base_path (TensorFlow Serving's --model_base_path:
+should not be trusted], peak_rss_mb, lengths {source, mean_longest_row,
+original, compiled, speedup, latency_ratio_p50: the same on batches of real lengths}}, length {mode,
+buckets (length=buckets) or warmed_lengths, compile_seconds by bucket (first call, XLA compile
+included), ran {width: verify batches run at it}} (length=trim|buckets), serving {base_path (TensorFlow Serving's --model_base_path:
 it holds version 1/), model_name, version, inputs (the signature's), dropped_inputs (run_classifier
 inputs the signature no longer takes)}, a passed model only. A key whose part did not run is
 absent. NaN and infinity, which JSON lacks, are written as null.

@@ -239,6 +239,13 @@ class CompiledModel:
         outputs = self._function(**{key: tf.constant(value) for key, value in feeds.items()}, **ignored)
         return {key: value.numpy() for key, value in outputs.items()}
 
+    def lengths(self, input_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """length=trim|buckets: the width (and bucket) the artifact runs this mask at."""
+        import tensorflow as tf
+
+        outputs = self._loaded.signatures["bertc_length"](input_mask=tf.constant(input_mask))
+        return {key: value.numpy() for key, value in outputs.items()}
+
 
 def load_both(original: Path, signature_inputs: Mapping[str, str], outputs: Mapping[str, str],
               compiled: Path) -> tuple[OriginalModel, CompiledModel]:

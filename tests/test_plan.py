@@ -30,7 +30,7 @@ def compose_config(overrides: list[str]):
 
 
 def test_default_plan_runs_steps_in_canonical_order():
-    plan = build_plan(compose_config(["precision=mixed", "partition=cpu_embed", "gelu=exact"]))
+    plan = build_plan(compose_config(["precision=mixed", "partition=cpu_embed", "gelu=exact", "length=trim"]))
     assert [step.name for step in plan.steps] == [name for _, name in STEP_ORDER]
     assert plan.model.kind == "preset" and plan.model.size == "mini"
 

@@ -99,7 +99,8 @@ def test_a_violated_ensures_stops_the_compile_as_a_bertc_bug(tiny_model_dir, tmp
 
 def test_canonical_order_follows_after_and_rejects_unknown_names(monkeypatch):
     assert [spec.name for spec in passes.passes()] == [
-        "remove_training_ops", "rewrite_attention_mask", "rewrite_gelu", "apply_precision_map", "partition_graph"]
+        "remove_training_ops", "rewrite_attention_mask", "rewrite_gelu", "trim_sequence_length", "apply_precision_map",
+        "partition_graph"]
     def broken_pass(graph, params):
         return PassResult(graph)
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertc.graph import Graph, pruned_function, split_partition
+from bertc.graph import Graph, pruned_function, split_length, split_partition
 from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS, TRAINING_INPUTS
+from bertc.targets.length_dispatch import LENGTH_SIGNATURE, LengthStage, warm_up_buckets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,8 @@ class _Part(tf.Module):
 class CompiledBert(tf.Module):
     def __init__(self, graph: Graph, seq_len: int, placement: Placement):
         super().__init__(name="bertc")
+        length, graph = split_length(graph)  # length=trim|buckets: the cut or the bucket dispatch runs first
+        self.length = None if length is None else LengthStage(length, _Part, placement.jit_compile, seq_len)
         host, device = split_partition(graph)
         self.host = _Part(host, "host") if host is not None else None
         self.device_part = _Part(device, "device")
@@ -96,15 +99,20 @@ class CompiledBert(tf.Module):
             ))
         with tf.control_dependencies(checks):  # the checks run before any lookup reads an id
             features = {key: tf.identity(tensor) for key, tensor in features.items()}
+        if self.length is not None:
+            outputs = self.length(features, self._run_parts)
+        else:
+            outputs = self._run_parts(features)
+        return {key: tf.identity(outputs[key], name=key) for key in SERVING_OUTPUTS}
+
+    def _run_parts(self, features):
         if self.host is not None:
             with tf.device(self._placement.host_device):
                 features = self.host(features)
         if self._placement.device:
             with tf.device(self._placement.device):
-                outputs = self._device_fn(features)
-        else:
-            outputs = self._device_fn(features)
-        return {key: tf.identity(outputs[key], name=key) for key in SERVING_OUTPUTS}
+                return self._device_fn(features)
+        return self._device_fn(features)
 
 
 def five_input_signature(module: tf.Module):
@@ -123,11 +131,18 @@ def five_input_signature(module: tf.Module):
 
 def save_compiled(module: CompiledBert, path: Path, keep_signature: bool = False) -> None:
     signature = five_input_signature(module) if keep_signature else module.serve.get_concrete_function()
+    signatures = {"serving_default": signature}
+    if getattr(module, "length", None) is not None:  # length=trim|buckets: how long each batch ran
+        signatures[LENGTH_SIGNATURE] = module.length.lengths.get_concrete_function()
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    tf.saved_model.save(module, str(path), signatures={"serving_default": signature}, options=options)
+    tf.saved_model.save(module, str(path), signatures=signatures, options=options)
 
 
-def warm_up(module: CompiledBert, batch_size: int, seq_len: int) -> None:
-    """Run once at the configured shape, so an XLA compile happens at build time, not at first request."""
+def warm_up(module: CompiledBert, batch_size: int, seq_len: int) -> dict[str, float] | None:
+    """Run once at the configured shape, so an XLA compile happens at build time, not at first request.
+
+    A length-polymorphic model runs once per bucket: {bucket size: seconds of its first call}."""
+    if module.length is not None:
+        return warm_up_buckets(module, batch_size, seq_len)
     zeros = np.zeros((batch_size, seq_len), np.int32)
     module.serve(zeros, np.ones_like(zeros), zeros)

@@ -1,0 +1,467 @@
+"""Graph -> the same graph made length-polymorphic: it runs each batch only as long as its longest real row.
+
+The serving signature stays `[batch, S]` (padded inputs, drop-in for the original). In the graph,
+the batch's real length L comes from `input_mask` (the largest row sum); the inputs are cut to
+`[:, :L]` (`trim`) or to the smallest configured bucket that holds L (`buckets`) before anything
+reads them. Every constant that bakes S into a shape (the reshapes [B,S,H], [B*S,H] and
+[B,S,heads,size], the position-table Slice [S,-1], the mask bias [-1,1,1,S], a ones-Fill) reads the
+cut width instead. A mask that is not right-padded 0/1 with at least one real token per row (a 1
+after a 0, an all-padding row, other values) makes L = S, so such a batch runs exactly as before.
+
+    input_mask --> ok? (binary, right-padded, row 0 real) --+
+              +--> max(row sums) -> [bucket] --------------> length = ok ? L : S
+    input_ids/input_mask/segment_ids --Slice[:, :length]--> bertc/length/<input> --> the model
+    Shape(bertc/length/input_mask)[1] = bertc/length/seq --> every former S in a shape
+
+Padded positions get a -10000 bias before the softmax, so exp underflows to exactly 0 in float32:
+cutting them changes nothing `[CLS]` sees beyond matmul round-off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bertc.errors import ConfigError
+from bertc.graph import (
+    BUCKET_INDEX,
+    LENGTH,
+    LENGTH_SCOPE,
+    REAL_LENGTH,
+    SEQ,
+    SIZES,
+    Graph,
+    GraphError,
+    PassResult,
+    const_value,
+    copy_graph_def,
+    cut_name,
+    data_inputs,
+    descendants,
+    input_ref,
+    is_length_polymorphic,
+    make_const,
+    make_node,
+    node_of,
+    nodes_by_name,
+    prune_to_outputs,
+    split_input,
+    static_shapes,
+    tensor_name,
+)
+from bertc.lazy import tf
+from bertc.passes import Condition, Pass
+from bertc.schema import choice
+
+if TYPE_CHECKING:
+    from bertc.graph import NodeDef
+
+SCOPE = LENGTH_SCOPE
+MODES = ("trim", "buckets")
+# A shape operand reaches its constants through these; anything else is arithmetic on values, not a shape.
+SHAPE_PATH_OPS = ("Pack", "Mul", "ConcatV2", "Cast", "Identity")
+# (op, input position) that is a shape or size: the constants behind it that hold S are sequence lengths.
+SHAPE_OPERANDS = {("Reshape", 1), ("Slice", 2), ("Fill", 0), ("BroadcastTo", 1), ("Tile", 1), ("Range", 1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthParams:
+    mode: str = choice("full", ("full", *MODES))  # full: the step does not run
+    sizes: tuple[int, ...] = (32, 64, 96, 128)  # buckets only; sizes above S are dropped, S is added
+
+
+def bucket_sizes(sizes: tuple[int, ...], seq_len: int) -> tuple[int, ...]:
+    """The buckets a graph of length `seq_len` gets: the configured sizes below it, then the full length."""
+    return tuple(sorted({size for size in sizes if 0 < size < seq_len} | {seq_len}))
+
+
+def trim_sequence_length(graph: Graph, params: LengthParams) -> PassResult:
+    if params.mode not in MODES:
+        raise ConfigError(
+            f"length mode {params.mode!r} is not valid; choose one of: full, {', '.join(MODES)}."
+        )
+    if params.mode == "buckets" and (not params.sizes or min(params.sizes) < 1):
+        raise ConfigError(f"length.sizes={list(params.sizes)} needs at least one size, each >= 1.")
+    for key in ("input_ids", "input_mask", "segment_ids"):
+        if key not in graph.inputs:
+            raise GraphError(f"length: the graph has no serving input {key}; it has {sorted(graph.inputs)}.")
+    nodes = nodes_by_name(graph.graph_def)
+    mask_node = nodes[node_of(graph.inputs["input_mask"])]
+    seq_len = mask_node.attr["shape"].shape.dim[-1].size
+    if seq_len < 1:
+        raise GraphError(f"length: input_mask ({mask_node.name}) has no static sequence length to cut from.")
+    sizes = bucket_sizes(params.sizes, seq_len) if params.mode == "buckets" else ()
+    if is_length_polymorphic(graph):
+        return _already_applied(graph, nodes, sizes)
+    _refuse_ambiguous_length(graph, seq_len)
+
+    shapes = static_shapes(graph)
+    graph_def = copy_graph_def(graph.graph_def)
+    for node in graph_def.node:
+        # The exporter's recorded shapes say S; TensorFlow's import would trust them over inference.
+        if "_output_shapes" in node.attr:
+            del node.attr["_output_shapes"]
+    shape_uses = _sequence_constant_uses(graph_def, seq_len)
+    if not shape_uses:
+        raise GraphError(
+            f"length: no shape constant holds the sequence length {seq_len}; nothing follows the cut, so "
+            "the graph is not a BERT encoder bertc knows. Keep length=full."
+        )
+    graph_def.node.extend(_length_nodes(graph, seq_len, sizes))
+    cut_refs = {input_ref(graph.inputs[key]): cut_name(key) for key in graph.inputs}
+    for node in graph_def.node:
+        if node.name.startswith(SCOPE + "/"):
+            continue
+        for position, name in enumerate(node.input):
+            if name in cut_refs:
+                node.input[position] = cut_refs[name]
+    rewired = _rewire_sequence_constants(graph_def, shape_uses, seq_len, shapes)
+    result = prune_to_outputs(graph.replace(graph_def=graph_def))
+    _check_no_static_length(result, seq_len)
+    matches = {"sequence_constants": rewired, "inputs_cut": len(cut_refs)}
+    if sizes:
+        matches["buckets"] = len(sizes)
+    return PassResult(result, matches)
+
+
+def _already_applied(graph: Graph, nodes, sizes: tuple[int, ...]) -> PassResult:
+    present = tuple(int(v) for v in const_value(nodes[SIZES]).ravel()) if SIZES in nodes else ()
+    if present != sizes:
+        raise GraphError(
+            f"length: the graph is already length-polymorphic with buckets {list(present) or 'none (trim)'}; "
+            f"it cannot be cut again to {list(sizes) or 'trim'}. Run the length step once."
+        )
+    rewired = sum(
+        1
+        for node in graph.graph_def.node
+        if not node.name.startswith(SCOPE + "/")
+        for ref in data_inputs(node)
+        if ref == SEQ or ref.startswith((f"{SCOPE}/shapes/", f"{SCOPE}/seq_of/"))
+    )
+    matches = {"sequence_constants": rewired, "inputs_cut": len(graph.inputs)}
+    if sizes:
+        matches["buckets"] = len(sizes)
+    return PassResult(graph, matches)
+
+
+def _refuse_ambiguous_length(graph: Graph, seq_len: int) -> None:
+    """S must differ from every other dimension that shapes carry, or a constant S could mean either."""
+    nodes = nodes_by_name(graph.graph_def)
+    tables = set()
+    for node in graph.graph_def.node:
+        if node.op in ("GatherV2", "Slice"):
+            table = nodes[split_input(node.input[0])[0]]
+            while table.op == "Identity":  # a training export reads weights through Identity
+                table = nodes[split_input(table.input[0])[0]]
+            tables.add(table.name)
+    dims = {int(graph.weights[name].shape[-1]) for name in tables if name in graph.weights}  # the hidden size
+    for node in graph.graph_def.node:
+        if node.op == "Reshape":
+            elements = _shape_elements(nodes, nodes[split_input(node.input[1])[0]])
+            if len(elements) == 4 and elements[1] == seq_len:  # [B, S, heads, head_size]
+                dims |= {value for value in elements[2:] if value is not None}
+    if seq_len in dims:
+        raise GraphError(
+            f"length: the sequence length {seq_len} equals another dimension that this model's shapes carry "
+            f"(hidden size, heads or head size: {sorted(dims)}), so a shape constant {seq_len} is ambiguous. "
+            "Export the model at another sequence length, or keep length=full."
+        )
+
+
+def _shape_elements(nodes, shape: NodeDef) -> list[int | None]:
+    """A shape operand's constant elements (None where computed); [] when it is neither Const nor Pack."""
+    if shape.op == "Const":
+        value = const_value(shape)
+        return [int(v) for v in value.ravel()] if value.ndim == 1 else []
+    if shape.op != "Pack":
+        return []
+    elements: list[int | None] = []
+    for ref in data_inputs(shape):
+        element = nodes[split_input(ref)[0]]
+        elements.append(
+            int(const_value(element)) if element.op == "Const" and const_value(element).ndim == 0 else None
+        )
+    return elements
+
+
+def _sequence_constant_uses(graph_def, seq_len: int) -> list[tuple[str, str, int]]:
+    """[(Const holding S, consumer, input position)] for every edge by which S reaches a shape operand."""
+    nodes = nodes_by_name(graph_def)
+    uses: list[tuple[str, str, int]] = []
+    seen: set[tuple[str, int]] = set()
+    stack = [
+        (node.name, position)
+        for node in graph_def.node
+        for position, _ in enumerate(node.input)
+        if (node.op, position) in SHAPE_OPERANDS
+    ]
+    while stack:
+        consumer, position = stack.pop()
+        if (consumer, position) in seen:
+            continue
+        seen.add((consumer, position))
+        name, _, control = split_input(nodes[consumer].input[position])
+        source = nodes[name]
+        if control:
+            continue
+        if source.op == "Const":
+            value = const_value(source)
+            if value.dtype.kind == "i" and np.any(value == seq_len):
+                uses.append((name, consumer, position))
+        elif source.op in SHAPE_PATH_OPS:
+            stack.extend((name, slot) for slot, ref in enumerate(source.input) if not ref.startswith("^"))
+    return uses
+
+
+def _rewire_sequence_constants(graph_def, uses: list[tuple[str, str, int]], seq_len: int, shapes) -> int:
+    nodes = nodes_by_name(graph_def)
+    replacements: dict[tuple[str, str], str] = {}
+    for const_name, consumer, position in uses:
+        seq = _local_length(graph_def, nodes, nodes[consumer], seq_len, shapes)
+        if (const_name, seq) not in replacements:
+            new_nodes, replacements[const_name, seq] = _polymorphic_constant(nodes[const_name], seq_len, seq)
+            graph_def.node.extend(new_nodes)
+        nodes[consumer].input[position] = replacements[const_name, seq]
+    return len(uses)
+
+
+def _local_length(graph_def, nodes, consumer: NodeDef, seq_len: int, shapes) -> str:
+    """The width a shape should read: dim 1 of the tensor whose Shape gives its batch, else the cut width.
+
+    The encoder takes its batch size from Shape(hidden states); reading the length from the same
+    Shape keeps the encoder free of the input mask, so a partition still cuts it at the boundaries
+    and an XLA compile sees a constant.
+    """
+    if consumer.op not in ("Pack", "Mul"):
+        return SEQ
+    for ref in data_inputs(consumer):
+        batch = nodes[split_input(ref)[0]]
+        if batch.op != "StridedSlice":
+            continue
+        shape, begin = (nodes[split_input(name)[0]] for name in batch.input[:2])
+        hidden = (
+            shapes.get(shape.input[0] if ":" in shape.input[0] else tensor_name(shape.input[0]))
+            if shape.op == "Shape"
+            else None
+        )
+        if begin.op != "Const" or const_value(begin).tolist() != [0] or hidden is None or hidden.rank is None:
+            continue
+        if hidden.rank >= 2 and hidden.as_list()[1] == seq_len:
+            name = f"{SCOPE}/seq_of/{shape.name}"
+            if name not in nodes:
+                out_type = tf.as_dtype(shape.attr["out_type"].type)
+                new = [
+                    make_const(f"{name}/begin", np.array([1], np.int32)),
+                    make_const(f"{name}/end", np.array([2], np.int32)),
+                    make_const(f"{name}/step", np.array([1], np.int32)),
+                    make_node(
+                        "StridedSlice",
+                        name,
+                        [shape.name, f"{name}/begin", f"{name}/end", f"{name}/step"],
+                        T=out_type,
+                        Index=tf.int32,
+                        begin_mask=0,
+                        end_mask=0,
+                        ellipsis_mask=0,
+                        new_axis_mask=0,
+                        shrink_axis_mask=1,
+                    ),
+                ]
+                if out_type != tf.int32:
+                    new.append(
+                        make_node(
+                            "Cast", f"{name}/int32", [name], SrcT=out_type, DstT=tf.int32, Truncate=False
+                        )
+                    )
+                graph_def.node.extend(new)
+                nodes.update(
+                    {
+                        node.name: graph_def.node[len(graph_def.node) - len(new) + i]
+                        for i, node in enumerate(new)
+                    }
+                )
+            return f"{name}/int32" if f"{name}/int32" in nodes else name
+    return SEQ
+
+
+def _polymorphic_constant(const: NodeDef, seq_len: int, seq: str) -> tuple[list[NodeDef], str]:
+    """(new nodes, the tensor to read instead): each S in the Const becomes the width `seq`."""
+    value = const_value(const)
+    dtype = tf.as_dtype(value.dtype)
+    base = f"{SCOPE}/shapes/{const.name}" + ("" if seq == SEQ else f"@{seq.removeprefix(SCOPE + '/seq_of/')}")
+    nodes: list[NodeDef] = []
+    if dtype != tf.int32:
+        nodes.append(make_node("Cast", f"{base}/seq", [seq], SrcT=tf.int32, DstT=dtype, Truncate=False))
+        seq = nodes[-1].name
+    if value.ndim == 0:
+        return nodes, seq
+    if value.ndim != 1:
+        raise GraphError(f"length: shape constant {const.name} has rank {value.ndim}; a shape is a vector.")
+    elements = []
+    for index, element in enumerate(value.tolist()):
+        if element == seq_len:
+            elements.append(seq)
+        else:
+            nodes.append(make_const(f"{base}/{index}", np.array(element, value.dtype)))
+            elements.append(nodes[-1].name)
+    nodes.append(make_node("Pack", base, elements, T=dtype, N=len(elements), axis=0))
+    return nodes, base
+
+
+def _length_nodes(graph: Graph, seq_len: int, sizes: tuple[int, ...]) -> list[NodeDef]:
+    mask = input_ref(graph.inputs["input_mask"])
+    int32 = tf.int32
+    p = SCOPE
+
+    def const(name: str, value) -> NodeDef:
+        return make_const(f"{p}/{name}", np.asarray(value, np.int32))
+
+    def all_of(name: str, boolean: str) -> list[NodeDef]:
+        return [make_node("All", f"{p}/{name}", [boolean, f"{p}/axes_01"], keep_dims=False, Tidx=int32)]
+
+    nodes = [
+        const("axes_01", [0, 1]),
+        const("zero", 0),
+        const("one", 1),
+        const("full", seq_len),
+        const("origin", [0, 0]),
+        const("rest", [-1, -1]),
+        # binary: every value is 0 or 1
+        make_node("Equal", f"{p}/is_zero", [mask, f"{p}/zero"], T=int32, incompatible_shape_error=True),
+        make_node("Equal", f"{p}/is_one", [mask, f"{p}/one"], T=int32, incompatible_shape_error=True),
+        make_node("LogicalOr", f"{p}/is_binary", [f"{p}/is_zero", f"{p}/is_one"]),
+        *all_of("binary", f"{p}/is_binary"),
+        # right-padded: no row rises (mask[:, 1:] <= mask[:, :-1])
+        const("head_size", [-1, seq_len - 1]),
+        const("tail_begin", [0, 1]),
+        make_node("Slice", f"{p}/head", [mask, f"{p}/origin", f"{p}/head_size"], T=int32, Index=int32),
+        make_node("Slice", f"{p}/tail", [mask, f"{p}/tail_begin", f"{p}/rest"], T=int32, Index=int32),
+        make_node("LessEqual", f"{p}/no_rise", [f"{p}/tail", f"{p}/head"], T=int32),
+        *all_of("right_padded", f"{p}/no_rise"),
+        # every row has a real token (its first position)
+        const("column_size", [-1, 1]),
+        make_node("Slice", f"{p}/first", [mask, f"{p}/origin", f"{p}/column_size"], T=int32, Index=int32),
+        make_node(
+            "Equal", f"{p}/first_real", [f"{p}/first", f"{p}/one"], T=int32, incompatible_shape_error=True
+        ),
+        *all_of("rows_real", f"{p}/first_real"),
+        make_node("LogicalAnd", f"{p}/ok_0", [f"{p}/binary", f"{p}/right_padded"]),
+        make_node("LogicalAnd", f"{p}/cuttable", [f"{p}/ok_0", f"{p}/rows_real"]),
+        # the longest real row (at least 1: an empty batch still has a valid shape)
+        make_node("Sum", f"{p}/row_lengths", [mask, f"{p}/one"], keep_dims=False, T=int32, Tidx=int32),
+        make_node(
+            "Max", f"{p}/longest", [f"{p}/row_lengths", f"{p}/zero"], keep_dims=False, T=int32, Tidx=int32
+        ),
+        make_node("Maximum", REAL_LENGTH, [f"{p}/longest", f"{p}/one"], T=int32),
+    ]
+    if sizes:
+        nodes += [
+            make_const(SIZES, np.array(sizes, np.int32)),
+            make_node("Less", f"{p}/too_short", [SIZES, REAL_LENGTH], T=int32),
+            make_node(
+                "Cast", f"{p}/too_short_count", [f"{p}/too_short"], SrcT=tf.bool, DstT=int32, Truncate=False
+            ),
+            make_node(
+                "Sum",
+                f"{p}/fitting_index",
+                [f"{p}/too_short_count", f"{p}/zero"],
+                keep_dims=False,
+                T=int32,
+                Tidx=int32,
+            ),
+            const("last_index", len(sizes) - 1),
+            make_node(
+                "SelectV2", BUCKET_INDEX, [f"{p}/cuttable", f"{p}/fitting_index", f"{p}/last_index"], T=int32
+            ),
+            make_node(
+                "GatherV2",
+                LENGTH,
+                [SIZES, BUCKET_INDEX, f"{p}/zero"],
+                Tparams=int32,
+                Tindices=int32,
+                Taxis=int32,
+                batch_dims=0,
+            ),
+        ]
+    else:
+        nodes.append(make_node("SelectV2", LENGTH, [f"{p}/cuttable", REAL_LENGTH, f"{p}/full"], T=int32))
+    nodes += [
+        const("keep_rows", -1),
+        make_node("Pack", f"{p}/cut_size", [f"{p}/keep_rows", LENGTH], T=int32, N=2, axis=0),
+    ]
+    for key, tensor in graph.inputs.items():
+        nodes.append(
+            make_node(
+                "Slice",
+                cut_name(key),
+                [input_ref(tensor), f"{p}/origin", f"{p}/cut_size"],
+                T=int32,
+                Index=int32,
+            )
+        )
+    nodes += [
+        make_node("Shape", f"{p}/cut_shape", [cut_name("input_mask")], T=int32, out_type=int32),
+        const("axis_1", [1]),
+        const("axis_2", [2]),
+        make_node(
+            "StridedSlice",
+            SEQ,
+            [f"{p}/cut_shape", f"{p}/axis_1", f"{p}/axis_2", f"{p}/one_step"],
+            T=int32,
+            Index=int32,
+            begin_mask=0,
+            end_mask=0,
+            ellipsis_mask=0,
+            new_axis_mask=0,
+            shrink_axis_mask=1,
+        ),
+        const("one_step", [1]),
+    ]
+    return nodes
+
+
+def _check_no_static_length(graph: Graph, seq_len: int) -> None:
+    """After the cut, a tensor whose inferred shape still has S there has a constant bertc did not find."""
+    shapes = static_shapes(graph)
+    cut = [cut_name(key) for key in graph.inputs]
+    for name in sorted(descendants(graph.graph_def, cut)):
+        if name.startswith(SCOPE + "/"):
+            continue
+        shape = shapes.get(tensor_name(name))
+        if shape is not None and shape.rank and seq_len in shape.as_list()[1:]:
+            raise GraphError(
+                f"length: {name} still has the static sequence length {seq_len} in its shape "
+                f"{shape.as_list()} after the cut; a constant bertc does not recognise bakes it in. "
+                "Keep length=full for this graph."
+            )
+
+
+def _cut_inputs(graph: Graph, params: LengthParams) -> str | None:
+    if not is_length_polymorphic(graph):
+        return "the graph computes no batch length"
+    nodes = nodes_by_name(graph.graph_def)
+    uncut = [key for key in graph.inputs if cut_name(key) not in nodes]
+    return f"inputs {uncut} are not cut" if uncut else None
+
+
+def _length_suits_target(facts) -> dict:
+    """No derived parameters; the mode is checked against the target, which must be able to run it."""
+    from bertc.lengths import check_length_target
+
+    check_length_target(facts["length"].mode, tuple(facts["length"].sizes), facts["target"])
+    return {}
+
+
+PASS = Pass(
+    trim_sequence_length, "length", LengthParams,
+    help="run each batch only as long as its longest real row: trim (dynamic) or buckets (one compile each)",
+    enabled=lambda node: node.mode != "full",
+    # NOTE: after the mask rewrite: the shared bias's [-1,1,1,S] reshape exists and follows the cut; before
+    # precision and partition: the cut lands in the host part, boundaries carry [B, L, H].
+    after=("rewrite_attention_mask",),
+    before=("apply_precision_map",),
+    derive=_length_suits_target,
+    ensures=(Condition("the batch length is computed in the graph and every input is cut to it", _cut_inputs),),
+)
