@@ -33,6 +33,7 @@ of issue 7 and the per-round figures, to `<workdir>/results.md` and `results.jso
 Needs the README's install plus `pip install '.[onnx]'` (tf2onnx, onnxruntime, onnx); without
 them the ONNX Runtime row is skipped and the report says so (`--no-onnx` skips it on purpose).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,14 +66,22 @@ PRESETS: dict[str, str] = {
     # issue 15: compute only the real tokens
     "fp32_trim": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=tf length=trim",
     "fp32_xla_buckets": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla length=buckets",
-    "fp32_xla_buckets16": (f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla length=buckets "
-                           "length.sizes=[16,32,48,64,80,96,112,128]"),
+    "fp32_xla_buckets16": (
+        f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla length=buckets "
+        "length.sizes=[16,32,48,64,80,96,112,128]"
+    ),
 }
 DEFAULT_CANDIDATES = ("fp32", "fp32_xla", "fp32_trim", "fp32_xla_buckets", "fp32_xla_buckets16")
 GOALS = {"bf16_vs_original": 2.0, "bf16_vs_ort": 1.7, "fp32_vs_original": 1.15, "bf16_parity": 3e-2}
 # issue 15, on MRPC lengths at fp32
-LENGTH_GOALS = {"vs_original": 1.6, "vs_peer": 1.5, "latency_vs_original": 0.55, "bound_fraction": 0.85,
-                "parity": 1e-5, "full_vs_best": 0.97}
+LENGTH_GOALS = {
+    "vs_original": 1.6,
+    "vs_peer": 1.5,
+    "latency_vs_original": 0.55,
+    "bound_fraction": 0.85,
+    "parity": 1e-5,
+    "full_vs_best": 0.97,
+}
 ORIGINAL, ORT, OPENVINO = "original", "onnxruntime", "openvino"
 PEERS = (ORT, OPENVINO)
 DEFAULT_WORDS = set(_REWRITES.split()) | {"target=tf"}
@@ -84,6 +93,7 @@ def log(message: str) -> None:
 
 # ---- build steps (subprocesses) -----------------------------------------------------------------
 
+
 def run_logged(command: list[str], log_file: Path, timeout: float) -> tuple[int, float, str]:
     """Run `command` with its output in `log_file`; (exit code, seconds, the log's last lines)."""
     start = time.perf_counter()
@@ -91,8 +101,9 @@ def run_logged(command: list[str], log_file: Path, timeout: float) -> tuple[int,
         stream.write("$ " + shlex.join(command) + "\n")
         stream.flush()
         try:
-            code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO,
-                                  timeout=timeout, check=False).returncode
+            code = subprocess.run(
+                command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, timeout=timeout, check=False
+            ).returncode
         except subprocess.TimeoutExpired:
             code = 124
     lines = log_file.read_text(errors="replace").strip().splitlines()
@@ -131,8 +142,16 @@ def compile_candidate(name: str, overrides: str, model: Path, runs: Path, reuse:
         return {**entry, "path": str(artifact), "compile_s": None, "status": "reused"}
     shutil.rmtree(run_dir, ignore_errors=True)
     runs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "bertc", f"model.path={model}", *shlex.split(overrides),
-               "verify=off", "bench=off", f"hydra.run.dir={run_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "bertc",
+        f"model.path={model}",
+        *shlex.split(overrides),
+        "verify=off",
+        "bench=off",
+        f"hydra.run.dir={run_dir}",
+    ]
     log(f"compile {name}: {overrides}")
     code, seconds, tail = run_logged(command, runs / f"{name}.log", timeout)
     if code != 0 or not (artifact / "saved_model.pb").is_file():
@@ -158,15 +177,37 @@ def build_onnx(model: Path, work: Path, args, heads: int, hidden: int) -> dict:
     for stale in (raw, optimized, stats_file):
         stale.unlink(missing_ok=True)
     log("onnx: tf2onnx.convert (the original SavedModel, signature serving_default)")
-    convert = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(model), "--output", str(raw),
-               "--signature_def", "serving_default", "--tag", "serve", "--opset", str(args.opset)]
+    convert = [
+        sys.executable,
+        "-m",
+        "tf2onnx.convert",
+        "--saved-model",
+        str(model),
+        "--output",
+        str(raw),
+        "--signature_def",
+        "serving_default",
+        "--tag",
+        "serve",
+        "--opset",
+        str(args.opset),
+    ]
     code, seconds, tail = run_logged(convert, work / "tf2onnx.log", args.timeout)
     if code != 0 or not raw.is_file():
         return {**info, "status": "failed", "error": f"tf2onnx exit {code}: {tail[-400:]}"}
     info["convert_s"] = round(seconds, 1)
     log(f"onnx: converted in {seconds:.0f}s; optimizing (onnxruntime.transformers.optimizer, {args.ort_model_type})")
-    optimize = [sys.executable, __file__, "_ort_optimize", str(raw), str(optimized), args.ort_model_type,
-                str(heads), str(hidden), str(stats_file)]
+    optimize = [
+        sys.executable,
+        __file__,
+        "_ort_optimize",
+        str(raw),
+        str(optimized),
+        args.ort_model_type,
+        str(heads),
+        str(hidden),
+        str(stats_file),
+    ]
     code, seconds, tail = run_logged(optimize, work / "ort_optimize.log", args.timeout)
     if code != 0 or not optimized.is_file():
         return {**info, "status": "failed", "error": f"optimizer exit {code}: {tail[-400:]}"}
@@ -191,6 +232,7 @@ def _ort_optimize_worker(src: str, dst: str, model_type: str, heads: str, hidden
 
 
 # ---- the models, in this process ----------------------------------------------------------------
+
 
 class TFOriginal:
     """The exported TF1 SavedModel through its own signature; label_ids and is_real_example fed neutral values."""
@@ -263,8 +305,11 @@ class OpenVinoModel:
             config["INFERENCE_NUM_THREADS"] = threads
         self._compiled = ov.Core().compile_model(ov.convert_model(path), "CPU", config)
         self._inputs = {next(iter(item.get_names())): item for item in self._compiled.inputs}
-        self._output = next(item for item in self._compiled.outputs
-                            if any("probabilities" in name or "Softmax" in name for name in item.get_names()))
+        self._output = next(
+            item
+            for item in self._compiled.outputs
+            if any("probabilities" in name or "Softmax" in name for name in item.get_names())
+        )
         self._request = self._compiled.create_infer_request()
 
     def __call__(self, feeds):
@@ -312,17 +357,29 @@ def workloads_for(args, vocab: int, vocab_file: Path | None) -> tuple[dict, str]
 
     from bertc.lengths import length_mix
 
-    mixed, source = length_mix(args.seq_len, vocab, args.batch, tsv=args.tsv, vocab_file=vocab_file,
-                               batches=args.length_batches, seed=0)
-    singles = [{key: value[row:row + 1] for key, value in batch.items()} for batch in mixed for row in range(len(batch["input_ids"]))]
+    mixed, source = length_mix(
+        args.seq_len, vocab, args.batch, tsv=args.tsv, vocab_file=vocab_file, batches=args.length_batches, seed=0
+    )
+    singles = [
+        {key: value[row : row + 1] for key, value in batch.items()}
+        for batch in mixed
+        for row in range(len(batch["input_ids"]))
+    ]
     rng = np.random.default_rng(1234)
-    ids = rng.integers(1000, vocab, (args.batch, args.seq_len)).astype(np.int32) if vocab > 1000 else \
-        rng.integers(1, vocab, (args.batch, args.seq_len)).astype(np.int32)
+    ids = (
+        rng.integers(1000, vocab, (args.batch, args.seq_len)).astype(np.int32)
+        if vocab > 1000
+        else rng.integers(1, vocab, (args.batch, args.seq_len)).astype(np.int32)
+    )
     full = {"input_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": np.zeros_like(ids)}
-    full["segment_ids"][:, args.seq_len // 2:] = 1
+    full["segment_ids"][:, args.seq_len // 2 :] = 1
     one = {key: value[:1] for key, value in full.items()}
-    return {f"mrpc_b{args.batch}": (args.batch, mixed), "mrpc_b1": (1, singles),
-            f"full_b{args.batch}": (args.batch, [full]), "full_b1": (1, [one])}, source
+    return {
+        f"mrpc_b{args.batch}": (args.batch, mixed),
+        "mrpc_b1": (1, singles),
+        f"full_b{args.batch}": (args.batch, [full]),
+        "full_b1": (1, [one]),
+    }, source
 
 
 def matmul_rate() -> float:
@@ -354,8 +411,10 @@ def bound(config: dict, workloads: dict, rate_gflops: float) -> dict:
     """Per workload: sequences/s if every batch ran at its longest real row at the matmul rate."""
     result = {}
     for name, (_, feeds) in workloads.items():
-        seconds = [len(batch["input_ids"]) * useful_flops(config, int(batch["input_mask"].sum(1).max())) / (rate_gflops * 1e9)
-                   for batch in feeds]
+        seconds = [
+            len(batch["input_ids"]) * useful_flops(config, int(batch["input_mask"].sum(1).max())) / (rate_gflops * 1e9)
+            for batch in feeds
+        ]
         sequences = sum(len(batch["input_ids"]) for batch in feeds)
         lengths = [int(batch["input_mask"].sum(1).max()) for batch in feeds]
         result[name] = {"seq_per_s": sequences / sum(seconds), "mean_length_run": sum(lengths) / len(lengths)}
@@ -401,9 +460,11 @@ def measure(models: dict, workloads: dict, args) -> dict:
         for load, (size, _) in workloads.items():
             ms = np.array(times[name][load]) * 1000
             entry["workloads"][load] = {
-                "throughput": size * len(ms) / (ms.sum() / 1000), "calls": len(ms),
+                "throughput": size * len(ms) / (ms.sum() / 1000),
+                "calls": len(ms),
                 "round_throughput": [round(value, 3) for value in per_round[name][load]],
-                "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p90_ms": float(np.percentile(ms, 90)),
             }
         full_batch, full_one = entry["workloads"][f"full_b{args.batch}"], entry["workloads"]["full_b1"]
         # The keys issue 7's goals read: full-length batches, as before.
@@ -418,7 +479,9 @@ def measure(models: dict, workloads: dict, args) -> dict:
                 pairs = zip(result[name]["round_throughput"], result[base]["round_throughput"], strict=True)
                 result[name][f"vs_{base}_rounds"] = [round(mine / theirs, 3) for mine, theirs in pairs]
         if ORIGINAL in result:
-            result[name]["latency_vs_original"] = result[name]["latency_ms"]["p50"] / result[ORIGINAL]["latency_ms"]["p50"]
+            result[name]["latency_vs_original"] = (
+                result[name]["latency_ms"]["p50"] / result[ORIGINAL]["latency_ms"]["p50"]
+            )
             for load, figures in result[name]["workloads"].items():
                 base = result[ORIGINAL]["workloads"][load]
                 figures["vs_original"] = figures["throughput"] / base["throughput"]
@@ -430,6 +493,7 @@ def measure(models: dict, workloads: dict, args) -> dict:
 
 
 # ---- report -------------------------------------------------------------------------------------
+
 
 def machine_info() -> dict:
     flags, cpu = set(), platform.machine()
@@ -444,8 +508,13 @@ def machine_info() -> dict:
         pass
     interesting = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "flags": [flag for flag in interesting if flag in flags],
-            "bf16_hardware": bool({"avx512_bf16", "amx_bf16"} & flags), "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "flags": [flag for flag in interesting if flag in flags],
+        "bf16_hardware": bool({"avx512_bf16", "amx_bf16"} & flags),
+        "python": platform.python_version(),
+    }
 
 
 def versions() -> dict:
@@ -459,10 +528,16 @@ def versions() -> dict:
             pass
     try:
         git = ["git", "-C", str(REPO)]
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=False)
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, check=False)
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         if commit.returncode == 0:
             result["bertc_commit"] = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
@@ -506,25 +581,34 @@ def goals(bench: dict, candidates: list[dict], parities: dict) -> list[str]:
     bf16 = best("bf16")
     if bf16:
         ratio = bench[bf16]["vs_original"]
-        lines.append(f"bf16 >= {GOALS['bf16_vs_original']}x original: {mark(ratio >= GOALS['bf16_vs_original'])} "
-                     f"(fastest bf16 row, {bf16}: {ratio:.2f}x)")
+        lines.append(
+            f"bf16 >= {GOALS['bf16_vs_original']}x original: {mark(ratio >= GOALS['bf16_vs_original'])} "
+            f"(fastest bf16 row, {bf16}: {ratio:.2f}x)"
+        )
         if ORT in bench:
             ratio = bench[bf16][f"vs_{ORT}"]
-            lines.append(f"bf16 >= {GOALS['bf16_vs_ort']}x ONNX Runtime: {mark(ratio >= GOALS['bf16_vs_ort'])} "
-                         f"({bf16}: {ratio:.2f}x)")
+            lines.append(
+                f"bf16 >= {GOALS['bf16_vs_ort']}x ONNX Runtime: {mark(ratio >= GOALS['bf16_vs_ort'])} "
+                f"({bf16}: {ratio:.2f}x)"
+            )
         diff = parities[bf16]["max_abs_diff"]
-        lines.append(f"bf16 parity within {GOALS['bf16_parity']} on the synthetic batches: "
-                     f"{mark(diff <= GOALS['bf16_parity'])} ({bf16}: {diff:.2g}; the MRPC/minilm check is "
-                     "bertc's verify step)")
+        lines.append(
+            f"bf16 parity within {GOALS['bf16_parity']} on the synthetic batches: "
+            f"{mark(diff <= GOALS['bf16_parity'])} ({bf16}: {diff:.2g}; the MRPC/minilm check is "
+            "bertc's verify step)"
+        )
     fp32 = best("fp32")
     if fp32:
         ratio = bench[fp32]["vs_original"]
-        lines.append(f"fp32 with removal+mask >= {GOALS['fp32_vs_original']}x original: "
-                     f"{mark(ratio >= GOALS['fp32_vs_original'])} (fastest fp32 row, {fp32}: {ratio:.2f}x)")
+        lines.append(
+            f"fp32 with removal+mask >= {GOALS['fp32_vs_original']}x original: "
+            f"{mark(ratio >= GOALS['fp32_vs_original'])} (fastest fp32 row, {fp32}: {ratio:.2f}x)"
+        )
     for name in filter(None, (bf16, fp32)):
         ratio = bench[name]["latency_vs_original"]
-        lines.append(f"batch-1 p50 of {name} not worse than the original's: {mark(ratio <= 1.0)} "
-                     f"({ratio:.2f}x the original's)")
+        lines.append(
+            f"batch-1 p50 of {name} not worse than the original's: {mark(ratio <= 1.0)} ({ratio:.2f}x the original's)"
+        )
     return lines
 
 
@@ -553,12 +637,16 @@ def length_table(rows: list[dict], batch: int, bounds: dict) -> str:
     """Issue 15's table: MRPC lengths at batch `batch` and 1, full length, and the fraction of the bound."""
     mixed, full = f"mrpc_b{batch}", f"full_b{batch}"
     lines = [
-        (f"| model | how | MRPC b{batch} seq/s | x original | x best peer | of bound | MRPC b1 p50 ms | x original "
-         f"| full b{batch} seq/s | x original | full b1 p50 ms | max abs dp (MRPC) |"),
+        (
+            f"| model | how | MRPC b{batch} seq/s | x original | x best peer | of bound | MRPC b1 p50 ms | x original "
+            f"| full b{batch} seq/s | x original | full b1 p50 ms | max abs dp (MRPC) |"
+        ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        (f"| bound | useful matmul FLOPs at the batch's longest real row / measured matmul rate | "
-         f"{bounds[mixed]['seq_per_s']:.2f} | | | 1.00 | {1000 / bounds['mrpc_b1']['seq_per_s']:.1f} | | "
-         f"{bounds[full]['seq_per_s']:.2f} | | {1000 / bounds['full_b1']['seq_per_s']:.1f} | |"),
+        (
+            f"| bound | useful matmul FLOPs at the batch's longest real row / measured matmul rate | "
+            f"{bounds[mixed]['seq_per_s']:.2f} | | | 1.00 | {1000 / bounds['mrpc_b1']['seq_per_s']:.1f} | | "
+            f"{bounds[full]['seq_per_s']:.2f} | | {1000 / bounds['full_b1']['seq_per_s']:.1f} | |"
+        ),
     ]
     for row in rows:
         if "workloads" not in row:
@@ -594,27 +682,39 @@ def length_goals(bench: dict, candidates: list[dict], parities: dict, bounds: di
 
     lines = [f"fastest fp32 length candidate on MRPC b{batch}: {best}"]
     ratio = loads[mixed]["vs_original"]
-    lines.append(f"MRPC b{batch} >= {LENGTH_GOALS['vs_original']}x original: "
-                 f"{mark(ratio >= LENGTH_GOALS['vs_original'])} ({ratio:.2f}x)")
+    lines.append(
+        f"MRPC b{batch} >= {LENGTH_GOALS['vs_original']}x original: "
+        f"{mark(ratio >= LENGTH_GOALS['vs_original'])} ({ratio:.2f}x)"
+    )
     if "vs_best_peer" in loads[mixed]:
         ratio = loads[mixed]["vs_best_peer"]
-        lines.append(f"MRPC b{batch} >= {LENGTH_GOALS['vs_peer']}x the faster of ONNX Runtime and OpenVINO: "
-                     f"{mark(ratio >= LENGTH_GOALS['vs_peer'])} ({ratio:.2f}x)")
+        lines.append(
+            f"MRPC b{batch} >= {LENGTH_GOALS['vs_peer']}x the faster of ONNX Runtime and OpenVINO: "
+            f"{mark(ratio >= LENGTH_GOALS['vs_peer'])} ({ratio:.2f}x)"
+        )
     ratio = loads["mrpc_b1"]["p50_vs_original"]
-    lines.append(f"MRPC b1 p50 <= {LENGTH_GOALS['latency_vs_original']}x original: "
-                 f"{mark(ratio <= LENGTH_GOALS['latency_vs_original'])} ({ratio:.2f}x)")
+    lines.append(
+        f"MRPC b1 p50 <= {LENGTH_GOALS['latency_vs_original']}x original: "
+        f"{mark(ratio <= LENGTH_GOALS['latency_vs_original'])} ({ratio:.2f}x)"
+    )
     diff = parities[best].get("length_max_abs_diff", float("nan"))
-    lines.append(f"fp32 parity on MRPC lengths within {LENGTH_GOALS['parity']}: "
-                 f"{mark(diff <= LENGTH_GOALS['parity'])} ({diff:.2g})")
+    lines.append(
+        f"fp32 parity on MRPC lengths within {LENGTH_GOALS['parity']}: "
+        f"{mark(diff <= LENGTH_GOALS['parity'])} ({diff:.2g})"
+    )
     full_rows = [c["name"] for c in fp32 if c["name"] not in cut]
     if full_rows:
         today = max(full_rows, key=lambda name: bench[name]["workloads"][full]["throughput"])
         ratio = loads[full]["throughput"] / bench[today]["workloads"][full]["throughput"]
-        lines.append(f"full-length b{batch} no slower than today's best fp32 build ({today}), within noise "
-                     f"(>= {LENGTH_GOALS['full_vs_best']}): {mark(ratio >= LENGTH_GOALS['full_vs_best'])} ({ratio:.2f}x)")
+        lines.append(
+            f"full-length b{batch} no slower than today's best fp32 build ({today}), within noise "
+            f"(>= {LENGTH_GOALS['full_vs_best']}): {mark(ratio >= LENGTH_GOALS['full_vs_best'])} ({ratio:.2f}x)"
+        )
     fraction = loads[mixed]["throughput"] / bounds[mixed]["seq_per_s"]
-    lines.append(f"within {LENGTH_GOALS['bound_fraction']:.0%} of the useful-FLOP bound on MRPC b{batch}: "
-                 f"{mark(fraction >= LENGTH_GOALS['bound_fraction'])} ({fraction:.2f})")
+    lines.append(
+        f"within {LENGTH_GOALS['bound_fraction']:.0%} of the useful-FLOP bound on MRPC b{batch}: "
+        f"{mark(fraction >= LENGTH_GOALS['bound_fraction'])} ({fraction:.2f})"
+    )
     return lines
 
 
@@ -622,34 +722,47 @@ def notes_for(payload: dict) -> list[str]:
     info, setup, found = payload["machine"], payload["settings"], payload["versions"]
     bf16 = "yes" if info["bf16_hardware"] else "NO (bf16 matmuls run emulated here: no bf16 speedup is possible)"
     notes = [
-        (f"Machine: {info['cpu']}, {info['cores']} cores; flags: {' '.join(info['flags']) or 'none of interest'}; "
-         f"bf16 instructions: {bf16}."),
-        (f"TensorFlow {found.get('tensorflow', '?')} with oneDNN {payload['onednn']} "
-         f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}); onnxruntime "
-         f"{found.get('onnxruntime', 'n/a')}, tf2onnx {found.get('tf2onnx', 'n/a')}; bertc "
-         f"{found.get('bertc_commit', found.get('bertc', '?'))}."),
-        (f"Model: {setup['size']}, seq {setup['seq_len']}, random weights from seed 0. {setup['rounds']} interleaved "
-         f"rounds of {setup['seconds']} s per model at batch {setup['batch']} and {setup['latency_seconds']} s at "
-         f"batch 1, after {setup['warmup']} warm-up calls; threads: {setup['threads'] or 'library defaults'}."),
-        (f"Load average at start / end: {payload['load_start']} / {payload['load_end']}: above the core count, "
-         "other work shared the CPU (interleaving spreads it over every row; the per-round ratios in "
-         "results.json show the spread)."),
+        (
+            f"Machine: {info['cpu']}, {info['cores']} cores; flags: {' '.join(info['flags']) or 'none of interest'}; "
+            f"bf16 instructions: {bf16}."
+        ),
+        (
+            f"TensorFlow {found.get('tensorflow', '?')} with oneDNN {payload['onednn']} "
+            f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}); onnxruntime "
+            f"{found.get('onnxruntime', 'n/a')}, tf2onnx {found.get('tf2onnx', 'n/a')}; bertc "
+            f"{found.get('bertc_commit', found.get('bertc', '?'))}."
+        ),
+        (
+            f"Model: {setup['size']}, seq {setup['seq_len']}, random weights from seed 0. "
+            f"{setup['rounds']} interleaved "
+            f"rounds of {setup['seconds']} s per model at batch {setup['batch']} and {setup['latency_seconds']} s at "
+            f"batch 1, after {setup['warmup']} warm-up calls; threads: {setup['threads'] or 'library defaults'}."
+        ),
+        (
+            f"Load average at start / end: {payload['load_start']} / {payload['load_end']}: above the core count, "
+            "other work shared the CPU (interleaving spreads it over every row; the per-round ratios in "
+            "results.json show the spread)."
+        ),
     ]
     onnx = payload.get("onnx") or {}
     if onnx.get("status") in ("converted", "reused"):
         fused = ", ".join(f"{key} {value}" for key, value in onnx["fused"].items() if value) or "nothing"
-        notes.append(f"ONNX Runtime: tf2onnx (opset {onnx['opset']}), then optimize_model(model_type="
-                     f"{onnx['model_type']}): fused {fused}; attention fused: "
-                     f"{'yes' if onnx['attention_fused'] else 'no'}.")
+        notes.append(
+            f"ONNX Runtime: tf2onnx (opset {onnx['opset']}), then optimize_model(model_type="
+            f"{onnx['model_type']}): fused {fused}; attention fused: "
+            f"{'yes' if onnx['attention_fused'] else 'no'}."
+        )
     elif onnx:
         notes.append(f"ONNX Runtime: skipped ({onnx.get('error') or onnx.get('status')}).")
     if payload.get("openvino"):
         notes.append(f"OpenVINO: {payload['openvino']}.")
     if payload.get("lengths"):
         lengths = payload["lengths"]
-        notes.append(f"Lengths: {lengths['source']}; batches of {setup['batch']} run at their longest real row "
-                     f"(mean {lengths['mean_length_run']:.1f} of {setup['seq_len']}); matmul rate "
-                     f"{lengths['matmul_gflops']:.1f} GFLOP/s (TensorFlow fp32, 1024x768x3072, best of start/end).")
+        notes.append(
+            f"Lengths: {lengths['source']}; batches of {setup['batch']} run at their longest real row "
+            f"(mean {lengths['mean_length_run']:.1f} of {setup['seq_len']}); matmul rate "
+            f"{lengths['matmul_gflops']:.1f} GFLOP/s (TensorFlow fp32, 1024x768x3072, best of start/end)."
+        )
     for row in payload["rows"]:
         if row.get("error"):
             notes.append(f"{row['name']} failed: {row['error'].splitlines()[-1][:300]}")
@@ -669,42 +782,75 @@ def write_report(work: Path, payload: dict, markdown: str) -> None:
 
 # ---- main ---------------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     presets = "\n".join(f"  {name:14s} {overrides}" for name, overrides in PRESETS.items())
     parser = argparse.ArgumentParser(
-        prog="python bench/compare.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"candidate presets:\n{presets}")
+        prog="python bench/compare.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"candidate presets:\n{presets}",
+    )
     parser.add_argument("--size", default="base", help="bertc.export preset: tiny, mini, base, large (default base)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--workdir", type=Path, help="models, logs and results (default bench/out/<size>)")
-    parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
-                        help=f"preset names, comma-separated, or 'all' (default {','.join(DEFAULT_CANDIDATES)})")
-    parser.add_argument("--candidate", action="append", default=[], metavar="NAME=OVERRIDES",
-                        help="one more candidate: a name and bertc overrides (repeatable)")
+    parser.add_argument(
+        "--candidates",
+        default=",".join(DEFAULT_CANDIDATES),
+        help=f"preset names, comma-separated, or 'all' (default {','.join(DEFAULT_CANDIDATES)})",
+    )
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDES",
+        help="one more candidate: a name and bertc overrides (repeatable)",
+    )
     parser.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime row")
     parser.add_argument("--no-openvino", action="store_true", help="leave out the OpenVINO row")
-    parser.add_argument("--tsv", type=Path, help="a GLUE TSV (MRPC layout) whose pairs give the real lengths "
-                        "(default: seeded synthetic lengths with MRPC's distribution)")
+    parser.add_argument(
+        "--tsv",
+        type=Path,
+        help="a GLUE TSV (MRPC layout) whose pairs give the real lengths "
+        "(default: seeded synthetic lengths with MRPC's distribution)",
+    )
     parser.add_argument("--vocab", type=Path, help="WordPiece vocab for --tsv (default: the export's vocab.txt)")
-    parser.add_argument("--length-batches", type=int, default=51,
-                        help="batches of --batch from the length mix, in file order (51: all 408 MRPC dev pairs)")
+    parser.add_argument(
+        "--length-batches",
+        type=int,
+        default=51,
+        help="batches of --batch from the length mix, in file order (51: all 408 MRPC dev pairs)",
+    )
     parser.add_argument("--ort-model-type", default="bert_tf", choices=("bert_tf", "bert"))
-    parser.add_argument("--ort-spinning", default="default", choices=("default", "on", "off"),
-                        help="onnxruntime's session.intra_op.allow_spinning (default: onnxruntime's own)")
+    parser.add_argument(
+        "--ort-spinning",
+        default="default",
+        choices=("default", "on", "off"),
+        help="onnxruntime's session.intra_op.allow_spinning (default: onnxruntime's own)",
+    )
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="per model and round at --batch (default 8)")
     parser.add_argument("--latency-seconds", type=float, default=3.0, help="per model and round at batch 1 (3)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up calls per model and batch size (2)")
-    parser.add_argument("--parity-batches", type=int, default=4,
-                        help="seeded synthetic batches of --batch, and as many from the length mix (4)")
+    parser.add_argument(
+        "--parity-batches",
+        type=int,
+        default=4,
+        help="seeded synthetic batches of --batch, and as many from the length mix (4)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads, TensorFlow and onnxruntime")
     parser.add_argument("--inter-op-threads", type=int, default=0, help="TensorFlow's inter-op threads")
-    parser.add_argument("--onednn", default="default", choices=("default", "on", "off"),
-                        help="set TF_ENABLE_ONEDNN_OPTS for every step (default: leave it as it is)")
-    parser.add_argument("--quick", action="store_true",
-                        help="1 round of 3 s (+1 s at batch 1), 1 warm-up call, 1 parity batch")
+    parser.add_argument(
+        "--onednn",
+        default="default",
+        choices=("default", "on", "off"),
+        help="set TF_ENABLE_ONEDNN_OPTS for every step (default: leave it as it is)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round of 3 s (+1 s at batch 1), 1 warm-up call, 1 parity batch"
+    )
     parser.add_argument("--reuse", action="store_true", help="keep the models already in --workdir")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each build step")
     args = parser.parse_args(argv)
@@ -741,13 +887,18 @@ def main(argv: list[str] | None = None) -> int:
 
     export_s = export(args.size, model_dir, args.seq_len, args.reuse, args.timeout)
     config = json.loads((model_dir / "bert_config.json").read_text())
-    candidates = [compile_candidate(name, overrides, model_dir, work / "runs", args.reuse, args.timeout)
-                  for name, overrides in args.candidate_list]
+    candidates = [
+        compile_candidate(name, overrides, model_dir, work / "runs", args.reuse, args.timeout)
+        for name, overrides in args.candidate_list
+    ]
     onnx: dict = {}
     if not args.no_onnx:
         missing = onnx_missing()
-        onnx = {"status": "skipped", "error": missing} if missing else build_onnx(
-            model_dir, work, args, config["num_attention_heads"], config["hidden_size"])
+        onnx = (
+            {"status": "skipped", "error": missing}
+            if missing
+            else build_onnx(model_dir, work, args, config["num_attention_heads"], config["hidden_size"])
+        )
     build_s = time.perf_counter() - started
 
     log("loading the models into this process")
@@ -773,8 +924,10 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             models[OPENVINO] = OpenVinoModel(str(model_dir), args.threads)
             how[OPENVINO] = "openvino.convert_model(SavedModel), CPU f32"
-            openvino_status = f"convert + compile {time.perf_counter() - start:.0f} s, " \
-                              f"openvino {importlib.metadata.version('openvino')}"
+            openvino_status = (
+                f"convert + compile {time.perf_counter() - start:.0f} s, "
+                f"openvino {importlib.metadata.version('openvino')}"
+            )
         else:
             openvino_status = f"skipped ({openvino_status})"
     for candidate in candidates:
@@ -786,36 +939,59 @@ def main(argv: list[str] | None = None) -> int:
     workloads, length_source = workloads_for(args, vocab, vocab_file)
     log(f"parity on {args.parity_batches} x {args.batch} synthetic sequences and the length mix ({length_source})")
     parities = parity(models, synthetic_batches(args.parity_batches, args.batch, args.seq_len, vocab, seed=0))
-    for name, figures in parity(models, workloads[f"mrpc_b{args.batch}"][1][:args.parity_batches]).items():
+    for name, figures in parity(models, workloads[f"mrpc_b{args.batch}"][1][: args.parity_batches]).items():
         parities[name]["length_max_abs_diff"] = figures["max_abs_diff"]
         parities[name]["length_argmax_agreement"] = figures["argmax_agreement"]
     rates = [matmul_rate()]
-    log(f"matmul rate {rates[0]:.1f} GFLOP/s; measuring {len(models)} models: {args.rounds} rounds of "
+    log(
+        f"matmul rate {rates[0]:.1f} GFLOP/s; measuring {len(models)} models: {args.rounds} rounds of "
         f"{args.seconds} s each at batch {args.batch} and {args.latency_seconds} s at batch 1, per workload "
-        f"({', '.join(workloads)})")
+        f"({', '.join(workloads)})"
+    )
     bench = measure(models, workloads, args)
     rates.append(matmul_rate())
     bounds = bound(config, workloads, max(rates))
 
     rows = [{"name": name, "how": how[name], **bench[name], **parities[name]} for name in models]
-    rows += [{"name": c["name"], "how": describe(c["overrides"]), "error": c.get("error")}
-             for c in candidates if not c.get("path")]
+    rows += [
+        {"name": c["name"], "how": describe(c["overrides"]), "error": c.get("error")}
+        for c in candidates
+        if not c.get("path")
+    ]
     payload = {
         "command": "python bench/compare.py " + shlex.join(argv),
         "machine": machine_info(),
         "versions": versions(),
         "onednn": onednn_enabled(),
-        "settings": {key: getattr(args, key) for key in (
-            "size", "seq_len", "batch", "rounds", "seconds", "latency_seconds", "warmup", "parity_batches",
-            "threads", "inter_op_threads", "ort_spinning")},
+        "settings": {
+            key: getattr(args, key)
+            for key in (
+                "size",
+                "seq_len",
+                "batch",
+                "rounds",
+                "seconds",
+                "latency_seconds",
+                "warmup",
+                "parity_batches",
+                "threads",
+                "inter_op_threads",
+                "ort_spinning",
+            )
+        },
         "model": {"path": str(model_dir), "config": config, "export_s": round(export_s, 1)},
         "candidates": candidates,
         "onnx": onnx,
         "rows": rows,
         "goals": goals(bench, candidates, parities),
         "openvino": openvino_status,
-        "lengths": {"source": length_source, "matmul_gflops": max(rates), "matmul_gflops_start_end": rates,
-                    "bounds": bounds, "mean_length_run": bounds[f"mrpc_b{args.batch}"]["mean_length_run"]},
+        "lengths": {
+            "source": length_source,
+            "matmul_gflops": max(rates),
+            "matmul_gflops_start_end": rates,
+            "bounds": bounds,
+            "mean_length_run": bounds[f"mrpc_b{args.batch}"]["mean_length_run"],
+        },
         "length_table": length_table(rows, args.batch, bounds),
         "length_goals": length_goals(bench, candidates, parities, bounds, args.batch),
         "load_start": load_start,
@@ -830,8 +1006,9 @@ def main(argv: list[str] | None = None) -> int:
     print(payload["length_table"] + "\n")
     for line in payload["goals"] + [""] + payload["length_goals"] + [""] + payload["notes"]:
         print(f"- {line}" if line else "")
-    print(f"\nresults: {work / 'results.md'} and results.json (total {payload['total_s']:.0f} s, "
-          f"builds {build_s:.0f} s)")
+    print(
+        f"\nresults: {work / 'results.md'} and results.json (total {payload['total_s']:.0f} s, builds {build_s:.0f} s)"
+    )
     return 0
 
 

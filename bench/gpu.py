@@ -20,6 +20,7 @@ default: one compile per dtype serves every batch size (`--torch-compile static`
 size, about four times the compile time). A time budget (`--budget-s`, 330 s) skips what would
 not fit and says so; the run ends with the table either way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,11 @@ def measure(call, rows: int, seconds: float, warmup: int, min_calls: int) -> dic
         start = time.perf_counter()
         call()
         durations.append(time.perf_counter() - start)
-    return {"throughput": rows * len(durations) / sum(durations), "p50_ms": 1000 * median(durations), "calls": len(durations)}
+    return {
+        "throughput": rows * len(durations) / sum(durations),
+        "p50_ms": 1000 * median(durations),
+        "calls": len(durations),
+    }
 
 
 def feeds_for(batch_sizes, seq_len: int, vocab: int) -> dict[int, dict[str, np.ndarray]]:
@@ -81,6 +86,7 @@ def feeds_for(batch_sizes, seq_len: int, vocab: int) -> dict[int, dict[str, np.n
 
 
 # ---- bertc: the StableHLO modules on a PJRT device -----------------------------------------------
+
 
 def run_bertc(args, bundles: dict[str, Path], batch_sizes, clock: Clock, results: list[dict]) -> None:
     drawn: dict = {}
@@ -109,21 +115,33 @@ def measure_bundle(args, bundle: Path, batch_sizes, clock: Clock, row: dict, dra
     runtime = Runtime(bundle, platform=args.platform, weights=weights)
     del weights
     start = time.perf_counter()
-    compile_seconds = runtime.compile([size for size in runtime.batch_sizes if size in batch_sizes], threads=args.compile_threads)
+    compile_seconds = runtime.compile(
+        [size for size in runtime.batch_sizes if size in batch_sizes], threads=args.compile_threads
+    )
     row["compile_s"] = time.perf_counter() - start  # wall time: the modules compile `--compile-threads` at a time
     row["self_check"] = runtime.self_check()
-    say(f"bertc {precision}: weights {row['weights_seconds']:.1f}s ({'digests match the build' if not differ else f'{len(differ)} digests differ: parity void'}), "
-        f"compile {row['compile_s']:.1f}s ({', '.join(f'b{size} {seconds:.1f}' for size, seconds in sorted(compile_seconds.items()))}), "
-        f"self-check max |dp| {row['self_check']['max_abs_diff']:.2e} (gate {row['self_check']['tolerance']}) on {runtime.platform}")
-    feeds = feeds_for(batch_sizes, runtime.seq_len, manifest["input_limits"]["input_ids"] if manifest.get("input_limits") else 1000)
+    say(
+        f"bertc {precision}: weights {row['weights_seconds']:.1f}s "
+        f"({'digests match the build' if not differ else f'{len(differ)} digests differ: parity void'}), "
+        f"compile {row['compile_s']:.1f}s "
+        f"({', '.join(f'b{size} {seconds:.1f}' for size, seconds in sorted(compile_seconds.items()))}), "
+        f"self-check max |dp| {row['self_check']['max_abs_diff']:.2e} (gate {row['self_check']['tolerance']}) "
+        f"on {runtime.platform}"
+    )
+    feeds = feeds_for(
+        batch_sizes, runtime.seq_len, manifest["input_limits"]["input_ids"] if manifest.get("input_limits") else 1000
+    )
     for size in batch_sizes:
         if clock.left() < args.reserve_s / 2:
             row["by_batch"][size] = {"skipped": "time budget"}
             continue
-        row["by_batch"][size] = measure(functools.partial(runtime, feeds[size]), size, args.seconds, args.warmup, args.min_calls)
+        row["by_batch"][size] = measure(
+            functools.partial(runtime, feeds[size]), size, args.seconds, args.warmup, args.min_calls
+        )
 
 
 # ---- PyTorch: Hugging Face BertForSequenceClassification of the same shape -----------------------
+
 
 def torch_available() -> str | None:
     try:
@@ -140,10 +158,18 @@ def run_torch(args, shape: dict, batch_sizes, clock: Clock, results: list[dict])
 
     device = "cuda" if args.platform in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     config = BertConfig(
-        vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
-        num_attention_heads=shape["heads"], intermediate_size=shape["intermediate"], max_position_embeddings=shape["max_positions"],
-        type_vocab_size=shape["type_vocab"], num_labels=shape["num_labels"], hidden_act="gelu_new",  # google's tanh GELU
-        layer_norm_eps=shape["epsilon"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        intermediate_size=shape["intermediate"],
+        max_position_embeddings=shape["max_positions"],
+        type_vocab_size=shape["type_vocab"],
+        num_labels=shape["num_labels"],
+        hidden_act="gelu_new",  # google's tanh GELU
+        layer_norm_eps=shape["epsilon"],
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(0)
     with torch.device(device):
@@ -153,10 +179,17 @@ def run_torch(args, shape: dict, batch_sizes, clock: Clock, results: list[dict])
     def call(model, batch):
         inputs = {key: torch.from_numpy(value).to(device).long() for key, value in batch.items()}
         with torch.inference_mode():
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["input_mask"], token_type_ids=inputs["segment_ids"]).logits
+            logits = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["input_mask"], token_type_ids=inputs["segment_ids"]
+            ).logits
             return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
-    runs = [("fp32", torch.float32, False), ("fp32+tf32", torch.float32, True), ("fp16", torch.float16, False), ("bf16", torch.bfloat16, False)]
+    runs = [
+        ("fp32", torch.float32, False),
+        ("fp32+tf32", torch.float32, True),
+        ("fp16", torch.float16, False),
+        ("bf16", torch.bfloat16, False),
+    ]
     for label, dtype, tf32 in runs:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
@@ -187,7 +220,9 @@ def run_torch(args, shape: dict, batch_sizes, clock: Clock, results: list[dict])
                     output = call(runnable, feeds[size])
                     if not np.isfinite(output).all():
                         raise FloatingPointError(f"non-finite probabilities at batch {size}")
-                    row["by_batch"][size] = measure(functools.partial(call, runnable, feeds[size]), size, args.seconds, args.warmup, args.min_calls)
+                    row["by_batch"][size] = measure(
+                        functools.partial(call, runnable, feeds[size]), size, args.seconds, args.warmup, args.min_calls
+                    )
             except Exception as error:  # a compile that fails is a row with its reason; the run goes on
                 row["error"] = _error_line(error)
             say(f"pytorch {label} {mode}: " + ("skipped" if row.get("skipped") else row.get("error", "done")))
@@ -215,6 +250,7 @@ def _cast(base, dtype):
 
 # ---- the table -----------------------------------------------------------------------------------
 
+
 def table(results: list[dict], batch_sizes) -> str:
     head = ["system", "precision", "mode", "compile s"] + [f"seq/s b{size}" for size in batch_sizes] + ["b1 p50 ms"]
     lines = [head]
@@ -222,8 +258,14 @@ def table(results: list[dict], batch_sizes) -> str:
         cells = [row["system"], row["precision"], row["mode"], f"{row['compile_s']:.1f}" if "compile_s" in row else "-"]
         for size in batch_sizes:
             entry = row["by_batch"].get(size, {})
-            cells.append(f"{entry['throughput']:.1f}" if "throughput" in entry else ("skip" if entry.get("skipped") or row.get("skipped") else "err" if row.get("error") else "-"))
-        cells.append(f"{row['by_batch'][1]['p50_ms']:.2f}" if 1 in row["by_batch"] and "p50_ms" in row["by_batch"][1] else "-")
+            cells.append(
+                f"{entry['throughput']:.1f}"
+                if "throughput" in entry
+                else ("skip" if entry.get("skipped") or row.get("skipped") else "err" if row.get("error") else "-")
+            )
+        cells.append(
+            f"{row['by_batch'][1]['p50_ms']:.2f}" if 1 in row["by_batch"] and "p50_ms" in row["by_batch"][1] else "-"
+        )
         lines.append(cells)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     text = [" | ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) for line in lines]
@@ -238,7 +280,11 @@ def ratios(results: list[dict], batch_sizes) -> list[str]:
     for ours in (row for row in results if row["system"] == "bertc"):
         mine = ours["by_batch"].get(largest, {}).get("throughput")
         my_latency = ours["by_batch"].get(1, {}).get("p50_ms")
-        for peer in (row for row in results if row["system"] == "pytorch" and row["precision"].split("+")[0] == PEERS[ours["precision"]]):
+        for peer in (
+            row
+            for row in results
+            if row["system"] == "pytorch" and row["precision"].split("+")[0] == PEERS[ours["precision"]]
+        ):
             theirs = peer["by_batch"].get(largest, {}).get("throughput")
             latency = peer["by_batch"].get(1, {}).get("p50_ms")
             parts = []
@@ -247,7 +293,9 @@ def ratios(results: list[dict], batch_sizes) -> list[str]:
             if my_latency and latency:
                 parts.append(f"b1 latency x{my_latency / latency:.2f} (<1: bertc faster)")
             if parts:
-                lines.append(f"bertc {ours['precision']} vs pytorch {peer['precision']} {peer['mode']}: " + ", ".join(parts))
+                lines.append(
+                    f"bertc {ours['precision']} vs pytorch {peer['precision']} {peer['mode']}: " + ", ".join(parts)
+                )
     return lines
 
 
@@ -268,11 +316,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--batch-sizes", default=None, help="default: every size the bundles have")
     parser.add_argument("--platform", default=None, help="PJRT platform: gpu (default), cpu with --tiny")
-    parser.add_argument("--tiny", action="store_true", help="the CPU check: tiny bundles, a few short calls, no torch.compile")
+    parser.add_argument(
+        "--tiny", action="store_true", help="the CPU check: tiny bundles, a few short calls, no torch.compile"
+    )
     parser.add_argument("--seconds", type=float, default=None, help="per measurement (default 0.75; --tiny 0.05)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--min-calls", type=int, default=5)
-    parser.add_argument("--budget-s", type=float, default=330.0, help="the run skips what would end past this (default 330 s)")
+    parser.add_argument(
+        "--budget-s", type=float, default=330.0, help="the run skips what would end past this (default 330 s)"
+    )
     parser.add_argument("--reserve-s", type=float, default=40.0, help="left over when a new measurement starts")
     parser.add_argument("--compile-reserve-s", type=float, default=90.0, help="left over when a torch.compile starts")
     parser.add_argument("--compile-threads", type=int, default=4, help="modules compiled at once by the PJRT client")
@@ -292,20 +344,28 @@ def main(argv: list[str] | None = None) -> dict:
     bundles = {precision: args.artifacts / f"{args.model}-{precision}" for precision in args.precisions.split(",")}
     missing = [str(path) for path in bundles.values() if not (path / "manifest.json").is_file()]
     if missing:
-        raise SystemExit(f"no bundle at {', '.join(missing)}: make them with python bench/prepare_gpu.py --model {args.model}")
+        raise SystemExit(
+            f"no bundle at {', '.join(missing)}: make them with python bench/prepare_gpu.py --model {args.model}"
+        )
     manifests = {precision: read_manifest(path) for precision, path in bundles.items()}
-    available = sorted(set.intersection(*({module["batch_size"] for module in m["modules"]} for m in manifests.values())))
+    available = sorted(
+        set.intersection(*({module["batch_size"] for module in m["modules"]} for m in manifests.values()))
+    )
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")] if args.batch_sizes else available
     shape = next(iter(manifests.values()))["model_shape"]
-    say(f"bench/gpu.py: {args.model} ({shape['layers']} layers, hidden {shape['hidden']}, seq {shape['seq_len']}), "
-        f"batch sizes {batch_sizes}, platform {args.platform}, budget {args.budget_s:.0f}s; {versions()}")
+    say(
+        f"bench/gpu.py: {args.model} ({shape['layers']} layers, hidden {shape['hidden']}, seq {shape['seq_len']}), "
+        f"batch sizes {batch_sizes}, platform {args.platform}, budget {args.budget_s:.0f}s; {versions()}"
+    )
 
     results: list[dict] = []
     # NOTE: a half that breaks is reported and the other still runs: the table is printed either way.
     try:
         run_bertc(args, bundles, batch_sizes, clock, results)
     except Exception as error:
-        results.append({"system": "bertc", "precision": "-", "mode": "failed", "by_batch": {}, "error": _error_line(error)})
+        results.append(
+            {"system": "bertc", "precision": "-", "mode": "failed", "by_batch": {}, "error": _error_line(error)}
+        )
         say(f"bertc half failed: {_error_line(error)}")
     torch_missing = "--no-torch" if args.no_torch else torch_available()
     if torch_missing:
@@ -314,7 +374,9 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             run_torch(args, shape, batch_sizes, clock, results)
         except Exception as error:
-            results.append({"system": "pytorch", "precision": "-", "mode": "failed", "by_batch": {}, "error": _error_line(error)})
+            results.append(
+                {"system": "pytorch", "precision": "-", "mode": "failed", "by_batch": {}, "error": _error_line(error)}
+            )
             say(f"pytorch half failed: {_error_line(error)}")
 
     say("")
@@ -324,14 +386,25 @@ def main(argv: list[str] | None = None) -> dict:
     for row in results:
         if "self_check" in row:
             check = row["self_check"]
-            say(f"check bertc {row['precision']}: max |dp| {check['max_abs_diff']:.2e} vs the TensorFlow build (gate {check['tolerance']}): "
-                f"{'ok' if check['passed'] else 'OVER THE GATE'}; weights {'match the build' if row['weights_match_build'] else 'differ from the build'}")
+            say(
+                f"check bertc {row['precision']}: max |dp| {check['max_abs_diff']:.2e} vs the TensorFlow build "
+                f"(gate {check['tolerance']}): "
+                f"{'ok' if check['passed'] else 'OVER THE GATE'}; "
+                f"weights {'match the build' if row['weights_match_build'] else 'differ from the build'}"
+            )
     for row in results:
         if row.get("error"):
             say(f"error {row['system']} {row['precision']} {row['mode']}: {row['error']}")
     say(f"total {clock.elapsed():.0f}s")
-    summary = {"model": args.model, "shape": shape, "batch_sizes": batch_sizes, "platform": args.platform,
-               "versions": versions(), "results": results, "seconds": clock.elapsed()}
+    summary = {
+        "model": args.model,
+        "shape": shape,
+        "batch_sizes": batch_sizes,
+        "platform": args.platform,
+        "versions": versions(),
+        "results": results,
+        "seconds": clock.elapsed(),
+    }
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary

@@ -3,6 +3,7 @@ both measured in one process, interleaved (bertc.bench), on the demo model (mini
 
     python bench/guard_cost.py [--model demo] [--rounds 3] [--seconds 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,15 @@ def main() -> None:
     models = {}
     for guard in ("on", "off"):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[f"model={args.model}", "bench=off", "verify=off",
-                                               f"security.guard_inputs={'true' if guard == 'on' else 'false'}"])
+            cfg = compose(
+                "config",
+                overrides=[
+                    f"model={args.model}",
+                    "bench=off",
+                    "verify=off",
+                    f"security.guard_inputs={'true' if guard == 'on' else 'false'}",
+                ],
+            )
         assert compile_run(build_plan(cfg), work / guard, Console(file=io.StringIO())) == 0
         models[f"guard {guard}"] = CompiledModel(work / guard / "model")
     result = benchmark(models, (1, 8), 128, 30522, args.rounds, args.seconds, warmup=3)
@@ -39,8 +47,10 @@ def main() -> None:
     for name in models:
         print(f"| {name} | {result[name]['latency_ms']['p50']:.2f} | {result[name]['throughput']['8']:.1f} |")
     on, off = result["guard on"], result["guard off"]
-    print(f"guard cost: batch 1 p50 {on['latency_ms']['p50'] / off['latency_ms']['p50'] - 1:+.1%}, "
-          f"batch 8 throughput {on['throughput']['8'] / off['throughput']['8'] - 1:+.1%}")
+    print(
+        f"guard cost: batch 1 p50 {on['latency_ms']['p50'] / off['latency_ms']['p50'] - 1:+.1%}, "
+        f"batch 8 throughput {on['throughput']['8'] / off['throughput']['8'] - 1:+.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Compile the StableHLO artifacts bench/gpu.py takes: one bundle per precision, modules + manifest, no weights.
 
-    python bench/prepare_gpu.py                                   # BERT-Large, seq 128, fp32 mixed mixed_bf16, batch 1 8 64 128
+    python bench/prepare_gpu.py                                   # BERT-Large, seq 128, fp32 mixed mixed_bf16,
+                                                                  # batch 1 8 64 128
     python bench/prepare_gpu.py --model tiny --batch-sizes 1,8    # the CPU-sized bundles of the tiny mode
 
 Each precision is one `python -m bertc model=M target=stablehlo target.batch_sizes=[...] precision=P
@@ -13,6 +14,7 @@ Verify's gates were set on 6 layers; 24 layers add error with depth (BERT-Large,
 weights, fp16: max |dp| 5.3e-3 over the fp16 gate of 5e-3), so the deep models get the wider
 VERIFY_TOLERANCE below. The manifest's reference check on the GPU uses the same figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +34,9 @@ def bundle(model_dir: Path, out: Path) -> int:
     """Copy a target=stablehlo model's modules and manifest (not its weights) into `out`; returns bytes copied."""
     model_dir = Path(model_dir)
     if not model_dir.exists() and (model_dir.parent / "rejected").exists():
-        print(f"warning: verify rejected {model_dir.parent.name}: its parity is in build-report.json; timings still hold")
+        print(
+            f"warning: verify rejected {model_dir.parent.name}: its parity is in build-report.json; timings still hold"
+        )
         model_dir = model_dir.parent / "rejected"
     source = model_dir / "stablehlo"
     if not (source / "manifest.json").is_file():
@@ -52,11 +56,25 @@ def bundle(model_dir: Path, out: Path) -> int:
 
 def compile_one(model: str, precision: str, batch_sizes: list[int], run_dir: Path, extra: list[str]) -> Path:
     command = [
-        sys.executable, "-m", "bertc", f"model={model}", "target=stablehlo", f"target.batch_sizes=[{','.join(map(str, batch_sizes))}]",
-        f"precision={precision}", "bench=off", "verify.batches=1", "target.device=cpu", f"hydra.run.dir={run_dir}",
-        "overwrite=true", *extra,  # the work folder is this script's own: a rerun replaces its compiles
+        sys.executable,
+        "-m",
+        "bertc",
+        f"model={model}",
+        "target=stablehlo",
+        f"target.batch_sizes=[{','.join(map(str, batch_sizes))}]",
+        f"precision={precision}",
+        "bench=off",
+        "verify.batches=1",
+        "target.device=cpu",
+        f"hydra.run.dir={run_dir}",
+        "overwrite=true",
+        *extra,  # the work folder is this script's own: a rerun replaces its compiles
     ]
-    if model in DEEP and precision in VERIFY_TOLERANCE and not any(item.startswith("verify.tolerance=") for item in extra):
+    if (
+        model in DEEP
+        and precision in VERIFY_TOLERANCE
+        and not any(item.startswith("verify.tolerance=") for item in extra)
+    ):
         command.append(f"verify.tolerance={VERIFY_TOLERANCE[precision]}")
     print("$", " ".join(command), flush=True)
     code = subprocess.run(command).returncode
@@ -71,7 +89,9 @@ def main() -> None:
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--batch-sizes", default="1,8,64,128")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "artifacts")
-    parser.add_argument("--work", type=Path, default=None, help="where the full compiles go (default: a temporary folder, kept)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="where the full compiles go (default: a temporary folder, kept)"
+    )
     parser.add_argument("overrides", nargs="*", help="more bertc overrides, e.g. mask.fold_scale=true")
     args = parser.parse_args()
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -81,7 +101,10 @@ def main() -> None:
         model_dir = compile_one(args.model, precision, batch_sizes, work / f"{args.model}-{precision}", args.overrides)
         size = bundle(model_dir, args.out / f"{args.model}-{precision}")
         total += size
-        print(f"{args.out / f'{args.model}-{precision}'}: {size / 1e6:.1f} MB (modules + manifest; weights left out)", flush=True)
+        print(
+            f"{args.out / f'{args.model}-{precision}'}: {size / 1e6:.1f} MB (modules + manifest; weights left out)",
+            flush=True,
+        )
     print(f"total {total / 1e6:.1f} MB in {args.out}; full compiles (with weights) in {work}")
 
 

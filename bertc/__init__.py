@@ -3,6 +3,7 @@
 `compile` lives in bertc/api.py and is imported on first use, so `import bertc` stays cheap (no
 TensorFlow, no Hydra).
 """
+
 from __future__ import annotations
 
 __all__ = ["compile"]

@@ -3,6 +3,7 @@
 Help, --version and unknown keys are answered here, before Hydra and without TensorFlow; a compile is a
 thin Hydra entry point over `bertc.cli.run_job`, which tests call directly.
 """
+
 from __future__ import annotations
 
 import sys

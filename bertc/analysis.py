@@ -1,5 +1,6 @@
 """A Graph -> facts about its BERT structure (attention sites, mask operands, LayerNorm epsilons), found by
 structure, not by names: what the passes, the shape reader and the targets all ask of a graph."""
+
 from __future__ import annotations
 
 import collections
@@ -24,8 +25,25 @@ if TYPE_CHECKING:
 SHAPE_ONLY_OPS = ("Shape", "ShapeN", "Size", "Rank")
 # What a mask computation may consist of; anything else on the mask side means it is not a mask.
 MASK_OPS = {
-    "Reshape", "Cast", "Fill", "Mul", "ExpandDims", "Sub", "Pack", "StridedSlice", "Const", "Identity",
-    "Tile", "BroadcastTo", "AddV2", "Add", "Neg", "Shape", "Squeeze", "OnesLike", "Placeholder",
+    "Reshape",
+    "Cast",
+    "Fill",
+    "Mul",
+    "ExpandDims",
+    "Sub",
+    "Pack",
+    "StridedSlice",
+    "Const",
+    "Identity",
+    "Tile",
+    "BroadcastTo",
+    "AddV2",
+    "Add",
+    "Neg",
+    "Shape",
+    "Squeeze",
+    "OnesLike",
+    "Placeholder",
 }
 
 
@@ -114,9 +132,12 @@ def layer_norm_epsilons(graph: Graph) -> list[float]:
     nodes = nodes_by_name(graph.graph_def)
     return [
         float(const_value(source))
-        for node in graph.graph_def.node if node.op == "Rsqrt"
-        for add in [nodes[split_input(node.input[0])[0]]] if add.op in ("Add", "AddV2")
-        for source in [nodes[split_input(name)[0]] for name in add.input] if source.op == "Const"
+        for node in graph.graph_def.node
+        if node.op == "Rsqrt"
+        for add in [nodes[split_input(node.input[0])[0]]]
+        if add.op in ("Add", "AddV2")
+        for source in [nodes[split_input(name)[0]] for name in add.input]
+        if source.op == "Const"
     ]
 
 
@@ -128,12 +149,41 @@ def layer_norm_epsilons(graph: Graph) -> list[float]:
 # the variance (contrib's moments + batchnorm form and Keras' own).
 
 ELEMENTWISE_OPS = frozenset(
-    {"Mul", "Add", "AddV2", "Sub", "RealDiv", "Pow", "Tanh", "Erf", "Erfc", "Sigmoid", "Neg", "Const", "Square",
-     "Sqrt", "Cast", "Reciprocal"}
+    {
+        "Mul",
+        "Add",
+        "AddV2",
+        "Sub",
+        "RealDiv",
+        "Pow",
+        "Tanh",
+        "Erf",
+        "Erfc",
+        "Sigmoid",
+        "Neg",
+        "Const",
+        "Square",
+        "Sqrt",
+        "Cast",
+        "Reciprocal",
+    }
 )
 LAYER_NORM_OPS = frozenset(
-    {"Mean", "SquaredDifference", "Square", "Sub", "Mul", "Add", "AddV2", "Rsqrt", "Sqrt", "RealDiv", "Const",
-     "Maximum", "Reciprocal"}
+    {
+        "Mean",
+        "SquaredDifference",
+        "Square",
+        "Sub",
+        "Mul",
+        "Add",
+        "AddV2",
+        "Rsqrt",
+        "Sqrt",
+        "RealDiv",
+        "Const",
+        "Maximum",
+        "Reciprocal",
+    }
 )
 GELU_CORES = {"Tanh": "tanh", "Erf": "exact", "Erfc": "exact", "Sigmoid": "sigmoid"}
 
@@ -162,8 +212,10 @@ class Index:
     @classmethod
     def of(cls, graph: Graph) -> Index:
         nodes = nodes_by_name(graph.graph_def)
-        users = {name: [(user, position) for user, position in found if position >= 0]
-                 for name, found in consumers(graph.graph_def).items()}
+        users = {
+            name: [(user, position) for user, position in found if position >= 0]
+            for name, found in consumers(graph.graph_def).items()
+        }
         constants = set(graph.weights) | {name for name, node in nodes.items() if node.op == "Const"}
         for node in graph.graph_def.node:  # graph order: a read comes after what it reads
             if node.op in PASS_THROUGH_OPS and node.input and split_input(node.input[0])[0] in constants:
@@ -231,11 +283,14 @@ def _layer_norm_at(rsqrt: str, index: Index) -> Region | None:
     exits = [name for name in forward if any(user not in forward for user in index.readers(name))]
     if len(exits) != 1:
         return None
-    return Region(tensor_name(*split_input(nodes[spread].input[0])[:2]), exits[0], frozenset(_between(x, exits[0], index)))
+    return Region(
+        tensor_name(*split_input(nodes[spread].input[0])[:2]), exits[0], frozenset(_between(x, exits[0], index))
+    )
 
 
 def _between(source: str, sink: str, index: Index) -> set[str]:
     """The nodes on paths from `source` (excluded) to `sink`, with the constants and weights they read."""
+
     def walk(start: str, step) -> set[str]:
         seen, stack = set(), [start]
         while stack:
@@ -310,13 +365,30 @@ def _ancestors_within(name: str, index: Index, within: set[str]) -> set[str]:
 # exporter's graph. Nodes that play none (shape arithmetic, the signature's plumbing) have no entry.
 
 ROLES = (
-    "embedding", "mask_bias", "attention_projection", "attention_scores", "attention_softmax", "attention_context",
-    "attention_output", "residual", "layer_norm", "ffn_in", "gelu", "ffn_out", "pooler", "classifier",
+    "embedding",
+    "mask_bias",
+    "attention_projection",
+    "attention_scores",
+    "attention_softmax",
+    "attention_context",
+    "attention_output",
+    "residual",
+    "layer_norm",
+    "ffn_in",
+    "gelu",
+    "ffn_out",
+    "pooler",
+    "classifier",
     "final_softmax",
 )
 ROLE_GROUPS = {
-    "attention": ("attention_projection", "attention_scores", "attention_softmax", "attention_context",
-                  "attention_output"),
+    "attention": (
+        "attention_projection",
+        "attention_scores",
+        "attention_softmax",
+        "attention_context",
+        "attention_output",
+    ),
     "ffn": ("ffn_in", "gelu", "ffn_out"),
 }
 MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "_FusedMatMul")
@@ -345,8 +417,10 @@ def node_roles(graph: Graph) -> dict[str, str]:
         tag(site.nodes, "gelu")
         _tag_ffn(site, index, tag)
     if mask_input is not None:
-        tag((name for name, found in sources.items() if found == frozenset([mask_input]) and name != mask_input),
-            "mask_bias")
+        tag(
+            (name for name, found in sources.items() if found == frozenset([mask_input]) and name != mask_input),
+            "mask_bias",
+        )
     for site, position in find_attention_sites(graph):
         _tag_attention(site.name, position, index, tag)
     _tag_head(graph, index, layer_norms, tag)
@@ -372,8 +446,11 @@ def _follow(index: Index, start: str, until: tuple[str, ...]) -> str | None:
 def _bias_after(index: Index, matmul: str) -> str:
     """The bias add after a projection (BiasAdd, or Add of a weight), else the matmul itself."""
     readers = index.readers(matmul)
-    if len(readers) == 1 and index.nodes[readers[0]].op in ("BiasAdd", "Add", "AddV2") \
-            and any(parent in index.constants for parent in index.inputs(readers[0])):
+    if (
+        len(readers) == 1
+        and index.nodes[readers[0]].op in ("BiasAdd", "Add", "AddV2")
+        and any(parent in index.constants for parent in index.inputs(readers[0]))
+    ):
         return readers[0]
     return matmul
 
@@ -439,8 +516,7 @@ def _tag_head(graph: Graph, index: Index, layer_norms: list[Region], tag) -> Non
     if layer_norms:
         last = layer_norms[-1].output
         pooler = _between(last, tanh, index) | {tanh}
-        tag((name for name in pooler if not (nodes[name].op == "Reshape" and index.inputs(name)[0] == last)),
-            "pooler")
+        tag((name for name in pooler if not (nodes[name].op == "Reshape" and index.inputs(name)[0] == last)), "pooler")
 
 
 def _tag_embedding(graph: Graph, index: Index, layer_norms: list[Region], sources, tag) -> None:

@@ -11,6 +11,7 @@ What TensorFlow writes that is not a function of the plan alone:
   the new names, serialized deterministically.
 - `variables/*` (the checkpoint) is deterministic and hashed byte for byte, as is any other file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,8 @@ def file_digests(path: str | Path) -> dict[str, str]:
     path = Path(path)
     return {
         file.relative_to(path).as_posix(): _hash_file(hashlib.sha256(), file).hexdigest()
-        for file in sorted(path.rglob("*")) if file.is_file()
+        for file in sorted(path.rglob("*"))
+        if file.is_file()
     }
 
 
@@ -71,7 +73,8 @@ def _hash_file(digest, file: Path):
 
 
 def canonical_saved_model(data: bytes) -> bytes:
-    """saved_model.pb bytes -> the same SavedModel, per-process numbers replaced by ranks, serialized deterministically."""
+    """saved_model.pb bytes -> the same SavedModel, per-process numbers replaced by ranks, serialized
+    deterministically."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
@@ -108,8 +111,11 @@ def _renumber_captures(saved_model) -> None:
         for function in graph.graph_def.library.function:
             attr_maps += [node.attr for node in function.node_def]
             attr_maps += [arg.attr for arg in function.arg_attr.values()]
-        captures += [attrs["_user_specified_name"] for attrs in attr_maps
-                     if "_user_specified_name" in attrs and attrs["_user_specified_name"].s.isdigit()]
+        captures += [
+            attrs["_user_specified_name"]
+            for attrs in attr_maps
+            if "_user_specified_name" in attrs and attrs["_user_specified_name"].s.isdigit()
+        ]
     ranks = {number: rank for rank, number in enumerate(sorted({int(attr.s) for attr in captures}))}
     for attr in captures:
         attr.s = b"capture_%d" % ranks[int(attr.s)]

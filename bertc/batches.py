@@ -1,5 +1,6 @@
 """Seeded serving inputs (batches of input_ids, input_mask, segment_ids) for verify, bench and the targets'
 self-checks (NumPy only)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,12 @@ def synthetic_batches(batches: int, batch_size: int, seq_len: int, vocab: int, s
             length = int(rng.integers(4, seq_len + 1))
             first = int(rng.integers(1, length - 2))
             ids[row, :length] = rng.integers(1000, vocab, length) if vocab > 1000 else rng.integers(1, vocab, length)
-            ids[row, 0], ids[row, first], ids[row, length - 1] = min(101, vocab - 1), min(102, vocab - 1), min(102, vocab - 1)
+            ids[row, 0], ids[row, first], ids[row, length - 1] = (
+                min(101, vocab - 1),
+                min(102, vocab - 1),
+                min(102, vocab - 1),
+            )
             mask[row, :length] = 1
-            segments[row, first + 1:length] = 1
+            segments[row, first + 1 : length] = 1
         result.append(Batch(ids, mask, segments))
     return result

@@ -6,6 +6,7 @@ calls give the latency percentiles; every batch size gives sequences per second.
 throughput at the largest batch size, and its batch-1 latency ratio is reported beside it. Each
 figure's spread over the rounds, and whether the speedup can be trusted, come from bertc/spread.py.
 """
+
 from __future__ import annotations
 
 import resource
@@ -60,7 +61,7 @@ def benchmark(
     for round_number in range(rounds):
         for size in batch_sizes:
             # NOTE: the order flips every round: a model that always ran second would always inherit the first's heat.
-            for name, model in (order if round_number % 2 == 0 else order[::-1]):
+            for name, model in order if round_number % 2 == 0 else order[::-1]:
                 progress(f"round {round_number + 1}/{rounds}, batch {size}, {name}")
                 durations[name][size].append(_timed_calls(model, feeds[size], seconds))
     loads.append(load_average())
@@ -79,7 +80,9 @@ def benchmark(
         result["speedup"] = result["compiled"]["throughput"][largest] / result["original"]["throughput"][largest]
         result["speedup_batch"] = int(largest)
         if 1 in batch_sizes:
-            result["latency_ratio_p50"] = result["compiled"]["latency_ms"]["p50"] / result["original"]["latency_ms"]["p50"]
+            result["latency_ratio_p50"] = (
+                result["compiled"]["latency_ms"]["p50"] / result["original"]["latency_ms"]["p50"]
+            )
     add_spread(result, durations, batch_sizes, loads)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
@@ -87,28 +90,25 @@ def benchmark(
 
 # ---- realistic lengths (issue 15): batches with a real mix of lengths, beside the full-length ones ----
 
+
 def benchmark_lengths(
-    models: Mapping[str, Callable],
-    batch_sizes: tuple[int, ...],
-    seq_len: int,
-    vocab: int,
-    rounds: int,
-    seconds: float,
-    warmup: int,
-    dataset: str | None = None,
+    models: Mapping[str, Callable], seq_len: int, vocab: int, timing: Mapping, dataset: str | None = None,
     vocab_file: str | None = None,
 ) -> dict:
     """Throughput (and batch-1 p50) on batches of real lengths: the dataset's pairs in file order when
-    given, else seeded MRPC-like lengths; each model cycles through the same batches, interleaved."""
+    given, else seeded MRPC-like lengths; each model cycles through the same batches, interleaved.
+    `timing`: batch_sizes, rounds, seconds, warmup, as benchmark() takes them."""
     from bertc.lengths import length_mix
 
+    batch_sizes, rounds, seconds, warmup = (timing[key] for key in ("batch_sizes", "rounds", "seconds", "warmup"))
     result: dict = {}
     durations: dict[str, dict[int, list[float]]]
     durations = {name: {size: [] for size in batch_sizes} for name in models}
     feeds: dict[int, list] = {}
     for size in batch_sizes:
-        feeds[size], result["source"] = length_mix(seq_len, vocab, size, tsv=dataset, vocab_file=vocab_file,
-                                                   batches=max(8, 64 // size), seed=0)
+        feeds[size], result["source"] = length_mix(
+            seq_len, vocab, size, tsv=dataset, vocab_file=vocab_file, batches=max(8, 64 // size), seed=0
+        )
     longest = [int(batch["input_mask"].sum(1).max()) for batch in feeds[max(batch_sizes)]]
     result["mean_longest_row"] = float(np.mean(longest))
     for model in models.values():
@@ -118,7 +118,7 @@ def benchmark_lengths(
     order = list(models.items())
     for round_number in range(rounds):
         for size in batch_sizes:
-            for name, model in (order if round_number % 2 == 0 else order[::-1]):
+            for name, model in order if round_number % 2 == 0 else order[::-1]:
                 deadline, index = time.perf_counter() + seconds, 0
                 while time.perf_counter() < deadline or index < 3:
                     start = time.perf_counter()

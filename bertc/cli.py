@@ -4,6 +4,7 @@ In a single run a failure exits non-zero; in a sweep (-m) the job records its fa
 too) in its report.json and returns, so the sweep goes on and the summary shows a failed row.
 The run folder is claimed first and SIGINT/SIGTERM recorded (bertc/faults.py, bertc/rundir.py).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,14 @@ def run_job(cfg: DictConfig, run_dir: Path | None = None, console: Console | Non
     console = console or Console(highlight=False, soft_wrap=True)
     run_dir = Path(run_dir or _run_dir())
     # bertc/faults.py: the run folder claimed first (bertc/rundir.py); SIGINT, SIGTERM, sweep crashes recorded
-    return guarded_job(run_dir, cfg.model.path, bool(cfg.get("overwrite")), console, _is_multirun(),
-                       lambda: _run_job(cfg, run_dir, console))
+    return guarded_job(
+        run_dir,
+        cfg.model.path,
+        bool(cfg.get("overwrite")),
+        console,
+        _is_multirun(),
+        lambda: _run_job(cfg, run_dir, console),
+    )
 
 
 def _run_job(cfg: DictConfig, run_dir: Path, console: Console) -> int:
@@ -57,11 +64,20 @@ def _run_job(cfg: DictConfig, run_dir: Path, console: Console) -> int:
         if cfg.dry_run:
             source = prepare(plan, lambda line: console.print(dim(line)))
             write_plan(run_dir, plan, source)
-            write_reports(run_dir, {"status": "planned", "fingerprint": source.fingerprint, "steps": [],
-                                    "input": {"path": str(source.path), "digest": source.digest},
-                                    "versions": source.versions})
-            console.print(f"fingerprint {source.fingerprint}\ndry run: nothing compiled; plan written to "
-                          f"{escape(str(run_dir / 'plan.json'))}")
+            write_reports(
+                run_dir,
+                {
+                    "status": "planned",
+                    "fingerprint": source.fingerprint,
+                    "steps": [],
+                    "input": {"path": str(source.path), "digest": source.digest},
+                    "versions": source.versions,
+                },
+            )
+            console.print(
+                f"fingerprint {source.fingerprint}\ndry run: nothing compiled; plan written to "
+                f"{escape(str(run_dir / 'plan.json'))}"
+            )
             return 0
         with native_stderr_to(run_dir / "tensorflow.log"):
             code = compile_run(plan, run_dir, console, debug=bool(cfg.debug))

@@ -1,5 +1,6 @@
 """The config surface: one frozen dataclass per group that is not a pass (a pass declares its own), and the
 Hydra schema derived from all of them, registered so every YAML value and override is type-checked."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,8 +74,12 @@ class SecurityConf:
 
 # group -> its dataclass, for the groups that are not passes (each pass brings its own group).
 GROUPS: dict[str, type] = {
-    "model": ModelInput, "target": TargetConf, "shape": ShapeConf, "verify": VerifyConf,
-    "bench": BenchConf, "security": SecurityConf,
+    "model": ModelInput,
+    "target": TargetConf,
+    "shape": ShapeConf,
+    "verify": VerifyConf,
+    "bench": BenchConf,
+    "security": SecurityConf,
 }
 TOP_LEVEL = (
     Key("dry_run", bool, False),  # print the plan and its fingerprint, compile nothing

@@ -4,6 +4,7 @@ TensorFlow and XLA log from C++ straight to file descriptor 2; Python-level sett
 all of it. While bertc runs, fd 2 goes to `tensorflow.log` in the run folder, and bertc writes to
 a duplicate of the real terminal.
 """
+
 from __future__ import annotations
 
 import contextlib

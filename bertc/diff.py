@@ -7,6 +7,7 @@ difference, marking those the fingerprint does not cover (verify, bench, the inp
 Prints "identical plans" when nothing differs. Exit 0: identical plans; 1: they differ; 2: a
 folder is not a bertc run folder. Reads JSON only: no TensorFlow import, so it answers at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bertc.errors import UserError
+from bertc.jsonfile import read_json_object
 
 EXIT_DIFFERENT, EXIT_BAD_FOLDER = 1, 2
 # plan.json sections outside the fingerprint: they change how a run is checked, not the artifact.
@@ -77,13 +79,15 @@ def _check_plan(plan: dict, file: Path) -> None:
     body = plan["plan"] if isinstance(plan["plan"], dict) else {}
     steps = body.get("steps", [])
     if not isinstance(steps, list) or not all(
-        isinstance(step, dict) and isinstance(step.get("name"), str)
-        and isinstance(step.get("params") or {}, dict)
+        isinstance(step, dict) and isinstance(step.get("name"), str) and isinstance(step.get("params") or {}, dict)
         for step in steps
     ):
         problems.append("plan.steps is not a list of {name, params}")
-    problems += [f"plan.{key} is not an object" for key in ("target", *UNFINGERPRINTED)
-                 if not isinstance(body.get(key, {}), dict)]
+    problems += [
+        f"plan.{key} is not an object"
+        for key in ("target", *UNFINGERPRINTED)
+        if not isinstance(body.get(key, {}), dict)
+    ]
     if problems:
         raise BadRunFolder(f"{file} is not a plan bertc wrote: {'; '.join(problems)}.")
 
@@ -94,13 +98,7 @@ def _check_report(report: dict, file: Path) -> None:
 
 
 def _read_json(file: Path) -> dict:
-    try:
-        value = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise BadRunFolder(f"{file} cannot be read as JSON ({error}).") from None
-    if not isinstance(value, dict):
-        raise BadRunFolder(f"{file} holds no JSON object.")
-    return value
+    return read_json_object(file, BadRunFolder)
 
 
 def show(value: Any) -> str:
@@ -208,8 +206,11 @@ def render(a: RunRecord, b: RunRecord, differences: list[Difference]) -> list[st
         else:
             lines.append("plans differ: different fingerprints")
     if a.artifact_digest and b.artifact_digest:
-        lines.append("artifacts: same digest" if a.artifact_digest == b.artifact_digest
-                     else f"artifacts differ: {a.artifact_digest} -> {b.artifact_digest}")
+        lines.append(
+            "artifacts: same digest"
+            if a.artifact_digest == b.artifact_digest
+            else f"artifacts differ: {a.artifact_digest} -> {b.artifact_digest}"
+        )
     return lines
 
 

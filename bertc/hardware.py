@@ -4,6 +4,7 @@ On a CPU without bf16 instructions TensorFlow emulates bf16 matmuls, and a mixed
 slower than fp32 (measured on a 2-core AMD EPYC with AVX2 only: 0.86x the original on target=tf,
 0.99x on target=xla; bench/README.md).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

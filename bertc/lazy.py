@@ -1,5 +1,6 @@
 """`tensorflow`, imported quietly on first attribute access: `bertc --help`, shell completion and config
 errors answer without loading it (importing TensorFlow takes seconds and prints to fd 2)."""
+
 from __future__ import annotations
 
 import importlib

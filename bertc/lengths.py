@@ -57,9 +57,7 @@ def synthetic_feeds(lengths: np.ndarray, seq_len: int, vocab: int, seed: int) ->
     mask = np.zeros_like(ids)
     segments = np.zeros_like(ids)
     for row, length in enumerate(lengths):
-        ids[row, :length] = (
-            rng.integers(1000, vocab, length) if vocab > 1000 else rng.integers(1, vocab, length)
-        )
+        ids[row, :length] = rng.integers(1000, vocab, length) if vocab > 1000 else rng.integers(1, vocab, length)
         mask[row, :length] = 1
         segments[row, length // 2 : length] = 1
     return {"input_ids": ids, "input_mask": mask, "segment_ids": segments}
@@ -87,9 +85,7 @@ def length_mix(
             raise ConfigError(f"a length mix from {tsv} needs the model's vocab.txt (got {vocab_file}).")
         pairs = read_glue_tsv(tsv, batches * batch_size)
         tokenized = tokenize_pairs(pairs, vocab_file, seq_len, batch_size)
-        return [
-            batch.feeds() for batch in tokenized[:batches]
-        ], f"{Path(tsv).name} ({len(pairs)} pairs, file order)"
+        return [batch.feeds() for batch in tokenized[:batches]], f"{Path(tsv).name} ({len(pairs)} pairs, file order)"
     lengths = mrpc_like_lengths(batches * batch_size, seq_len, seed)
     feeds = [
         synthetic_feeds(lengths[start : start + batch_size], seq_len, vocab, seed + start)
@@ -112,9 +108,7 @@ def length_record(plan: Any, warmed: dict[str, float] | None) -> dict:
         return {}
     entry: dict = {"mode": step.params.mode}
     if warmed:
-        entry["buckets" if step.params.mode == "buckets" else "warmed_lengths"] = [
-            int(size) for size in warmed
-        ]
+        entry["buckets" if step.params.mode == "buckets" else "warmed_lengths"] = [int(size) for size in warmed]
         entry["compile_seconds"] = dict(warmed)
     return {"length": entry}
 

@@ -14,6 +14,7 @@ Three kinds of limit, each failing as a clear user error (exit 2) before the har
   worker thread; when the limit passes the main thread raises, the run records the failure and
   `python -m bertc` then exits at once without waiting for the abandoned call (`exit_if_work_abandoned`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,6 +50,7 @@ class TimeLimitExceeded(UserError):
 
 # ---- config values -----------------------------------------------------------------------------
 
+
 def run_limits(cfg: Any) -> RunLimits:
     """Validate the values TensorFlow or the gate would misuse, and return the run's time limits."""
     tolerance = cfg.verify.tolerance
@@ -59,16 +61,17 @@ def run_limits(cfg: Any) -> RunLimits:
         )
     for key in ("intra_op_threads", "inter_op_threads"):
         if cfg.target[key] < 0:
-            raise ConfigError(
-                f"target.{key}={cfg.target[key]} must be 0 (TensorFlow's choice) or a positive count.")
+            raise ConfigError(f"target.{key}={cfg.target[key]} must be 0 (TensorFlow's choice) or a positive count.")
     if cfg.partition.mode != "none":
         boundaries = list(cfg.partition.boundaries)
         repeated = sorted({name for name in boundaries if boundaries.count(name) > 1})
         if repeated:
-            raise ConfigError(
-                f"partition.boundaries names {repeated} more than once; give each boundary once.")
-    timeouts = {"target.timeout_s": cfg.target.timeout_s, "verify.timeout_s": cfg.verify.timeout_s,
-                "bench.timeout_s": cfg.bench.timeout_s}
+            raise ConfigError(f"partition.boundaries names {repeated} more than once; give each boundary once.")
+    timeouts = {
+        "target.timeout_s": cfg.target.timeout_s,
+        "verify.timeout_s": cfg.verify.timeout_s,
+        "bench.timeout_s": cfg.bench.timeout_s,
+    }
     for key, value in timeouts.items():
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{key}={value} must be a positive number of seconds, or null for no limit.")
@@ -88,6 +91,7 @@ def largest_batch(plan: Any) -> tuple[int, str]:
 
 
 # ---- memory --------------------------------------------------------------------------------------
+
 
 def available_memory() -> int | None:
     """Bytes this process may still use: MemAvailable, capped by a cgroup limit; None when unknown."""
@@ -116,7 +120,8 @@ def estimated_peak_bytes(shape: Any, batch: int) -> int:
     live activations (scores and softmax of every head, the FFN activation and its GELU terms,
     about 12 [B,S,H])."""
     weights = (shape.vocab + shape.max_positions + shape.type_vocab) * shape.hidden + shape.layers * (
-        4 * shape.hidden * shape.hidden + 2 * shape.hidden * shape.intermediate)
+        4 * shape.hidden * shape.hidden + 2 * shape.hidden * shape.intermediate
+    )
     tokens = batch * shape.seq_len
     activations = tokens * (3 * shape.heads * shape.seq_len + 4 * shape.intermediate + 12 * shape.hidden)
     return 4 * (3 * weights + activations)
@@ -137,11 +142,18 @@ def refuse_batch_beyond_memory(shape: Any, plan: Any) -> None:
 
 # ---- static cost bound ----------------------------------------------------------------------------
 
+
 def tensor_limit(shape: Any, batch: int) -> int:
     """Elements of the largest tensor a BERT of this shape needs at `batch`, times TENSOR_MARGIN."""
     tokens = batch * shape.seq_len
-    largest = max(tokens * shape.heads * shape.seq_len, tokens * shape.intermediate, tokens * shape.vocab,
-                  tokens * shape.hidden, shape.vocab * shape.hidden, shape.max_positions * shape.hidden)
+    largest = max(
+        tokens * shape.heads * shape.seq_len,
+        tokens * shape.intermediate,
+        tokens * shape.vocab,
+        tokens * shape.hidden,
+        shape.vocab * shape.hidden,
+        shape.max_positions * shape.hidden,
+    )
     return TENSOR_MARGIN * largest
 
 
@@ -149,16 +161,25 @@ def work_limit(shape: Any, batch: int) -> int:
     """Multiply-adds and elementwise results of a BERT forward pass at `batch` (a one-hot embedding
     included), times WORK_MARGIN."""
     tokens = batch * shape.seq_len
-    per_layer = (2 * tokens * shape.hidden * (4 * shape.hidden + 2 * shape.intermediate)
-                 + 4 * tokens * shape.seq_len * shape.hidden
-                 + 40 * tokens * (shape.heads * shape.seq_len + shape.intermediate + shape.hidden))
+    per_layer = (
+        2 * tokens * shape.hidden * (4 * shape.hidden + 2 * shape.intermediate)
+        + 4 * tokens * shape.seq_len * shape.hidden
+        + 40 * tokens * (shape.heads * shape.seq_len + shape.intermediate + shape.hidden)
+    )
     embeddings = 2 * tokens * (shape.vocab + shape.type_vocab) * shape.hidden + 20 * tokens * shape.hidden
     tables = 4 * (shape.vocab + shape.max_positions) * shape.hidden
     return WORK_MARGIN * (shape.layers * per_layer + embeddings + tables)
 
 
-def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mapping[str, Iterable[int | None]],
-                          stops: Iterable[str], shape: Any, batch: int, outputs: Mapping[str, str]) -> dict:
+def refuse_unbounded_work(
+    meta_graph,
+    nodes_to_run: Iterable[str],
+    feeds: Mapping[str, Iterable[int | None]],
+    stops: Iterable[str],
+    shape: Any,
+    batch: int,
+    outputs: Mapping[str, str],
+) -> dict:
     """Shape-infer the nodes that will run at `batch` (nothing is executed); refuse what exceeds the limits.
 
     `feeds` maps each serving input node to its shape (-1 or None: the batch); `stops` are the other
@@ -191,8 +212,7 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
         try:
             tf.graph_util.import_graph_def(subgraph, name="")
         except (ValueError, tf.errors.OpError) as error:  # shape inference proved the graph cannot run
-            raise ModelError(
-                f"the model's graph does not hold together at batch {batch}: {str(error)[:400]}") from None
+            raise ModelError(f"the model's graph does not hold together at batch {batch}: {str(error)[:400]}") from None
     limit, budget = tensor_limit(shape, batch), work_limit(shape, batch)
     too_big, unknown, costs = [], [], {}
     library = {function.signature.name: function for function in graph_def.library.function}
@@ -207,11 +227,15 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
             if not tensor.shape.is_fully_defined():
                 unknown.append(f"{tensor.name}{where} ({operation.type}, shape {tensor.shape})")
             elif tensor.shape.num_elements() > limit:
-                too_big.append(f"{tensor.name}{where} ({operation.type}, shape {tensor.shape.as_list()}, "
-                               f"{tensor.shape.num_elements():.3g} elements)")
-    described = (f"a BERT of {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, "
-                 f"intermediate {shape.intermediate}, vocab {shape.vocab}, at batch {batch} and sequence "
-                 f"length {shape.seq_len}")
+                too_big.append(
+                    f"{tensor.name}{where} ({operation.type}, shape {tensor.shape.as_list()}, "
+                    f"{tensor.shape.num_elements():.3g} elements)"
+                )
+    described = (
+        f"a BERT of {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, "
+        f"intermediate {shape.intermediate}, vocab {shape.vocab}, at batch {batch} and sequence "
+        f"length {shape.seq_len}"
+    )
     if too_big:
         raise ModelError(
             f"the model's graph would make tensor(s) larger than {limit:.3g} elements ({TENSOR_MARGIN}x the "
@@ -237,18 +261,27 @@ def refuse_unbounded_work(meta_graph, nodes_to_run: Iterable[str], feeds: Mappin
         raise ModelError(
             f"the model's graph would cost {total:.3g} operations per call, over {budget:.3g} "
             f"({WORK_MARGIN}x {described}); the heaviest nodes: "
-            + ", ".join(f"{name} ({nodes[name].op if name in nodes else '?'}, {cost:.3g})"
-                        for name, cost in heaviest)
+            + ", ".join(f"{name} ({nodes[name].op if name in nodes else '?'}, {cost:.3g})" for name, cost in heaviest)
             + ". bertc refuses to run it; the graph computes more than a BERT classifier."
         )
-    return {"batch": batch, "tensor_limit": limit, "work": total, "work_limit": budget,
-            "largest_tensor": max((tensor.shape.num_elements() for operation in tf_graph.get_operations()
-                                   for tensor in operation.outputs if tensor.shape.is_fully_defined()),
-                                  default=0)}
+    return {
+        "batch": batch,
+        "tensor_limit": limit,
+        "work": total,
+        "work_limit": budget,
+        "largest_tensor": max(
+            (
+                tensor.shape.num_elements()
+                for operation in tf_graph.get_operations()
+                for tensor in operation.outputs
+                if tensor.shape.is_fully_defined()
+            ),
+            default=0,
+        ),
+    }
 
 
-def _operations_with_function_bodies(tf_graph, library: Mapping, where: str = "",
-                                     seen: frozenset = frozenset()):
+def _operations_with_function_bodies(tf_graph, library: Mapping, where: str = "", seen: frozenset = frozenset()):
     """(" in function F, called by N" or "", operation) for every operation, and those of every function
     called, traced at the shapes of the call's inputs (nested calls too; a recursion is not re-entered)."""
     from tensorflow.python.framework.function_def_to_graph import function_def_to_graph
@@ -285,6 +318,7 @@ def _declared_shape(node) -> list[int] | None:
 
 def _cost(operation) -> int:
     """Multiply-adds of a matmul-like op (2 per product), else the elements it produces."""
+
     def dims(tensor) -> list[int]:
         if tensor.shape.rank is None:
             return []
@@ -306,13 +340,14 @@ def _cost(operation) -> int:
         sizes: dict[str, int] = {}
         for letters, tensor in zip(equation.split("->")[0].split(","), operation.inputs):
             letters = letters.replace("...", "")  # broadcast dims: counted in the output's elements
-            for letter, size in zip(letters, dims(tensor)[-len(letters):] if letters else []):
+            for letter, size in zip(letters, dims(tensor)[-len(letters) :] if letters else []):
                 sizes[letter] = max(sizes.get(letter, 0), size)
         return 2 * math.prod(sizes.values()) if sizes else produced
     return produced
 
 
 # ---- wall-clock limits ----------------------------------------------------------------------------
+
 
 def run_with_limit(call: Callable[[], Result], seconds: float | None, key: str, what: str) -> Result:
     """`call()` in a worker thread; TimeLimitExceeded when it is still running after `seconds`."""
@@ -358,6 +393,7 @@ def exit_if_work_abandoned(code: int | str | None) -> None:
 
 # ---- before compiling ------------------------------------------------------------------------------
 
+
 def check_before_running(plan: Any, loaded: Any) -> dict:
     """Everything that can be refused from the loaded model and the plan before a graph runs: the
     verify inputs, the batch against memory, the static cost of all that loading and serving runs."""
@@ -378,7 +414,9 @@ def check_before_running(plan: Any, loaded: Any) -> dict:
         node = by_name[split_input(tensor)[0]]
         feeds[node.name] = _declared_shape(node)
     to_run = set().union(*loaded.executed.values()) | {
-        node.name for node in loaded.graph.graph_def.node if node.name in by_name}
+        node.name for node in loaded.graph.graph_def.node if node.name in by_name
+    }
     outputs = {"probabilities": loaded.graph.outputs["probabilities"]}
-    return refuse_unbounded_work(loaded.meta_graph, to_run, feeds, loader_fed_nodes(loaded.meta_graph),
-                                 loaded.shape, batch, outputs)
+    return refuse_unbounded_work(
+        loaded.meta_graph, to_run, feeds, loader_fed_nodes(loaded.meta_graph), loaded.shape, batch, outputs
+    )

@@ -5,6 +5,7 @@ the checkpoint files. Variables become weight Placeholders; the graph keeps the 
 (everything downstream of the serving inputs and what that needs) and drops the saver and the
 initialisers. The loss branch is kept: dropping it is the removal step's job.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -197,8 +198,12 @@ def _pick_meta_graph(saved_model, path: Path):
         near = [tags for tags in tag_sets if "serve" in tags]
         raise ModelError(
             f"{path}: no meta graph is tagged exactly 'serve' (tag sets: {tag_sets or 'none'}). "
-            + ("TensorFlow's loader, which verify and bench use, loads only the graph tagged exactly "
-               "['serve'], so bertc would not check what runs; " if near else "")
+            + (
+                "TensorFlow's loader, which verify and bench use, loads only the graph tagged exactly "
+                "['serve'], so bertc would not check what runs; "
+                if near
+                else ""
+            )
             + "export the serving graph with tags ['serve']."
         )
     if len(exact) > 1:
@@ -220,8 +225,11 @@ def _check_graph_version(graph_def: GraphDef, path: Path) -> None:
             + (f", bad_consumers {list(versions.bad_consumers)}" if versions.bad_consumers else "")
             + f") cannot be read by this TensorFlow {tf.version.VERSION} (GraphDef version {ours}, reads "
             f"producers from {tf.version.GRAPH_DEF_VERSION_MIN_PRODUCER}): "
-            + ("install a newer TensorFlow or export the model with this one." if too_new
-               else "export the model again with a recent TensorFlow.")
+            + (
+                "install a newer TensorFlow or export the model with this one."
+                if too_new
+                else "export the model again with a recent TensorFlow."
+            )
         )
 
 
@@ -346,8 +354,15 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
     if seq_len <= 0:
         raise not_bert("input_ids of static shape [batch, seq_len]", "no static sequence length")
     downstream = descendants(graph_def, [input_ids.name])
-    gathers = [node for node in graph_def.node if node.name in downstream and node.op in ("GatherV2", "Gather", "ResourceGather")]
-    table = next((w for node in gathers if (w := _weight_behind(nodes, weights, split_input(node.input[0])[0])) is not None), None)
+    gathers = [
+        node
+        for node in graph_def.node
+        if node.name in downstream and node.op in ("GatherV2", "Gather", "ResourceGather")
+    ]
+    table = next(
+        (w for node in gathers if (w := _weight_behind(nodes, weights, split_input(node.input[0])[0])) is not None),
+        None,
+    )
     if table is None or table.ndim != 2:
         raise not_bert("a word-embedding gather fed by input_ids", f"{len(gathers)} gather(s) without a 2-D table")
     vocab, hidden = table.shape
@@ -363,7 +378,9 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
         raise not_bert("a token-type embedding fed by segment_ids", "none")
 
     positions = [
-        w for node in graph_def.node if node.op in ("Slice", "StridedSlice")
+        w
+        for node in graph_def.node
+        if node.op in ("Slice", "StridedSlice")
         if (w := _weight_behind(nodes, weights, split_input(node.input[0])[0])) is not None and w.ndim == 2
     ]
     if not positions:
@@ -371,22 +388,35 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
     max_positions = positions[0].shape[0]
 
     final_softmax = _through_identity(nodes, node_of(graph.outputs["probabilities"]))
-    attention_softmaxes = [node for node in graph_def.node if node.op == "Softmax" and node is not final_softmax and node.name in downstream]
+    attention_softmaxes = [
+        node
+        for node in graph_def.node
+        if node.op == "Softmax" and node is not final_softmax and node.name in downstream
+    ]
     if not attention_softmaxes:
         raise not_bert("attention softmaxes downstream of input_ids", "none")
     heads = _heads_of(nodes, users, attention_softmaxes[0])
     if heads is None or hidden % heads:
         raise not_bert("the [batch, seq, heads, head_size] reshape of an attention layer", f"heads={heads}")
 
-    kernel_widths = [w.shape[1] for name, w in weights.items() if w.ndim == 2 and w.shape[0] == hidden and w.shape[1] != hidden]
+    kernel_widths = [
+        w.shape[1] for name, w in weights.items() if w.ndim == 2 and w.shape[0] == hidden and w.shape[1] != hidden
+    ]
     widest = max(kernel_widths, default=0)
     logits_node = _through_identity(nodes, node_of(graph.outputs["logits"]))
     num_labels = _num_labels(nodes, weights, logits_node)
     epsilons = layer_norm_epsilons(graph)
     return BertShape(
-        layers=len(attention_softmaxes), hidden=int(hidden), heads=int(heads), head_size=int(hidden // heads),
-        intermediate=int(widest), vocab=int(vocab), type_vocab=int(type_vocab),
-        max_positions=int(max_positions), seq_len=int(seq_len), num_labels=int(num_labels),
+        layers=len(attention_softmaxes),
+        hidden=int(hidden),
+        heads=int(heads),
+        head_size=int(hidden // heads),
+        intermediate=int(widest),
+        vocab=int(vocab),
+        type_vocab=int(type_vocab),
+        max_positions=int(max_positions),
+        seq_len=int(seq_len),
+        num_labels=int(num_labels),
         epsilon=epsilons[0] if epsilons else 1e-12,
     )
 

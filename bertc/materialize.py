@@ -5,6 +5,7 @@ checkpoint folders and Hugging Face folders are exported once by `bertc.export` 
 (`$BERTC_CACHE`, else `$XDG_CACHE_HOME/bertc`, else `~/.cache/bertc`) and reused; the cache key
 holds everything the export depends on, so a stale entry cannot be picked up.
 """
+
 from __future__ import annotations
 
 import os

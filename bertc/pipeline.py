@@ -7,6 +7,7 @@ bookkeeping of each step: op histograms before and after, time, a graph check, m
 that matched nothing is an error), the pass's `requires` before it and its `ensures` after it, and
 errors named with the step and the steps before it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -101,9 +102,13 @@ def run_pipeline(run: Run) -> None:
     source = materialize(run, plan)
     target = check_target(run, plan)  # NOTE: before any work: a missing toolchain fails at once
     loaded = load(run, plan, source)
-    original = Original(source.path, loaded.signature_inputs,
-                        {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")},
-                        loaded.shape.seq_len, loaded.shape.vocab)
+    original = Original(
+        source.path,
+        loaded.signature_inputs,
+        {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")},
+        loaded.shape.seq_len,
+        loaded.shape.vocab,
+    )
     options = target_options(plan, loaded.shape, source.fingerprint)
     graph = rewrite(run, plan, loaded.graph)
     del loaded  # NOTE: from here only the rewritten graph holds weights (BERT-Large: 1.3 GB a copy)
@@ -159,8 +164,11 @@ def write_plan(run_dir: Path, plan: Plan, source: Source) -> None:
 def materialize(run: Run, plan: Plan) -> Source:
     run.stage = "input"
     source = prepare(plan, run.say)
-    run.record.update(fingerprint=source.fingerprint, versions=source.versions,
-                      input={"path": str(source.path), "digest": source.digest})
+    run.record.update(
+        fingerprint=source.fingerprint,
+        versions=source.versions,
+        input={"path": str(source.path), "digest": source.digest},
+    )
     write_plan(run.run_dir, plan, source)
     run.console.print(f"fingerprint [bold]{source.fingerprint[:23]}...[/]")
     return source
@@ -195,8 +203,10 @@ def load(run: Run, plan: Plan, source: Source):
     except UserError as error:  # a graph the analysis cannot read: the steps that need roles say so themselves
         run.record["input"]["roles"] = {}
         run.say(f"roles not found: {first_line(error)}")
-    run.say(f"BERT: {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, intermediate "
-            f"{shape.intermediate}, seq_len {shape.seq_len}, {shape.num_labels} labels")
+    run.say(
+        f"BERT: {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, intermediate "
+        f"{shape.intermediate}, seq_len {shape.seq_len}, {shape.num_labels} labels"
+    )
     if plan.shape.seq_len is not None and plan.shape.seq_len != shape.seq_len:
         raise ConfigError(
             f"shape.seq_len={plan.shape.seq_len} differs from the model's exported sequence length {shape.seq_len}; "
@@ -225,15 +235,24 @@ def target_options(plan: Plan, shape, fingerprint_: str):
 
     partition, mask = plan.step_params("partition"), plan.step_params("mask")
     return TargetOptions(
-        name=plan.target.name, device=plan.target.device, batch_size=plan.shape.batch_size, seq_len=shape.seq_len,
+        name=plan.target.name,
+        device=plan.target.device,
+        batch_size=plan.shape.batch_size,
+        seq_len=shape.seq_len,
         host_device=partition.host_device if partition else "/device:CPU:0",
         compute_dtype=plan.compute_dtype,
         scale_folded=bool(mask and mask.fold_scale),
-        input_limits={"input_ids": shape.vocab, "segment_ids": shape.type_vocab} if plan.security.guard_inputs else None,
-        dynamic_batch=plan.target.dynamic_batch, batch_sizes=plan.target.batch_sizes, precision=plan.precision,
-        gate_tolerance=plan.verify.tolerance or GATES[plan.gate], fingerprint=fingerprint_,
+        input_limits={"input_ids": shape.vocab, "segment_ids": shape.type_vocab}
+        if plan.security.guard_inputs
+        else None,
+        dynamic_batch=plan.target.dynamic_batch,
+        batch_sizes=plan.target.batch_sizes,
+        precision=plan.precision,
+        gate_tolerance=plan.verify.tolerance or GATES[plan.gate],
+        fingerprint=fingerprint_,
         seeded_preset=(plan.model.size, plan.model.seed) if plan.model.kind == "preset" else None,
-        model_shape=dict(vars(shape)), keep_signature=plan.keep_signature,
+        model_shape=dict(vars(shape)),
+        keep_signature=plan.keep_signature,
     )
 
 
@@ -276,21 +295,33 @@ def run_step(step, graph, done: list[str]) -> tuple[Any, dict]:
     for condition in spec.ensures:
         problem = condition.check(result.graph, step.params)
         if problem:
-            raise StepFailed(step.name, done, BrokenPromise(
-                f"{step.name} promised that {condition.description}, and it does not hold: {problem}. "
-                "This is a bug in bertc: please report it with this run folder."
-            ))
+            raise StepFailed(
+                step.name,
+                done,
+                BrokenPromise(
+                    f"{step.name} promised that {condition.description}, and it does not hold: {problem}. "
+                    "This is a bug in bertc: please report it with this run folder."
+                ),
+            )
     unmatched = [entry for entry, count in result.matches.items() if count == 0]
     if unmatched:
         one = len(unmatched) == 1
-        raise StepFailed(step.name, done, ConfigError(
-            f"{step.group} entr{'y' if one else 'ies'} {unmatched} matched nothing in the "
-            f"graph; remove {'it' if one else 'them'} or fix the pattern."
-        ))
+        raise StepFailed(
+            step.name,
+            done,
+            ConfigError(
+                f"{step.group} entr{'y' if one else 'ies'} {unmatched} matched nothing in the "
+                f"graph; remove {'it' if one else 'them'} or fix the pattern."
+            ),
+        )
     after = op_histogram(result.graph.graph_def)
     return result.graph, {
-        "name": step.name, "op_delta": op_delta(before, after), "ops_before": sum(before.values()),
-        "ops_after": sum(after.values()), "seconds": round(seconds, 4), "matches": dict(result.matches),
+        "name": step.name,
+        "op_delta": op_delta(before, after),
+        "ops_before": sum(before.values()),
+        "ops_after": sum(after.values()),
+        "seconds": round(seconds, 4),
+        "matches": dict(result.matches),
         **dict(result.details),
     }
 
@@ -303,12 +334,20 @@ def lower(run: Run, target, graph, options):
         start = time.perf_counter()
         module = target.lower(graph, options)
         # length=trim|buckets: {bucket: seconds of its first call}, the XLA compile included
-        warmed = run_with_limit(functools.partial(warm_up, module, options.batch_size, options.seq_len),
-                                run.plan.limits.compile_s, "target.timeout_s", "the warm-up")
+        warmed = run_with_limit(
+            functools.partial(warm_up, module, options.batch_size, options.seq_len),
+            run.plan.limits.compile_s,
+            "target.timeout_s",
+            "the warm-up",
+        )
         seconds = time.perf_counter() - start
     run.record.update(length_record(run.plan, warmed))  # the length step: {"length": {mode, buckets, ...}}
-    run.record["target"] = {"name": options.name, "device": options.device, "compile_seconds": round(seconds, 3),
-                            "boundaries": run.record.pop("boundaries", [])}
+    run.record["target"] = {
+        "name": options.name,
+        "device": options.device,
+        "compile_seconds": round(seconds, 3),
+        "boundaries": run.record.pop("boundaries", []),
+    }
     return module
 
 
@@ -340,11 +379,15 @@ def open_models(plan: Plan, original: Original, artifact: Path) -> dict | None:
     from bertc.limits import run_with_limit
     from bertc.verify import load_both
 
-    limit, key = (plan.limits.verify_s, "verify.timeout_s") if plan.verify.enabled else (plan.limits.bench_s,
-                                                                                        "bench.timeout_s")
+    limit, key = (
+        (plan.limits.verify_s, "verify.timeout_s") if plan.verify.enabled else (plan.limits.bench_s, "bench.timeout_s")
+    )
     loaded, compiled = run_with_limit(
         functools.partial(load_both, original.path, original.signature_inputs, original.outputs, artifact),
-        limit, key, "loading the original and compiled models")
+        limit,
+        key,
+        "loading the original and compiled models",
+    )
     return {"original": loaded, "compiled": compiled}
 
 
@@ -357,7 +400,9 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
 
     settings = plan.verify
     with run.step("verify against the original", "verify"):
-        batches = synthetic_batches(settings.batches, settings.batch_size, original.seq_len, original.vocab, settings.seed)
+        batches = synthetic_batches(
+            settings.batches, settings.batch_size, original.seq_len, original.vocab, settings.seed
+        )
         if settings.dataset:
             vocab = original.path / "vocab.txt"
             if not vocab.is_file():
@@ -366,11 +411,16 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
             batches += tokenize_pairs(pairs, vocab, original.seq_len, settings.batch_size)
         parity = run_with_limit(
             functools.partial(compare, models["original"], models["compiled"], batches, plan.gate, settings.tolerance),
-            plan.limits.verify_s, "verify.timeout_s", "verify")
+            plan.limits.verify_s,
+            "verify.timeout_s",
+            "verify",
+        )
         record_lengths_ran(run.record, models["compiled"], batches)  # the length step: which widths verify ran
     run.record["parity"] = parity
-    run.say(f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "
-            f"argmax agreement {parity['argmax_agreement']:.4f}")
+    run.say(
+        f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "
+        f"argmax agreement {parity['argmax_agreement']:.4f}"
+    )
     return bool(parity["passed"])
 
 
@@ -386,10 +436,18 @@ def bench(run: Run, plan: Plan, original: Original, models: dict | None) -> None
     dataset = plan.verify.dataset if plan.verify.dataset and vocab_file.is_file() else None
 
     def measure() -> dict:
-        figures = benchmark(models, settings.batch_sizes, original.seq_len, original.vocab,
-                            settings.rounds, settings.seconds, settings.warmup)
-        figures["lengths"] = benchmark_lengths(models, settings.batch_sizes, original.seq_len, original.vocab,
-                                               settings.rounds, settings.seconds, settings.warmup, dataset,
+        figures = benchmark(
+            models,
+            settings.batch_sizes,
+            original.seq_len,
+            original.vocab,
+            settings.rounds,
+            settings.seconds,
+            settings.warmup,
+        )
+        timing = {"batch_sizes": settings.batch_sizes, "rounds": settings.rounds, "seconds": settings.seconds,
+                  "warmup": settings.warmup}
+        figures["lengths"] = benchmark_lengths(models, original.seq_len, original.vocab, timing, dataset,
                                                vocab_file if dataset else None)
         return figures
 
@@ -458,8 +516,9 @@ def _compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool) -> in
 
 
 def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
-    run.record.update(status="failed", failed_step=getattr(error, "step", None) or run.stage,
-                      error=str(error) or type(error).__name__)
+    run.record.update(
+        status="failed", failed_step=getattr(error, "step", None) or run.stage, error=str(error) or type(error).__name__
+    )
     if trace:
         run.record["traceback"] = trace
         if run.debug:
@@ -478,5 +537,7 @@ def _finish(run: Run) -> None:
         return
     print_wrapped(run.console, summary_table(run.record))
     if run.record.get("error"):
-        run.console.print(f"[bold red]error[/] [dim]({run.record.get('failed_step')})[/]: {escape(run.record['error'])}")
+        run.console.print(
+            f"[bold red]error[/] [dim]({run.record.get('failed_step')})[/]: {escape(run.record['error'])}"
+        )
     run.console.print(f"run folder: {escape(str(run.run_dir))}")

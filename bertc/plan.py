@@ -5,6 +5,7 @@ parameters, never reorders them. The fingerprint hashes everything that can chan
 artifact (steps, parameters, target, shapes, input digest, library versions) and nothing else:
 no paths, no times, no verify or bench settings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,9 +61,12 @@ class Plan:
         return {
             "steps": [{"name": step.name, "params": _plain(step.params)} for step in self.steps],
             # NOTE: the time limit never changes the artifact: it stays out of the fingerprint.
-            "target": {**{key: value for key, value in _plain(self.target).items() if key != "timeout_s"},
-                       **_plain(self.shape), "guard_inputs": self.security.guard_inputs,
-                       "keep_signature": self.keep_signature},
+            "target": {
+                **{key: value for key, value in _plain(self.target).items() if key != "timeout_s"},
+                **_plain(self.shape),
+                "guard_inputs": self.security.guard_inputs,
+                "keep_signature": self.keep_signature,
+            },
         }
 
     def to_dict(self) -> dict:
@@ -77,7 +81,11 @@ class Plan:
 
     def describe(self) -> list[str]:
         """The plan as a person reads it, one line per item (printed before anything runs)."""
-        source = self.model.path or (f"packaged {self.model.packaged}" if self.model.packaged else f"preset {self.model.size} (seed {self.model.seed})")
+        source = self.model.path or (
+            f"packaged {self.model.packaged}"
+            if self.model.packaged
+            else f"preset {self.model.size} (seed {self.model.seed})"
+        )
         lines = [f"input    {self.model.name}: {source}"]
         for number, step in enumerate(self.steps, 1):
             if hasattr(step.params, "rules"):
@@ -91,21 +99,29 @@ class Plan:
         lines.append(
             f"target   {target.name} on {target.device}, warm-up batch {self.shape.batch_size}, "
             f"seq_len {self.shape.seq_len or 'from model'}, input guard {'on' if self.security.guard_inputs else 'off'}"
-            + (f", threads intra={target.intra_op_threads} inter={target.inter_op_threads}" if target.intra_op_threads or target.inter_op_threads else "")
+            + (
+                f", threads intra={target.intra_op_threads} inter={target.inter_op_threads}"
+                if target.intra_op_threads or target.inter_op_threads
+                else ""
+            )
             + (f", StableHLO modules for batch sizes {list(target.batch_sizes)}" if target.name == "stablehlo" else "")
             + (", signature keeps label_ids and is_real_example" if self.keep_signature else "")
         )
         verify = self.verify
         lines.append(
-            "verify   off" if not verify.enabled else
-            f"verify   {verify.batches} synthetic batches of {verify.batch_size} (seed {verify.seed})"
+            "verify   off"
+            if not verify.enabled
+            else f"verify   {verify.batches} synthetic batches of {verify.batch_size} (seed {verify.seed})"
             + (f" + {verify.dataset}" if verify.dataset else "")
-            + f", gate {self.gate}" + (f" tolerance {verify.tolerance}" if verify.tolerance is not None else "")
+            + f", gate {self.gate}"
+            + (f" tolerance {verify.tolerance}" if verify.tolerance is not None else "")
         )
         bench = self.bench
         lines.append(
-            "bench    off" if not bench.enabled else
-            f"bench    batch sizes {list(bench.batch_sizes)}, {bench.rounds} interleaved rounds of {bench.seconds}s"
+            "bench    off"
+            if not bench.enabled
+            else f"bench    batch sizes {list(bench.batch_sizes)}, "
+            f"{bench.rounds} interleaved rounds of {bench.seconds}s"
         )
         return lines
 
@@ -175,7 +191,9 @@ def build_plan(cfg: Any) -> Plan:
         limits=run_limits(cfg),  # tolerance, threads, boundaries, timeouts
     )
     _check_values(plan)
-    return dataclasses.replace(plan, target=dataclasses.replace(plan.target, batch_sizes=tuple(sorted(set(plan.target.batch_sizes)))))
+    return dataclasses.replace(
+        plan, target=dataclasses.replace(plan.target, batch_sizes=tuple(sorted(set(plan.target.batch_sizes))))
+    )
 
 
 def _check_values(plan: Plan) -> None:

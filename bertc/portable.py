@@ -1,5 +1,6 @@
 """The target=stablehlo artifact's format, shared by the target that writes it and the runtime that reads it:
 its name and version, tensor digests, dtypes, and the host part's NumPy recipe (NumPy only)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,6 +32,7 @@ def tensor_digest(value: np.ndarray) -> str:
 
 # ---- the host part -------------------------------------------------------------------------------
 
+
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
     """tf.nn.batch_normalization's arithmetic over the last axis, in float32, as google's graph does it."""
     mean = x.mean(axis=-1, keepdims=True, dtype=np.float32)
@@ -39,14 +41,19 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
     return x * inverse + (beta - mean * inverse)
 
 
-def compute_host(host: Mapping, weights: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def compute_host(
+    host: Mapping, weights: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """The manifest's host recipe on a batch of serving inputs -> the boundary tensors the device part reads."""
     result = {}
     embedding = host["embedding_output"]
     ids, segments = feeds["input_ids"], feeds["segment_ids"]
     seq_len = ids.shape[1]
     # NOTE: the order of the sums is the graph's: (words + token types) + positions.
-    x = _float32(weights, embedding["word_embeddings"])[ids] + _float32(weights, embedding["token_type_embeddings"])[segments]
+    x = (
+        _float32(weights, embedding["word_embeddings"])[ids]
+        + _float32(weights, embedding["token_type_embeddings"])[segments]
+    )
     x = x + _float32(weights, embedding["position_embeddings"])[:seq_len][None]
     norm = embedding["layer_norm"]
     x = layer_norm(x, _float32(weights, norm["gamma"]), _float32(weights, norm["beta"]), norm["epsilon"])

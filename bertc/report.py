@@ -18,11 +18,13 @@ load_average {before, after, cores} (1-minute), reliable, unreliable_reasons [wh
 should not be trusted], peak_rss_mb, lengths {source, mean_longest_row,
 original, compiled, speedup, latency_ratio_p50: the same on batches of real lengths}}, length {mode,
 buckets (length=buckets) or warmed_lengths, compile_seconds by bucket (first call, XLA compile
-included), ran {width: verify batches run at it}} (length=trim|buckets), serving {base_path (TensorFlow Serving's --model_base_path:
-it holds version 1/), model_name, version, inputs (the signature's), dropped_inputs (run_classifier
+included), ran {width: verify batches run at it}} (length=trim|buckets), serving {base_path
+(TensorFlow Serving's --model_base_path: it holds version 1/), model_name, version, inputs (the
+signature's), dropped_inputs (run_classifier
 inputs the signature no longer takes)}, a passed model only. A key whose part did not run is
 absent. NaN and infinity, which JSON lacks, are written as null.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,7 +72,8 @@ def write_reports(run_dir: Path, record: dict) -> None:
 
 
 def fmt_number(value, digits: int = 3) -> str:
-    """0 as `0`, magnitudes under 1e-3 in scientific notation (2.35e-06, 1e-05), others to `digits` significant digits."""
+    """0 as `0`, magnitudes under 1e-3 in scientific notation (2.35e-06, 1e-05), others to `digits`
+    significant digits."""
     if value is None:
         return "-"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -97,16 +100,22 @@ def _digest(entry: dict) -> str:
 def _parity_lines(parity: dict) -> list[str]:
     count = parity.get("disagreement_count", len(parity["disagreements"]))
     lines = [
-        "", "## Parity", "",
+        "",
+        "## Parity",
+        "",
         f"- {parity['examples']} examples, gate {parity['gate']} (max |probability difference| "
         f"{fmt_number(parity['tolerance'])}): **{'passed' if parity['passed'] else 'FAILED'}**",
-        f"- probabilities: max abs diff {fmt_number(parity['max_abs_diff'])}, mean {fmt_number(parity['mean_abs_diff'])}",
-        f"- logits: max abs diff {fmt_number(parity['logits_max_abs_diff'])}, mean {fmt_number(parity['logits_mean_abs_diff'])}",
+        f"- probabilities: max abs diff {fmt_number(parity['max_abs_diff'])}, "
+        f"mean {fmt_number(parity['mean_abs_diff'])}",
+        f"- logits: max abs diff {fmt_number(parity['logits_max_abs_diff'])}, "
+        f"mean {fmt_number(parity['logits_mean_abs_diff'])}",
         f"- argmax agreement {parity['argmax_agreement']:.4f}: {count} disagreement{'' if count == 1 else 's'}, "
         f"{parity['confident_disagreements']} where the original was confident (margin > 2 x tolerance)",
     ]
     if parity.get("nonfinite_outputs"):
-        lines.append(f"- **{parity['nonfinite_outputs']} examples with NaN or infinite outputs** from the compiled model")
+        lines.append(
+            f"- **{parity['nonfinite_outputs']} examples with NaN or infinite outputs** from the compiled model"
+        )
     accuracy = parity.get("accuracy")
     if accuracy:
         lines.append(
@@ -115,21 +124,37 @@ def _parity_lines(parity: dict) -> list[str]:
         )
     by_source = parity.get("by_source") or {}
     if len(by_source) > 1:
-        lines += ["", "| inputs | examples | max abs diff (prob) | mean (prob) | max abs diff (logits) | argmax agreement | disagreements |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| inputs | examples | max abs diff (prob) | mean (prob) | max abs diff (logits) "
+            "| argmax agreement | disagreements |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, figures in by_source.items():
             lines.append(
-                f"| {name} | {figures['examples']} | {fmt_number(figures['max_abs_diff'])} | {fmt_number(figures['mean_abs_diff'])} "
-                f"| {fmt_number(figures['logits_max_abs_diff'])} | {figures['argmax_agreement']:.4f} | {figures['disagreement_count']} |"
+                f"| {name} | {figures['examples']} | {fmt_number(figures['max_abs_diff'])} "
+                f"| {fmt_number(figures['mean_abs_diff'])} "
+                f"| {fmt_number(figures['logits_max_abs_diff'])} | {figures['argmax_agreement']:.4f} "
+                f"| {figures['disagreement_count']} |"
             )
     if parity["disagreements"]:
         shown = len(parity["disagreements"])
-        lines += ["", f"Examples whose argmax differs{f' (the first {shown} of {count})' if shown < count else ''}:", "",
-                  "| example | original | compiled | margin | confident |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Examples whose argmax differs{f' (the first {shown} of {count})' if shown < count else ''}:",
+            "",
+            "| example | original | compiled | margin | confident |",
+            "|---|---|---|---|---|",
+        ]
         for entry in parity["disagreements"]:
-            where = f"dataset line {entry['line']}" if entry.get("line") is not None else f"{entry['source']} #{entry['index']}"
+            where = (
+                f"dataset line {entry['line']}"
+                if entry.get("line") is not None
+                else f"{entry['source']} #{entry['index']}"
+            )
             lines.append(
-                f"| {where} | {', '.join(f'{p:.4f}' for p in entry['original'])} | {', '.join(f'{p:.4f}' for p in entry['compiled'])} "
+                f"| {where} | {', '.join(f'{p:.4f}' for p in entry['original'])} "
+                f"| {', '.join(f'{p:.4f}' for p in entry['compiled'])} "
                 f"| {fmt_number(entry.get('margin'))} | {'yes' if entry['confident'] else 'no'} |"
             )
     return lines
@@ -155,8 +180,10 @@ def markdown(record: dict) -> str:
             lines.append(f"| {step['name']} | {step['seconds']:.2f} | {delta} |")
         for step in record["steps"]:
             if step.get("converted_roles"):
-                regions = ", ".join(f"{role} ({', '.join(f'{count} {dtype}' for dtype, count in dtypes.items())})"
-                                    for role, dtypes in step["converted_roles"].items())
+                regions = ", ".join(
+                    f"{role} ({', '.join(f'{count} {dtype}' for dtype, count in dtypes.items())})"
+                    for role, dtypes in step["converted_roles"].items()
+                )
                 lines += ["", f"Converted by {step['name']} (nodes per role): {regions}"]
     boundaries = (record.get("target") or {}).get("boundaries")
     if boundaries:
@@ -166,23 +193,39 @@ def markdown(record: dict) -> str:
     if parity:
         lines += _parity_lines(parity)
     elif record.get("status") == "passed":
-        lines += ["", "## Parity", "", "Not verified (verify=off): nothing shows this model computes the same function."]
+        lines += [
+            "",
+            "## Parity",
+            "",
+            "Not verified (verify=off): nothing shows this model computes the same function.",
+        ]
     bench = record.get("bench")
     if bench:
         sizes = list(bench["original"]["throughput"])
-        lines += ["", "## Benchmark", "", "| model | " + " | ".join(f"batch {b} seq/s" for b in sizes) + " | p50 ms | p90 ms | p99 ms |"]
+        lines += [
+            "",
+            "## Benchmark",
+            "",
+            "| model | " + " | ".join(f"batch {b} seq/s" for b in sizes) + " | p50 ms | p90 ms | p99 ms |",
+        ]
         lines.append("|---" * (len(sizes) + 4) + "|")
         for name in ("original", "compiled"):
             entry = bench[name]
             latency = entry.get("latency_ms", {})
             lines.append(
-                f"| {name} | " + " | ".join(f"{v:.1f}" for v in entry["throughput"].values())
+                f"| {name} | "
+                + " | ".join(f"{v:.1f}" for v in entry["throughput"].values())
                 + f" | {_fmt_ms(latency.get('p50'))} | {_fmt_ms(latency.get('p90'))} | {_fmt_ms(latency.get('p99'))} |"
             )
         if "speedup" in bench:
-            ratio = f"; batch-1 p50 latency ratio {bench['latency_ratio_p50']:.2f}" if "latency_ratio_p50" in bench else ""
-            lines += ["", f"Speedup (compiled / original throughput) at batch {bench['speedup_batch']}: "
-                          f"**{bench['speedup']:.2f}x**{ratio}; peak RSS {bench['peak_rss_mb']:.0f} MB."]
+            ratio = (
+                f"; batch-1 p50 latency ratio {bench['latency_ratio_p50']:.2f}" if "latency_ratio_p50" in bench else ""
+            )
+            lines += [
+                "",
+                f"Speedup (compiled / original throughput) at batch {bench['speedup_batch']}: "
+                f"**{bench['speedup']:.2f}x**{ratio}; peak RSS {bench['peak_rss_mb']:.0f} MB.",
+            ]
         lines += spread_lines(bench)
     lines += serving_lines(record.get("serving"))
     return "\n".join(lines) + "\n"
@@ -197,15 +240,33 @@ def summary_table(record: dict) -> Table:
     if parity:
         count = parity.get("disagreement_count", len(parity["disagreements"]))
         verdict = "passed" if parity["passed"] else "[bold red]FAILED[/]"
-        table.add_row("parity", f"{verdict} ({parity['examples']} examples; gate {parity['gate']}: max |dp| <= {fmt_number(parity['tolerance'])})")
-        table.add_row("probabilities", f"max |dp| {fmt_number(parity['max_abs_diff'])}, mean {fmt_number(parity['mean_abs_diff'])}")
-        table.add_row("logits", f"max |dl| {fmt_number(parity['logits_max_abs_diff'])}, mean {fmt_number(parity['logits_mean_abs_diff'])}")
-        table.add_row("argmax", f"agreement {parity['argmax_agreement']:.4f}: {count} disagree, {parity['confident_disagreements']} confident")
+        table.add_row(
+            "parity",
+            f"{verdict} ({parity['examples']} examples; gate {parity['gate']}: "
+            f"max |dp| <= {fmt_number(parity['tolerance'])})",
+        )
+        table.add_row(
+            "probabilities",
+            f"max |dp| {fmt_number(parity['max_abs_diff'])}, mean {fmt_number(parity['mean_abs_diff'])}",
+        )
+        table.add_row(
+            "logits",
+            f"max |dl| {fmt_number(parity['logits_max_abs_diff'])}, mean {fmt_number(parity['logits_mean_abs_diff'])}",
+        )
+        table.add_row(
+            "argmax",
+            f"agreement {parity['argmax_agreement']:.4f}: {count} disagree, "
+            f"{parity['confident_disagreements']} confident",
+        )
         if parity.get("nonfinite_outputs"):
             table.add_row("non-finite", f"[bold red]{parity['nonfinite_outputs']} examples with NaN/inf outputs[/]")
         if parity.get("accuracy"):
             accuracy = parity["accuracy"]
-            table.add_row("accuracy", f"original {accuracy['original']:.4f}, compiled {accuracy['compiled']:.4f} ({accuracy['examples']} labelled)")
+            table.add_row(
+                "accuracy",
+                f"original {accuracy['original']:.4f}, compiled {accuracy['compiled']:.4f} "
+                f"({accuracy['examples']} labelled)",
+            )
     elif record.get("status") == "passed":
         table.add_row("parity", "not verified (verify=off)")
     bench = record.get("bench")
@@ -213,14 +274,18 @@ def summary_table(record: dict) -> Table:
         size = str(bench["speedup_batch"])
         table.add_row(
             f"throughput b{size}",
-            f"{bench['original']['throughput'][size]:.1f} -> {bench['compiled']['throughput'][size]:.1f} seq/s ({bench['speedup']:.2f}x)",
+            f"{bench['original']['throughput'][size]:.1f} -> {bench['compiled']['throughput'][size]:.1f} seq/s "
+            f"({bench['speedup']:.2f}x)",
         )
         if bench.get("speedup_spread"):
             table.add_row("spread", escape(spread_summary(bench)))
         if bench.get("unreliable_reasons"):
             table.add_row("[yellow]unreliable[/]", escape("; ".join(bench["unreliable_reasons"])))
         if "latency_ms" in bench["compiled"]:
-            table.add_row("latency p50 b1", f"{bench['original']['latency_ms']['p50']:.2f} -> {bench['compiled']['latency_ms']['p50']:.2f} ms")
+            table.add_row(
+                "latency p50 b1",
+                f"{bench['original']['latency_ms']['p50']:.2f} -> {bench['compiled']['latency_ms']['p50']:.2f} ms",
+            )
     if (record.get("target") or {}).get("compile_seconds") is not None:
         table.add_row("compile", f"{record['target']['compile_seconds']:.1f} s")
     if (record.get("artifact") or {}).get("path"):
@@ -259,17 +324,24 @@ def spread_lines(bench: dict) -> list[str]:
     if not bench.get("speedup_spread"):
         return []
     sizes = list(bench["original"]["throughput"])
-    lines = ["", "Spread over the rounds (min-max, coefficient of variation):", "",
-             "| model | " + " | ".join(f"batch {b} seq/s" for b in sizes) + " | p50 ms b1 |",
-             "|---" * (len(sizes) + 2) + "|"]
+    lines = [
+        "",
+        "Spread over the rounds (min-max, coefficient of variation):",
+        "",
+        "| model | " + " | ".join(f"batch {b} seq/s" for b in sizes) + " | p50 ms b1 |",
+        "|---" * (len(sizes) + 2) + "|",
+    ]
     for name in ("original", "compiled"):
         figures = bench[name].get("spread") or {}
         cells = [_range(figures.get("throughput", {}).get(b)) for b in bench[name]["throughput"]]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_range(figures.get('latency_p50_ms'), 2)} |")
     load = bench.get("load_average") or {}
     before, after = fmt_number(load.get("before")), fmt_number(load.get("after"))
-    lines += ["", f"Per-round speedup {_range(bench['speedup_spread'], 2, 'x')}; 1-minute load average "
-                  f"{before} before, {after} after, on {load.get('cores')} cores."]
+    lines += [
+        "",
+        f"Per-round speedup {_range(bench['speedup_spread'], 2, 'x')}; 1-minute load average "
+        f"{before} before, {after} after, on {load.get('cores')} cores.",
+    ]
     if bench.get("unreliable_reasons"):
         lines += ["", "**The speedup is unreliable**: " + "; ".join(bench["unreliable_reasons"]) + "."]
     return lines

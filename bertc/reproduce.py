@@ -13,6 +13,7 @@ each cause is named: the input model changed since (its digest), library version
 plan differs (step or target parameters), or, with all of those equal, the artifact only.
 Exit 0: identical; 1: not identical (or the rebuild failed); 2: RUN is not a usable run folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -126,11 +127,15 @@ def _digest_now(folder: Path | None, recorded: str | None) -> tuple[str | None, 
     try:
         digest = artifact_digest(folder)
     except (DecodeError, OSError) as error:  # a model folder damaged since the run
-        return recorded, (f"{folder} cannot be read any more ({type(error).__name__}: {error}); compared "
-                          "with the digest recorded in report.json")
+        return recorded, (
+            f"{folder} cannot be read any more ({type(error).__name__}: {error}); compared "
+            "with the digest recorded in report.json"
+        )
     if recorded and digest != recorded:
-        return digest, (f"{folder} no longer matches the digest in report.json ({recorded}): it was modified after "
-                        "the run, or an older bertc defined the digest otherwise; compared with the model as it is now")
+        return digest, (
+            f"{folder} no longer matches the digest in report.json ({recorded}): it was modified after "
+            "the run, or an older bertc defined the digest otherwise; compared with the model as it is now"
+        )
     return digest, None
 
 
@@ -141,8 +146,11 @@ def compare_artifacts(run: Path, original: RunRecord, out: Path, rebuilt: RunRec
     after = rebuilt.artifact_digest
     changed = _changed_files(before_folder, after_folder)
     if before_folder is not None and after_folder is not None and not changed:
-        note = None if original.artifact_digest == after else (
-            f"report.json recorded {original.artifact_digest}: an older bertc defined the digest otherwise")
+        note = (
+            None
+            if original.artifact_digest == after
+            else (f"report.json recorded {original.artifact_digest}: an older bertc defined the digest otherwise")
+        )
         return after, after, note, changed
     if not same_fingerprint:
         return original.artifact_digest, after, None, changed
@@ -157,7 +165,9 @@ def explain(run: Path, original: RunRecord, out: Path) -> tuple[bool, list[str]]
         if report.get("failed_step") == "input":
             cause = f"input changed: the input model cannot be read any more: {report.get('error')}"
         else:
-            cause = f"the rebuild failed at {report.get('failed_step', 'start')}: {report.get('error', 'see its output')}"
+            cause = (
+                f"the rebuild failed at {report.get('failed_step', 'start')}: {report.get('error', 'see its output')}"
+            )
         return False, ["NOT identical:", f"  - {cause}"]
     rebuilt = read_run(out)
     differences = compare(original, rebuilt)
@@ -208,12 +218,16 @@ def _causes(original: RunRecord, rebuilt: RunRecord, differences: list[Differenc
     version_changes = [d.what for d in differences if d.where == "versions"]
     if version_changes:
         causes.append("versions differ (run -> now): " + "; ".join(version_changes))
-    plan_changes = [f"{d.where}: {d.what.strip()}" for d in differences if d.where.startswith("step") or d.where == "target"]
+    plan_changes = [
+        f"{d.where}: {d.what.strip()}" for d in differences if d.where.startswith("step") or d.where == "target"
+    ]
     if plan_changes:
         causes.append("plan differs (run -> now): " + "; ".join(plan_changes))
     if original.plan["fingerprint"] != rebuilt.plan["fingerprint"] and not causes:
-        causes.append("fingerprint differs although input, versions and plan agree: this bertc defines the "
-                      "fingerprint otherwise than the one that made the run")
+        causes.append(
+            "fingerprint differs although input, versions and plan agree: this bertc defines the "
+            "fingerprint otherwise than the one that made the run"
+        )
     return causes
 
 
@@ -239,9 +253,13 @@ def _byte_level(changed: list[str] | None) -> str:
     if changed is None:
         return "artifact digests agree (a model folder is missing: no byte comparison)"
     if not changed:
-        return "saved_model.pb and variables/ are byte-identical (fingerprint.pb differs by TensorFlow's random UUID only)"
-    return (f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} in bytes only by TensorFlow's "
-            "per-process numbering of functions and captures (the canonical digests agree)")
+        return (
+            "saved_model.pb and variables/ are byte-identical (fingerprint.pb differs by TensorFlow's random UUID only)"
+        )
+    return (
+        f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} in bytes only by TensorFlow's "
+        "per-process numbering of functions and captures (the canonical digests agree)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,9 +182,7 @@ def claim_from_command_line(argv: list[str], output_root: Path) -> contextlib.Ab
     overwrite = any(value.strip().lower() == "true" for value in _values(argv, "overwrite")[-1:])
     for model in models:
         check_outside_input(output_root, model)
-    literal = "${" not in str(output_root) and bool(
-        _values(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir")
-    )
+    literal = "${" not in str(output_root) and bool(_values(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir"))
     if not literal or NO_JOB_FLAGS & set(argv):  # --help, --cfg ...: Hydra answers, no run writes there
         return contextlib.nullcontext()
     if multirun:

@@ -17,15 +17,16 @@ with jax 0.10.2 (CPU) and 0.11.2 (CUDA).
 `jax.jit` takes Python functions, not StableHLO, and `jax.export.deserialize` reads only
 jax.export's own format; jax.extend is JAX's documented API for such extensions.
 """
+
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from bertc.jsonfile import read_json_object
 from bertc.portable import (  # the artifact's format, shared with the target that writes it
     FORMAT,
     MANIFEST,
@@ -36,11 +37,20 @@ from bertc.portable import (  # the artifact's format, shared with the target th
 )
 from bertc.signature import SERVING_INPUTS
 
-__all__ = ["FORMAT", "MANIFEST", "SERVING_INPUTS", "Runtime", "ServingError", "compute_host", "numpy_dtype",
-           "tensor_digest"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "SERVING_INPUTS",
+    "Runtime",
+    "ServingError",
+    "compute_host",
+    "numpy_dtype",
+    "tensor_digest",
+]
 
 
 # ---- the artifact --------------------------------------------------------------------------------
+
 
 def stablehlo_folder(path: str | Path) -> Path:
     """A run's model/ folder or its stablehlo/ folder -> the folder holding manifest.json."""
@@ -57,12 +67,7 @@ def stablehlo_folder(path: str | Path) -> Path:
 def read_manifest(path: str | Path) -> dict:
     """manifest.json, its structure checked (a damaged or foreign file: a ServingError, not a KeyError)."""
     file = stablehlo_folder(path) / MANIFEST
-    try:
-        manifest = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ServingError(f"{file} cannot be read as JSON ({error}); {REBUILD}") from None
-    if not isinstance(manifest, dict):
-        raise ServingError(f"{file} holds no JSON object; {REBUILD}")
+    manifest = read_json_object(file, ServingError, f"; {REBUILD}")
     if manifest.get("format") != FORMAT:
         raise ServingError(f"{path}: manifest format {manifest.get('format')!r}, this runtime reads {FORMAT!r}.")
     check_manifest(manifest, file)
@@ -89,9 +94,7 @@ def _need(condition, file: Path, what: str) -> None:
 
 
 def _is_shape(value) -> bool:
-    return isinstance(value, list) and all(
-        dim is None or (isinstance(dim, int) and dim >= 0) for dim in value
-    )
+    return isinstance(value, list) and all(dim is None or (isinstance(dim, int) and dim >= 0) for dim in value)
 
 
 def check_manifest(manifest: dict, file: Path) -> None:
@@ -136,9 +139,7 @@ def check_manifest(manifest: dict, file: Path) -> None:
     )
     weights = manifest.get("weights")
     _need(
-        isinstance(weights, dict)
-        and isinstance(weights.get("file"), str)
-        and isinstance(weights.get("tensors"), dict),
+        isinstance(weights, dict) and isinstance(weights.get("file"), str) and isinstance(weights.get("tensors"), dict),
         file,
         "weights lacks its file name or its tensors",
     )
@@ -155,9 +156,7 @@ def check_manifest(manifest: dict, file: Path) -> None:
         if entry["kind"] == "weight":
             listed = weights["tensors"].get(entry["name"])
             _need(
-                listed is not None
-                and listed["shape"] == entry["shape"]
-                and listed["dtype"] == entry["dtype"],
+                listed is not None and listed["shape"] == entry["shape"] and listed["dtype"] == entry["dtype"],
                 file,
                 f"the module's weight parameter {entry['name']} is not the weight the manifest lists",
             )
@@ -183,9 +182,7 @@ def artifact_file(folder: Path, name, what: str) -> Path:
     """A file the manifest names -> its path; refused if the name leaves the artifact folder (.., absolute,
     a link out)."""
     if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise ServingError(
-            f"{folder / MANIFEST} names {what} {name!r}, outside the artifact folder; {REBUILD}"
-        )
+        raise ServingError(f"{folder / MANIFEST} names {what} {name!r}, outside the artifact folder; {REBUILD}")
     path = folder / name
     root = folder.resolve()
     if not path.resolve().is_relative_to(root):
@@ -199,8 +196,7 @@ def check_weights(manifest: Mapping, weights: Mapping[str, np.ndarray], digests:
     missing = [name for name in listed if name not in weights]
     if missing:
         raise ServingError(
-            f"{len(missing)} weight(s) missing from {where}, first {missing[:3]}; "
-            "the weights are not this artifact's."
+            f"{len(missing)} weight(s) missing from {where}, first {missing[:3]}; the weights are not this artifact's."
         )
     for name, entry in listed.items():
         value = np.asarray(weights[name])
@@ -217,17 +213,14 @@ def check_weights(manifest: Mapping, weights: Mapping[str, np.ndarray], digests:
             )
 
 
-def _table(
-    weights: Mapping[str, np.ndarray], suffix: str, host: Mapping | None, host_key: str | None
-) -> str | None:
+def _table(weights: Mapping[str, np.ndarray], suffix: str, host: Mapping | None, host_key: str | None) -> str | None:
     """The 2-D embedding table whose name ends in `suffix`; where a host recipe reads one, it must be that."""
     found = [name for name, value in weights.items() if name.split("/")[-1] == suffix and np.ndim(value) == 2]
     if host is not None and host_key is not None:
         named = host["embedding_output"][host_key]
         if found and named not in found:
             raise ServingError(
-                f"the host recipe reads {named} as the {suffix} table, but the artifact's is {found[0]}; "
-                f"{REBUILD}"
+                f"the host recipe reads {named} as the {suffix} table, but the artifact's is {found[0]}; {REBUILD}"
             )
         return named
     return found[0] if len(found) == 1 else None
@@ -244,8 +237,7 @@ def input_limits(manifest: Mapping, weights: Mapping[str, np.ndarray]) -> dict[s
         table = _table(weights, suffix, host, host_key)
         if table is None:
             raise ServingError(
-                f"the artifact has no {suffix} table the runtime can recognise, so {key} cannot be "
-                f"bounded; {REBUILD}"
+                f"the artifact has no {suffix} table the runtime can recognise, so {key} cannot be bounded; {REBUILD}"
             )
         limits[key] = int(np.shape(weights[table])[0])
     recorded = manifest.get("input_limits")
@@ -277,7 +269,8 @@ def load_weights(path: str | Path, manifest: Mapping | None = None) -> dict[str,
     file = artifact_file(folder, manifest["weights"]["file"], "the weights file")
     if not file.is_file():
         raise ServingError(
-            f"{file} is missing. The benchmark bundles leave the weights out: pass weights=regenerate_weights(manifest) "
+            f"{file} is missing. The benchmark bundles leave the weights out: "
+            "pass weights=regenerate_weights(manifest) "
             "when the manifest says how to regenerate them."
         )
     try:
@@ -339,6 +332,7 @@ def _regenerate(
 
 
 # ---- compiling and running on a PJRT device ------------------------------------------------------
+
 
 def _compile(client, device, module: bytes | str):
     from jax.extend import backend
@@ -416,7 +410,9 @@ class Runtime:
         host_names = set(_host_weight_names(self.host)) if self.host else set()
         self.host_weights = {name: weights[name] for name in host_names}
         # NOTE: the weights go to the device once; every call passes the same device buffers.
-        self.device_weights = [jax.device_put(weights[entry["name"]], self.device) for entry in parameters if entry["kind"] == "weight"]
+        self.device_weights = [
+            jax.device_put(weights[entry["name"]], self.device) for entry in parameters if entry["kind"] == "weight"
+        ]
         self._executables: dict[int, object] = {}
         self.compile_seconds: dict[int, float] = {}
 
@@ -425,12 +421,18 @@ class Runtime:
         inputs = {entry["name"]: entry for entry in self.manifest["parameters"] if entry["kind"] == "input"}
         first = inputs.get("embedding_output" if self.host_recipe() else "input_ids")
         file = self.folder / MANIFEST
-        _need(first is not None and len(first["shape"]) >= 2 and first["shape"][1] == self.seq_len, file,
-              f"seq_len {self.seq_len} is not the length the modules take ({first and first['shape']})")
+        _need(
+            first is not None and len(first["shape"]) >= 2 and first["shape"][1] == self.seq_len,
+            file,
+            f"seq_len {self.seq_len} is not the length the modules take ({first and first['shape']})",
+        )
         table = _table(weights, POSITION_TABLE, self.host_recipe(), "position_embeddings")
         if table is not None:
-            _need(np.shape(weights[table])[0] >= self.seq_len, file,
-                  f"seq_len {self.seq_len} exceeds the {np.shape(weights[table])[0]} rows of {table}")
+            _need(
+                np.shape(weights[table])[0] >= self.seq_len,
+                file,
+                f"seq_len {self.seq_len} exceeds the {np.shape(weights[table])[0]} rows of {table}",
+            )
 
     def host_recipe(self) -> Mapping | None:
         return self.manifest.get("host")
@@ -471,18 +473,25 @@ class Runtime:
                 except Exception as error:  # an older consumer may not read the producer's bytecode: try the text
                     errors.append(f"{entry[key]}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
             else:
-                raise ServingError(f"{self.platform} could not compile the batch-{batch_size} module: {'; '.join(errors)}")
+                raise ServingError(
+                    f"{self.platform} could not compile the batch-{batch_size} module: {'; '.join(errors)}"
+                )
             self.compile_seconds[batch_size] = time.perf_counter() - start
         return self._executables[batch_size]
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in SERVING_INPUTS if name not in feeds]
         if missing:
-            raise ServingError(f"inputs {missing} missing; give {', '.join(SERVING_INPUTS)} (int32 [batch, {self.seq_len}]).")
+            raise ServingError(
+                f"inputs {missing} missing; give {', '.join(SERVING_INPUTS)} (int32 [batch, {self.seq_len}])."
+            )
         arrays = {name: np.asarray(feeds[name]) for name in SERVING_INPUTS}
         shapes = {name: array.shape for name, array in arrays.items()}
         if len(set(shapes.values())) != 1 or len(shapes["input_ids"]) != 2 or shapes["input_ids"][1] != self.seq_len:
-            raise ServingError(f"inputs must be [batch, {self.seq_len}], all alike; got {shapes}. Pad or truncate to {self.seq_len} tokens.")
+            raise ServingError(
+                f"inputs must be [batch, {self.seq_len}], all alike; got {shapes}. "
+                f"Pad or truncate to {self.seq_len} tokens."
+            )
         for name, array in arrays.items():
             if not np.issubdtype(array.dtype, np.integer):
                 raise ServingError(f"{name} is {array.dtype}; token ids, masks and segment ids are integers.")
@@ -515,7 +524,10 @@ class Runtime:
 
         rows = len(feeds["input_ids"])
         if rows < batch_size:
-            feeds = {name: np.concatenate([array, np.zeros((batch_size - rows, *array.shape[1:]), array.dtype)]) for name, array in feeds.items()}
+            feeds = {
+                name: np.concatenate([array, np.zeros((batch_size - rows, *array.shape[1:]), array.dtype)])
+                for name, array in feeds.items()
+            }
         inputs = self.device_inputs(feeds)
         arguments = [jax.device_put(inputs[name], self.device) for name in self.input_names]
         return _execute(self._executable(batch_size), arguments + self.device_weights)
@@ -529,7 +541,10 @@ class Runtime:
             for name, value in zip(names, outputs):
                 parts[name].append(np.asarray(value)[: stop - start])
         if not parts[names[0]]:
-            return {name: np.zeros((0, *entry["shape"][1:]), np.float32) for name, entry in zip(names, self.manifest["outputs"])}
+            return {
+                name: np.zeros((0, *entry["shape"][1:]), np.float32)
+                for name, entry in zip(names, self.manifest["outputs"])
+            }
         return {name: np.concatenate(values) for name, values in parts.items()}
 
     def self_check(self) -> dict:
@@ -546,17 +561,29 @@ class Runtime:
             ) from None
         outputs = self(feeds)
         for key, value in expected.items():
-            _need(value.shape == outputs[key].shape, file,
-                  f"the reference {key} are {list(value.shape)}, the model gives {list(outputs[key].shape)}")
+            _need(
+                value.shape == outputs[key].shape,
+                file,
+                f"the reference {key} are {list(value.shape)}, the model gives {list(outputs[key].shape)}",
+            )
         diff = float(np.abs(outputs["probabilities"] - expected["probabilities"]).max())
         logits = float(np.abs(outputs["logits"] - expected["logits"]).max())
         return {
-            "examples": len(feeds["input_ids"]), "max_abs_diff": diff, "logits_max_abs_diff": logits,
-            "tolerance": self.gate, "passed": bool(diff <= self.gate),
+            "examples": len(feeds["input_ids"]),
+            "max_abs_diff": diff,
+            "logits_max_abs_diff": logits,
+            "tolerance": self.gate,
+            "passed": bool(diff <= self.gate),
         }
 
 
 def _host_weight_names(host: Mapping) -> list[str]:
     embedding = host["embedding_output"]
     norm = embedding["layer_norm"]
-    return [embedding["word_embeddings"], embedding["token_type_embeddings"], embedding["position_embeddings"], norm["gamma"], norm["beta"]]
+    return [
+        embedding["word_embeddings"],
+        embedding["token_type_embeddings"],
+        embedding["position_embeddings"],
+        norm["gamma"],
+        norm["beta"],
+    ]

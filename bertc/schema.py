@@ -1,6 +1,7 @@
 """Frozen parameter dataclasses <-> Hydra's config schema: each group is defined once, as the dataclass the
 code uses; the (mutable) structured-config schema Hydra type-checks YAML against is derived from it, and a
 composed config node is read back into the dataclass by field name."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +51,9 @@ def schema_of(cls: type, extra: tuple[Key, ...] = (), name: str | None = None) -
         if field.default is not dataclasses.MISSING:
             default = field.default
             if isinstance(default, tuple):
-                fields.append((field.name, kind, dataclasses.field(default_factory=functools.partial(_as_list, default))))
+                fields.append(
+                    (field.name, kind, dataclasses.field(default_factory=functools.partial(_as_list, default)))
+                )
                 continue
             fields.append((field.name, kind, dataclasses.field(default=default)))
         else:
@@ -63,8 +66,10 @@ def _as_list(value: tuple) -> list:
 
 
 def _plain(item: Any) -> dict:
-    return {field.name: _as_list(value) if isinstance(value := getattr(item, field.name), tuple) else value
-            for field in config_fields(type(item))}
+    return {
+        field.name: _as_list(value) if isinstance(value := getattr(item, field.name), tuple) else value
+        for field in config_fields(type(item))
+    }
 
 
 def _schema_type(hint: Any) -> Any:
@@ -87,7 +92,11 @@ def from_config(cls: type, node: Any, group: str, **derived_values: Any) -> Any:
         # an entry of a list of dataclasses is named for the list: precision.rules -> "precision rule dtype"
         value = _value(hints[field.name], _get(node, field.name), f"{group} {field.name.removesuffix('s')} ")
         if field.metadata.get(CHOICES):
-            check_choice(value, field.metadata[CHOICES], f"{group}{field.name}" if group.endswith(" ") else f"{group}.{field.name}")
+            check_choice(
+                value,
+                field.metadata[CHOICES],
+                f"{group}{field.name}" if group.endswith(" ") else f"{group}.{field.name}",
+            )
         values[field.name] = value
     return cls(**values, **derived_values)
 

@@ -19,6 +19,7 @@ in the restore op and only reading the fed filename tensor, and `Assign`/`Assign
 the restore op and only storing a value that `RestoreV2` read. Saving ops (`SaveV2`,
 `MergeV2Checkpoints`, ...) are never run by loading and are refused wherever they would execute.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -78,8 +79,9 @@ def refuse_unsafe_ops(graph: Graph, allow_ops: Iterable[str] = ()) -> None:
     _refuse(bad, "the model's serving graph", allow_ops)
 
 
-def refuse_unsafe_loading(meta_graph, serving_outputs: Iterable[str], serving_inputs: Iterable[str],
-                          allow_ops: Iterable[str] = ()) -> dict[str, set[str]]:
+def refuse_unsafe_loading(
+    meta_graph, serving_outputs: Iterable[str], serving_inputs: Iterable[str], allow_ops: Iterable[str] = ()
+) -> dict[str, set[str]]:
     """Check what `tf.saved_model.load` plus the serving call would execute; returns purpose -> node names."""
     graph_def = meta_graph.graph_def
     nodes = nodes_by_name(graph_def)
@@ -100,8 +102,9 @@ def refuse_unsafe_loading(meta_graph, serving_outputs: Iterable[str], serving_in
     return executed
 
 
-def loader_executed_nodes(meta_graph, serving_outputs: Iterable[str],
-                          serving_inputs: Iterable[str]) -> dict[str, set[str]]:
+def loader_executed_nodes(
+    meta_graph, serving_outputs: Iterable[str], serving_inputs: Iterable[str]
+) -> dict[str, set[str]]:
     """The nodes TensorFlow's TF1 loader (load_v1_in_v2) and the pruned serving call run, by purpose."""
     graph_def = meta_graph.graph_def
     nodes = nodes_by_name(graph_def)
@@ -115,8 +118,9 @@ def loader_executed_nodes(meta_graph, serving_outputs: Iterable[str],
             )
         return name
 
-    dangling = [(node.name, source) for node in graph_def.node for source in node.input
-                if split_input(source)[0] not in nodes]
+    dangling = [
+        (node.name, source) for node in graph_def.node for source in node.input if split_input(source)[0] not in nodes
+    ]
     if dangling:
         raise UnsafeGraphError(
             f"the model's graph is broken: node {dangling[0][0]} takes input {dangling[0][1]!r}, which is "
@@ -139,8 +143,7 @@ def loader_executed_nodes(meta_graph, serving_outputs: Iterable[str],
     for key in INIT_COLLECTIONS:
         if key in meta_graph.collection_def:
             names = meta_graph.collection_def[key].node_list.value
-            init_roots[f"init op ({key} collection)"] = [node_named(name, f"{key} collection")
-                                                         for name in names]
+            init_roots[f"init op ({key} collection)"] = [node_named(name, f"{key} collection") for name in names]
     if TABLE_INITIALIZERS in meta_graph.collection_def:
         init_roots["table initialiser"] = [
             node_named(name, "table_initializer collection")
@@ -203,9 +206,11 @@ def _is_restore_machinery(node: NodeDef, nodes: Mapping[str, NodeDef], filename:
         source, _ = _through_identity(nodes, node.input[1])
         target, _ = _through_identity(nodes, node.input[0])
         return (
-            source is not None and source.op in RESTORE_READ_OPS
+            source is not None
+            and source.op in RESTORE_READ_OPS
             and _is_restore_machinery(source, nodes, filename)
-            and target is not None and target.op in ("VariableV2", "VarHandleOp")
+            and target is not None
+            and target.op in ("VariableV2", "VarHandleOp")
         )
     return False
 
@@ -224,8 +229,14 @@ def _called_functions(node: NodeDef, library: Mapping) -> list[str]:
     return called
 
 
-def _node_problems(node: NodeDef, allowed: frozenset | set, library: Mapping, where: str | None,
-                   via: tuple[str, ...] = (), caller: str | None = None) -> list[str]:
+def _node_problems(
+    node: NodeDef,
+    allowed: frozenset | set,
+    library: Mapping,
+    where: str | None,
+    via: tuple[str, ...] = (),
+    caller: str | None = None,
+) -> list[str]:
     """One line per impure op in `node` or in a function it calls (naming the functions and the caller)."""
     called = _called_functions(node, library)
     chain = "".join(f" in function {name}" for name in reversed(via))
@@ -239,7 +250,8 @@ def _node_problems(node: NodeDef, allowed: frozenset | set, library: Mapping, wh
             continue  # recursion: the body was checked at its first visit
         if name not in library:
             problems.append(
-                f"{node.name} ({node.op}) calls {name}, not in the graph's function library{chain}{context}")
+                f"{node.name} ({node.op}) calls {name}, not in the graph's function library{chain}{context}"
+            )
             continue
         for inner in library[name].node_def:
             problems += _node_problems(inner, allowed, library, where, via + (name,), caller or node.name)

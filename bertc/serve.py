@@ -2,7 +2,8 @@
 
 (`python -m bertc.run`, its former name, still works.)
 
-    python -m bertc.serve outputs/.../model --check                       # the manifest's reference batch, vs the TF build
+    python -m bertc.serve outputs/.../model --check                       # the manifest's reference batch,
+                                                                          # vs the TF build
     python -m bertc.serve outputs/.../model --inputs batch.npz --out out.npz --platform gpu
     python -m bertc.serve bench/artifacts/large-fp32 --regenerate --check # a bundle without weights: remake them
 
@@ -10,6 +11,7 @@
 probabilities and logits. Exit codes: 0 done (and --check passed), 1 --check over the gate, 2 a bad
 artifact or input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,34 +28,52 @@ from bertc.runtime import SERVING_INPUTS, Runtime, read_manifest, regenerate_wei
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bertc.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="the model/ folder of a target=stablehlo run, or its stablehlo/ folder")
-    parser.add_argument("--platform", default=None, help="cpu, gpu, tpu or a PJRT plugin's name (default: JAX's default)")
+    parser.add_argument(
+        "model", type=Path, help="the model/ folder of a target=stablehlo run, or its stablehlo/ folder"
+    )
+    parser.add_argument(
+        "--platform", default=None, help="cpu, gpu, tpu or a PJRT plugin's name (default: JAX's default)"
+    )
     parser.add_argument("--device", type=int, default=0, help="which device of the platform")
     parser.add_argument("--check", action="store_true", help="run the manifest's reference batch and compare")
     parser.add_argument("--inputs", type=Path, help=".npz with " + ", ".join(SERVING_INPUTS))
     parser.add_argument("--out", type=Path, help=".npz to write probabilities and logits to")
-    parser.add_argument("--regenerate", action="store_true", help="remake the weights from the manifest's seed instead of reading them")
+    parser.add_argument(
+        "--regenerate", action="store_true", help="remake the weights from the manifest's seed instead of reading them"
+    )
     args = parser.parse_args(argv)
     try:
         weights = None
         if args.regenerate:
             weights, differ = regenerate_weights(read_manifest(args.model))
             if differ:
-                print(f"warning: {len(differ)} regenerated weight(s) differ from the build's digests (first {differ[0]}); "
-                      "parity against the reference is void", file=sys.stderr)
+                print(
+                    f"warning: {len(differ)} regenerated weight(s) differ from the build's digests "
+                    f"(first {differ[0]}); "
+                    "parity against the reference is void",
+                    file=sys.stderr,
+                )
         runtime = Runtime(args.model, platform=args.platform, device_index=args.device, weights=weights)
-        print(f"{runtime.folder}: batch sizes {runtime.batch_sizes}, seq_len {runtime.seq_len}, on {runtime.platform} ({runtime.device})")
+        print(
+            f"{runtime.folder}: batch sizes {runtime.batch_sizes}, seq_len {runtime.seq_len}, "
+            f"on {runtime.platform} ({runtime.device})"
+        )
         code = 0
         if args.check:
             check = runtime.self_check()
-            print(f"check: max |dp| {check['max_abs_diff']:.3g} over {check['examples']} examples against the TensorFlow build "
-                  f"(gate {check['tolerance']}): {'passed' if check['passed'] else 'FAILED'}")
+            print(
+                f"check: max |dp| {check['max_abs_diff']:.3g} over {check['examples']} examples "
+                "against the TensorFlow build "
+                f"(gate {check['tolerance']}): {'passed' if check['passed'] else 'FAILED'}"
+            )
             code = 0 if check["passed"] else 1
         if args.inputs:
             feeds = read_inputs(args.inputs)
             start = time.perf_counter()
             outputs = runtime(feeds)
-            print(f"{len(outputs['probabilities'])} examples in {time.perf_counter() - start:.3f}s (first call compiles)")
+            print(
+                f"{len(outputs['probabilities'])} examples in {time.perf_counter() - start:.3f}s (first call compiles)"
+            )
             if args.out:
                 np.savez(args.out, **outputs)
             else:

@@ -47,9 +47,7 @@ def figure_spreads(per_round: Mapping[str, Mapping[int, Sequence[Sequence[float]
     spreads: dict = {}
     for name, by_size in per_round.items():
         entry: dict = {
-            "throughput": {
-                str(size): spread(throughput_per_round(by_size[size], size)) for size in batch_sizes
-            }
+            "throughput": {str(size): spread(throughput_per_round(by_size[size], size)) for size in batch_sizes}
         }
         if 1 in batch_sizes:
             entry["latency_p50_ms"] = spread(p50_per_round_ms(by_size[1]))
@@ -64,9 +62,7 @@ def speedup_spread(per_round: Mapping[str, Mapping[int, Sequence[Sequence[float]
     return spread([c / o for c, o in zip(compiled, original)])
 
 
-def unreliable_reasons(
-    spreads: Mapping[str, dict], speedup: dict, batch_size: int, loads: Sequence[dict]
-) -> list[str]:
+def unreliable_reasons(spreads: Mapping[str, dict], speedup: dict, batch_size: int, loads: Sequence[dict]) -> list[str]:
     """Why the speedup should not be trusted; empty when nothing says so."""
     reasons = []
     if speedup["rounds"] < 2:
@@ -74,19 +70,13 @@ def unreliable_reasons(
     for name, entry in spreads.items():
         cv = entry["throughput"][str(batch_size)]["cv"]
         if cv is not None and cv > CV_LIMIT:
-            reasons.append(
-                f"{name} b{batch_size} throughput varies {cv:.0%} between rounds (over {CV_LIMIT:.0%})"
-            )
+            reasons.append(f"{name} b{batch_size} throughput varies {cv:.0%} between rounds (over {CV_LIMIT:.0%})")
     if speedup["rounds"] > 1 and speedup["min"] < 1.0 < speedup["max"]:
-        reasons.append(
-            f"per-round speedups {speedup['min']:.2f}x to {speedup['max']:.2f}x fall on both sides of 1"
-        )
+        reasons.append(f"per-round speedups {speedup['min']:.2f}x to {speedup['max']:.2f}x fall on both sides of 1")
     busiest = max((load["one_minute"] for load in loads if load["one_minute"] is not None), default=None)
     cores = loads[0]["cores"] if loads else None
     if busiest is not None and cores and busiest > cores:
-        reasons.append(
-            f"1-minute load average {busiest:.1f} exceeds the {cores} cores (other work was running)"
-        )
+        reasons.append(f"1-minute load average {busiest:.1f} exceeds the {cores} cores (other work was running)")
     return reasons
 
 

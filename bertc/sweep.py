@@ -5,6 +5,7 @@ Runs as a Hydra callback at the end of `python -m bertc -m ...`, and as
 reason. Jobs that ran in parallel (hydra/launcher=joblib) disturbed each other's timings; the
 summary says so when it sees a parallel launcher.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,7 +29,13 @@ BATCH_COLUMNS = (  # (field of a row, its column with {b} the batch size)
     ("speedup_max", "speedup_b{b}_max_x"),
     ("throughput_cv", "throughput_cv_b{b}_pct"),  # the larger of the two models' coefficients of variation
 )
-TRAILING_COLUMNS = ("original_latency_b1_p50_ms", "compiled_latency_b1_p50_ms", "reliable", "unreliable_reasons", "reason")
+TRAILING_COLUMNS = (
+    "original_latency_b1_p50_ms",
+    "compiled_latency_b1_p50_ms",
+    "reliable",
+    "unreliable_reasons",
+    "reason",
+)
 FIELDS = (*LEADING_COLUMNS, "batch", *(field for field, _ in BATCH_COLUMNS), *TRAILING_COLUMNS)
 
 
@@ -104,7 +111,10 @@ def summarize(sweep_dir: Path, parallel: bool = False) -> list[dict[str, Any]]:
         lines += [f"Speedups marked unreliable (jobs {', '.join(unreliable)}): see unreliable_reasons.", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table = [_cells(row) for row in rows]
-    lines += ["| " + " | ".join(" ".join(str(cells.get(c, "")).split()).replace("|", "/") for c in header) + " |" for cells in table]
+    lines += [
+        "| " + " | ".join(" ".join(str(cells.get(c, "")).split()).replace("|", "/") for c in header) + " |"
+        for cells in table
+    ]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     _plot(sweep_dir / "summary.png", rows)
     return rows
@@ -134,8 +144,15 @@ def plot_figure(rows: list[dict[str, Any]]):
         low = float(row["speedup_min"] or y)
         high = float(row["speedup_max"] or y)
         color = "tab:blue" if row["status"] == "passed" else "tab:red"
-        axes.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="o", color=color, capsize=3,
-                      markerfacecolor="white" if row["reliable"] == "no" else color)
+        axes.errorbar(
+            [x],
+            [y],
+            yerr=[[y - low], [high - y]],
+            fmt="o",
+            color=color,
+            capsize=3,
+            markerfacecolor="white" if row["reliable"] == "no" else color,
+        )
     axes.set_xscale("log")
     axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     axes.margins(x=0.15, y=0.2)
@@ -144,8 +161,11 @@ def plot_figure(rows: list[dict[str, Any]]):
     axes.set_xlabel("parity error: max |probability difference| (probability, log scale; 0 drawn at 1e-9)")
     axes.set_ylabel(f"speedup at {at} (compiled / original seq/s, x)")
     failed = sum(1 for row in rows if row["status"] != "passed")
-    axes.set_title(f"bertc sweep: {len(rows)} jobs, {failed} not passed; bars: per-round min-max, hollow: unreliable"
-                   + ("" if points else " (no job had verify and bench)"), fontsize=9)
+    axes.set_title(
+        f"bertc sweep: {len(rows)} jobs, {failed} not passed; bars: per-round min-max, hollow: unreliable"
+        + ("" if points else " (no job had verify and bench)"),
+        fontsize=9,
+    )
     figure.tight_layout()
     _label_points(figure, axes, points, shared)
     return figure
@@ -163,8 +183,15 @@ def _label_points(figure, axes, points: list[dict[str, Any]], shared: set[str]) 
         right = px < frame.x0 + frame.width / 2
         upper = py < frame.y0 + frame.height / 2
         offset = (6 if right else -6, 4 if upper else -4)
-        axes.annotate(text, (x, y), fontsize=7, xytext=offset, textcoords="offset points",
-                      ha="left" if right else "right", va="bottom" if upper else "top")
+        axes.annotate(
+            text,
+            (x, y),
+            fontsize=7,
+            xytext=offset,
+            textcoords="offset points",
+            ha="left" if right else "right",
+            va="bottom" if upper else "top",
+        )
 
 
 def sweep_size(overrides: list[str], params: dict | None = None) -> int | None:

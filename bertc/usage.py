@@ -1,5 +1,6 @@
 """The command line before Hydra sees it: bertc's own --help and --version, and unknown keys or options
 refused with the nearest valid names. Reads conf/ and the schemas only: no TensorFlow, answers in a blink."""
+
 from __future__ import annotations
 
 import dataclasses

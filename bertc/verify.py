@@ -6,6 +6,7 @@ The gate is the largest absolute probability difference allowed for the precisio
 disagreement in argmax counts against the model only where the original was confident
 (its margin is wider than twice the tolerance): near a tie a flip is within tolerance.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -181,19 +182,22 @@ def tokenize_pairs(
     has_labels = all(pair.label is not None for pair in pairs)
     batches = []
     for start in range(0, len(encodings), batch_size):
-        chunk, chunk_pairs = encodings[start:start + batch_size], pairs[start:start + batch_size]
-        batches.append(Batch(
-            np.array([e.ids for e in chunk], np.int32),
-            np.array([e.attention_mask for e in chunk], np.int32),
-            np.array([e.type_ids for e in chunk], np.int32),
-            np.array([pair.label for pair in chunk_pairs], np.int64) if has_labels else None,
-            "dataset",
-            np.array([pair.line for pair in chunk_pairs], np.int64),
-        ))
+        chunk, chunk_pairs = encodings[start : start + batch_size], pairs[start : start + batch_size]
+        batches.append(
+            Batch(
+                np.array([e.ids for e in chunk], np.int32),
+                np.array([e.attention_mask for e in chunk], np.int32),
+                np.array([e.type_ids for e in chunk], np.int32),
+                np.array([pair.label for pair in chunk_pairs], np.int64) if has_labels else None,
+                "dataset",
+                np.array([pair.line for pair in chunk_pairs], np.int64),
+            )
+        )
     return batches
 
 
 # ---- running both models -----------------------------------------------------------------------
+
 
 class OriginalModel:
     """The input SavedModel as exported, pruned to (probabilities, logits); extra inputs fed neutral values."""
@@ -218,7 +222,9 @@ class OriginalModel:
             if key in feeds:
                 arguments.append(tf.constant(feeds[key]))
             else:  # label_ids, is_real_example: serving never reads them
-                arguments.append(tf.ones([batch], tf.int32) if key == "is_real_example" else tf.zeros([batch], tf.int32))
+                arguments.append(
+                    tf.ones([batch], tf.int32) if key == "is_real_example" else tf.zeros([batch], tf.int32)
+                )
         probabilities, logits = self._function(*arguments)
         return {"probabilities": probabilities.numpy(), "logits": logits.numpy()}
 
@@ -230,7 +236,9 @@ class CompiledModel:
         self._loaded = tf.saved_model.load(str(path))
         self._function = self._loaded.signatures["serving_default"]
         # removal.keep_signature=true: label_ids and is_real_example are in the signature, never read.
-        self._ignored = [key for key in self._function.structured_input_signature[1] if key in ("label_ids", "is_real_example")]
+        self._ignored = [
+            key for key in self._function.structured_input_signature[1] if key in ("label_ids", "is_real_example")
+        ]
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -247,8 +255,9 @@ class CompiledModel:
         return {key: value.numpy() for key, value in outputs.items()}
 
 
-def load_both(original: Path, signature_inputs: Mapping[str, str], outputs: Mapping[str, str],
-              compiled: Path) -> tuple[OriginalModel, CompiledModel]:
+def load_both(
+    original: Path, signature_inputs: Mapping[str, str], outputs: Mapping[str, str], compiled: Path
+) -> tuple[OriginalModel, CompiledModel]:
     """The input (TensorFlow runs its restore and init ops here) and the compiled model, loaded."""
     return OriginalModel(original, signature_inputs, outputs), CompiledModel(compiled)
 
@@ -302,9 +311,15 @@ def compare(original, compiled, batches: Iterable[Batch], gate: str, tolerance: 
         "tolerance": tolerance,
         **{key: value for key, value in _figures(pa, pb, la, lb).items() if key != "examples"},
         "disagreements": [
-            {"index": i, "source": sources[i], **({"line": lines[i]} if lines[i] is not None else {}),
-             "original": pa[i].round(6).tolist(), "compiled": pb[i].round(6).tolist(),
-             "margin": round(float(margin[i]), 6), "confident": i in confident}
+            {
+                "index": i,
+                "source": sources[i],
+                **({"line": lines[i]} if lines[i] is not None else {}),
+                "original": pa[i].round(6).tolist(),
+                "compiled": pb[i].round(6).tolist(),
+                "margin": round(float(margin[i]), 6),
+                "confident": i in confident,
+            }
             for i in listed
         ],
         "confident_disagreements": len(confident),
@@ -318,10 +333,13 @@ def compare(original, compiled, batches: Iterable[Batch], gate: str, tolerance: 
         gold = np.concatenate(labels)
         rows = source_names == "dataset"
         if len(gold) != rows.sum():
-            raise ValueError(f"{len(gold)} labels for {int(rows.sum())} dataset examples: batches must all carry labels or none")
+            raise ValueError(
+                f"{len(gold)} labels for {int(rows.sum())} dataset examples: batches must all carry labels or none"
+            )
         if gold.max() >= pa.shape[1]:
             raise UserError(
-                f"the dataset has label {int(gold.max())}, but the model has {pa.shape[1]} classes (0 to {pa.shape[1] - 1}); "
+                f"the dataset has label {int(gold.max())}, but the model has {pa.shape[1]} classes "
+                f"(0 to {pa.shape[1] - 1}); "
                 "give a dataset for this model's task."
             )
         result["accuracy"] = {

@@ -1,4 +1,5 @@
 """Shared fixtures: models built once per test session, from fixed seeds, instead of committed blobs."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ wired where TensorFlow's loader runs it, on a path other than serving inputs -> 
 second meta graph. `tests/test_hostile.py` checks bertc refuses every one and that TensorFlow itself
 does write the canary, so the cases stay real.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -37,8 +38,12 @@ def add_write(graph_def, canary: Path, prefix: str = "hostile") -> str:
     """A WriteFile of the canary and a NoOp that needs it; returns the NoOp's name."""
     write = graph_def.node.add()
     write.CopyFrom(node_def_pb2.NodeDef(name=f"{prefix}/write", op="WriteFile"))
-    write.input.extend([_string_const(graph_def, f"{prefix}/path", str(canary).encode()),
-                        _string_const(graph_def, f"{prefix}/contents", b"written by the model")])
+    write.input.extend(
+        [
+            _string_const(graph_def, f"{prefix}/path", str(canary).encode()),
+            _string_const(graph_def, f"{prefix}/contents", b"written by the model"),
+        ]
+    )
     group = graph_def.node.add()
     group.name, group.op = f"{prefix}/run", "NoOp"
     group.input.append(f"^{prefix}/write")
@@ -54,6 +59,7 @@ def in_restore_op(path: Path, canary: Path) -> None:
         meta = proto.meta_graphs[0]
         restore = _node(meta.graph_def, meta.saver_def.restore_op_name)
         restore.input.append("^" + add_write(meta.graph_def, canary))
+
     edit_proto(path, edit)
 
 
@@ -62,6 +68,7 @@ def in_init_op(path: Path, canary: Path) -> None:
         meta = proto.meta_graphs[0]
         signature = meta.signature_def["__saved_model_init_op"]
         signature.outputs["__saved_model_init_op"].name = add_write(meta.graph_def, canary)
+
     edit_proto(path, edit)
 
 
@@ -69,6 +76,7 @@ def in_main_op_collection(path: Path, canary: Path, key: str = "saved_model_main
     def edit(proto):
         meta = proto.meta_graphs[0]
         meta.collection_def[key].node_list.value.append(add_write(meta.graph_def, canary))
+
     edit_proto(path, edit)
 
 
@@ -79,6 +87,7 @@ def in_legacy_init_op(path: Path, canary: Path) -> None:
 def in_second_meta_graph(path: Path, canary: Path) -> None:
     """meta_graphs[0] (tags serve, gpu) is clean; [1] (tags exactly serve: the one TensorFlow loads)
     writes in its restore op."""
+
     def edit(proto):
         clean = proto.meta_graphs[0]
         hostile = proto.meta_graphs.add()
@@ -86,6 +95,7 @@ def in_second_meta_graph(path: Path, canary: Path) -> None:
         clean.meta_info_def.tags.append("gpu")
         restore = _node(hostile.graph_def, hostile.saver_def.restore_op_name)
         restore.input.append("^" + add_write(hostile.graph_def, canary))
+
     edit_proto(path, edit)
 
 
@@ -109,24 +119,29 @@ def in_function_called_by_restore(path: Path, canary: Path) -> None:
         call.attr["Tin"].list.SetInParent()
         call.attr["Tout"].list.type.append(types_pb2.DT_INT32)
         _node(meta.graph_def, meta.saver_def.restore_op_name).input.append("^hostile/call")
+
     edit_proto(path, edit)
 
 
 def save_elsewhere_in_restore_op(path: Path, canary: Path) -> None:
     """The saver's own SaveV2 machinery, pointed at another prefix, run by the restore op."""
+
     def edit(proto):
         meta = proto.meta_graphs[0]
         graph_def = meta.graph_def
         save = graph_def.node.add()
         save.name, save.op = "hostile/save", "SaveV2"
-        save.input.extend([
-            _string_const(graph_def, "hostile/prefix", str(canary).encode()),
-            _string_const(graph_def, "hostile/names", [b"leak"]),
-            _string_const(graph_def, "hostile/slices", [b""]),
-            _string_const(graph_def, "hostile/value", b"leaked"),
-        ])
+        save.input.extend(
+            [
+                _string_const(graph_def, "hostile/prefix", str(canary).encode()),
+                _string_const(graph_def, "hostile/names", [b"leak"]),
+                _string_const(graph_def, "hostile/slices", [b""]),
+                _string_const(graph_def, "hostile/value", b"leaked"),
+            ]
+        )
         save.attr["dtypes"].list.type.append(types_pb2.DT_STRING)
         _node(graph_def, meta.saver_def.restore_op_name).input.append("^hostile/save")
+
     edit_proto(path, edit)
 
 
@@ -134,6 +149,7 @@ def in_table_initializer(path: Path, canary: Path) -> None:
     def edit(proto):
         meta = proto.meta_graphs[0]
         meta.collection_def["table_initializer"].node_list.value.append(add_write(meta.graph_def, canary))
+
     edit_proto(path, edit)
 
 
@@ -141,13 +157,14 @@ def in_table_initializer(path: Path, canary: Path) -> None:
 HOSTILE = {
     "restore op": (in_restore_op, "canary", ["hostile/write (WriteFile)", "restore op"]),
     "init op": (in_init_op, "canary", ["hostile/write (WriteFile)", "__saved_model_init_op"]),
-    "main op collection": (in_main_op_collection, "canary",
-                           ["hostile/write (WriteFile)", "saved_model_main_op"]),
+    "main op collection": (in_main_op_collection, "canary", ["hostile/write (WriteFile)", "saved_model_main_op"]),
     "legacy init op": (in_legacy_init_op, "canary", ["hostile/write (WriteFile)", "legacy_init_op"]),
     "second meta graph": (in_second_meta_graph, "canary", ["hostile/write (WriteFile)", "restore op"]),
-    "function in restore op": (in_function_called_by_restore, "canary",
-                               ["(WriteFile) in function", "hidden_writer", "called by node hostile/call"]),
-    "SaveV2 elsewhere": (save_elsewhere_in_restore_op, "canary.index",
-                         ["hostile/save (SaveV2)", "restore op"]),
+    "function in restore op": (
+        in_function_called_by_restore,
+        "canary",
+        ["(WriteFile) in function", "hidden_writer", "called by node hostile/call"],
+    ),
+    "SaveV2 elsewhere": (save_elsewhere_in_restore_op, "canary.index", ["hostile/save (SaveV2)", "restore op"]),
     "table initializer": (in_table_initializer, "canary", ["hostile/write (WriteFile)", "table initialiser"]),
 }

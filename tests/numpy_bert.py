@@ -4,6 +4,7 @@ Written apart from bertc.model (no shared code): its own GELU, layer norm and at
 [B, S, H] layout throughout, and readers for both google-research names (kernels [in, out]) and
 Hugging Face names (Linear weights [out, in], applied as x @ W.T the way torch does).
 """
+
 from __future__ import annotations
 
 import math
@@ -85,15 +86,22 @@ def _layers(linear, norm, layer_scope: str, sep: str, present) -> list[Layer]:
     """The encoder layers of one naming scheme (google: '/', Hugging Face: '.'), in order."""
     layers = []
     while present(scope := layer_scope.format(len(layers))):
+
         def part(*names: str) -> str:
             return sep.join((scope, *names))
 
-        layers.append(Layer(
-            linear(part("attention", "self", "query")), linear(part("attention", "self", "key")),
-            linear(part("attention", "self", "value")), linear(part("attention", "output", "dense")),
-            norm(part("attention", "output")), linear(part("intermediate", "dense")),
-            linear(part("output", "dense")), norm(part("output")),
-        ))
+        layers.append(
+            Layer(
+                linear(part("attention", "self", "query")),
+                linear(part("attention", "self", "key")),
+                linear(part("attention", "self", "value")),
+                linear(part("attention", "output", "dense")),
+                norm(part("attention", "output")),
+                linear(part("intermediate", "dense")),
+                linear(part("output", "dense")),
+                norm(part("output")),
+            )
+        )
     return layers
 
 
@@ -106,20 +114,30 @@ def from_google(weights: dict[str, np.ndarray], heads: int) -> Model:
     def norm(scope):
         return Norm(w[f"{scope}/LayerNorm/gamma"], w[f"{scope}/LayerNorm/beta"])
 
-    layers = _layers(linear, norm, "bert/encoder/layer_{}", "/", lambda scope: f"{scope}/attention/self/query/kernel" in w)
+    layers = _layers(
+        linear, norm, "bert/encoder/layer_{}", "/", lambda scope: f"{scope}/attention/self/query/kernel" in w
+    )
     classifier = None
     if "output_weights" in w:  # google's [num_labels, H], used with transpose_b
         classifier = Linear(w["output_weights"], w["output_bias"], out_in=True)
     return Model(
-        w["bert/embeddings/word_embeddings"], w["bert/embeddings/token_type_embeddings"],
-        w["bert/embeddings/position_embeddings"], norm("bert/embeddings"), layers,
-        linear("bert/pooler/dense"), classifier, heads,
+        w["bert/embeddings/word_embeddings"],
+        w["bert/embeddings/token_type_embeddings"],
+        w["bert/embeddings/position_embeddings"],
+        norm("bert/embeddings"),
+        layers,
+        linear("bert/pooler/dense"),
+        classifier,
+        heads,
     )
 
 
 def from_hf(tensors: dict[str, np.ndarray], heads: int) -> Model:
-    t = {name.removeprefix("bert."): _f64(value) for name, value in tensors.items()
-         if np.issubdtype(np.asarray(value).dtype, np.floating)}
+    t = {
+        name.removeprefix("bert."): _f64(value)
+        for name, value in tensors.items()
+        if np.issubdtype(np.asarray(value).dtype, np.floating)
+    }
 
     def linear(scope):
         return Linear(t[f"{scope}.weight"], t[f"{scope}.bias"], out_in=True)
@@ -131,8 +149,13 @@ def from_hf(tensors: dict[str, np.ndarray], heads: int) -> Model:
     pooler = linear("pooler.dense") if "pooler.dense.weight" in t else None
     classifier = linear("classifier") if "classifier.weight" in t else None
     return Model(
-        t["embeddings.word_embeddings.weight"], t["embeddings.token_type_embeddings.weight"],
-        t["embeddings.position_embeddings.weight"], norm("embeddings"), layers, pooler, classifier,
+        t["embeddings.word_embeddings.weight"],
+        t["embeddings.token_type_embeddings.weight"],
+        t["embeddings.position_embeddings.weight"],
+        norm("embeddings"),
+        layers,
+        pooler,
+        classifier,
         heads,
     )
 

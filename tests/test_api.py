@@ -45,9 +45,7 @@ def test_a_failed_compile_is_a_report_not_an_exit(tiny_model_dir, tmp_path):
         run_dir=tmp_path,
         console=quiet(),
     )
-    assert (
-        report["status"] == "failed" and "matched nothing" in report["error"] and report["model_path"] is None
-    )
+    assert report["status"] == "failed" and "matched nothing" in report["error"] and report["model_path"] is None
     assert not (tmp_path / "model").exists()
 
 
@@ -59,10 +57,6 @@ def test_a_config_the_schema_refuses_raises(tmp_path, override, words):
 
 
 def test_import_bertc_is_cheap():
-    code = (
-        "import sys, bertc; bertc.compile; print(sorted({'tensorflow', 'hydra', 'jax'} & set(sys.modules)))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    code = "import sys, bertc; bertc.compile; print(sorted({'tensorflow', 'hydra', 'jax'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"

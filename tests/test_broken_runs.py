@@ -86,9 +86,7 @@ RESOLVED_BREAKERS = {
         "does not fit bertc's config schema",
     ),
     "a failed run": (
-        _edit_json(
-            "report.json", lambda report: report.update(status="failed", failed_step="load", error="x")
-        ),
+        _edit_json("report.json", lambda report: report.update(status="failed", failed_step="load", error="x")),
         "status failed at load",
     ),
     "a passed run without its digest": (
@@ -140,9 +138,7 @@ def test_not_a_folder(tmp_path, capsys, dry_run, what):
 
 def test_reproduce_out_that_is_a_file(dry_run, tmp_path, capsys):
     (tmp_path / "out").write_text("x")
-    assert_refused(
-        reproduce.main([str(dry_run), "--out", str(tmp_path / "out")]), capsys.readouterr(), "is a file"
-    )
+    assert_refused(reproduce.main([str(dry_run), "--out", str(tmp_path / "out")]), capsys.readouterr(), "is a file")
 
 
 def test_a_damaged_model_folder_is_named_not_a_traceback(tmp_path):

@@ -1,5 +1,6 @@
 """`python -m bertc` as a user runs it: the run folder, dry runs, clear errors with no half-written model,
 and a sweep with its summary (including a failing job)."""
+
 from __future__ import annotations
 
 import json
@@ -13,19 +14,46 @@ import pytest
 
 
 def bertc(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bertc", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    return subprocess.run(
+        [sys.executable, "-m", "bertc", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
 
 
 def test_compile_leaves_a_complete_run_folder(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
-    result = bertc(f"model.path={tiny_model_dir}", "precision=mixed", "partition=cpu_embed", "bench=quick", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = bertc(
+        f"model.path={tiny_model_dir}",
+        "precision=mixed",
+        "partition=cpu_embed",
+        "bench=quick",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "resolved.yaml", "plan.json", "report.json", "report.md", "model/saved_model.pb"):
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "resolved.yaml",
+        "plan.json",
+        "report.json",
+        "report.md",
+        "model/saved_model.pb",
+    ):
         assert (run_dir / name).exists(), name
     report = json.loads((run_dir / "report.json").read_text())
     assert report["status"] == "passed"
     assert report["input"]["path"] == str(tiny_model_dir) and report["input"]["digest"].startswith("sha256:")
-    assert [s["name"] for s in report["steps"]] == ["remove_training_ops", "rewrite_attention_mask", "apply_precision_map", "partition_graph"]
+    assert [s["name"] for s in report["steps"]] == [
+        "remove_training_ops",
+        "rewrite_attention_mask",
+        "apply_precision_map",
+        "partition_graph",
+    ]
     assert all({"name", "op_delta", "seconds"} <= set(step) for step in report["steps"])
     assert report["bench"]["speedup"] > 0 and "p50" in report["bench"]["compiled"]["latency_ms"]
     assert len(report["target"]["boundaries"]) == 2
@@ -49,7 +77,11 @@ def test_dry_run_prints_plan_and_fingerprint_only(tiny_model_dir, tmp_path):
         (["model.path=/no/such/model"], 2, "does not exist"),
         (["removal.ops=[Identity,CheckNumerics]"], 2, "matched nothing"),
         (["precision=mixed", "+precision.rules=[{scope: 'nowhere/*', dtype: float16}]"], 2, "matched nothing"),
-        (["partition=cpu_embed", "partition.boundaries=[bert/embeddings/LayerNorm/batchnorm/add_7:0]"], 2, "nearest node names"),
+        (
+            ["partition=cpu_embed", "partition.boundaries=[bert/embeddings/LayerNorm/batchnorm/add_7:0]"],
+            2,
+            "nearest node names",
+        ),
         (["mask.bias_value=1e9", "precision=mixed"], 2, "not finite in float16"),
         (["target=neuron"], 2, "Neuron package repository"),
     ],
@@ -74,11 +106,22 @@ def test_unknown_option_is_named(tmp_path):
 
 def test_sweep_writes_summary_with_a_failed_row(tiny_model_dir, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = bertc("-m", f"model.path={tiny_model_dir}", "precision=fp32,mixed_bf16", "mask.bias_value=-10000,1",
-                   "bench=quick", "bench.batch_sizes=[4]", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=900)
+    result = bertc(
+        "-m",
+        f"model.path={tiny_model_dir}",
+        "precision=fp32,mixed_bf16",
+        "mask.bias_value=-10000,1",
+        "bench=quick",
+        "bench.batch_sizes=[4]",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     started = [line for line in result.stdout.splitlines() if line.startswith("job ")]
-    assert [line.split(":")[0] for line in started] == ["job 1/4", "job 2/4", "job 3/4", "job 4/4"], result.stdout[-3000:]
+    assert [line.split(":")[0] for line in started] == ["job 1/4", "job 2/4", "job 3/4", "job 4/4"], result.stdout[
+        -3000:
+    ]
     assert "precision=fp32 mask.bias_value=-10000" in started[0]
     rows = (sweep_dir / "summary.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4
@@ -107,11 +150,14 @@ def test_version_prints_bertcs_version(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == f"bertc {metadata.version('bertc')}"
 
 
-@pytest.mark.parametrize("override, words", [
-    ("precison=mixed", "did you mean precision?"),
-    ("precision=mixd", "did you mean mixed?"),
-    ("mask.fold_scal=true", "did you mean mask.fold_scale?"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("precison=mixed", "did you mean precision?"),
+        ("precision=mixd", "did you mean mixed?"),
+        ("mask.fold_scal=true", "did you mean mask.fold_scale?"),
+    ],
+)
 def test_unknown_keys_and_options_suggest_the_nearest_and_exit_2(tmp_path, override, words):
     start = time.perf_counter()
     result = bertc(override, f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
@@ -126,10 +172,26 @@ def test_a_wrong_type_is_a_config_error_exit_2(tmp_path):
 
 def test_shell_completion_offers_groups_and_options_without_schemas(tmp_path):
     env = {**os.environ, "COMP_LINE": "bertc "}
-    groups = subprocess.run([sys.executable, "-m", "bertc", "-sc", "query=bash"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60, env=env, check=False).stdout.split()
-    assert "precision=" in groups and "mask." in groups and not any("base_" in word or "schema" in word for word in groups)
+    groups = subprocess.run(
+        [sys.executable, "-m", "bertc", "-sc", "query=bash"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    ).stdout.split()
+    assert (
+        "precision=" in groups and "mask." in groups and not any("base_" in word or "schema" in word for word in groups)
+    )
     env["COMP_LINE"] = "bertc precision="
-    options = subprocess.run([sys.executable, "-m", "bertc", "-sc", "query=bash"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=60, env=env, check=False).stdout.split()
+    options = subprocess.run(
+        [sys.executable, "-m", "bertc", "-sc", "query=bash"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    ).stdout.split()
     assert options == ["precision=fp32", "precision=mixed", "precision=mixed_bf16"]

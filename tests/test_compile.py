@@ -1,5 +1,6 @@
 """Whole compiles of the tiny model through the real runner: every step combination on target tf and
 every precision x partition on target xla, each checked against the original on padded inputs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,20 +38,38 @@ def compile_tiny(tiny_model_dir, run_dir, overrides: list[str]) -> dict:
 
 @pytest.mark.parametrize(
     "removal, mask, precision, partition",
-    list(itertools.product(["none", "training"], ["original", "reimpl"], ["fp32", "mixed", "mixed_bf16"], ["none", "cpu_embed"])),
+    list(
+        itertools.product(
+            ["none", "training"], ["original", "reimpl"], ["fp32", "mixed", "mixed_bf16"], ["none", "cpu_embed"]
+        )
+    ),
 )
 def test_every_combination_on_tf_matches_original(tiny_model_dir, tmp_path, removal, mask, precision, partition):
-    report = compile_tiny(tiny_model_dir, tmp_path, [f"removal={removal}", f"mask={mask}", f"precision={precision}", f"partition={partition}"])
+    report = compile_tiny(
+        tiny_model_dir,
+        tmp_path,
+        [f"removal={removal}", f"mask={mask}", f"precision={precision}", f"partition={partition}"],
+    )
     parity = report["parity"]
     assert parity["examples"] == 32 and parity["passed"]
     assert parity["max_abs_diff"] <= TOLERANCE[precision]
     assert (tmp_path / "model" / "saved_model.pb").is_file() and not (tmp_path / "rejected").exists()
-    expected_steps = [name for name, on in [("remove_training_ops", removal == "training"), ("rewrite_attention_mask", mask == "reimpl"),
-                                            ("apply_precision_map", precision != "fp32"), ("partition_graph", partition == "cpu_embed")] if on]
+    expected_steps = [
+        name
+        for name, on in [
+            ("remove_training_ops", removal == "training"),
+            ("rewrite_attention_mask", mask == "reimpl"),
+            ("apply_precision_map", precision != "fp32"),
+            ("partition_graph", partition == "cpu_embed"),
+        ]
+        if on
+    ]
     assert [step["name"] for step in report["steps"]] == expected_steps
 
 
-@pytest.mark.parametrize("precision, partition", list(itertools.product(["fp32", "mixed", "mixed_bf16"], ["none", "cpu_embed"])))
+@pytest.mark.parametrize(
+    "precision, partition", list(itertools.product(["fp32", "mixed", "mixed_bf16"], ["none", "cpu_embed"]))
+)
 def test_xla_target_matches_original(tiny_model_dir, tmp_path, precision, partition):
     report = compile_tiny(tiny_model_dir, tmp_path, ["target=xla", f"precision={precision}", f"partition={partition}"])
     assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= TOLERANCE[precision]
@@ -76,8 +95,15 @@ SERVE_WITHOUT_BERTC = textwrap.dedent(
 
 @pytest.mark.parametrize("target", ["tf", "xla"])
 def test_compiled_model_serves_in_fresh_process_without_bertc(tiny_model_dir, tmp_path, target):
-    compile_tiny(tiny_model_dir, tmp_path, [f"target={target}", "precision=mixed_bf16", "partition=cpu_embed", "verify=off"])
-    result = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_BERTC, str(tmp_path / "model")], capture_output=True, text=True, timeout=300)
+    compile_tiny(
+        tiny_model_dir, tmp_path, [f"target={target}", "precision=mixed_bf16", "partition=cpu_embed", "verify=off"]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_WITHOUT_BERTC, str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == ("jit" if target == "xla" else "nojit")
     assert (tmp_path / "model" / "saved_model.pb").stat().st_size < 5 * 1024 * 1024

@@ -42,7 +42,4 @@ def test_verify_dataset_runs_on_a_preset(tmp_path):
     code = compile_run(build_plan(cfg), tmp_path / "run", Console(file=io.StringIO()))
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert code == 0, report.get("error")
-    assert (
-        report["parity"]["by_source"]["dataset"]["examples"] == 2
-        and report["parity"]["accuracy"]["examples"] == 2
-    )
+    assert report["parity"]["by_source"]["dataset"]["examples"] == 2 and report["parity"]["accuracy"]["examples"] == 2

@@ -1,4 +1,5 @@
 """Bad input, unsafe graphs and faults: each gets a clear error, a non-zero exit, and no model/ folder."""
+
 from __future__ import annotations
 
 import errno
@@ -69,14 +70,25 @@ def _no_input_ids(meta):
 
 BROKEN_MODELS = {
     "not a SavedModel": (lambda p: (p / "saved_model.pb").unlink(), ["no saved_model.pb"]),
-    "corrupted protobuf": (lambda p: (p / "saved_model.pb").write_bytes(b"\x0a\xff\xff\xff\x0f garbage"), ["not a valid SavedModel protobuf"]),
-    "truncated protobuf": (lambda p: (p / "saved_model.pb").write_bytes((p / "saved_model.pb").read_bytes()[:5000]), ["truncated or corrupted"]),
+    "corrupted protobuf": (
+        lambda p: (p / "saved_model.pb").write_bytes(b"\x0a\xff\xff\xff\x0f garbage"),
+        ["not a valid SavedModel protobuf"],
+    ),
+    "truncated protobuf": (
+        lambda p: (p / "saved_model.pb").write_bytes((p / "saved_model.pb").read_bytes()[:5000]),
+        ["truncated or corrupted"],
+    ),
     "missing variable shard": (lambda p: (p / "variables" / "variables.data-00000-of-00001").unlink(), ["variables"]),
     "short variable shard": (
-        lambda p: (p / "variables" / "variables.data-00000-of-00001").write_bytes((p / "variables" / "variables.data-00000-of-00001").read_bytes()[:1000]),
+        lambda p: (p / "variables" / "variables.data-00000-of-00001").write_bytes(
+            (p / "variables" / "variables.data-00000-of-00001").read_bytes()[:1000]
+        ),
         ["short", "export the model again"],
     ),
-    "no serving signature": (lambda p: edit_saved_model(p, _no_signature), ["no 'serving_default' signature", "predict"]),
+    "no serving signature": (
+        lambda p: edit_saved_model(p, _no_signature),
+        ["no 'serving_default' signature", "predict"],
+    ),
     "lacks input_ids": (lambda p: edit_saved_model(p, _no_input_ids), ["lacks input(s) ['input_ids']"]),
 }
 
@@ -86,7 +98,10 @@ def test_broken_model_is_refused_clearly(tiny_model_dir, tmp_path, case):
     breaker, words = BROKEN_MODELS[case]
     model = copy_model(tiny_model_dir, tmp_path)
     breaker(model)
-    code, report, output = run(model, tmp_path / "run", )
+    code, report, output = run(
+        model,
+        tmp_path / "run",
+    )
     assert_clean_failure(code, report, output, tmp_path / "run", *words)
 
 
@@ -96,7 +111,9 @@ def test_not_a_bert_is_refused_with_what_was_looked_for(tmp_path):
     v1 = tf.compat.v1
     path = tmp_path / "linear"
     with tf.Graph().as_default(), v1.Session() as session:
-        inputs = {name: v1.placeholder(tf.int32, [None, 16], name=name) for name in ("input_ids", "input_mask", "segment_ids")}
+        inputs = {
+            name: v1.placeholder(tf.int32, [None, 16], name=name) for name in ("input_ids", "input_mask", "segment_ids")
+        }
         weights = v1.get_variable("w", [16, 2], use_resource=False)
         logits = tf.matmul(tf.cast(inputs["input_ids"], tf.float32), weights)
         probabilities = tf.nn.softmax(logits)
@@ -112,8 +129,12 @@ def test_not_a_bert_is_refused_with_what_was_looked_for(tmp_path):
 def test_sequence_length_above_max_positions(tiny_model_dir, tmp_path):
     code, report, output = run(tiny_model_dir, tmp_path / "run", "shape.seq_len=600")
     assert_clean_failure(code, report, output, tmp_path / "run", "max_position_embeddings=512")
-    result = subprocess.run([sys.executable, "-m", "bertc.export", "--size", "tiny", "--seq-len", "600", "--out", str(tmp_path / "x")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "bertc.export", "--size", "tiny", "--seq-len", "600", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "max_position_embeddings" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -134,6 +155,7 @@ def _unsafe_edit(op: str):
             node.attr["Tout"].list.SetInParent()
         softmax = next(n for n in meta.graph_def.node if n.name == "loss/Softmax")
         softmax.input.append("^sneaky")  # reachable from probabilities through a control edge
+
     return edit
 
 
@@ -148,10 +170,16 @@ def test_side_effecting_op_is_refused_before_anything_runs(tiny_model_dir, tmp_p
 
 def test_input_model_is_never_written(tiny_model_dir, tmp_path):
     def state(path: Path):
-        return {str(f.relative_to(path)): (hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_mtime_ns) for f in sorted(path.rglob("*")) if f.is_file()}
+        return {
+            str(f.relative_to(path)): (hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_mtime_ns)
+            for f in sorted(path.rglob("*"))
+            if f.is_file()
+        }
 
     before = state(tiny_model_dir)
-    code, _, output = run(tiny_model_dir, tmp_path / "run", "precision=mixed", "partition=cpu_embed", "mask.fold_scale=true")
+    code, _, output = run(
+        tiny_model_dir, tmp_path / "run", "precision=mixed", "partition=cpu_embed", "mask.fold_scale=true"
+    )
     assert code == 0, output
     assert state(tiny_model_dir) == before
 
@@ -192,8 +220,11 @@ KILLED_CHILD = textwrap.dedent(
 
 def test_killed_mid_save_leaves_no_half_written_model(tiny_model_dir, tmp_path):
     marker, run_dir = tmp_path / "mid-save", tmp_path / "run"
-    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(tiny_model_dir), str(marker), str(run_dir)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(tiny_model_dir), str(marker), str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 240
         while not marker.exists() and time.time() < deadline and child.poll() is None:

@@ -1,5 +1,6 @@
 """The gelu step: activations found by shape in every exporter's spelling, rebuilt in the requested form;
 op delta, no mutation, idempotence, and numeric parity against NumPy and the original graph."""
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,10 @@ REFERENCE = {
 }
 # How each library spells the activation (what its SavedModel holds), and which form that is.
 SPELLINGS = {
-    "google tanh (Pow, Tanh)": ("tanh", lambda x: x * (0.5 * (1.0 + tf.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * tf.pow(x, 3)))))),
+    "google tanh (Pow, Tanh)": (
+        "tanh",
+        lambda x: x * (0.5 * (1.0 + tf.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))),
+    ),
     "tf.nn.gelu approximate": ("tanh", lambda x: tf.nn.gelu(x, approximate=True)),
     "tf.nn.gelu exact (Erfc)": ("exact", lambda x: tf.nn.gelu(x, approximate=False)),
     "Hugging Face erf": ("exact", lambda x: 0.5 * x * (1.0 + tf.math.erf(x / tf.cast(tf.sqrt(2.0), x.dtype)))),
@@ -77,8 +81,11 @@ def test_the_pooler_tanh_is_not_a_gelu():
 def test_rewrite_of_the_bert_graph_changes_only_the_activations(tiny_model_dir):
     graph = remove_training_ops(load_saved_model(tiny_model_dir).graph, RemovalParams()).graph
     assert [site.form for site in find_gelus(graph)] == ["tanh", "tanh"]
-    feeds = {"input_ids": np.arange(2 * 128, dtype=np.int32).reshape(2, 128) % 1000,
-             "input_mask": np.ones((2, 128), np.int32), "segment_ids": np.zeros((2, 128), np.int32)}
+    feeds = {
+        "input_ids": np.arange(2 * 128, dtype=np.int32).reshape(2, 128) % 1000,
+        "input_mask": np.ones((2, 128), np.int32),
+        "segment_ids": np.zeros((2, 128), np.int32),
+    }
     reference = run_graph(graph, feeds)["probabilities"]
     exact = rewrite_gelu(graph, GeluParams("exact")).graph
     delta = op_delta(op_histogram(graph.graph_def), op_histogram(exact.graph_def))

@@ -1,6 +1,7 @@
 """Hostile and broken inputs (issue 14): what TensorFlow's loader would run is checked, work is bounded,
 bad values are refused where they enter, links stay inside the model. Each case: the exit code, the
 message's key words, no model/ or staging folder, the input unchanged, and no canary file written."""
+
 from __future__ import annotations
 
 import hashlib
@@ -80,6 +81,7 @@ def model_copy(tiny_model_dir, tmp_path) -> Path:
 
 # ---- 1. what TensorFlow's loader runs is what was checked ------------------------------------------
 
+
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_model_that_writes_when_loaded_is_refused(model_copy, tmp_path, case):
     build, _, words = HOSTILE[case]
@@ -105,10 +107,13 @@ LOAD_ALL = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("cases", [
-    ["restore op"],
-    pytest.param(list(HOSTILE), marks=pytest.mark.slow),  # ~30 s: a TensorFlow load per model
-])
+@pytest.mark.parametrize(
+    "cases",
+    [
+        ["restore op"],
+        pytest.param(list(HOSTILE), marks=pytest.mark.slow),  # ~30 s: a TensorFlow load per model
+    ],
+)
 def test_hostile_models_do_write_when_tensorflow_loads_them(tiny_model_dir, tmp_path, cases):
     """The cases above are real: TensorFlow's own loader (what verify would call) writes the canaries."""
     expected, models = [], []
@@ -119,8 +124,14 @@ def test_hostile_models_do_write_when_tensorflow_loads_them(tiny_model_dir, tmp_
         build(model, canaries / "canary")
         models.append(str(model))
         expected.append(canaries / canary_name)
-    result = subprocess.run([sys.executable, "-c", LOAD_ALL, *models], check=False, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_ALL, *models],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert [path.exists() for path in expected] == [True] * len(expected), dict(zip(cases, expected))
 
@@ -132,14 +143,18 @@ def _retag(tag_sets):
         for meta, tags in zip(proto.meta_graphs, tag_sets):
             del meta.meta_info_def.tags[:]
             meta.meta_info_def.tags.extend(tags)
+
     return edit
 
 
-@pytest.mark.parametrize("tag_sets, words", [
-    ([["serve", "gpu"]], ["no meta graph is tagged exactly 'serve'", "loads only the graph tagged exactly"]),
-    ([["serve"], ["serve"]], ["2 meta graphs tagged exactly 'serve'", "Keep one serving graph"]),
-    ([["train"]], ["no meta graph is tagged exactly 'serve'", "['train']"]),
-])
+@pytest.mark.parametrize(
+    "tag_sets, words",
+    [
+        ([["serve", "gpu"]], ["no meta graph is tagged exactly 'serve'", "loads only the graph tagged exactly"]),
+        ([["serve"], ["serve"]], ["2 meta graphs tagged exactly 'serve'", "Keep one serving graph"]),
+        ([["train"]], ["no meta graph is tagged exactly 'serve'", "['train']"]),
+    ],
+)
 def test_meta_graph_tags_must_pick_what_tensorflow_picks(model_copy, tmp_path, tag_sets, words):
     edit_proto(model_copy, _retag(tag_sets))
     code, report, output = run_model(model_copy, tmp_path / "run")
@@ -158,6 +173,7 @@ def test_dangling_input_is_a_clear_error(model_copy, tmp_path):
         graph_def = proto.meta_graphs[0].graph_def
         restore = next(node for node in graph_def.node if node.name == "save/restore_all")
         restore.input.append("^nowhere/at_all")
+
     edit_proto(model_copy, edit)
     code, report, output = run_model(model_copy, tmp_path / "run")
     assert_refused(code, report, output, tmp_path / "run", "save/restore_all", "nowhere/at_all", "broken")
@@ -165,6 +181,7 @@ def test_dangling_input_is_a_clear_error(model_copy, tmp_path):
 
 def test_restore_reading_another_checkpoint_is_refused(model_copy, tmp_path):
     """RestoreV2 is allowed only reading the filename TensorFlow feeds (the model's own variables)."""
+
     def edit(proto):
         meta = proto.meta_graphs[0]
         nodes = {node.name: node for node in meta.graph_def.node}
@@ -175,6 +192,7 @@ def test_restore_reading_another_checkpoint_is_refused(model_copy, tmp_path):
         const.attr["value"].tensor.dtype = types_pb2.DT_STRING
         const.attr["value"].tensor.string_val.append(str(tmp_path / "other" / "variables").encode())
         restore.input[0] = "hostile/elsewhere"
+
     edit_proto(model_copy, edit)
     code, report, output = run_model(model_copy, tmp_path / "run")
     assert_refused(code, report, output, tmp_path / "run", "save/RestoreV2 (RestoreV2), in the restore op")
@@ -182,6 +200,7 @@ def test_restore_reading_another_checkpoint_is_refused(model_copy, tmp_path):
 
 def _call_in_restore_op(build_function):
     """A PartitionedCall of a traced function, needed by the restore op."""
+
     def edit(proto):
         function_def = build_function().function_def
         meta = proto.meta_graphs[0]
@@ -193,6 +212,7 @@ def _call_in_restore_op(build_function):
         call.attr["Tout"].list.type.append(types_pb2.DT_FLOAT)
         restore = next(node for node in meta.graph_def.node if node.name == "save/restore_all")
         restore.input.append("^called/call")
+
     return edit
 
 
@@ -250,13 +270,15 @@ def test_function_call_with_pure_body_is_allowed_by_the_op_check(tiny_model_dir)
     call.attr["Tout"].list.type.append(types_pb2.DT_FLOAT)
     next(node for node in meta.graph_def.node if node.name == "save/restore_all").input.append("^pure/call")
     signature = meta.signature_def["serving_default"]
-    executed = refuse_unsafe_loading(meta, [signature.outputs["probabilities"].name],
-                                     [info.name for info in signature.inputs.values()])
+    executed = refuse_unsafe_loading(
+        meta, [signature.outputs["probabilities"].name], [info.name for info in signature.inputs.values()]
+    )
     assert "pure/call" in executed["restore op"]
     assert "hostile" not in str(executed)
 
 
 # ---- 2. bounded work ---------------------------------------------------------------------------
+
 
 def _const(graph_def, name: str, values, dtype=types_pb2.DT_INT32):
     node = graph_def.node.add()
@@ -282,17 +304,30 @@ def _op(graph_def, name: str, op: str, inputs, **types):
 
 def _heavy_fill(size: int, matmuls: int):
     """Fill [size, size] -> `matmuls` chained MatMuls -> a Sum feeding the softmax through a control edge."""
+
     def edit(proto):
         graph_def = proto.meta_graphs[0].graph_def
         one = _const(graph_def, "heavy/one", 1.0, types_pb2.DT_FLOAT)
-        tensor = _op(graph_def, "heavy/fill", "Fill", [_const(graph_def, "heavy/dims", [size, size]), one],
-                     T=types_pb2.DT_FLOAT, index_type=types_pb2.DT_INT32)
+        tensor = _op(
+            graph_def,
+            "heavy/fill",
+            "Fill",
+            [_const(graph_def, "heavy/dims", [size, size]), one],
+            T=types_pb2.DT_FLOAT,
+            index_type=types_pb2.DT_INT32,
+        )
         for number in range(matmuls):
-            tensor = _op(graph_def, f"heavy/matmul_{number}", "MatMul", [tensor, tensor],
-                         T=types_pb2.DT_FLOAT)
-        total = _op(graph_def, "heavy/sum", "Sum", [tensor, _const(graph_def, "heavy/axes", [0, 1])],
-                    T=types_pb2.DT_FLOAT, Tidx=types_pb2.DT_INT32)
+            tensor = _op(graph_def, f"heavy/matmul_{number}", "MatMul", [tensor, tensor], T=types_pb2.DT_FLOAT)
+        total = _op(
+            graph_def,
+            "heavy/sum",
+            "Sum",
+            [tensor, _const(graph_def, "heavy/axes", [0, 1])],
+            T=types_pb2.DT_FLOAT,
+            Tidx=types_pb2.DT_INT32,
+        )
         next(node for node in graph_def.node if node.name == "loss/Softmax").input.append("^" + total)
+
     return edit
 
 
@@ -300,10 +335,17 @@ def _huge_tile(proto):
     """Tile of a [1, 1] constant to [2^20, 2^20] floats: 4 TiB, in the init op."""
     meta = proto.meta_graphs[0]
     graph_def = meta.graph_def
-    tiled = _op(graph_def, "heavy/tile", "Tile",
-                [_const(graph_def, "heavy/seed", [[1.0]], types_pb2.DT_FLOAT),
-                 _const(graph_def, "heavy/multiples", [2**20, 2**20])],
-                T=types_pb2.DT_FLOAT, Tmultiples=types_pb2.DT_INT32)
+    tiled = _op(
+        graph_def,
+        "heavy/tile",
+        "Tile",
+        [
+            _const(graph_def, "heavy/seed", [[1.0]], types_pb2.DT_FLOAT),
+            _const(graph_def, "heavy/multiples", [2**20, 2**20]),
+        ],
+        T=types_pb2.DT_FLOAT,
+        Tmultiples=types_pb2.DT_INT32,
+    )
     group = graph_def.node.add()
     group.name, group.op = "heavy/init", "NoOp"
     group.input.append("^" + tiled)
@@ -314,14 +356,18 @@ def _huge_output(proto):
     """probabilities made [batch, 2 * 2^30]: a classifier output that cannot be allocated."""
     graph_def = proto.meta_graphs[0].graph_def
     softmax = next(node for node in graph_def.node if node.name == "loss/Softmax")
-    softmax.input[0] = _op(graph_def, "heavy/wide_logits", "Tile",
-                           [softmax.input[0], _const(graph_def, "heavy/widen", [1, 2**30])],
-                           T=types_pb2.DT_FLOAT, Tmultiples=types_pb2.DT_INT32)
+    softmax.input[0] = _op(
+        graph_def,
+        "heavy/wide_logits",
+        "Tile",
+        [softmax.input[0], _const(graph_def, "heavy/widen", [1, 2**30])],
+        T=types_pb2.DT_FLOAT,
+        Tmultiples=types_pb2.DT_INT32,
+    )
 
 
 HEAVY = {
-    "Fill 12000x12000 into chained MatMuls": (_heavy_fill(12000, 3),
-                                              ["heavy/fill:0", "larger than", "[12000, 12000]"]),
+    "Fill 12000x12000 into chained MatMuls": (_heavy_fill(12000, 3), ["heavy/fill:0", "larger than", "[12000, 12000]"]),
     "chained MatMuls of 3000x3000": (_heavy_fill(3000, 40), ["would cost", "heavy/matmul_"]),
     "Tile to 4 TiB in the main op": (_huge_tile, ["heavy/tile:0", "[1048576, 1048576]"]),
     "output that cannot be allocated": (_huge_output, ["heavy/wide_logits:0", "larger than"]),
@@ -347,11 +393,14 @@ def test_static_bound_of_a_real_model_is_recorded(tiny_model_dir, tmp_path):
     assert bounds["largest_tensor"] < bounds["tensor_limit"]
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["target.timeout_s=0.001"], "target.timeout_s"),
-    (["verify.timeout_s=0.001"], "verify.timeout_s"),
-    (["verify=off", "bench=quick", "bench.timeout_s=0.001"], "bench.timeout_s"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["target.timeout_s=0.001"], "target.timeout_s"),
+        (["verify.timeout_s=0.001"], "verify.timeout_s"),
+        (["verify=off", "bench=quick", "bench.timeout_s=0.001"], "bench.timeout_s"),
+    ],
+)
 def test_time_limit_ends_in_a_clean_error(tiny_model_dir, tmp_path, overrides, key):
     code, report, output = run_model(tiny_model_dir, tmp_path / "run", *overrides)
     assert_refused(code, report, output, tmp_path / "run", key, "abandoned")
@@ -378,9 +427,14 @@ HANGING_CHILD = textwrap.dedent(
 @pytest.mark.slow  # ~30 s: a fresh process compiles the tiny model
 def test_cli_exits_after_a_time_limit_without_waiting_for_the_call(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-c", HANGING_CHILD, str(tiny_model_dir), str(run_dir)],
-                            check=False, capture_output=True, text=True, timeout=240,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = subprocess.run(
+        [sys.executable, "-c", HANGING_CHILD, str(tiny_model_dir), str(run_dir)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["status"] == "failed" and "verify.timeout_s=2" in report["error"]
@@ -388,6 +442,7 @@ def test_cli_exits_after_a_time_limit_without_waiting_for_the_call(tiny_model_di
 
 
 # ---- 5. bad values caught where they enter ---------------------------------------------------------
+
 
 def _rewrite_checkpoint(model: Path, change) -> None:
     """Write the model's checkpoint again with `change(name, value) -> value` applied to every variable."""
@@ -399,8 +454,12 @@ def _rewrite_checkpoint(model: Path, change) -> None:
     values = [change(name, reader.get_tensor(name)) for name in names]
     for file in (model / "variables").iterdir():
         file.unlink()
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(value) for value in values])
+    tf.raw_ops.SaveV2(
+        prefix=prefix,
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(value) for value in values],
+    )
 
 
 def _poison(name, value):
@@ -421,11 +480,12 @@ def _future_graph(proto):
 
 
 MODEL_FAULTS = {
-    "Inf weight": (lambda m: _rewrite_checkpoint(m, _poison),
-                   ["bert/encoder/layer_1/output/dense/kernel", "NaN or Inf", "[3, 5]"]),
+    "Inf weight": (
+        lambda m: _rewrite_checkpoint(m, _poison),
+        ["bert/encoder/layer_1/output/dense/kernel", "NaN or Inf", "[3, 5]"],
+    ),
     "checkpoint shape": (lambda m: _rewrite_checkpoint(m, _reshape_bias), ["output_bias", "[3]", "[2]"]),
-    "graph version": (lambda m: edit_proto(m, _future_graph),
-                      ["cannot be read by this TensorFlow", "min_consumer"]),
+    "graph version": (lambda m: edit_proto(m, _future_graph), ["cannot be read by this TensorFlow", "min_consumer"]),
 }
 
 
@@ -474,33 +534,42 @@ def test_dataset_is_checked_before_compiling(model_copy, tmp_path, case):
     assert "steps" not in report
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["verify.tolerance=0"], ["verify.tolerance=0", "positive"]),
-    (["verify.tolerance=-1e-3"], ["verify.tolerance=-0.001"]),
-    (["verify.tolerance=nan"], ["verify.tolerance=nan"]),
-    (["target.intra_op_threads=-1"], ["target.intra_op_threads=-1"]),
-    (["target.inter_op_threads=-2"], ["target.inter_op_threads=-2"]),
-    (["partition=cpu_embed", "partition.boundaries=[@embedding_output,@attention_mask,@embedding_output]"],
-     ["partition.boundaries", "@embedding_output", "more than once"]),
-    (["verify.timeout_s=0"], ["verify.timeout_s=0"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["verify.tolerance=0"], ["verify.tolerance=0", "positive"]),
+        (["verify.tolerance=-1e-3"], ["verify.tolerance=-0.001"]),
+        (["verify.tolerance=nan"], ["verify.tolerance=nan"]),
+        (["target.intra_op_threads=-1"], ["target.intra_op_threads=-1"]),
+        (["target.inter_op_threads=-2"], ["target.inter_op_threads=-2"]),
+        (
+            ["partition=cpu_embed", "partition.boundaries=[@embedding_output,@attention_mask,@embedding_output]"],
+            ["partition.boundaries", "@embedding_output", "more than once"],
+        ),
+        (["verify.timeout_s=0"], ["verify.timeout_s=0"]),
+    ],
+)
 def test_bad_config_values_are_refused_at_the_plan(tmp_path, overrides, words):
     code, report, output = run_config(tmp_path / "run", "model=tiny", *overrides)
     assert_refused(code, report, output, tmp_path / "run", *words)
     assert report["failed_step"] == "plan"
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["shape.batch_size=50000000"], ["shape.batch_size", "50000000", "GiB", "smaller batch"]),
-    (["bench=quick", "bench.batch_sizes=[1,40000000]"], ["bench.batch_sizes", "40000000"]),
-    (["security.allow_ops=[ReadFile,NotAnOp]"], ["NotAnOp", "does not know"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["shape.batch_size=50000000"], ["shape.batch_size", "50000000", "GiB", "smaller batch"]),
+        (["bench=quick", "bench.batch_sizes=[1,40000000]"], ["bench.batch_sizes", "40000000"]),
+        (["security.allow_ops=[ReadFile,NotAnOp]"], ["NotAnOp", "does not know"]),
+    ],
+)
 def test_batch_beyond_memory_and_unknown_allowed_op(tiny_model_dir, tmp_path, overrides, words):
     code, report, output = run_model(tiny_model_dir, tmp_path / "run", *overrides)
     assert_refused(code, report, output, tmp_path / "run", *words)
 
 
 # ---- 6. symbolic links -------------------------------------------------------------------------
+
 
 def test_link_out_of_the_model_folder_is_refused(model_copy, tmp_path):
     secret = tmp_path / "secret.txt"
@@ -534,4 +603,3 @@ def test_links_inside_the_model_folder_are_followed(model_copy):
     (model_copy / "variables" / "alias.index").symlink_to(model_copy / "variables" / "variables.index")
     refuse_outside_links(model_copy)
     assert model_digest(model_copy) != digest  # the alias is part of the input, by its bytes
-

@@ -48,9 +48,7 @@ def masked(loaded):
 
 
 def mixed_batches(vocab: int) -> list[dict[str, np.ndarray]]:
-    return [
-        synthetic_feeds(np.array(lengths), 128, vocab, seed) for seed, lengths in enumerate(MIXED_LENGTHS)
-    ]
+    return [synthetic_feeds(np.array(lengths), 128, vocab, seed) for seed, lengths in enumerate(MIXED_LENGTHS)]
 
 
 def not_right_padded(vocab: int) -> dict[str, np.ndarray]:
@@ -97,9 +95,7 @@ def test_op_delta_and_what_was_rewired(loaded, masked):
     names = {node.name for node in result.graph.graph_def.node}
     assert {cut_name(key) for key in ("input_ids", "input_mask", "segment_ids")} <= names
     # Nothing but the length computation and the cuts reads the serving inputs any more.
-    readers = {
-        node.name for node in result.graph.graph_def.node for ref in node.input if ref in result.graph.inputs
-    }
+    readers = {node.name for node in result.graph.graph_def.node for ref in node.input if ref in result.graph.inputs}
     assert all(name.startswith("bertc/length/") for name in readers), readers
 
 
@@ -135,9 +131,7 @@ def test_mask_original_ones_fill_follows_the_cut(loaded):
     feeds = mixed_batches(loaded.shape.vocab)[1]
     outputs = run_graph(with_length(result.graph), feeds)
     assert int(outputs["length"]) == 64
-    np.testing.assert_allclose(
-        outputs["probabilities"], run_graph(loaded.graph, feeds)["probabilities"], atol=1e-5
-    )
+    np.testing.assert_allclose(outputs["probabilities"], run_graph(loaded.graph, feeds)["probabilities"], atol=1e-5)
 
 
 def test_sequence_length_equal_to_the_hidden_size_is_refused(tmp_path):
@@ -182,8 +176,7 @@ def branch_input_widths(module) -> list[int]:
         calls = [
             op
             for op in graph.get_operations()
-            if op.type in ("StatefulPartitionedCall", "PartitionedCall")
-            and op.node_def.attr["_XlaMustCompile"].b
+            if op.type in ("StatefulPartitionedCall", "PartitionedCall") and op.node_def.attr["_XlaMustCompile"].b
         ]
         assert len(calls) == 1, branch.name
         # input_ids [B, L], or with cpu_embed the embedding output [B, L, H]: dim 1 is the width.
@@ -238,9 +231,9 @@ def length_params(cfg):
 def test_config_group_and_target_checks():
     assert length_params(compose_config([])) is None  # the default: full
     assert length_params(compose_config(["length=trim"])).mode == "trim"
-    assert length_params(
-        compose_config(["length=buckets", "target=xla", "length.sizes=[16,64]"])
-    ) == LengthParams("buckets", (16, 64))
+    assert length_params(compose_config(["length=buckets", "target=xla", "length.sizes=[16,64]"])) == LengthParams(
+        "buckets", (16, 64)
+    )
     for overrides, message in (
         (["length=trim", "target=xla"], "dynamic shapes"),
         (["length=buckets", "target=stablehlo"], "not implemented"),
@@ -277,7 +270,8 @@ def test_bench_step_measures_a_real_length_mix():
         seen.append(int(feeds["input_mask"].sum(1).max()))
         return {}
 
-    result = benchmark_lengths({"original": model, "compiled": model}, (1, 8), 128, 30522, 1, 0.01, 1)
+    result = benchmark_lengths({"original": model, "compiled": model}, 128, 30522,
+                               {"batch_sizes": (1, 8), "rounds": 1, "seconds": 0.01, "warmup": 1})
     assert result["source"].startswith("synthetic MRPC-like") and 40 < result["mean_longest_row"] <= 86
     assert set(result["compiled"]["throughput"]) == {"1", "8"} and "p50" in result["compiled"]["latency_ms"]
     assert max(seen) <= 86 and len(set(seen)) > 3, "the batches cycle through varied real lengths"

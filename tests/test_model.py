@@ -1,4 +1,5 @@
 """The input side: the exported graph against google's structure, a numpy oracle, and every source."""
+
 from __future__ import annotations
 
 import collections
@@ -37,7 +38,7 @@ def padded_inputs(batch: int, seq_len: int, vocab_size: int, seed: int = 1) -> d
     segment_ids = np.zeros((batch, seq_len), np.int32)
     for row, length in enumerate(np.linspace(seq_len, 7, batch).astype(int)):
         input_mask[row, :length] = 1
-        segment_ids[row, length // 2:length] = 1
+        segment_ids[row, length // 2 : length] = 1
         input_ids[row, length:] = 0
     return {
         "input_ids": input_ids,
@@ -122,8 +123,14 @@ def google_to_hf(weights: dict[str, np.ndarray], layers: int) -> dict[str, np.nd
     }
     for layer in range(layers):
         google, hf = f"bert/encoder/layer_{layer}", f"encoder.layer.{layer}"
-        for module in ("attention/self/query", "attention/self/key", "attention/self/value",
-                       "attention/output/dense", "intermediate/dense", "output/dense"):
+        for module in (
+            "attention/self/query",
+            "attention/self/key",
+            "attention/self/value",
+            "attention/output/dense",
+            "intermediate/dense",
+            "output/dense",
+        ):
             table[f"{google}/{module}/kernel"] = f"{hf}.{module.replace('/', '.')}.weight"
             table[f"{google}/{module}/bias"] = f"{hf}.{module.replace('/', '.')}.bias"
         for module in ("attention/output", "output"):
@@ -137,13 +144,22 @@ def google_to_hf(weights: dict[str, np.ndarray], layers: int) -> dict[str, np.nd
 
 def hf_config(config) -> dict:
     return {
-        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads, "intermediate_size": config.intermediate_size,
-        "hidden_act": "gelu_new", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu_new",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
         "max_position_embeddings": config.max_position_embeddings,
-        "type_vocab_size": config.type_vocab_size, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
-        "pad_token_id": 0, "position_embedding_type": "absolute",
+        "type_vocab_size": config.type_vocab_size,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
     }
 
 
@@ -194,9 +210,10 @@ def test_same_preset_and_seed_give_identical_files(tiny_model_dir, tmp_path):
 
     other_seed = tmp_path / "seed1"
     export_model("size", "tiny", other_seed, seq_len=128, num_labels=2, seed=1)
-    assert model_files(other_seed)["variables/variables.data-00000-of-00001"] != first[
-        "variables/variables.data-00000-of-00001"
-    ]
+    assert (
+        model_files(other_seed)["variables/variables.data-00000-of-00001"]
+        != first["variables/variables.data-00000-of-00001"]
+    )
 
 
 def test_graph_keeps_google_structure(tiny_model_dir):
@@ -235,15 +252,16 @@ def test_outputs_match_numpy_oracle(tiny_model_dir, tiny_weights):
     inputs = padded_inputs(3, 128, config.vocab_size)
     assert (inputs["input_mask"] == 0).any() and (inputs["segment_ids"] == 1).any()
     layers = [
-        f"bert/encoder/layer_{index}/output/LayerNorm/batchnorm/add_1:0"
-        for index in range(config.num_hidden_layers)
+        f"bert/encoder/layer_{index}/output/LayerNorm/batchnorm/add_1:0" for index in range(config.num_hidden_layers)
     ]
     *layer_outputs, logits, probabilities = run_saved_model(
         tiny_model_dir, layers + ["loss/BiasAdd:0", "loss/Softmax:0"], inputs
     )
     expected = numpy_bert.forward(
         numpy_bert.from_google(tiny_weights, config.num_attention_heads),
-        inputs["input_ids"], inputs["input_mask"], inputs["segment_ids"],
+        inputs["input_ids"],
+        inputs["input_mask"],
+        inputs["segment_ids"],
     )
     for index, (got, want) in enumerate(zip(layer_outputs, expected["all_layers"])):
         np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-5, err_msg=f"layer {index}")
@@ -273,20 +291,33 @@ def test_loads_in_fresh_process(tiny_model_dir, tiny_weights, tmp_path):
     inputs = padded_inputs(2, 128, config.vocab_size, seed=5)
     np.savez(tmp_path / "inputs.npz", **inputs)
     subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(tiny_model_dir), str(tmp_path / "inputs.npz"),
-         str(tmp_path / "out.json")],
-        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS,
+            str(tiny_model_dir),
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "out.json"),
+        ],
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        timeout=120,
     )
     report = json.loads((tmp_path / "out.json").read_text())
     assert report["inputs"] == {
-        "input_ids": ["int32", [None, 128]], "input_mask": ["int32", [None, 128]],
-        "segment_ids": ["int32", [None, 128]], "label_ids": ["int32", [None]],
+        "input_ids": ["int32", [None, 128]],
+        "input_mask": ["int32", [None, 128]],
+        "segment_ids": ["int32", [None, 128]],
+        "label_ids": ["int32", [None]],
         "is_real_example": ["int32", [None]],
     }
     assert report["outputs"] == ["probabilities"]
     expected = numpy_bert.forward(
         numpy_bert.from_google(tiny_weights, config.num_attention_heads),
-        inputs["input_ids"], inputs["input_mask"], inputs["segment_ids"],
+        inputs["input_ids"],
+        inputs["input_mask"],
+        inputs["segment_ids"],
     )
     np.testing.assert_allclose(report["probabilities"], expected["probabilities"], atol=1e-5)
 
@@ -309,16 +340,19 @@ def test_minilm_import_is_the_exact_function(tmp_path):
 
     inputs = padded_inputs(2, 128, 30522, seed=3)
     hidden, pooled, probabilities = run_saved_model(
-        out, ["bert/encoder/layer_5/output/LayerNorm/batchnorm/add_1:0", "bert/pooler/dense/Tanh:0",
-              "loss/Softmax:0"], inputs
+        out,
+        ["bert/encoder/layer_5/output/LayerNorm/batchnorm/add_1:0", "bert/pooler/dense/Tanh:0", "loss/Softmax:0"],
+        inputs,
     )
     tensors = load_file(str(minilm_folder() / "model.safetensors"))
     model = numpy_bert.from_hf(tensors, heads=12)
     head = saved_variables(out)
-    model.classifier = numpy_bert.Linear(head["output_weights"].astype(np.float64),
-                                         head["output_bias"].astype(np.float64), out_in=True)
-    expected = numpy_bert.forward(model, inputs["input_ids"], inputs["input_mask"], inputs["segment_ids"],
-                                  gelu=numpy_bert.gelu_erf)
+    model.classifier = numpy_bert.Linear(
+        head["output_weights"].astype(np.float64), head["output_bias"].astype(np.float64), out_in=True
+    )
+    expected = numpy_bert.forward(
+        model, inputs["input_ids"], inputs["input_mask"], inputs["segment_ids"], gelu=numpy_bert.gelu_erf
+    )
     sequence_output = expected["sequence_output"]
     assert np.abs(hidden.reshape(sequence_output.shape) - sequence_output).max() < 1e-4
     assert np.abs(pooled - expected["pooled_output"]).max() < 1e-5
@@ -337,8 +371,11 @@ def test_hf_classifier_folder_round_trip(tiny_model_dir, tiny_hf, tmp_path):
 
 def test_hf_base_model_gets_pooler_and_head_from_seed(tiny_model_dir, tiny_hf, tmp_path, capsys):
     tensors = load_file(str(tiny_hf / "model.safetensors"))
-    bare = {name.removeprefix("bert."): value for name, value in tensors.items()
-            if name.startswith("bert.") and not name.startswith("bert.pooler.")}
+    bare = {
+        name.removeprefix("bert."): value
+        for name, value in tensors.items()
+        if name.startswith("bert.") and not name.startswith("bert.pooler.")
+    }
     folder = tmp_path / "bare"
     folder.mkdir()
     # Saved as two shards with an index, as large Hugging Face models are.
@@ -475,7 +512,10 @@ def test_cli_exports_quietly_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "tiny"
     result = subprocess.run(
         [sys.executable, "-m", "bertc.export", "--size", "tiny", "--out", str(out), "--seq-len", "32"],
-        check=False, capture_output=True, text=True, timeout=120,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", "TensorFlow noise reached the terminal"

@@ -1,5 +1,6 @@
 """Per-pass checks, as torch.fx's pass tests do: op delta, input not mutated, idempotent, outputs equal;
 plus the structure each step promises (one shared mask bias, no fp32 matmul in converted regions, ...)."""
+
 from __future__ import annotations
 
 import copy
@@ -77,7 +78,9 @@ def check_pass(function, graph, params, feeds, reference, atol):
     result = function(graph, params)
     check_graph(result.graph)
     assert graph.graph_def == snapshot, "the pass mutated its input graph"
-    assert all(np.array_equal(graph.weights[name], value) for name, value in weights_before.items()), "input weights mutated"
+    assert all(np.array_equal(graph.weights[name], value) for name, value in weights_before.items()), (
+        "input weights mutated"
+    )
     again = function(result.graph, params)
     assert again.graph.graph_def == result.graph.graph_def, "a second application changed the graph"
     outputs = run_graph(result.graph, feeds)
@@ -155,7 +158,9 @@ def test_precision_converts_regions_and_stores_weights_in_compute_dtype(masked, 
     graph = result.graph
     nodes = nodes_by_name(graph.graph_def)
     enum = tf.as_dtype(dtype).as_datatype_enum
-    matmuls = [n for n in graph.graph_def.node if n.op in ("MatMul", "BatchMatMulV2") and n.name.startswith("bert/encoder/")]
+    matmuls = [
+        n for n in graph.graph_def.node if n.op in ("MatMul", "BatchMatMulV2") and n.name.startswith("bert/encoder/")
+    ]
     assert matmuls and all(n.attr["T"].type == enum for n in matmuls), "an fp32 matmul is left in a converted region"
     assert graph.weights["bert/encoder/layer_0/intermediate/dense/kernel"].dtype == tf.as_dtype(dtype).as_numpy_dtype
     assert graph.weights["bert/encoder/layer_0/output/LayerNorm/gamma"].dtype == np.float32

@@ -1,5 +1,6 @@
 """The config surface and the plan: composition of the real configs, canonical order, typed checks,
 golden printed plans, and a fingerprint that moves with the artifact's inputs and nothing else."""
+
 from __future__ import annotations
 
 import os
@@ -45,10 +46,16 @@ def test_mixed_bf16_is_the_mixed_map_in_bfloat16():
 
 
 def test_printed_plans_match_golden_file():
-    text = "\n\n".join(
-        "$ python -m bertc " + " ".join(overrides) + "\n" + "\n".join(build_plan(compose_config(overrides)).describe())
-        for overrides in PRESET_RUNS
-    ) + "\n"
+    text = (
+        "\n\n".join(
+            "$ python -m bertc "
+            + " ".join(overrides)
+            + "\n"
+            + "\n".join(build_plan(compose_config(overrides)).describe())
+            for overrides in PRESET_RUNS
+        )
+        + "\n"
+    )
     if os.environ.get("BERTC_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text(), "printed plans changed; rerun with BERTC_UPDATE_GOLDEN=1 if intended"
@@ -85,6 +92,8 @@ def test_fingerprint_moves_with_artifact_inputs_only():
     same = build_plan(compose_config(["bench=off", "verify.batches=9", "hydra.run.dir=/elsewhere"]))
     assert fingerprint(base, "sha256:a", versions) == fingerprint(same, "sha256:a", versions)
     assert fingerprint(base, "sha256:a", versions) != fingerprint(base, "sha256:b", versions)
-    assert fingerprint(base, "sha256:a", versions) != fingerprint(base, "sha256:a", {**versions, "tensorflow": "2.20.0"})
+    assert fingerprint(base, "sha256:a", versions) != fingerprint(
+        base, "sha256:a", {**versions, "tensorflow": "2.20.0"}
+    )
     changed = build_plan(compose_config(["mask.fold_scale=true"]))
     assert fingerprint(base, "sha256:a", versions) != fingerprint(changed, "sha256:a", versions)

@@ -1,5 +1,6 @@
 """The pass registry: a pass is one module (its declaration and function) plus its YAML options; the
 runner checks each pass's `ensures` at every compile; the canonical order comes from `after`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,13 @@ def _marked(graph, params) -> str | None:
 
 
 THROWAWAY_PASS = Pass(
-    mark_graph, "marker", MarkParams, help="a test pass", switch=Key("enabled", bool, False, off=False),
-    after=("apply_precision_map",), ensures=(Condition("the marker node exists", _marked),),
+    mark_graph,
+    "marker",
+    MarkParams,
+    help="a test pass",
+    switch=Key("enabled", bool, False, off=False),
+    after=("apply_precision_map",),
+    ensures=(Condition("the marker node exists", _marked),),
 )
 
 
@@ -67,8 +73,9 @@ def compose_with(extra_conf: Path, overrides: list[str]):
 
 
 def test_a_pass_in_one_module_with_one_yaml_option_compiles(throwaway, tiny_model_dir, tmp_path):
-    plan = build_plan(compose_with(throwaway, [f"model.path={tiny_model_dir}", "+marker=on", "precision=mixed",
-                                               "bench=off"]))
+    plan = build_plan(
+        compose_with(throwaway, [f"model.path={tiny_model_dir}", "+marker=on", "precision=mixed", "bench=off"])
+    )
     names = [step.name for step in plan.steps]
     assert names == ["remove_training_ops", "rewrite_attention_mask", "apply_precision_map", "mark_graph"]
     assert plan.steps[-1].params == MarkParams(3.0)
@@ -99,8 +106,14 @@ def test_a_violated_ensures_stops_the_compile_as_a_bertc_bug(tiny_model_dir, tmp
 
 def test_canonical_order_follows_after_and_rejects_unknown_names(monkeypatch):
     assert [spec.name for spec in passes.passes()] == [
-        "remove_training_ops", "rewrite_attention_mask", "rewrite_gelu", "trim_sequence_length", "apply_precision_map",
-        "partition_graph"]
+        "remove_training_ops",
+        "rewrite_attention_mask",
+        "rewrite_gelu",
+        "trim_sequence_length",
+        "apply_precision_map",
+        "partition_graph",
+    ]
+
     def broken_pass(graph, params):
         return PassResult(graph)
 

@@ -1,5 +1,6 @@
 """report.json / report.md / the terminal summary / the sweep summary, from records made by verify and bench
 with stand-in models (no TensorFlow): documented keys, valid JSON, readable numbers."""
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ def model(shift: float = 0.0):
         logits = np.stack([feeds["input_mask"].mean(1), feeds["segment_ids"].mean(1) + shift], -1).astype(np.float32)
         exp = np.exp(logits - logits.max(-1, keepdims=True))
         return {"probabilities": exp / exp.sum(-1, keepdims=True), "logits": logits}
+
     return run
 
 
@@ -32,24 +34,50 @@ def labelled_batch():
 def record(shift: float = 0.0, bench: bool = True) -> dict:
     batches = synthetic_batches(2, 4, 16, 2000, seed=0) + [labelled_batch()]
     result = {
-        "status": "passed", "failed_step": None, "error": None, "fingerprint": "sha256:" + "ab" * 32,
-        "precision": "fp16", "input": {"path": "/models/m", "digest": "sha256:" + "cd" * 32},
-        "steps": [{"name": "remove_training_ops", "op_delta": {"Identity": -3}, "ops_before": 10, "ops_after": 7,
-                   "seconds": 0.01, "matches": {}}],
+        "status": "passed",
+        "failed_step": None,
+        "error": None,
+        "fingerprint": "sha256:" + "ab" * 32,
+        "precision": "fp16",
+        "input": {"path": "/models/m", "digest": "sha256:" + "cd" * 32},
+        "steps": [
+            {
+                "name": "remove_training_ops",
+                "op_delta": {"Identity": -3},
+                "ops_before": 10,
+                "ops_after": 7,
+                "seconds": 0.01,
+                "matches": {},
+            }
+        ],
         "target": {"name": "tf", "device": "auto", "compile_seconds": 1.5, "boundaries": []},
         "artifact": {"path": "/runs/x/model", "digest": "sha256:" + "ef" * 32},
         "parity": compare(model(), model(shift), batches, "fp16", None),
     }
     if bench:
-        result["bench"] = benchmark({"original": model(), "compiled": model(shift)}, (1, 4), 16, 2000,
-                                    rounds=2, seconds=0.01, warmup=1)
+        result["bench"] = benchmark(
+            {"original": model(), "compiled": model(shift)}, (1, 4), 16, 2000, rounds=2, seconds=0.01, warmup=1
+        )
     return result
 
 
-@pytest.mark.parametrize("value, text", [
-    (0.0, "0"), (0, "0"), (1e-5, "1e-05"), (2.346e-6, "2.35e-06"), (-3e-7, "-3e-07"), (0.0023, "0.0023"),
-    (0.01446, "0.0145"), (0.5, "0.5"), (12.345, "12.3"), (None, "-"), (float("nan"), "nan"), ("x", "x"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (0.0, "0"),
+        (0, "0"),
+        (1e-5, "1e-05"),
+        (2.346e-6, "2.35e-06"),
+        (-3e-7, "-3e-07"),
+        (0.0023, "0.0023"),
+        (0.01446, "0.0145"),
+        (0.5, "0.5"),
+        (12.345, "12.3"),
+        (None, "-"),
+        (float("nan"), "nan"),
+        ("x", "x"),
+    ],
+)
 def test_numbers_read_well(value, text):
     assert fmt_number(value) == text
 
@@ -61,7 +89,11 @@ def test_every_key_in_report_json_is_documented(tmp_path):
     keys = set(data) | set(data["parity"]) | set(data["parity"]["accuracy"]) | set(data["bench"])
     keys |= set(data["bench"]["compiled"]) | set(data["bench"]["compiled"]["latency_ms"])
     keys |= set(data["parity"]["disagreements"][0]) if data["parity"]["disagreements"] else set()
-    keys |= set(data["bench"]["compiled"]["spread"]) | set(data["bench"]["speedup_spread"]) | set(data["bench"]["load_average"])
+    keys |= (
+        set(data["bench"]["compiled"]["spread"])
+        | set(data["bench"]["speedup_spread"])
+        | set(data["bench"]["load_average"])
+    )
     keys -= {"seq_len", "rounds", "seconds_per_measurement"}  # bench's settings, echoed for the reader
     missing = sorted(key for key in keys if key not in documented)
     assert not missing, f"report.json keys missing from bertc/report.py's docstring: {missing}"
@@ -70,8 +102,13 @@ def test_every_key_in_report_json_is_documented(tmp_path):
 
 def test_reports_are_valid_json_even_with_nan(tmp_path):
     data = record(bench=False)
-    data["parity"] = compare(model(), lambda feeds: {key: value * np.nan for key, value in model()(feeds).items()},
-                             [labelled_batch()], "fp32", None)
+    data["parity"] = compare(
+        model(),
+        lambda feeds: {key: value * np.nan for key, value in model()(feeds).items()},
+        [labelled_batch()],
+        "fp32",
+        None,
+    )
     write_reports(tmp_path, data)
     text = (tmp_path / "report.json").read_text()
     parsed = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in report.json"))
@@ -120,11 +157,16 @@ def test_a_failed_plan_record_renders():
 
 def test_sweep_summary_has_one_row_per_job(tmp_path):
     sweep = tmp_path / "sweep"
-    for number, (overrides, data) in enumerate([
-        (["precision=fp32"], record()),
-        (["precision=mixed"], {"status": "failed", "failed_step": "rewrite_attention_mask", "error": "must be\nnegative"}),
-        (["precision=mixed_bf16"], None),
-    ]):
+    for number, (overrides, data) in enumerate(
+        [
+            (["precision=fp32"], record()),
+            (
+                ["precision=mixed"],
+                {"status": "failed", "failed_step": "rewrite_attention_mask", "error": "must be\nnegative"},
+            ),
+            (["precision=mixed_bf16"], None),
+        ]
+    ):
         job = sweep / str(number)
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
@@ -194,9 +236,18 @@ def test_sweep_columns_name_units_and_batch_sizes(tmp_path):
     write_sweep(tmp_path, [(["precision=fp32"], record()), (["precision=mixed"], record(shift=0.01))])
     rows = summarize(tmp_path)
     header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
-    for column in ("original_throughput_b4_seq_s", "compiled_throughput_b4_seq_s", "speedup_b4_x", "speedup_b4_min_x",
-                   "speedup_b4_max_x", "throughput_cv_b4_pct", "original_latency_b1_p50_ms", "compiled_latency_b1_p50_ms",
-                   "reliable", "unreliable_reasons"):
+    for column in (
+        "original_throughput_b4_seq_s",
+        "compiled_throughput_b4_seq_s",
+        "speedup_b4_x",
+        "speedup_b4_min_x",
+        "speedup_b4_max_x",
+        "throughput_cv_b4_pct",
+        "original_latency_b1_p50_ms",
+        "compiled_latency_b1_p50_ms",
+        "reliable",
+        "unreliable_reasons",
+    ):
         assert column in header, column
     assert not {"throughput_original", "throughput_compiled", "speedup"} & set(header)
     assert float(rows[0]["speedup_min"]) <= float(rows[0]["speedup"]) <= float(rows[0]["speedup_max"])
@@ -206,10 +257,20 @@ def test_sweep_columns_name_units_and_batch_sizes(tmp_path):
 def test_sweep_plot_labels_stay_inside_the_frame_and_axes_name_units():
     rows = []
     for job, (diff, speedup) in enumerate([(1e-9, 0.7), (1e-2, 1.9), (3e-3, 1.2), (0.0, 1.0), (2e-2, 0.6)]):
-        rows.append({"job": str(job), "overrides": f"model.path=/models/mrpc precision=p{job} partition=cpu_embed "
-                     f"mask.fold_scale=true target.device=cpu extra.long.override{job}=value", "status": "passed",
-                     "max_abs_diff": str(diff), "speedup": str(speedup), "speedup_min": str(speedup - 0.1),
-                     "speedup_max": str(speedup + 0.1), "reliable": "yes", "batch": 8})
+        rows.append(
+            {
+                "job": str(job),
+                "overrides": f"model.path=/models/mrpc precision=p{job} partition=cpu_embed "
+                f"mask.fold_scale=true target.device=cpu extra.long.override{job}=value",
+                "status": "passed",
+                "max_abs_diff": str(diff),
+                "speedup": str(speedup),
+                "speedup_min": str(speedup - 0.1),
+                "speedup_max": str(speedup + 0.1),
+                "reliable": "yes",
+                "batch": 8,
+            }
+        )
     figure = plot_figure(rows)
     axes = figure.axes[0]
     assert "seq/s" in axes.get_ylabel() and "batch 8" in axes.get_ylabel() and "probability" in axes.get_xlabel()

@@ -1,5 +1,6 @@
 """Reproducible runs: two compiles of one plan give one artifact digest, `bertc.reproduce` says identical
 or names what changed, `bertc.diff` compares plans, and the fingerprint holds no path or time."""
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,14 @@ FAST = ["bench=off", "verify.batches=1", "verify.batch_size=2"]
 
 
 def bertc_process(module: str, *args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
 
 
 def finish(process: subprocess.Popen, timeout: int = 300) -> tuple[int, str]:
@@ -56,7 +63,9 @@ def test_two_compiles_of_one_plan_give_identical_digests(runs):
     assert first["fingerprint"] == second["fingerprint"]
     assert first["artifact"]["digest"] == second["artifact"]["digest"]
     # In two fresh processes TensorFlow writes the same bytes; only fingerprint.pb holds a random UUID.
-    for name in ["saved_model.pb"] + [f"variables/{file.name}" for file in (runs["first"] / "model" / "variables").iterdir()]:
+    for name in ["saved_model.pb"] + [
+        f"variables/{file.name}" for file in (runs["first"] / "model" / "variables").iterdir()
+    ]:
         assert (runs["first"] / "model" / name).read_bytes() == (runs["second"] / "model" / name).read_bytes(), name
 
 
@@ -95,7 +104,9 @@ def test_reproduce_names_a_changed_input(runs, tmp_path):
 
     shutil.rmtree(runs["model_copy"])
     export_model("size", "tiny", runs["model_copy"], seq_len=128, num_labels=2, seed=1)  # same path, other weights
-    code, output = finish(bertc_process("bertc.reproduce", str(runs["copied"]), "--out", str(tmp_path / "again"), cwd=tmp_path))
+    code, output = finish(
+        bertc_process("bertc.reproduce", str(runs["copied"]), "--out", str(tmp_path / "again"), cwd=tmp_path)
+    )
     assert code == 1, output[-3000:]
     assert "NOT identical" in output and "input changed" in output
     assert "versions differ" not in output and "plan differs" not in output

@@ -1,5 +1,6 @@
 """Roles found by structure: every node of the BERT graph gets the role it plays, and the shipped precision
 presets, written with roles, convert exactly what the seed's name-scoped map converted on google's graph."""
+
 from __future__ import annotations
 
 import collections
@@ -14,9 +15,13 @@ from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_ma
 from tests.test_plan import compose_config
 
 SEED_SCOPES = (  # the seed's map as name scopes on google-research's graph (bertc's presets before roles)
-    ("*/LayerNorm/*", (), "float32"), ("bert/encoder/layer_*/attention/self/*", (), "D"),
-    ("bert/encoder/layer_*/attention/output/dense/*", (), "D"), ("bert/encoder/layer_*/intermediate/*", (), "D"),
-    ("bert/encoder/layer_*/output/dense/*", (), "D"), ("bert/pooler/*", (), "D"), ("loss/*", ("MatMul", "BiasAdd"), "D"),
+    ("*/LayerNorm/*", (), "float32"),
+    ("bert/encoder/layer_*/attention/self/*", (), "D"),
+    ("bert/encoder/layer_*/attention/output/dense/*", (), "D"),
+    ("bert/encoder/layer_*/intermediate/*", (), "D"),
+    ("bert/encoder/layer_*/output/dense/*", (), "D"),
+    ("bert/pooler/*", (), "D"),
+    ("loss/*", ("MatMul", "BiasAdd"), "D"),
 )
 
 
@@ -43,7 +48,9 @@ def test_every_layer_gets_each_role(google_graph):
     assert "bert/encoder/layer_0/output/dense/MatMul" in by_role["ffn_out"]
     assert "bert/pooler/dense/Tanh" in by_role["pooler"] and "loss/MatMul" in by_role["classifier"]
     assert "bert/embeddings/GatherV2" in by_role["embedding"] and "bertc/attention_bias/bias" in by_role["mask_bias"]
-    assert all(roles.get(node.name) == "layer_norm" for node in google_graph.graph_def.node if "/LayerNorm/" in node.name)
+    assert all(
+        roles.get(node.name) == "layer_norm" for node in google_graph.graph_def.node if "/LayerNorm/" in node.name
+    )
     assert role_matches("attention_scores", "attention") and not role_matches("gelu", "attention")
 
 
@@ -56,9 +63,15 @@ def test_role_presets_convert_what_the_seeds_scoped_map_did(google_graph, preset
     scoped = tuple(PrecisionRule(scope, ops, dtype if want == "D" else want) for scope, ops, want in SEED_SCOPES)
     by_role, _ = assign_dtypes(google_graph, rules)
     by_scope, _ = assign_dtypes(google_graph, scoped)
-    differ = {name for name in set(by_role) | set(by_scope)
-              if (by_role.get(name) or "float32") != (by_scope.get(name) or "float32")}
-    floats = {node.name for node in google_graph.graph_def.node
-              if any(value.WhichOneof("value") == "type" and value.type in (1, 14, 19) for value in node.attr.values())}
+    differ = {
+        name
+        for name in set(by_role) | set(by_scope)
+        if (by_role.get(name) or "float32") != (by_scope.get(name) or "float32")
+    }
+    floats = {
+        node.name
+        for node in google_graph.graph_def.node
+        if any(value.WhichOneof("value") == "type" and value.type in (1, 14, 19) for value in node.attr.values())
+    }
     # the classifier's weights are converted once now, where the scoped map cast them at every call
     assert differ & floats == {"output_weights", "output_bias"}

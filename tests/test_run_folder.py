@@ -85,9 +85,7 @@ def test_command_line_refuses_the_input_folder_and_a_finished_run_before_hydra_w
         "inside the input model folder": [f"hydra.run.dir={model / 'variables'}"],
         "already holds a finished run (report.json)": [f"hydra.run.dir={finished}"],
     }
-    processes = {
-        words: bertc(f"model.path={model}", "bench=off", *args, cwd=tmp_path) for words, args in cases.items()
-    }
+    processes = {words: bertc(f"model.path={model}", "bench=off", *args, cwd=tmp_path) for words, args in cases.items()}
     for words, process in processes.items():
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 2, output[-2000:]
@@ -108,9 +106,7 @@ def test_api_refuses_the_input_folder_and_its_own_output_as_input(model, tmp_pat
     run_dir = tmp_path / "run"
     shutil.copytree(model, run_dir / "model")
     with pytest.raises(RunFolderError, match="is the model/ folder of the run folder"):
-        compile_run(
-            build_plan(config(run_dir / "model")), run_dir, Console(file=io.StringIO()), overwrite=True
-        )
+        compile_run(build_plan(config(run_dir / "model")), run_dir, Console(file=io.StringIO()), overwrite=True)
     assert state(run_dir / "model") == before
 
 
@@ -128,9 +124,7 @@ def test_command_line_checks_before_hydra(model, tmp_path, monkeypatch):
     for overwrite in ("overwrite=true", "+overwrite=True", "++overwrite=true"):
         (tmp_path / "done").mkdir(exist_ok=True)
         (tmp_path / "done" / "report.json").write_text("{}")
-        with claim_from_command_line(
-            [f"hydra.run.dir={tmp_path / 'done'}", overwrite], tmp_path / "done"
-        ) as claim:
+        with claim_from_command_line([f"hydra.run.dir={tmp_path / 'done'}", overwrite], tmp_path / "done") as claim:
             assert claim.owner, "a literal run folder is locked before Hydra starts"
     with pytest.raises(RunFolderError, match="already holds a finished run"):
         claim_from_command_line([f"hydra.run.dir={tmp_path / 'done'}", "overwrite=false"], tmp_path / "done")
@@ -144,39 +138,24 @@ def test_finished_run_is_refused_and_overwrite_replaces_it(tiny_model_dir, tmp_p
     console = Console(file=io.StringIO())
     assert compile_run(build_plan(config(tiny_model_dir)), run_dir, console) == 0
     first = state(run_dir)
-    with pytest.raises(
-        RunFolderError, match=r"already holds a finished run \(model, report.json\).*overwrite=true"
-    ):
+    with pytest.raises(RunFolderError, match=r"already holds a finished run \(model, report.json\).*overwrite=true"):
         compile_run(build_plan(config(tiny_model_dir)), run_dir, console)
     with pytest.raises(SystemExit):
         run_job(config(tiny_model_dir, "dry_run=true"), run_dir=run_dir, console=console)
     assert state(run_dir) == first, "a refused run writes nothing"
 
     # overwrite=true and a run that fails: the old model goes with the old report
-    assert (
-        compile_run(build_plan(config(tiny_model_dir, "mask.bias_value=1")), run_dir, console, overwrite=True)
-        == 2
-    )
+    assert compile_run(build_plan(config(tiny_model_dir, "mask.bias_value=1")), run_dir, console, overwrite=True) == 2
     report = json.loads((run_dir / "report.json").read_text())
-    assert (
-        report["status"] == "failed"
-        and not (run_dir / "model").exists()
-        and not (run_dir / "rejected").exists()
-    )
+    assert report["status"] == "failed" and not (run_dir / "model").exists() and not (run_dir / "rejected").exists()
 
     # overwrite=true and a run that passes: model/ is the one its report describes
     (run_dir / "rejected").mkdir()  # as a rejected run before it would have left
     assert (
-        compile_run(
-            build_plan(config(tiny_model_dir, "mask.fold_scale=true")), run_dir, console, overwrite=True
-        )
-        == 0
+        compile_run(build_plan(config(tiny_model_dir, "mask.fold_scale=true")), run_dir, console, overwrite=True) == 0
     )
     report = json.loads((run_dir / "report.json").read_text())
-    assert (
-        report["artifact"]["digest"] == artifact_digest(run_dir / "model")
-        and not (run_dir / "rejected").exists()
-    )
+    assert report["artifact"]["digest"] == artifact_digest(run_dir / "model") and not (run_dir / "rejected").exists()
     assert not staging(run_dir)
 
 
@@ -184,9 +163,7 @@ def test_a_report_retires_the_models_it_does_not_describe(tmp_path):
     for name in ("model", "rejected"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "saved_model.pb").write_bytes(b"old")
-    write_reports(
-        tmp_path, {"status": "rejected", "artifact": {"path": str(tmp_path / "rejected")}, "steps": []}
-    )
+    write_reports(tmp_path, {"status": "rejected", "artifact": {"path": str(tmp_path / "rejected")}, "steps": []})
     assert (tmp_path / "rejected").exists() and not (tmp_path / "model").exists()
     write_reports(tmp_path, {"status": "interrupted", "failed_step": "verify", "error": "x", "steps": []})
     assert not (tmp_path / "rejected").exists()
@@ -195,9 +172,7 @@ def test_a_report_retires_the_models_it_does_not_describe(tmp_path):
 def test_a_held_folder_is_refused(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "held"
     run_dir.mkdir()
-    with open(
-        run_dir / LOCK_FILE, "w"
-    ) as other_run:  # another run's lock: another open file, as another process has
+    with open(run_dir / LOCK_FILE, "w") as other_run:  # another run's lock: another open file, as another process has
         fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
         other_run.write("4242\n")
         other_run.flush()
@@ -298,9 +273,7 @@ def test_sigterm_and_sigint_during_verify(tiny_model_dir, tmp_path):
         assert report["status"] == "interrupted" and report["failed_step"] in ("compile", "verify"), report
         assert label in report["error"]
         assert (
-            not staging(runs[name])
-            and not (runs[name] / "model").exists()
-            and not (runs[name] / "rejected").exists()
+            not staging(runs[name]) and not (runs[name] / "model").exists() and not (runs[name] / "rejected").exists()
         )
         after = log.split("done compile", 1)[1].splitlines()[1:]
         expected = (
@@ -319,9 +292,7 @@ def test_stale_staging_is_removed_by_the_next_run(tiny_model_dir, tmp_path):
     assert not staging(tmp_path)
 
 
-def test_sigterm_through_the_api_records_interrupted_and_restores_handlers(
-    tiny_model_dir, tmp_path, monkeypatch
-):
+def test_sigterm_through_the_api_records_interrupted_and_restores_handlers(tiny_model_dir, tmp_path, monkeypatch):
     import bertc.verify
 
     def terminated(*args, **kwargs):
@@ -338,9 +309,7 @@ def test_sigterm_through_the_api_records_interrupted_and_restores_handlers(
     assert report["status"] == "interrupted" and report["failed_step"] == "verify"
     assert not staging(tmp_path) and not (tmp_path / "model").exists()
     assert {each: signal.getsignal(each) for each in before} == before, "the caller's handlers are back"
-    assert (
-        stream.getvalue().strip().splitlines()[-1].startswith("bertc: interrupted by SIGTERM during verify")
-    )
+    assert stream.getvalue().strip().splitlines()[-1].startswith("bertc: interrupted by SIGTERM during verify")
 
 
 SWEEP_WITH_A_CRASH = textwrap.dedent(
@@ -392,9 +361,7 @@ def test_guarded_job_records_a_sweep_jobs_crash_once(tmp_path):
     console = Console(file=stream, width=300)
     assert guarded_job(tmp_path / "a", None, False, console, True, crash) == 1
     report = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert (
-        report["status"] == "failed" and report["error"] == "boom" and "RuntimeError" in report["traceback"]
-    )
+    assert report["status"] == "failed" and report["error"] == "boom" and "RuntimeError" in report["traceback"]
     assert "this job crashed (boom)" in stream.getvalue()
 
     def recorded_crash():  # compile_run wrote its own, fuller report before re-raising
@@ -418,8 +385,9 @@ def test_a_signal_that_lands_in_a_gc_callback_is_asked_again(monkeypatch):
     from bertc import faults
 
     sent = []
-    monkeypatch.setattr(faults.threading, "Timer",
-                        lambda delay, function, args: types.SimpleNamespace(start=lambda: sent.append(args)))
+    monkeypatch.setattr(
+        faults.threading, "Timer", lambda delay, function, args: types.SimpleNamespace(start=lambda: sent.append(args))
+    )
 
     def callback(phase, info):
         faults._raise_interrupted(signal.SIGTERM, sys._getframe())

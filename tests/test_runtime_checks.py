@@ -31,9 +31,7 @@ CLASSIFIER = "output_weights"
 def built(tmp_path_factory) -> Path:
     """The tiny preset, target=stablehlo, fp32, one module for batch 8."""
     run_dir = tmp_path_factory.mktemp("stablehlo-checks")
-    cfg = compose_config(
-        ["model=tiny", "target=stablehlo", "target.batch_sizes=[8]", "bench=off", "verify=off"]
-    )
+    cfg = compose_config(["model=tiny", "target=stablehlo", "target.batch_sizes=[8]", "bench=off", "verify=off"])
     code = compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO()))
     assert code == 0, json.loads((run_dir / "report.json").read_text()).get("error")
     return run_dir / "model"

@@ -43,15 +43,11 @@ def test_a_passed_run_has_a_layout_tensorflow_serving_loads(tiny_model_dir, tmp_
     assert serving["base_path"] == str(base) and serving["model_name"] == "user" and serving["version"] == 1
     assert (base / "1" / "saved_model.pb").is_file() and (base / "1" / "variables").is_dir()
     # Hard links: the same files as model/, not a second copy.
-    assert (base / "1" / "saved_model.pb").stat().st_ino == (
-        tmp_path / "model" / "saved_model.pb"
-    ).stat().st_ino
+    assert (base / "1" / "saved_model.pb").stat().st_ino == (tmp_path / "model" / "saved_model.pb").stat().st_ino
     signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
     assert sorted(signature.structured_input_signature[1]) == ["input_ids", "input_mask", "segment_ids"]
     out = signature(**{key: tf.constant(value) for key, value in feeds().items()})
-    np.testing.assert_allclose(
-        out["probabilities"].numpy(), original_probabilities(tiny_model_dir), atol=1e-5
-    )
+    np.testing.assert_allclose(out["probabilities"].numpy(), original_probabilities(tiny_model_dir), atol=1e-5)
     assert serving["dropped_inputs"] == ["label_ids", "is_real_example"]
     text = (tmp_path / "report.md").read_text()
     assert (
@@ -79,15 +75,11 @@ def test_keep_signature_accepts_the_five_run_classifier_inputs(tiny_model_dir, t
     first = signature(**batch, label_ids=tf.constant([0, 1, 0]), is_real_example=tf.constant([1, 1, 1]))
     second = signature(**batch, label_ids=tf.constant([1, 1, 1]), is_real_example=tf.constant([0, 0, 0]))
     np.testing.assert_array_equal(first["probabilities"].numpy(), second["probabilities"].numpy())  # ignored
-    np.testing.assert_allclose(
-        first["probabilities"].numpy(), original_probabilities(tiny_model_dir), atol=1e-5
-    )
+    np.testing.assert_allclose(first["probabilities"].numpy(), original_probabilities(tiny_model_dir), atol=1e-5)
     assert "keeps run_classifier's five inputs" in (tmp_path / "report.md").read_text()
 
 
 def test_a_rejected_model_gets_no_serving_layout(tiny_model_dir, tmp_path):
     code, report = compile_tiny(tiny_model_dir, tmp_path, ["precision=mixed", "verify.tolerance=1e-9"])
     assert code == 1 and report["status"] == "rejected"
-    assert (
-        (tmp_path / "rejected").is_dir() and not (tmp_path / "serving").exists() and "serving" not in report
-    )
+    assert (tmp_path / "rejected").is_dir() and not (tmp_path / "serving").exists() and "serving" not in report

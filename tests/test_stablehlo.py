@@ -1,6 +1,7 @@
 """target=stablehlo and bertc.runtime on the tiny model: modules at two batch sizes, the runner on JAX's CPU
 against the TensorFlow build (fp32, fp16, bf16), padding to a compiled batch size, the host recipe,
 regenerated weights, and bench/gpu.py's tiny mode. Tests that run modules need JAX (skipped without it)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,7 +21,9 @@ from bertc.plan import build_plan
 from bertc.verify import GATES, CompiledModel, synthetic_batches
 from tests.test_compile import compose_config
 
-needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed (pip install 'bertc[runtime]')")
+needs_jax = pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="JAX is not installed (pip install 'bertc[runtime]')"
+)
 BUILDS = {
     # name: (overrides, verify gate)
     "fp32": (["precision=fp32"], "fp32"),
@@ -35,7 +38,9 @@ def builds(tmp_path_factory) -> dict[str, Path]:
     result = {}
     for name, (overrides, _) in BUILDS.items():
         run_dir = tmp_path_factory.mktemp(f"stablehlo-{name}")
-        cfg = compose_config(["model=tiny", "target=stablehlo", "target.batch_sizes=[8,1]", "bench=off", "verify=off", *overrides])
+        cfg = compose_config(
+            ["model=tiny", "target=stablehlo", "target.batch_sizes=[8,1]", "bench=off", "verify=off", *overrides]
+        )
         code = compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO()))
         report = json.loads((run_dir / "report.json").read_text())
         assert code == 0, report.get("error")
@@ -59,8 +64,16 @@ def test_builds_a_module_per_batch_size_beside_the_savedmodel(builds):
         assert f"tensor<{entry['batch_size']}x128xi32>" in text, "partition=none: the module reads the serving inputs"
         assert (folder / entry["bytecode"]).read_bytes()[:4] == b"ML\xefR", "a StableHLO portable artifact"
     parameters = manifest["parameters"]
-    assert [entry["name"] for entry in parameters if entry["kind"] == "input"] == ["input_ids", "input_mask", "segment_ids"]
-    assert manifest["host"] is None and manifest["outputs"][0] == {"name": "probabilities", "dtype": "float32", "shape": [None, 2]}
+    assert [entry["name"] for entry in parameters if entry["kind"] == "input"] == [
+        "input_ids",
+        "input_mask",
+        "segment_ids",
+    ]
+    assert manifest["host"] is None and manifest["outputs"][0] == {
+        "name": "probabilities",
+        "dtype": "float32",
+        "shape": [None, 2],
+    }
     assert manifest["model_shape"]["layers"] == 2 and manifest["model_shape"]["num_labels"] == 2
     assert manifest["fingerprint"] == json.loads((model.parent / "report.json").read_text())["fingerprint"]
 
@@ -74,11 +87,17 @@ def test_partitioned_build_records_the_host_recipe(builds):
     assert host["embedding_output"]["word_embeddings"] == "bert/embeddings/word_embeddings"
     assert host["embedding_output"]["layer_norm"]["epsilon"] == pytest.approx(1e-12)
     assert host["attention_mask"] | {"formula": None} == {
-        "form": "bias", "bias_value": -10000.0, "dtype": "bfloat16", "shape": [None, 1, 1, 128], "formula": None,
+        "form": "bias",
+        "bias_value": -10000.0,
+        "dtype": "bfloat16",
+        "shape": [None, 1, 1, 128],
+        "formula": None,
     }
     weights = manifest["weights"]["tensors"]
     assert weights["bert/encoder/layer_0/attention/self/query/kernel"]["dtype"] == "bfloat16"
-    assert weights["bert/encoder/layer_0/attention/self/query/kernel"]["scale"] == pytest.approx(8 ** -0.5), "fold_scale replayed"
+    assert weights["bert/encoder/layer_0/attention/self/query/kernel"]["scale"] == pytest.approx(8**-0.5), (
+        "fold_scale replayed"
+    )
     assert weights["bert/embeddings/word_embeddings"]["dtype"] == "float32"
 
 
@@ -117,7 +136,9 @@ def test_batch_of_3_runs_on_the_batch_8_module_with_padding(builds):
     runtime = Runtime(builds["fp32"], platform="cpu")
     assert runtime.plan_chunks(3) == [(0, 3, 8)]
     assert runtime.plan_chunks(1) == [(0, 1, 1)]
-    assert runtime.plan_chunks(11) == [(0, 8, 8), (8, 11, 8)], "past the largest module: chunks of it, the last one padded"
+    assert runtime.plan_chunks(11) == [(0, 8, 8), (8, 11, 8)], (
+        "past the largest module: chunks of it, the last one padded"
+    )
     feeds = synthetic_batches(1, 11, 128, 30522, seed=4)[0].feeds()
     expected = CompiledModel(builds["fp32"])(feeds)
     for rows in (3, 11):
@@ -158,7 +179,17 @@ def test_gpu_bench_tiny_mode_runs_on_cpu(builds, tmp_path):
     for name, model in builds.items():
         prepare.bundle(model, tmp_path / "artifacts" / f"tiny-{name}")
     assert not list((tmp_path / "artifacts").rglob("*.safetensors")), "bundles carry no weights"
-    summary = gpu.main(["--tiny", "--artifacts", str(tmp_path / "artifacts"), "--budget-s", "120", "--json", str(tmp_path / "gpu.json")])
+    summary = gpu.main(
+        [
+            "--tiny",
+            "--artifacts",
+            str(tmp_path / "artifacts"),
+            "--budget-s",
+            "120",
+            "--json",
+            str(tmp_path / "gpu.json"),
+        ]
+    )
     ours = [row for row in summary["results"] if row["system"] == "bertc"]
     assert [row["precision"] for row in ours] == ["fp32", "mixed", "mixed_bf16"]
     for row in ours:
@@ -185,8 +216,13 @@ def test_run_on_a_platform_this_machine_lacks_says_so_in_one_line(builds):
 
     if any(device.platform == "gpu" for device in jax.devices()):
         pytest.skip("this machine has a GPU")
-    result = subprocess.run([sys.executable, "-m", "bertc.run", str(builds["fp32"]), "--check", "--platform", "gpu"],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "bertc.run", str(builds["fp32"]), "--check", "--platform", "gpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: platform 'gpu' is not available here: JAX sees only cpu")

@@ -1,5 +1,6 @@
 """Targets: the neuron target's contract with tensorflow-neuron(x), checked with stand-in modules that record
 calls (not Neuron itself); sequence-length errors; GPU runs (marked, skipped without a GPU)."""
+
 from __future__ import annotations
 
 import sys
@@ -93,12 +94,15 @@ def test_neuronx_contract_traces_device_part_at_static_shape(partitioned, monkey
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides, kind, flags", [
-    (["precision=mixed", "precision.dtype=bfloat16"], "neuronx", "--auto-cast=matmult --auto-cast-type=bf16"),
-    (["precision=mixed", "precision.dtype=bfloat16"], "neuron", "--fp32-cast=matmult-bf16 --dynamic-batch-size"),
-    (["precision=mixed"], "neuronx", "--auto-cast=matmult --auto-cast-type=fp16"),
-    (["precision=fp32"], "neuron", "--fp32-cast=none --dynamic-batch-size"),
-])
+@pytest.mark.parametrize(
+    "overrides, kind, flags",
+    [
+        (["precision=mixed", "precision.dtype=bfloat16"], "neuronx", "--auto-cast=matmult --auto-cast-type=bf16"),
+        (["precision=mixed", "precision.dtype=bfloat16"], "neuron", "--fp32-cast=matmult-bf16 --dynamic-batch-size"),
+        (["precision=mixed"], "neuronx", "--auto-cast=matmult --auto-cast-type=fp16"),
+        (["precision=fp32"], "neuron", "--fp32-cast=none --dynamic-batch-size"),
+    ],
+)
 def test_neuron_cast_flags_follow_the_precision_rules_not_the_preset_name(overrides, kind, flags):
     from bertc.load import BertShape
     from bertc.pipeline import target_options
@@ -123,8 +127,11 @@ def test_wrong_sequence_length_names_the_expected_length(partitioned, tmp_path):
     # TensorFlow checks the signature's shape on some call paths; bertc's own assert covers the others.
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match=r"None, 128|sequence length 128"):
         serving(input_ids=zeros, input_mask=zeros, segment_ids=zeros)
-    assert serving(input_ids=tf.zeros([5, 128], tf.int32), input_mask=tf.ones([5, 128], tf.int32),
-                   segment_ids=tf.zeros([5, 128], tf.int32))["probabilities"].shape == (5, 2)
+    assert serving(
+        input_ids=tf.zeros([5, 128], tf.int32),
+        input_mask=tf.ones([5, 128], tf.int32),
+        segment_ids=tf.zeros([5, 128], tf.int32),
+    )["probabilities"].shape == (5, 2)
 
 
 @pytest.mark.gpu
@@ -133,7 +140,9 @@ def test_wrong_sequence_length_names_the_expected_length(partitioned, tmp_path):
 def test_gpu_targets_match_original(tiny_model_dir, tmp_path, target):
     from tests.test_compile import compile_tiny
 
-    report = compile_tiny(tiny_model_dir, tmp_path, [f"target={target}", "target.device=gpu", "precision=mixed", "partition=cpu_embed"])
+    report = compile_tiny(
+        tiny_model_dir, tmp_path, [f"target={target}", "target.device=gpu", "precision=mixed", "partition=cpu_embed"]
+    )
     assert report["parity"]["passed"]
 
 

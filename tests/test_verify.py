@@ -1,6 +1,7 @@
 """Verify's inputs and verdict without TensorFlow: the GLUE TSV reader on the MRPC layout and its odd
 lines, the WordPiece tokenization of pairs, and `compare` with stand-in models (a perturbed one, a
 near-tie flip, labels and no labels)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,11 @@ def vocab_file(tmp_path):
 
 # ---- the TSV reader ----------------------------------------------------------------------------
 
+
 def test_reads_the_mrpc_layout(tmp_path):
-    path = write_tsv(tmp_path, f"{HEADER}\n1\t11\t12\tThe cat sat .\tA cat sat .\n0\t21\t22\tThe dog ran .\tThe mat .\n")
+    path = write_tsv(
+        tmp_path, f"{HEADER}\n1\t11\t12\tThe cat sat .\tA cat sat .\n0\t21\t22\tThe dog ran .\tThe mat .\n"
+    )
     pairs = read_glue_tsv(path)
     assert pairs == [Pair(1, "The cat sat .", "A cat sat .", 2), Pair(0, "The dog ran .", "The mat .", 3)]
 
@@ -41,7 +45,7 @@ def test_the_real_mrpc_dev_layout_and_its_unbalanced_quotes(tmp_path):
     text = (
         "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
         "1\t1355540\t1355592\tHe said the pie business doesn 't fit .\t\" The pie business does not fit .\n"
-        "0\t2029631\t2029565\tHe hated the regime .\tHis wife said he was \" 100 percent behind \" and more .\n"
+        '0\t2029631\t2029565\tHe hated the regime .\tHis wife said he was " 100 percent behind " and more .\n'
     )
     pairs = read_glue_tsv(write_tsv(tmp_path, text))
     assert [pair.label for pair in pairs] == [1, 0]
@@ -79,7 +83,9 @@ def test_blank_lines_and_crlf_endings(tmp_path):
     text = f"{HEADER}\r\n\r\n1\t1\t2\tthe cat\tthe dog\r\n   \r\n0\t3\t4\tthe mat\tthe cat\r\n\r\n"
     pairs = read_glue_tsv(write_tsv(tmp_path, text))
     assert [(pair.label, pair.text_a, pair.text_b, pair.line) for pair in pairs] == [
-        (1, "the cat", "the dog", 3), (0, "the mat", "the cat", 5)]
+        (1, "the cat", "the dog", 3),
+        (0, "the mat", "the cat", 5),
+    ]
     assert not any("\r" in pair.text_b for pair in pairs)
 
 
@@ -91,11 +97,14 @@ def test_unicode_line_separators_inside_a_sentence_do_not_split_the_row(tmp_path
     assert pairs[0].text_a == "the cat\u2028sat" and pairs[0].text_b == "the\x85dog"
 
 
-@pytest.mark.parametrize("row, fields", [
-    ("1\t1\t2\tthe cat", 4),
-    ("1\t1\t2\tthe cat\tthe dog\textra", 6),
-    ("1 1 2 the cat the dog", 1),
-])
+@pytest.mark.parametrize(
+    "row, fields",
+    [
+        ("1\t1\t2\tthe cat", 4),
+        ("1\t1\t2\tthe cat\tthe dog\textra", 6),
+        ("1 1 2 the cat the dog", 1),
+    ],
+)
 def test_a_row_with_the_wrong_number_of_fields_names_its_line(tmp_path, row, fields):
     path = write_tsv(tmp_path, f"{HEADER}\n1\t1\t2\tthe cat\tthe dog\n\n{row}\n")
     with pytest.raises(UserError, match=rf"line 4: {fields} tab-separated fields?, expected 5 \(label, id1"):
@@ -111,7 +120,9 @@ def test_a_label_that_is_not_a_class_number_names_its_line(tmp_path, label):
 
 def test_the_unlabelled_test_layout(tmp_path, vocab_file):
     """GLUE's MRPC test.tsv: the first column is a row index, not a label."""
-    path = write_tsv(tmp_path, "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\tthe cat\tthe dog\n1\t3\t4\tthe mat\ta cat\n")
+    path = write_tsv(
+        tmp_path, "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\tthe cat\tthe dog\n1\t3\t4\tthe mat\ta cat\n"
+    )
     pairs = read_glue_tsv(path)
     assert [pair.label for pair in pairs] == [None, None]
     batches = tokenize_pairs(pairs, vocab_file, seq_len=8, batch_size=8)
@@ -131,12 +142,15 @@ def test_a_file_that_labels_only_some_rows_is_refused(tmp_path):
         read_glue_tsv(path)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("", "is empty"),
-    ("\n\n", "is empty"),
-    (f"{HEADER}\n\n", "has a header but no examples"),
-    ("1\t1\t2\tthe cat\tthe dog\n", "line 1: this looks like an example, not a header"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "is empty"),
+        ("\n\n", "is empty"),
+        (f"{HEADER}\n\n", "has a header but no examples"),
+        ("1\t1\t2\tthe cat\tthe dog\n", "line 1: this looks like an example, not a header"),
+    ],
+)
 def test_files_without_examples_or_header_are_refused(tmp_path, text, words):
     with pytest.raises(UserError, match=words):
         read_glue_tsv(write_tsv(tmp_path, text))
@@ -161,6 +175,7 @@ def test_max_examples(tmp_path):
 
 # ---- tokenization ------------------------------------------------------------------------------
 
+
 def test_tokens_segments_and_mask(vocab_file):
     pairs = [Pair(1, "The cats sat.", "a dog", 2)]
     [batch] = tokenize_pairs(pairs, vocab_file, seq_len=12, batch_size=8)
@@ -179,7 +194,9 @@ def test_unknown_words_become_unk(vocab_file):
 
 def test_truncation_to_seq_len_trims_the_longer_sentence_first(vocab_file):
     long_a, short_b = " ".join(["cat"] * 40), "the dog"
-    [batch] = tokenize_pairs([Pair(0, long_a, short_b, 2), Pair(1, long_a, long_a, 3)], vocab_file, seq_len=16, batch_size=8)
+    [batch] = tokenize_pairs(
+        [Pair(0, long_a, short_b, 2), Pair(1, long_a, long_a, 3)], vocab_file, seq_len=16, batch_size=8
+    )
     assert batch.input_ids.shape == (2, 16)
     first = batch.input_ids[0].tolist()
     assert first == [CLS] + [ID["cat"]] * 11 + [SEP, ID["the"], ID["dog"], SEP]
@@ -225,6 +242,7 @@ def test_a_vocab_without_special_tokens_is_a_clear_error(tmp_path):
 
 # ---- compare -----------------------------------------------------------------------------------
 
+
 class StandIn:
     """A two-class bag-of-embeddings classifier in numpy: logits = mean of embedding[ids] over the mask."""
 
@@ -259,8 +277,14 @@ def synthetic(batches: int = 3):
 
 def one_row(labels=None, source="dataset"):
     ids = np.array([[2, 5, 3, 6, 3]], np.int32)
-    return Batch(ids, np.ones_like(ids), np.array([[0, 0, 0, 1, 1]], np.int32), labels, source,
-                 np.array([7]) if source == "dataset" else None)
+    return Batch(
+        ids,
+        np.ones_like(ids),
+        np.array([[0, 0, 0, 1, 1]], np.int32),
+        labels,
+        source,
+        np.array([7]) if source == "dataset" else None,
+    )
 
 
 def test_identical_models_pass_with_zero_difference():

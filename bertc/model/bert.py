@@ -7,6 +7,7 @@ tanh GELU with `Pow`, token types by one-hot matmul, the position slice behind i
 pooler, the classifier and a loss branch that `probabilities` never reaches. Dropout at
 probability 0 is the identity and makes no ops, as in the original.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,18 +80,14 @@ def _embeddings(input_ids, segment_ids, config: BertConfig) -> tf.Tensor:
 
     # embedding_postprocessor: token types by one-hot matmul, positions by a slice of the table.
     batch_size, seq_length, width = _shape_list(output)
-    token_type_table = _variable(
-        "token_type_embeddings", [config.type_vocab_size, width], _kernel_init(config)
-    )
+    token_type_table = _variable("token_type_embeddings", [config.type_vocab_size, width], _kernel_init(config))
     one_hot_ids = tf.one_hot(tf.reshape(segment_ids, [-1]), depth=config.type_vocab_size)
     token_type_embeddings = tf.matmul(one_hot_ids, token_type_table)
     output += tf.reshape(token_type_embeddings, [batch_size, seq_length, width])
 
     assert_op = v1.assert_less_equal(seq_length, config.max_position_embeddings)
     with tf.control_dependencies([assert_op]):
-        full_positions = _variable(
-            "position_embeddings", [config.max_position_embeddings, width], _kernel_init(config)
-        )
+        full_positions = _variable("position_embeddings", [config.max_position_embeddings, width], _kernel_init(config))
         positions = tf.slice(full_positions, [0, 0], [seq_length, -1])
         output += tf.reshape(positions, [1, seq_length, width])
     return _layer_norm(output)
@@ -146,17 +143,16 @@ def _encoder(embedding_output, attention_mask, config: BertConfig) -> list[tf.Te
                     attention = _dense(attention, width, config, "dense")
                     attention = _layer_norm(attention + layer_input)
             with v1.variable_scope("intermediate"):
-                intermediate = _dense(attention, config.intermediate_size, config, "dense",
-                                      ACTIVATION_FUNCTIONS[config.hidden_act])
+                intermediate = _dense(
+                    attention, config.intermediate_size, config, "dense", ACTIVATION_FUNCTIONS[config.hidden_act]
+                )
             with v1.variable_scope("output"):
                 layer_output = _dense(intermediate, width, config, "dense")
                 prev_output = _layer_norm(layer_output + attention)
                 layer_outputs.append(prev_output)
     # reshape_from_matrix for every layer, as BertModel asks for all layers' outputs; each reads
     # its input's shape (a dead Shape op but for the static width).
-    return [
-        tf.reshape(output, input_shape[0:-1] + [_shape_list(output)[-1]]) for output in layer_outputs
-    ]
+    return [tf.reshape(output, input_shape[0:-1] + [_shape_list(output)[-1]]) for output in layer_outputs]
 
 
 def build_classifier(config: BertConfig, num_labels: int, seq_len: int) -> dict[str, tf.Tensor]:

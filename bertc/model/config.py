@@ -1,4 +1,5 @@
 """BERT hyper-parameters (google-research `bert_config.json` fields) and the size presets."""
+
 from __future__ import annotations
 
 import dataclasses

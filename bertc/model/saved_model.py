@@ -4,6 +4,7 @@ Five int32 placeholders (`input_ids`, `input_mask`, `segment_ids` [None,S]; `lab
 `is_real_example` [None]), signature `serving_default` -> `probabilities`, weights in `variables/`.
 The folder also gets `bert_config.json` and, when given (a file or its tokens), `vocab.txt`.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -38,8 +39,7 @@ def export_saved_model(
         raise FileExistsError(f"{out_dir} already exists; bertc never overwrites a model: choose a new --out.")
     if seq_len > config.max_position_embeddings:
         raise ValueError(
-            f"seq_len {seq_len} is above the model's max_position_embeddings "
-            f"{config.max_position_embeddings}."
+            f"seq_len {seq_len} is above the model's max_position_embeddings {config.max_position_embeddings}."
         )
     check_weights(weights, config, num_labels, "export")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ pre-trained checkpoint has no head; a Hugging Face `BertForMaskedLM` has no pool
 `complete_weights` draws those from the seed. Every other variable must be there, with the shape
 the config implies, or the reader raises a ValueError that says what did not match.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,8 @@ def read_checkpoint_folder(path: str | Path) -> SourceWeights:
     """
     path = Path(path)
     given_prefix = not path.is_dir() and Path(f"{path}.index").is_file()
-    folder = path.parent if given_prefix else _existing_folder(
-        path, "checkpoint", "bert_config.json and bert_model.ckpt.*"
+    folder = (
+        path.parent if given_prefix else _existing_folder(path, "checkpoint", "bert_config.json and bert_model.ckpt.*")
     )
     config = _config_from_json(folder / "bert_config.json", "checkpoint", _google_config)
     prefix = str(path) if given_prefix else _checkpoint_prefix(folder)
@@ -99,7 +100,7 @@ def read_hf_folder(path: str | Path) -> SourceWeights:
     unexpected = []
     for hf_name, value in tensors.items():
         if prefixed and hf_name.startswith("bert."):
-            hf_name = hf_name[len("bert."):]
+            hf_name = hf_name[len("bert.") :]
         mapped = _google_name(hf_name)
         if mapped is None:
             continue
@@ -173,8 +174,7 @@ def _config_from_json(path: Path, kind: str, parse: Callable[[dict], BertConfig]
     if not path.is_file():
         present = ", ".join(sorted(child.name for child in path.parent.iterdir())[:8]) or "nothing"
         raise ValueError(
-            f"no {path.name} in {path.parent} (found: {present}); a {kind} folder needs it to know "
-            "the model's shape."
+            f"no {path.name} in {path.parent} (found: {present}); a {kind} folder needs it to know the model's shape."
         )
     try:
         raw = json.loads(path.read_text())
@@ -221,9 +221,11 @@ def _load_safetensors(folder: Path) -> dict[str, np.ndarray]:
         files = [folder / "model.safetensors"]
     missing = [file.name for file in files if not file.is_file()]
     if missing:
-        hint = " (bertc does not read pytorch_model.bin: save the model with safe_serialization)" if (
-            folder / "pytorch_model.bin"
-        ).is_file() else ""
+        hint = (
+            " (bertc does not read pytorch_model.bin: save the model with safe_serialization)"
+            if (folder / "pytorch_model.bin").is_file()
+            else ""
+        )
         raise ValueError(f"no {', '.join(missing)} in {folder}{hint}.")
     tensors: dict[str, np.ndarray] = {}
     for file in files:

@@ -22,8 +22,7 @@ def synthetic_vocab(size: int) -> list[str]:
     pieces = [*CHARACTERS, *(f"##{character}" for character in CHARACTERS)]
     if size < 104 + len(pieces):
         raise ValueError(
-            f"a vocabulary of {size} tokens is too small for the generated vocab.txt "
-            f"({104 + len(pieces)} needed)."
+            f"a vocabulary of {size} tokens is too small for the generated vocab.txt ({104 + len(pieces)} needed)."
         )
     by_id = {token_id: token for token, token_id in SPECIAL_IDS.items()}
     tokens = [by_id.get(token_id, f"[unused{token_id - 1}]") for token_id in range(104)]

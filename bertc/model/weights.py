@@ -3,6 +3,7 @@
 Weights are drawn with NumPy only, one generator per variable keyed by (seed, name), so any single
 tensor can be made again without TensorFlow and without drawing the others.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -25,13 +26,20 @@ def variable_shapes(config: BertConfig, num_labels: int) -> dict[str, tuple[int,
         "bert/embeddings/LayerNorm/gamma": (hidden,),
     }
     dense = {  # each dense layer of an encoder layer: (input width, output width), kernel then bias
-        "attention/self/query": (hidden, hidden), "attention/self/key": (hidden, hidden),
-        "attention/self/value": (hidden, hidden), "attention/output/dense": (hidden, hidden),
+        "attention/self/query": (hidden, hidden),
+        "attention/self/key": (hidden, hidden),
+        "attention/self/value": (hidden, hidden),
+        "attention/output/dense": (hidden, hidden),
     }
     for layer in range(config.num_hidden_layers):
         prefix = f"bert/encoder/layer_{layer}"
-        layer_dense = {**dense, "attention/output/LayerNorm": None, "intermediate/dense": (hidden, inter),
-                       "output/dense": (inter, hidden), "output/LayerNorm": None}
+        layer_dense = {
+            **dense,
+            "attention/output/LayerNorm": None,
+            "intermediate/dense": (hidden, inter),
+            "output/dense": (inter, hidden),
+            "output/LayerNorm": None,
+        }
         for scope, widths in layer_dense.items():
             if widths is None:  # LayerNorm: beta, then gamma
                 shapes[f"{prefix}/{scope}/beta"] = shapes[f"{prefix}/{scope}/gamma"] = (hidden,)
@@ -71,8 +79,7 @@ def random_weight(name: str, shape: tuple[int, ...], config: BertConfig, seed: i
 
 def random_weights(config: BertConfig, num_labels: int, seed: int) -> Weights:
     return {
-        name: random_weight(name, shape, config, seed)
-        for name, shape in variable_shapes(config, num_labels).items()
+        name: random_weight(name, shape, config, seed) for name, shape in variable_shapes(config, num_labels).items()
     }
 
 

@@ -1,6 +1,7 @@
 """The rewrite steps: every module here declares one `Pass` (its config group, parameter schema, what it
 requires of the graph and ensures after it, and which passes must run before it); the registry finds
 them and puts them in their canonical order. Adding a pass is its module, its YAML options, its tests."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,6 @@ class Pass:
     ensures: tuple[Condition, ...] = ()  # of the output graph: a failure is a bertc bug
     derive: Callable[[Mapping[str, Any]], dict] = lambda facts: {}  # derived parameters from plan facts
 
-
     @property
     def name(self) -> str:
         """The function's name: the module, the function, the step and the registry key say the same."""
@@ -59,7 +59,9 @@ _DISCOVERED: list[bool] = []
 
 def register(spec: Pass) -> Pass:
     """Add a pass (the modules of this package are found on their own; a plugin or a test calls this)."""
-    clash = next((other for other in _REGISTERED.values() if other.group == spec.group and other.name != spec.name), None)
+    clash = next(
+        (other for other in _REGISTERED.values() if other.group == spec.group and other.name != spec.name), None
+    )
     if clash is not None:
         raise ValueError(f"pass {spec.name}: config group {spec.group!r} already belongs to {clash.name}")
     _REGISTERED[spec.name] = spec

@@ -6,6 +6,7 @@ have their float type attributes changed; their weights are stored in the new dt
 once, here, so no weight is cast per call); constants are re-encoded. A Cast goes on each edge
 whose two ends now disagree, one per (tensor, dtype), never two in a row; outputs stay float32.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,13 +57,19 @@ class PrecisionRule:
     role: str = choice("", ("", *ROLES, *ROLE_GROUPS))
 
     def matches(self, node: NodeDef, roles: Mapping[str, str]) -> bool:
-        return (match_scope(node.name, self.scope) and (not self.ops or node.op in self.ops)
-                and (not self.role or role_matches(roles.get(node.name), self.role)))
+        return (
+            match_scope(node.name, self.scope)
+            and (not self.ops or node.op in self.ops)
+            and (not self.role or role_matches(roles.get(node.name), self.role))
+        )
 
     def describe(self) -> str:
         ops = f" ops={list(self.ops)}" if self.ops else ""
-        where = (f"role={self.role}" + (f" scope={self.scope!r}" if self.scope != "*" else "")) if self.role \
+        where = (
+            (f"role={self.role}" + (f" scope={self.scope!r}" if self.scope != "*" else ""))
+            if self.role
             else f"scope={self.scope!r}"
+        )
         return f"{where}{ops} -> {self.dtype}"
 
 
@@ -162,8 +169,13 @@ def _insert_casts(graph_def, outputs: dict[str, str]) -> dict[str, str]:
         if name not in nodes:
             have = output_dtype(nodes[source], index)
             cast = make_node(
-                "Cast", name, [source if index == 0 else f"{source}:{index}"], device=nodes[source].device,
-                SrcT=tf.as_dtype(have), DstT=tf.as_dtype(want), Truncate=False,
+                "Cast",
+                name,
+                [source if index == 0 else f"{source}:{index}"],
+                device=nodes[source].device,
+                SrcT=tf.as_dtype(have),
+                DstT=tf.as_dtype(want),
+                Truncate=False,
             )
             nodes[name] = cast
             new_nodes.append(cast)
@@ -191,8 +203,11 @@ def _insert_casts(graph_def, outputs: dict[str, str]) -> dict[str, str]:
 def _no_float32_matmul_in_converted_regions(graph: Graph, params: PrecisionParams) -> str | None:
     chosen, _ = assign_dtypes(graph, params.rules)
     left = [
-        node.name for node in graph.graph_def.node
-        if node.op in MATMUL_OPS and node.name in chosen and chosen[node.name] != tf.float32
+        node.name
+        for node in graph.graph_def.node
+        if node.op in MATMUL_OPS
+        and node.name in chosen
+        and chosen[node.name] != tf.float32
         and node.attr["T"].type == DT_FLOAT
     ]
     return f"float32 matmul(s) inside converted regions: {left[:4]}" if left else None
@@ -201,7 +216,8 @@ def _no_float32_matmul_in_converted_regions(graph: Graph, params: PrecisionParam
 def _no_cast_chains(graph: Graph, params: PrecisionParams) -> str | None:
     nodes = nodes_by_name(graph.graph_def)
     chains = [
-        node.name for node in graph.graph_def.node
+        node.name
+        for node in graph.graph_def.node
         if _is_boundary_cast(node) and _is_boundary_cast(nodes[split_input(node.input[0])[0]])
     ]
     return f"casts in a row at {chains[:4]}" if chains else None
@@ -209,13 +225,18 @@ def _no_cast_chains(graph: Graph, params: PrecisionParams) -> str | None:
 
 def _float32_outputs(graph: Graph, params: PrecisionParams) -> str | None:
     nodes = nodes_by_name(graph.graph_def)
-    narrow = [key for key, tensor in graph.outputs.items()
-              if output_dtype(nodes[split_input(tensor)[0]], split_input(tensor)[1]) != DT_FLOAT]
+    narrow = [
+        key
+        for key, tensor in graph.outputs.items()
+        if output_dtype(nodes[split_input(tensor)[0]], split_input(tensor)[1]) != DT_FLOAT
+    ]
     return f"outputs {narrow} are not float32" if narrow else None
 
 
 PASS = Pass(
-    apply_precision_map, "precision", PrecisionParams,
+    apply_precision_map,
+    "precision",
+    PrecisionParams,
     help="the precision map: ordered rules (scope, op types) -> dtype; casts only at region edges",
     # `name` labels the preset in reports; `dtype` is what the presets' rules interpolate as ${precision.dtype}.
     keys=(Key("name", str, "fp32"), Key("dtype", str, "float32")),

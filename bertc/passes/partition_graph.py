@@ -7,6 +7,7 @@ Identity node `bertc/boundary/<k>`; every node the boundaries need is placed on 
 what the outputs need beyond the boundaries is the device part. `split_partition` cuts the graph
 there for the targets.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -86,7 +87,9 @@ def _embedding_output(graph: Graph, nodes) -> str:
     node = nodes[split_input(site.input[1 - position])[0]]
     while not node.op.startswith("BatchMatMul"):
         if node.op not in ("Mul", "Cast", "Identity"):
-            raise GraphError(f"@embedding_output: expected the scores QK^T behind {site.name}, found {node.name} ({node.op}).")
+            raise GraphError(
+                f"@embedding_output: expected the scores QK^T behind {site.name}, found {node.name} ({node.op})."
+            )
         node = next(nodes[split_input(i)[0]] for i in node.input if nodes[split_input(i)[0]].op != "Const")
     node = nodes[split_input(node.input[0])[0]]
     while node.op != "MatMul":
@@ -136,8 +139,7 @@ def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
     result = graph.replace(graph_def=graph_def)
     _, device_graph = split_partition(result)
     leaks = sorted(
-        key for key, tensor in result.inputs.items()
-        if node_of(tensor) in {n.name for n in device_graph.graph_def.node}
+        key for key, tensor in result.inputs.items() if node_of(tensor) in {n.name for n in device_graph.graph_def.node}
     )
     if leaks:
         raise GraphError(
@@ -156,11 +158,17 @@ def _host_part_pinned(graph: Graph, params: PartitionParams) -> str | None:
 
 def _one_boundary_per_spec(graph: Graph, params: PartitionParams) -> str | None:
     boundaries = [node.name for node in graph.graph_def.node if node.name.startswith(PREFIX)]
-    return None if len(boundaries) >= len(set(params.boundaries)) else f"{len(boundaries)} boundaries for {list(params.boundaries)}"
+    return (
+        None
+        if len(boundaries) >= len(set(params.boundaries))
+        else f"{len(boundaries)} boundaries for {list(params.boundaries)}"
+    )
 
 
 PASS = Pass(
-    partition_graph, "partition", PartitionParams,
+    partition_graph,
+    "partition",
+    PartitionParams,
     help="split into a host part (embeddings, mask bias) pinned to the CPU and a device part",
     switch=Key("mode", str, "none", choices=("none", "cpu_embed"), off="none"),
     # NOTE: partition last: the boundary tensors carry their final dtypes, and it places every node the

@@ -7,6 +7,7 @@ carried move to those consumers. `Assert` drops the asserts and the control edge
 through any reshape-like producer (Reshape(Reshape(x, a), b) == Reshape(x, b)) and drops a reshape
 whose input already has the target shape (a pair that cancels).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -146,7 +147,10 @@ def _drop_identity_reshapes(graph: Graph) -> tuple[Graph, int]:
         if source.rank is None or source.rank != len(target):
             continue
         dims = source.as_list()
-        if all(dim == want or (dim is None and want == -1) for dim, want in zip(dims, target)) and dims.count(None) <= 1:
+        if (
+            all(dim == want or (dim is None and want == -1) for dim, want in zip(dims, target))
+            and dims.count(None) <= 1
+        ):
             identity.add(node.name)
     if not identity:
         return graph, 0
@@ -176,7 +180,9 @@ def _listed_ops_gone(graph: Graph, params: RemovalParams) -> str | None:
 
 
 PASS = Pass(
-    remove_training_ops, "removal", RemovalParams,
+    remove_training_ops,
+    "removal",
+    RemovalParams,
     help="prune what serving never reaches, then bypass or drop the listed ops",
     switch=Key("enabled", bool, True, off=False),
     # read by the target, not the pass: the served signature keeps run_classifier's two training inputs

@@ -7,6 +7,7 @@ site's mask operand is replaced by `(1 - cast(reshape(input_mask, [-1,1,1,T]))) 
 old per-layer mask ops are left dead and pruned. With `fold_scale`, the `1/sqrt(head_size)`
 multiply on the scores is folded into the query kernel and bias.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -142,25 +143,34 @@ def _query_weights(nodes, matmul: NodeDef, weights) -> tuple[str, str]:
 
 
 def _has_mask_input(graph: Graph, params: MaskParams) -> str | None:
-    return None if "input_mask" in graph.inputs else f"the graph has no input_mask input (inputs: {sorted(graph.inputs)})"
+    return (
+        None if "input_mask" in graph.inputs else f"the graph has no input_mask input (inputs: {sorted(graph.inputs)})"
+    )
 
 
 def _one_shared_bias(graph: Graph, params: MaskParams) -> str | None:
     operands = {split_input(site.input[position])[0] for site, position in find_attention_sites(graph)}
-    return None if operands == {f"{SCOPE}/bias"} else f"the attention sites read {sorted(operands)[:4]}, not {SCOPE}/bias"
+    return (
+        None if operands == {f"{SCOPE}/bias"} else f"the attention sites read {sorted(operands)[:4]}, not {SCOPE}/bias"
+    )
 
 
 def _scale_folded(graph: Graph, params: MaskParams) -> str | None:
     if not params.fold_scale:
         return None
     nodes = nodes_by_name(graph.graph_def)
-    scaled = [site.name for site, position in find_attention_sites(graph)
-              if nodes[split_input(site.input[1 - position])[0]].op == "Mul"]
+    scaled = [
+        site.name
+        for site, position in find_attention_sites(graph)
+        if nodes[split_input(site.input[1 - position])[0]].op == "Mul"
+    ]
     return f"scores still scaled by a Mul at {scaled[:3]}" if scaled else None
 
 
 PASS = Pass(
-    rewrite_attention_mask, "mask", MaskParams,
+    rewrite_attention_mask,
+    "mask",
+    MaskParams,
     help="one [B,1,1,T] additive mask bias shared by every layer (mask.fold_scale folds 1/sqrt(d))",
     switch=Key("mode", str, "reimpl", choices=("original", "reimpl"), off="original"),
     # NOTE: after removal: the structure is matched without Identity reads and asserts in the way.

@@ -9,6 +9,7 @@ cover it), and the old nodes are pruned:
 An activation already in the requested form is left as it is. Changing the form changes the function
 (tanh vs exact: up to 5e-4 per activation; sigmoid: up to 2e-2): verify measures it like any step.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,10 @@ def rewrite_gelu(graph: Graph, params: GeluParams) -> PassResult:
             for slot, name in enumerate(node.input):
                 if name == old_ref and node.name not in site.nodes:
                     node.input[slot] = new_output
-        outputs = {key: tensor_name(new_output) if split_input(value)[0] == site.output else value
-                   for key, value in outputs.items()}
+        outputs = {
+            key: tensor_name(new_output) if split_input(value)[0] == site.output else value
+            for key, value in outputs.items()
+        }
     result = prune_to_outputs(graph.replace(graph_def=graph_def, outputs=outputs))
     return PassResult(result, {"gelu activations": len(sites)})
 
@@ -90,7 +93,12 @@ def _build(graph_def, nodes, site: GeluSite, form: str) -> str:
         cube = op("Pow", "cube", x, const("three", 3.0))
         inner = op("AddV2", "inner", x, op("Mul", "cubic", cube, const("c", 0.044715)))
         tanh = op("Tanh", "tanh", op("Mul", "scaled", inner, const("k", math.sqrt(2.0 / math.pi))))
-        op("Mul", "output", op("Mul", "half_x", x, const("half", 0.5)), op("AddV2", "one_plus", tanh, const("one", 1.0)))
+        op(
+            "Mul",
+            "output",
+            op("Mul", "half_x", x, const("half", 0.5)),
+            op("AddV2", "one_plus", tanh, const("one", 1.0)),
+        )
     graph_def.node.extend(added)
     nodes.update({node.name: node for node in added})
     return f"{scope}/output"
@@ -102,7 +110,9 @@ def _all_in_form(graph: Graph, params: GeluParams) -> str | None:
 
 
 PASS = Pass(
-    rewrite_gelu, "gelu", GeluParams,
+    rewrite_gelu,
+    "gelu",
+    GeluParams,
     help="GELU in the form asked for: keep (default), tanh, exact (erf) or sigmoid (x*sigmoid(1.702x))",
     enabled=lambda node: node.form != "keep",
     # NOTE: after the mask rewrite and before precision: the new nodes are float32, in the scope the

@@ -79,9 +79,7 @@ def bucket_sizes(sizes: tuple[int, ...], seq_len: int) -> tuple[int, ...]:
 
 def trim_sequence_length(graph: Graph, params: LengthParams) -> PassResult:
     if params.mode not in MODES:
-        raise ConfigError(
-            f"length mode {params.mode!r} is not valid; choose one of: full, {', '.join(MODES)}."
-        )
+        raise ConfigError(f"length mode {params.mode!r} is not valid; choose one of: full, {', '.join(MODES)}.")
     if params.mode == "buckets" and (not params.sizes or min(params.sizes) < 1):
         raise ConfigError(f"length.sizes={list(params.sizes)} needs at least one size, each >= 1.")
     for key in ("input_ids", "input_mask", "segment_ids"):
@@ -180,9 +178,7 @@ def _shape_elements(nodes, shape: NodeDef) -> list[int | None]:
     elements: list[int | None] = []
     for ref in data_inputs(shape):
         element = nodes[split_input(ref)[0]]
-        elements.append(
-            int(const_value(element)) if element.op == "Const" and const_value(element).ndim == 0 else None
-        )
+        elements.append(int(const_value(element)) if element.op == "Const" and const_value(element).ndim == 0 else None)
     return elements
 
 
@@ -270,17 +266,10 @@ def _local_length(graph_def, nodes, consumer: NodeDef, seq_len: int, shapes) -> 
                     ),
                 ]
                 if out_type != tf.int32:
-                    new.append(
-                        make_node(
-                            "Cast", f"{name}/int32", [name], SrcT=out_type, DstT=tf.int32, Truncate=False
-                        )
-                    )
+                    new.append(make_node("Cast", f"{name}/int32", [name], SrcT=out_type, DstT=tf.int32, Truncate=False))
                 graph_def.node.extend(new)
                 nodes.update(
-                    {
-                        node.name: graph_def.node[len(graph_def.node) - len(new) + i]
-                        for i, node in enumerate(new)
-                    }
+                    {node.name: graph_def.node[len(graph_def.node) - len(new) + i] for i, node in enumerate(new)}
                 )
             return f"{name}/int32" if f"{name}/int32" in nodes else name
     return SEQ
@@ -343,26 +332,20 @@ def _length_nodes(graph: Graph, seq_len: int, sizes: tuple[int, ...]) -> list[No
         # every row has a real token (its first position)
         const("column_size", [-1, 1]),
         make_node("Slice", f"{p}/first", [mask, f"{p}/origin", f"{p}/column_size"], T=int32, Index=int32),
-        make_node(
-            "Equal", f"{p}/first_real", [f"{p}/first", f"{p}/one"], T=int32, incompatible_shape_error=True
-        ),
+        make_node("Equal", f"{p}/first_real", [f"{p}/first", f"{p}/one"], T=int32, incompatible_shape_error=True),
         *all_of("rows_real", f"{p}/first_real"),
         make_node("LogicalAnd", f"{p}/ok_0", [f"{p}/binary", f"{p}/right_padded"]),
         make_node("LogicalAnd", f"{p}/cuttable", [f"{p}/ok_0", f"{p}/rows_real"]),
         # the longest real row (at least 1: an empty batch still has a valid shape)
         make_node("Sum", f"{p}/row_lengths", [mask, f"{p}/one"], keep_dims=False, T=int32, Tidx=int32),
-        make_node(
-            "Max", f"{p}/longest", [f"{p}/row_lengths", f"{p}/zero"], keep_dims=False, T=int32, Tidx=int32
-        ),
+        make_node("Max", f"{p}/longest", [f"{p}/row_lengths", f"{p}/zero"], keep_dims=False, T=int32, Tidx=int32),
         make_node("Maximum", REAL_LENGTH, [f"{p}/longest", f"{p}/one"], T=int32),
     ]
     if sizes:
         nodes += [
             make_const(SIZES, np.array(sizes, np.int32)),
             make_node("Less", f"{p}/too_short", [SIZES, REAL_LENGTH], T=int32),
-            make_node(
-                "Cast", f"{p}/too_short_count", [f"{p}/too_short"], SrcT=tf.bool, DstT=int32, Truncate=False
-            ),
+            make_node("Cast", f"{p}/too_short_count", [f"{p}/too_short"], SrcT=tf.bool, DstT=int32, Truncate=False),
             make_node(
                 "Sum",
                 f"{p}/fitting_index",
@@ -372,9 +355,7 @@ def _length_nodes(graph: Graph, seq_len: int, sizes: tuple[int, ...]) -> list[No
                 Tidx=int32,
             ),
             const("last_index", len(sizes) - 1),
-            make_node(
-                "SelectV2", BUCKET_INDEX, [f"{p}/cuttable", f"{p}/fitting_index", f"{p}/last_index"], T=int32
-            ),
+            make_node("SelectV2", BUCKET_INDEX, [f"{p}/cuttable", f"{p}/fitting_index", f"{p}/last_index"], T=int32),
             make_node(
                 "GatherV2",
                 LENGTH,
@@ -455,7 +436,9 @@ def _length_suits_target(facts) -> dict:
 
 
 PASS = Pass(
-    trim_sequence_length, "length", LengthParams,
+    trim_sequence_length,
+    "length",
+    LengthParams,
     help="run each batch only as long as its longest real row: trim (dynamic) or buckets (one compile each)",
     enabled=lambda node: node.mode != "full",
     # NOTE: after the mask rewrite: the shared bias's [-1,1,1,S] reshape exists and follows the cut; before

@@ -3,6 +3,7 @@
 Each target module defines `TARGET`, an object with the `Target` interface (bertc/targets/base.py).
 This file only lists them, without importing them (TensorFlow loads when a compile starts).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,5 +1,6 @@
 """The target interface: what the pipeline hands a target (`TargetOptions`, derived by the plan from the
 config and the model's shape) and what a target must do with it (`Target`)."""
+
 from __future__ import annotations
 
 import dataclasses

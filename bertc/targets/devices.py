@@ -1,4 +1,5 @@
 """target.device (cpu | gpu | auto) -> a TensorFlow device string, or a clear error when there is no GPU."""
+
 from __future__ import annotations
 
 import tensorflow as tf

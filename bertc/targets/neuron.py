@@ -9,6 +9,7 @@ Shapes are static at compile (`shape.batch_size`, the model's sequence length); 
 bertc splits and pads the batch into compiled-size chunks). The precision becomes the compiler's
 cast options in NEURON_CC_FLAGS, set from the plan for the trace only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -120,7 +121,8 @@ def _chunked(device, batch_size: int):
             tensor = tf.pad(tensor, [[0, pad]] + [[0, 0]] * (tensor.shape.rank - 1))
             padded.append(tf.reshape(tensor, tf.concat([[chunks, batch_size], tf.shape(tensor)[1:]], 0)))
         results = tf.map_fn(
-            lambda parts: device(dict(zip(keys, parts))), tuple(padded),
+            lambda parts: device(dict(zip(keys, parts))),
+            tuple(padded),
             fn_output_signature=dict.fromkeys(SERVING_OUTPUTS, tf.float32),
         )
         return {key: tf.reshape(value, [-1, value.shape[-1]])[:total] for key, value in results.items()}
@@ -145,7 +147,9 @@ class NeuronTarget(SavedModelTarget):
         example = (tf.constant(zeros), tf.constant(np.ones_like(zeros)), tf.constant(zeros))
         with _neuron_cc_flags(compiler_flags(kind, options.compute_dtype, options.dynamic_batch)):
             if kind == "neuron":
-                traced = compiler.trace(module.serve, example, subgraph_builder_function=runs_on_neuron(options.host_device))
+                traced = compiler.trace(
+                    module.serve, example, subgraph_builder_function=runs_on_neuron(options.host_device)
+                )
                 return NeuronBert(traced, options.seq_len, owner=module)
             return _trace_device_part(compiler, module, example, options)
 

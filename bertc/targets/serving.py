@@ -6,6 +6,7 @@ BERT-Large. The signature keeps the original names: `input_ids`, `input_mask`, `
 (int32, any batch) -> `probabilities`, `logits`; with keep_signature also run_classifier's
 `label_ids` and `is_real_example`, accepted and ignored. The file serves with plain TensorFlow.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,19 +85,28 @@ class CompiledBert(tf.Module):
         # The signature says [None, seq_len]; a caller that bypasses it gets this, not a reshape error.
         # One Assert per check, each a single reduction: the guard must cost next to nothing.
         lengths = tf.stack([tf.shape(tensor)[1] for tensor in features.values()])
-        checks = [tf.debugging.Assert(
-            tf.reduce_all(tf.equal(lengths, self._seq_len)),
-            [f"this model was compiled for sequence length {self._seq_len}: pad or truncate input_ids, "
-             f"input_mask and segment_ids to {self._seq_len} tokens; got lengths", lengths],
-        )]
+        checks = [
+            tf.debugging.Assert(
+                tf.reduce_all(tf.equal(lengths, self._seq_len)),
+                [
+                    f"this model was compiled for sequence length {self._seq_len}: pad or truncate input_ids, "
+                    f"input_mask and segment_ids to {self._seq_len} tokens; got lengths",
+                    lengths,
+                ],
+            )
+        ]
         for name, limit in (self._placement.input_limits or {}).items():
             # As uint32 a negative id becomes huge, so one comparison checks both ends of [0, limit).
             in_range = tf.reduce_all(tf.cast(features[name], tf.uint32) < limit)
-            checks.append(tf.debugging.Assert(
-                in_range,
-                [f"{name} holds an id outside [0, {limit}), the model's table of {limit} rows; check the "
-                 "tokenizer's vocabulary (or the segment ids) against the model's"],
-            ))
+            checks.append(
+                tf.debugging.Assert(
+                    in_range,
+                    [
+                        f"{name} holds an id outside [0, {limit}), the model's table of {limit} rows; check the "
+                        "tokenizer's vocabulary (or the segment ids) against the model's"
+                    ],
+                )
+            )
         with tf.control_dependencies(checks):  # the checks run before any lookup reads an id
             features = {key: tf.identity(tensor) for key, tensor in features.items()}
         if self.length is not None:

@@ -1,4 +1,5 @@
-"""target=stablehlo: the device part -> StableHLO modules (one per static batch size) in model/stablehlo/, beside the XLA SavedModel.
+"""target=stablehlo: the device part -> StableHLO modules (one per static batch size) in model/stablehlo/,
+beside the XLA SavedModel.
 
 The device part (after the partition; the whole graph when the plan has none) becomes one
 `tf.function(jit_compile=True)` whose parameters are the part's inputs (the boundary tensors, or
@@ -13,6 +14,7 @@ seeded weights, a reference batch with TensorFlow's outputs, and the plan's fing
 model/ itself is target=xla's SavedModel (the same device part, jit-compiled by TensorFlow):
 verify and bench measure that, unchanged, and the modules are the HLO it runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,11 +107,20 @@ class StableHloTarget(SavedModelTarget):
         weights = dict(device.weights)
         if host is not None:
             weights.update(host.weights)
-        outputs = [{"name": key, "dtype": "float32", "shape": [None, *_static_dims(device, key)]} for key in SERVING_OUTPUTS]
+        outputs = [
+            {"name": key, "dtype": "float32", "shape": [None, *_static_dims(device, key)]} for key in SERVING_OUTPUTS
+        ]
         model_shape = {**options.model_shape, "num_labels": outputs[0]["shape"][1]} if options.model_shape else None
         module.portable = PortableBuild(
-            options.seq_len, inputs, weight_names, outputs, weights, recipe, tuple(modules),
-            dict(options.input_limits) if options.input_limits else None, model_shape,
+            options.seq_len,
+            inputs,
+            weight_names,
+            outputs,
+            weights,
+            recipe,
+            tuple(modules),
+            dict(options.input_limits) if options.input_limits else None,
+            model_shape,
         )
         return module
 
@@ -133,6 +144,7 @@ def _check_stablehlo_export() -> None:
 
 # ---- the device function and its StableHLO -------------------------------------------------------
 
+
 def _part_inputs(device: Graph) -> list[dict]:
     """The inputs the outputs read (not label_ids and is_real_example when removal=none kept them)."""
     nodes = nodes_by_name(device.graph_def)
@@ -144,7 +156,9 @@ def _part_inputs(device: Graph) -> list[dict]:
             continue
         dims = [dim.size for dim in node.attr["shape"].shape.dim]
         if not dims or any(size < 0 for size in dims[1:]):
-            raise GraphError(f"target=stablehlo: input {key} of the device part has shape {dims}; only the batch may be unknown.")
+            raise GraphError(
+                f"target=stablehlo: input {key} of the device part has shape {dims}; only the batch may be unknown."
+            )
         result.append({"name": key, "shape": [None, *dims[1:]], "dtype": tf.as_dtype(node.attr["dtype"].type).name})
     return result
 
@@ -160,7 +174,9 @@ def _device_function(device: Graph, input_keys: list[str], weight_names: list[st
     return tf.function(lambda *arguments: tuple(pruned(*arguments)), jit_compile=True, autograph=False)
 
 
-def emit_text(function, inputs: list[dict], weights: Mapping[str, np.ndarray], weight_names: list[str], batch_size: int) -> str:
+def emit_text(
+    function, inputs: list[dict], weights: Mapping[str, np.ndarray], weight_names: list[str], batch_size: int
+) -> str:
     specs = [tf.TensorSpec([batch_size, *entry["shape"][1:]], tf.as_dtype(entry["dtype"])) for entry in inputs]
     specs += [tf.TensorSpec(weights[name].shape, tf.as_dtype(weights[name].dtype)) for name in weight_names]
     text = function.experimental_get_compiler_ir(*specs)(stage="stablehlo")
@@ -190,12 +206,14 @@ def portable_artifact(text: str) -> tuple[bytes, str]:
 
 # ---- the host part as a NumPy recipe -------------------------------------------------------------
 
+
 def host_recipe(host: Graph, seq_len: int) -> dict:
     """The host part (embedding lookups + LayerNorm, the mask) -> the recipe bertc.runtime computes it from,
     checked against TensorFlow running the host part on seeded batches."""
     if set(host.outputs) != set(HOST_KEYS):
         raise ConfigError(
-            f"target=stablehlo computes the host part in NumPy and knows the cut at {', '.join('@' + key for key in HOST_KEYS)} "
+            "target=stablehlo computes the host part in NumPy and knows the cut at "
+            f"{', '.join('@' + key for key in HOST_KEYS)} "
             f"(partition=cpu_embed); this plan's boundaries are {sorted(host.outputs)}. Use those, or partition=none."
         )
     nodes = nodes_by_name(host.graph_def)
@@ -208,7 +226,11 @@ def host_recipe(host: Graph, seq_len: int) -> dict:
         return node.name if node.name in host.weights else None
 
     def read_by(op_types: tuple[str, ...], position: int) -> list[str]:
-        return [w for node in host.graph_def.node if node.op in op_types and (w := weight_behind(node.input[position])) is not None]
+        return [
+            w
+            for node in host.graph_def.node
+            if node.op in op_types and (w := weight_behind(node.input[position])) is not None
+        ]
 
     tables_2d = [name for name in read_by(("GatherV2", "Gather", "ResourceGather"), 0) if host.weights[name].ndim == 2]
     word = max(tables_2d, key=lambda name: host.weights[name].shape[0], default=None)
@@ -217,13 +239,25 @@ def host_recipe(host: Graph, seq_len: int) -> dict:
     gammas = read_by(("Mul",), 1) + read_by(("Mul",), 0)
     betas = read_by(("Sub",), 0)
     epsilons = layer_norm_epsilons(host)
-    found = {"word": word, "token type": token_types[:1], "position": positions[:1], "gamma": gammas[:1], "beta": betas[:1], "epsilon": epsilons[:1]}
+    found = {
+        "word": word,
+        "token type": token_types[:1],
+        "position": positions[:1],
+        "gamma": gammas[:1],
+        "beta": betas[:1],
+        "epsilon": epsilons[:1],
+    }
     absent = [role for role, value in found.items() if not value]
     if absent:
-        raise GraphError(f"target=stablehlo: the host part has no {', '.join(absent)} where BERT's embedding has one; use partition=none.")
+        raise GraphError(
+            f"target=stablehlo: the host part has no {', '.join(absent)} where BERT's embedding has one; "
+            "use partition=none."
+        )
     recipe = {
         "embedding_output": {
-            "word_embeddings": word, "token_type_embeddings": token_types[0], "position_embeddings": positions[0],
+            "word_embeddings": word,
+            "token_type_embeddings": token_types[0],
+            "position_embeddings": positions[0],
             "layer_norm": {"gamma": gammas[0], "beta": betas[0], "epsilon": epsilons[0]},
             "dtype": shapes["embedding_output"][1],
             "formula": "LayerNorm((word[input_ids] + token_type[segment_ids]) + position[:seq_len]), float32",
@@ -249,12 +283,24 @@ def _mask_recipe(nodes, spec: tuple[list, str], seq_len: int) -> dict:
     shape, dtype = spec
     if shape[1:] == [1, 1, seq_len] and f"{ATTENTION_BIAS_SCOPE}/value" in nodes:
         value = float(const_value(nodes[f"{ATTENTION_BIAS_SCOPE}/value"]))
-        return {"form": "bias", "bias_value": value, "dtype": dtype, "shape": [None, 1, 1, seq_len],
-                "formula": "(1 - float32(input_mask))[:, None, None, :] * bias_value"}
+        return {
+            "form": "bias",
+            "bias_value": value,
+            "dtype": dtype,
+            "shape": [None, 1, 1, seq_len],
+            "formula": "(1 - float32(input_mask))[:, None, None, :] * bias_value",
+        }
     if shape[1:] == [seq_len, seq_len]:
-        return {"form": "mask", "dtype": dtype, "shape": [None, seq_len, seq_len],
-                "formula": "float32(input_mask)[:, None, :] broadcast over the from axis (mask=original)"}
-    raise GraphError(f"target=stablehlo: the attention mask boundary is {shape} {dtype}; the runtime knows [B,1,1,T] biases and [B,F,T] masks.")
+        return {
+            "form": "mask",
+            "dtype": dtype,
+            "shape": [None, seq_len, seq_len],
+            "formula": "float32(input_mask)[:, None, :] broadcast over the from axis (mask=original)",
+        }
+    raise GraphError(
+        f"target=stablehlo: the attention mask boundary is {shape} {dtype}; "
+        "the runtime knows [B,1,1,T] biases and [B,F,T] masks."
+    )
 
 
 def _check_recipe(host: Graph, recipe: dict, seq_len: int) -> None:
@@ -266,16 +312,22 @@ def _check_recipe(host: Graph, recipe: dict, seq_len: int) -> None:
         for key in HOST_KEYS:
             want, got = np.asarray(expected[key], np.float32), np.asarray(computed[key], np.float32)
             scale = max(1.0, float(np.abs(want).max()))
-            tolerance = 1e-5 * scale if expected[key].dtype == np.float32 else float(ml_dtypes.finfo(expected[key].dtype).eps) * scale
+            tolerance = (
+                1e-5 * scale
+                if expected[key].dtype == np.float32
+                else float(ml_dtypes.finfo(expected[key].dtype).eps) * scale
+            )
             diff = float(np.abs(want - got).max())
             if want.shape != got.shape or not diff <= tolerance:
                 raise GraphError(
-                    f"target=stablehlo: the NumPy recipe of the host part's {key} differs from TensorFlow's by {diff:.3g} "
+                    f"target=stablehlo: the NumPy recipe of the host part's {key} differs from TensorFlow's "
+                    f"by {diff:.3g} "
                     f"(allowed {tolerance:.3g}); the runtime could not reproduce it. Use partition=none."
                 )
 
 
 # ---- after the SavedModel is written: model/stablehlo/ -------------------------------------------
+
 
 def write_portable(module: CompiledBert, artifact: Path, options: TargetOptions) -> None:
     """Write model/stablehlo/: the modules, weights.safetensors and manifest.json."""
@@ -289,7 +341,14 @@ def write_portable(module: CompiledBert, artifact: Path, options: TargetOptions)
         text_name, bytecode_name = f"device_b{emitted.batch_size}.mlir", f"device_b{emitted.batch_size}.mlirbc"
         (folder / text_name).write_text(emitted.text)
         (folder / bytecode_name).write_bytes(emitted.bytecode)
-        modules.append({"batch_size": emitted.batch_size, "text": text_name, "bytecode": bytecode_name, "stablehlo_version": emitted.version})
+        modules.append(
+            {
+                "batch_size": emitted.batch_size,
+                "text": text_name,
+                "bytecode": bytecode_name,
+                "stablehlo_version": emitted.version,
+            }
+        )
     names = sorted(build.weights)
     save_file({name: np.ascontiguousarray(build.weights[name]) for name in names}, str(folder / WEIGHTS_FILE))
     manifest = {
@@ -303,8 +362,14 @@ def write_portable(module: CompiledBert, artifact: Path, options: TargetOptions)
         "input_limits": build.input_limits,
         "host": build.host,
         "modules": modules,
-        "parameters": [{"kind": "input", **entry} for entry in build.inputs] + [
-            {"kind": "weight", "name": name, "shape": list(build.weights[name].shape), "dtype": build.weights[name].dtype.name}
+        "parameters": [{"kind": "input", **entry} for entry in build.inputs]
+        + [
+            {
+                "kind": "weight",
+                "name": name,
+                "shape": list(build.weights[name].shape),
+                "dtype": build.weights[name].dtype.name,
+            }
             for name in build.weight_names
         ],
         "outputs": build.outputs,
@@ -329,7 +394,13 @@ def _regeneration(weights: Mapping[str, np.ndarray], options: TargetOptions) -> 
     """Per weight: digest, dtype, and (for a preset's seeded weights) how to remake it with NumPy, each
     recipe checked here by remaking the weight and comparing bytes."""
     tensors = {
-        name: {"shape": list(value.shape), "dtype": value.dtype.name, "sha256": tensor_digest(value), "source": name, "scale": None}
+        name: {
+            "shape": list(value.shape),
+            "dtype": value.dtype.name,
+            "sha256": tensor_digest(value),
+            "source": name,
+            "scale": None,
+        }
         for name, value in sorted(weights.items())
     }
     if options.seeded_preset is None:
@@ -348,10 +419,21 @@ def _regeneration(weights: Mapping[str, np.ndarray], options: TargetOptions) -> 
                 entry["scale"] = scale
                 break
         else:
-            return {"regenerate": None, "regenerate_note": f"{name} is not a transform bertc knows of its seeded value", "tensors": tensors}
-    recipe = {"generator": "bertc.model.weights.random_weight", "size": size, "seed": seed,
-              "initializer_range": config.initializer_range,
-              "steps": "random_weight(source, shape) [* float32(scale), in float32] -> astype(dtype); digest sha256 of the bytes"}
+            return {
+                "regenerate": None,
+                "regenerate_note": f"{name} is not a transform bertc knows of its seeded value",
+                "tensors": tensors,
+            }
+    recipe = {
+        "generator": "bertc.model.weights.random_weight",
+        "size": size,
+        "seed": seed,
+        "initializer_range": config.initializer_range,
+        "steps": (
+            "random_weight(source, shape) [* float32(scale), in float32] -> astype(dtype); "
+            "digest sha256 of the bytes"
+        ),
+    }
     return {"regenerate": recipe, "tensors": tensors}
 
 

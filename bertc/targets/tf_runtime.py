@@ -1,4 +1,5 @@
 """target=tf: the graph runs on TensorFlow's own runtime (grappler, oneDNN or cuDNN kernels)."""
+
 from __future__ import annotations
 
 from bertc.graph import Graph

@@ -4,6 +4,7 @@ XLA compiles one function for one device, so a partitioned model's serving funct
 the host function pinned to the CPU, then the jit-compiled device function. The jit attribute is
 saved with the function, so TensorFlow Serving uses XLA without bertc.
 """
+
 from __future__ import annotations
 
 from bertc.graph import Graph
@@ -13,8 +14,9 @@ from bertc.targets.serving import CompiledBert, Placement
 
 
 def xla_module(graph: Graph, options: TargetOptions) -> CompiledBert:
-    placement = Placement(options.host_device, resolve_device(options.device), jit_compile=True,
-                          input_limits=options.input_limits)
+    placement = Placement(
+        options.host_device, resolve_device(options.device), jit_compile=True, input_limits=options.input_limits
+    )
     return CompiledBert(graph, options.seq_len, placement)
 
 
