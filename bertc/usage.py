@@ -18,12 +18,13 @@ GROUP_HELP = {
     "shape": "shape.batch_size (the compiled warm-up batch), shape.seq_len (must equal the model's)",
     "security": "security.allow_ops extends the op allowlist; security.guard_inputs rejects out-of-range ids",
 }
-EXAMPLES = """\
-  bertc                                                   compile the built-in demo model
-  bertc model.path=/models/mrpc precision=mixed partition=cpu_embed
-  bertc precision=fp32 target=xla mask.fold_scale=true
-  bertc -m precision=fp32,mixed,mixed_bf16 partition=none,cpu_embed   a sweep: one job per combination
-  bertc dry_run=true precision=mixed                      print the plan and its fingerprint only"""
+EXAMPLES = (
+    ("bertc", "compile the built-in demo model"),
+    ("bertc model.path=/models/mrpc precision=mixed partition=cpu_embed", "your model, the seed's recipe"),
+    ("bertc precision=fp32 mask.fold_scale=true length=trim", "fp32, each batch only as long as its real tokens"),
+    ("bertc -m precision=fp32,mixed,mixed_bf16 partition=none,cpu_embed", "a sweep: one job per combination"),
+    ("bertc dry_run=true precision=mixed", "print the plan and its fingerprint only"),
+)
 
 
 def version() -> str:
@@ -43,17 +44,27 @@ def group_help() -> dict[str, str]:
     return {**{spec.group: spec.help for spec in passes()}, **GROUP_HELP}
 
 
-def help_text(conf_dir: Path) -> str:
+def help_text(conf_dir: Path, width: int | None = None) -> str:
+    """bertc's help, wrapped to `width` columns (the terminal's; 80 when there is none)."""
+    import shutil
+    import textwrap
+
     from bertc.passes import passes
 
+    width = max(60, width or shutil.get_terminal_size((80, 24)).columns)
+
+    def item(label: str, text: str) -> list[str]:
+        return textwrap.wrap(text, width, initial_indent=f"  {label:<10} ", subsequent_indent=" " * 13)
+
     lines = [
-        f"bertc {version()}: compile a fine-tuned BERT SavedModel into a faster one, verify it against the",
-        "original, benchmark both, and leave the model and a report in a run folder.",
+        *textwrap.wrap(f"bertc {version()}: compile a fine-tuned BERT SavedModel into a faster one, verify it "
+                       "against the original, benchmark both, and leave the model and a report in a run folder.",
+                       width),
         "",
         "usage: bertc [-m] [group=option ...] [group.key=value ...]",
         "       (python -m bertc works the same)",
         "",
-        "groups (group=option; the first option listed is the default in conf/config.yaml):",
+        "groups (group=option; the first option listed is the default):",
     ]
     defaults = _defaults(conf_dir)
     ordered = ["model", *(spec.group for spec in passes()), "target", "verify", "bench"]
@@ -62,17 +73,23 @@ def help_text(conf_dir: Path) -> str:
         names = options(conf_dir, group)
         default = defaults.get(group)
         shown = [default] + [name for name in names if name != default] if default in names else names
-        lines.append(f"  {group:<10} {descriptions[group]}")
-        lines.append(f"  {'':<10} options: {', '.join(shown)}")
+        lines += item(group, descriptions[group]) + item("", f"options: {', '.join(shown)}")
     lines += [
         "",
-        "values: any key of a group, e.g. mask.fold_scale=true, verify.dataset=dev.tsv, shape.batch_size=4,",
-        f"        {', '.join(key.name + '=true' for key in TOP_LEVEL)}; the run folder: hydra.run.dir=DIR",
+        *textwrap.wrap(
+            "values: any key of a group, e.g. mask.fold_scale=true, verify.dataset=dev.tsv, shape.batch_size=4, "
+            f"{', '.join(key.name + '=true' for key in TOP_LEVEL)}; the run folder: hydra.run.dir=DIR",
+            width, subsequent_indent="        "),
         "",
         "examples:",
-        EXAMPLES,
+    ]
+    for command, what in EXAMPLES:
+        lines += textwrap.wrap(command, width, initial_indent="  ", subsequent_indent="      ")
+        lines += textwrap.wrap(what, width, initial_indent="      # ", subsequent_indent="      # ")
+    lines += [
         "",
-        "exit codes: 0 passed; 1 rejected by verify, or a bug in bertc; 2 the input or the config is at fault.",
+        *textwrap.wrap("exit codes: 0 passed; 1 rejected by verify, or a bug in bertc; 2 the input or the config "
+                       "is at fault; 130/143 interrupted.", width, subsequent_indent="            "),
         "more: bertc --version, bertc --hydra-help (Hydra's own flags), README.md",
     ]
     return "\n".join(lines)

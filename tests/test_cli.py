@@ -195,3 +195,12 @@ def test_shell_completion_offers_groups_and_options_without_schemas(tmp_path):
         check=False,
     ).stdout.split()
     assert options == ["precision=fp32", "precision=mixed", "precision=mixed_bf16"]
+
+
+def test_help_fits_an_80_column_terminal():
+    from bertc.cli import CONF_DIR
+    from bertc.usage import help_text
+
+    text = help_text(Path(CONF_DIR), width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80 and "options: cpu_embed" not in text
+    assert "length=trim" in text and "target=xla mask.fold_scale=true length=trim" not in text
