@@ -64,6 +64,7 @@ def export_model(
     num_labels: int | None = None,
     seed: int = 0,
     *,
+    one_hot_embeddings: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Export one source to a new serving SavedModel folder `out`; returns a summary.
@@ -71,7 +72,8 @@ def export_model(
     source_kind: "size" (source is a preset name: random weights from `seed`), "checkpoint" (a
     google-research folder), "hf" (a Hugging Face folder) or "minilm" (source ignored).
     num_labels: None takes the fine-tuned classifier's label count, else 2; given, it must agree
-    with a fine-tuned classifier. Raises ValueError or FileExistsError for the user's mistakes.
+    with a fine-tuned classifier. one_hot_embeddings: the word embedding as OneHot + MatMul (a TPU
+    export's graph). Raises ValueError or FileExistsError for the user's mistakes.
     """
     say = log or (lambda message: None)
     out = Path(out)
@@ -118,7 +120,10 @@ def export_model(
         f"vocab {config.vocab_size}; {labels} labels, sequence length {seq_len}"
     )
     say(f"writing the serving SavedModel to {out}")
-    export_saved_model(config, weights, out, num_labels=labels, seq_len=seq_len, vocab_file=vocab)
+    export_saved_model(
+        config, weights, out, num_labels=labels, seq_len=seq_len, vocab_file=vocab,
+        one_hot_embeddings=one_hot_embeddings,
+    )
     say(f"done: {out} (saved_model.pb, variables/, bert_config.json{', vocab.txt' if vocab else ''})")
     return {
         "out": str(out),
@@ -187,6 +192,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for random weights and any missing head (default 0)"
     )
+    parser.add_argument(
+        "--one-hot-embeddings", action="store_true",
+        help="word embedding as OneHot + MatMul, as run_classifier exports with --use_tpu",
+    )
     return parser
 
 
@@ -206,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         kind, source = "minilm", None
     try:
-        export_model(kind, source, args.out, args.seq_len, args.num_labels, args.seed, log=print)
+        export_model(
+            kind, source, args.out, args.seq_len, args.num_labels, args.seed,
+            one_hot_embeddings=args.one_hot_embeddings, log=print,
+        )
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
