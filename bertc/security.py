@@ -22,6 +22,7 @@ PURE_OPS = frozenset(
     Reshape Round Rsqrt Select SelectV2 Selu Shape ShapeN Sigmoid Sign Sin Size Slice Softmax Softplus
     Split SplitV Sqrt Square SquaredDifference Squeeze StopGradient StridedSlice Sub Sum Tanh Tile
     Transpose Unpack VarHandleOp VariableV2 Where ZerosLike OnesLike _FusedMatMul Erfinv Rint Sinh Cosh
+    Erfc Expm1 Softsign Atan Tan Div DivNoNan Xlogy Xdivy IsFinite IsNan IsInf ClipByValue ReverseV2
     """.split()
 )
 

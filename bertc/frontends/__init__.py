@@ -8,10 +8,11 @@ and inputs/outputs keyed by the signature's own keys; `signature.py` maps those 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from bertc.errors import ModelError
-from bertc.graph import Graph, node_of
+from bertc.graph import Graph, node_of, prune_to_outputs
 
 DIALECTS = ("tf1", "tf2")
 
@@ -38,13 +39,20 @@ def dialect(path: Path, meta_graph, signature) -> str:
     )
 
 
-def read_graph(path: Path, meta_graph, signature) -> tuple[str, Graph]:
-    """(dialect, Graph keyed by the signature's own input and output keys)."""
+def read_graph(path: Path, meta_graph, signature, allow_ops: Iterable[str] = ()) -> tuple[str, Graph]:
+    """(dialect, Graph keyed by the signature's own input and output keys).
+
+    A TF2 graph is checked against the op allowlist as inlined, every node of every function the
+    signature calls, before it is cut to what the outputs need: a call is no way around the check.
+    """
     kind = dialect(path, meta_graph, signature)
     if kind == "tf2":
         from bertc.frontends.tf2 import read_tf2
+        from bertc.security import refuse_unsafe_ops
 
-        return kind, read_tf2(path, meta_graph, signature)
+        graph = read_tf2(path, meta_graph, signature)
+        refuse_unsafe_ops(graph, allow_ops)
+        return kind, prune_to_outputs(graph)
     from bertc.frontends.tf1 import read_tf1
 
     return kind, read_tf1(path, meta_graph, signature)

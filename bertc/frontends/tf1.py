@@ -10,7 +10,6 @@ from pathlib import Path
 from bertc.graph import Graph, node_of
 
 
-
 def is_tf1(meta_graph, signature) -> bool:
     """Outputs made by ordinary nodes of the meta graph itself (no function call between)."""
     nodes = {node.name: node for node in meta_graph.graph_def.node}
