@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -16,6 +16,10 @@ class ModelConf:
     seq_len: int = 128  # sequence length of the export, for sources that are not SavedModels
     num_labels: int = 2
     seed: int = 0
+    # A SavedModel's signature names when they are not the common ones (bertc/frontends/signature.py):
+    # model.inputs.input_mask=attention_mask (bertc name -> signature key), model.output=logits.
+    inputs: Dict[str, str] = dataclasses.field(default_factory=dict)
+    output: Optional[str] = None
 
 
 @dataclasses.dataclass

@@ -43,6 +43,8 @@ class ModelSource:
     seq_len: int = 128
     num_labels: int = 2
     seed: int = 0
+    inputs: tuple[tuple[str, str], ...] = ()  # model.inputs: (bertc name, signature key)
+    output: str | None = None  # model.output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +103,9 @@ class Plan:
         return {
             "steps": [{"name": step.name, "params": _plain(step.params)} for step in self.steps],
             "target": _plain(self.target),
+            # the served input names follow model.inputs; listed only when set, so other fingerprints stay
+            **({"signature": {"inputs": dict(self.model.inputs), "output": self.model.output}}
+               if self.model.inputs or self.model.output else {}),
         }
 
     def to_dict(self) -> dict:
@@ -192,7 +197,9 @@ def build_plan(cfg: Any) -> Plan:
     model = cfg.model
     if model.path:
         source = ModelSource("path", model.name if model.name != "demo" else "user", path=str(model.path),
-                             seq_len=model.seq_len, num_labels=model.num_labels, seed=model.seed)
+                             seq_len=model.seq_len, num_labels=model.num_labels, seed=model.seed,
+                             inputs=tuple(sorted(dict(getattr(model, "inputs", None) or {}).items())),
+                             output=getattr(model, "output", None))
     elif model.packaged:
         source = ModelSource("packaged", model.name, packaged=model.packaged, seq_len=model.seq_len,
                              num_labels=model.num_labels, seed=model.seed)

@@ -186,9 +186,10 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     _warn_if_bf16_is_emulated(run, tf)
 
     with run.step(f"load {input_path.name}", "load"):
-        loaded = load_saved_model(input_path, plan.allow_ops)
+        loaded = load_saved_model(input_path, plan.allow_ops, dict(plan.model.inputs), plan.model.output)
     shape = loaded.shape
     run.record["input"]["shape"] = dict(vars(shape))
+    run.record["input"]["signature"] = {"dialect": loaded.dialect, **vars(loaded.served)}  # issue 13
     run.say(f"BERT: {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, intermediate "
             f"{shape.intermediate}, seq_len {shape.seq_len}, {shape.num_labels} labels")
     seq_len = plan.target.seq_len or shape.seq_len
@@ -256,7 +257,7 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
         del module
     # The weights live in the saved artifact now: drop the in-memory copies before verify and bench
     # load two models (for BERT-Large that is 1.3 GB per copy).
-    signature_inputs = loaded.signature_inputs
+    signature_inputs, served, dialect = loaded.signature_inputs, loaded.served, loaded.dialect
     original_outputs = {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")}
     del loaded, graph, result
     run.record["target"] = {"name": plan.target.name, "device": plan.target.device, "compile_seconds": round(compile_seconds, 3), "boundaries": boundaries}
@@ -267,8 +268,8 @@ def _run_pipeline(run: Run, input_path: Path) -> Path | None:
     if plan.verify.enabled or plan.bench.enabled:
         from bertc.verify import CompiledModel, OriginalModel
 
-        original = OriginalModel(input_path, signature_inputs, original_outputs)
-        compiled = CompiledModel(artifact)
+        original = OriginalModel(input_path, signature_inputs, original_outputs, served, dialect)
+        compiled = CompiledModel(artifact, served.input_names)
     if plan.verify.enabled:
         with run.step("verify against the original", "verify"):
             from bertc.verify import compare, read_glue_tsv, synthetic_batches, tokenize_pairs

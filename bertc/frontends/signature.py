@@ -61,7 +61,9 @@ def canonical(
         graph_def.node.append(make_node("Softmax", ADDED_SOFTMAX, [reference], T=tf.float32))
         graph = graph.replace(graph_def=graph_def)
         outputs, kind = {"probabilities": tensor_name(ADDED_SOFTMAX), "logits": tensor}, "logits"
-    graph = graph.replace(inputs={name: graph.inputs[names[name]] for name in BERT_INPUTS}, outputs=outputs)
+    graph = graph.replace(
+        inputs={name: graph.inputs[names[name]] for name in BERT_INPUTS}, outputs=outputs, serving_names=names
+    )
     return graph, ServedSignature(names, key, kind)
 
 

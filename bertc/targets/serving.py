@@ -2,8 +2,9 @@
 
 The GraphDef goes into the serving function by `import_graph_def`, with every weight Placeholder
 mapped to a `tf.Variable`: weights land in `variables/`, so `saved_model.pb` stays small even for
-BERT-Large. The signature keeps the original names: `input_ids`, `input_mask`, `segment_ids`
-(int32, any batch) -> `probabilities`, `logits`. The file serves with plain TensorFlow.
+BERT-Large. The signature keeps the original model's input names (`input_ids`, `input_mask`,
+`segment_ids` for google-research; the exporter's own otherwise, `Graph.serving_names`; int32,
+any batch) -> `probabilities`, `logits`. The file serves with plain TensorFlow.
 """
 from __future__ import annotations
 
@@ -74,18 +75,20 @@ class CompiledBert(tf.Module):
         self.device_part = _Part(device, "device")
         self._placement = placement
         self._seq_len = seq_len
+        # The signature takes the user's own input names (bertc.frontends.signature), in bertc's order.
+        serving_names = [graph.serving_names.get(name, name) for name in SERVING_INPUTS]
         self._device_fn = tf.function(self._run_device, jit_compile=placement.jit_compile or None, autograph=False)
         self.serve = tf.function(
             self._serve,
-            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in SERVING_INPUTS],
+            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in serving_names],
             autograph=False,
         )
 
     def _run_device(self, boundary: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return self.device_part(boundary)
 
-    def _serve(self, input_ids, input_mask, segment_ids):
-        features = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids}
+    def _serve(self, *tensors):
+        features = dict(zip(SERVING_INPUTS, tensors))
         # The signature says [None, seq_len]; a caller that bypasses it gets this, not a reshape error.
         # One Assert per check, each a single reduction: the guard must cost next to nothing.
         lengths = tf.stack([tf.shape(tensor)[1] for tensor in features.values()])
