@@ -224,10 +224,14 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
         user for node in graph_def.node if node.name in downstream and node.op == "OneHot"
         for user, position in users.get(node.name, ()) if user.op == "MatMul" and position == 0
     ]
-    tables = [split_input(node.input[0])[0] for node in gathers] + [split_input(node.input[1])[0] for node in one_hot_matmuls]
-    table = next((w for name in tables if (w := _weight_behind(nodes, weights, name)) is not None and w.ndim == 2), None)
+    tables = [split_input(node.input[0])[0] for node in gathers]
+    tables += [split_input(node.input[1])[0] for node in one_hot_matmuls]
+    table = next(
+        (w for name in tables if (w := _weight_behind(nodes, weights, name)) is not None and w.ndim == 2), None
+    )
     if table is None:
-        raise not_bert("a word-embedding gather (or one-hot matmul) fed by input_ids", f"{len(gathers) + len(one_hot_matmuls)} lookup(s) without a 2-D table")
+        raise not_bert("a word-embedding gather (or one-hot matmul) fed by input_ids",
+                       f"{len(tables)} lookup(s) without a 2-D table")
     vocab, hidden = table.shape
     dims = input_ids.attr["shape"].shape.dim
     seq_len = dims[-1].size if dims else -1
@@ -261,7 +265,9 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
     if not attention_softmaxes:
         raise not_bert("attention softmaxes downstream of input_ids", "none")
     # Einsum attention (keras-hub, Model Garden) keeps [hidden, heads, head_size] kernels.
-    split_kernels = [w.shape[1] for w in weights.values() if w.ndim == 3 and w.shape[0] == hidden and w.shape[1] * w.shape[2] == hidden]
+    split_kernels = [
+        w.shape[1] for w in weights.values() if w.ndim == 3 and w.shape[0] == hidden and w.shape[1] * w.shape[2] == hidden
+    ]
     heads = split_kernels[0] if split_kernels else _heads_of(nodes, users, attention_softmaxes[0])
     if heads is None or hidden % heads:
         raise not_bert("the [batch, seq, heads, head_size] reshape of an attention layer", f"heads={heads}")

@@ -215,7 +215,7 @@ class OriginalModel:
             self._signature, self._output = loaded.signatures["serving_default"], served.output_key
             return
         self._signature = None
-        wanted = [outputs["probabilities"], outputs["logits"]] if self._kind == "probabilities" else [outputs["logits"]]
+        wanted = [outputs["logits"]] if self._kind == "logits" else [outputs["probabilities"], outputs["logits"]]
         self._function = loaded.prune(feeds=[signature_inputs[key] for key in self._keys], fetches=wanted)
 
     def _arguments(self, feeds: Mapping[str, np.ndarray]) -> dict:
@@ -228,7 +228,8 @@ class OriginalModel:
             if key in by_key:
                 arguments[key] = tf.constant(by_key[key])
             else:  # label_ids, is_real_example: serving never reads them
-                arguments[key] = tf.ones([batch], tf.int32) if key == "is_real_example" else tf.zeros([batch], tf.int32)
+                neutral = tf.ones if key == "is_real_example" else tf.zeros
+                arguments[key] = neutral([batch], tf.int32)
         return arguments
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -259,7 +260,8 @@ class CompiledModel:
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
-        outputs = self._function(**{self._names.get(key, key): tf.constant(value) for key, value in feeds.items()})
+        named = {self._names.get(key, key): tf.constant(value) for key, value in feeds.items()}
+        outputs = self._function(**named)
         return {key: value.numpy() for key, value in outputs.items()}
 
 

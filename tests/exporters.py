@@ -45,10 +45,11 @@ class Shape:
 
 SHAPES = {shape.name: shape for shape in (Shape(2, 64, 4, 2), Shape(3, 48, 3, 3))}
 
-# exporter -> (the packages it needs, environment for its subprocess, signature inputs, output key)
+# exporter -> (the packages it needs, environment for its subprocess, its names for bertc's input_ids,
+# input_mask and segment_ids, the signature's output key)
 EXPORTERS: dict[str, tuple[tuple[str, ...], dict[str, str], tuple[str, ...], str]] = {
-    "keras_hub_export": (("keras_hub",), {}, ("token_ids", "segment_ids", "padding_mask"), "output_0"),
-    "keras_hub_saved_model": (("keras_hub",), {}, ("token_ids", "segment_ids", "padding_mask"), "logits"),
+    "keras_hub_export": (("keras_hub",), {}, ("token_ids", "padding_mask", "segment_ids"), "output_0"),
+    "keras_hub_saved_model": (("keras_hub",), {}, ("token_ids", "padding_mask", "segment_ids"), "logits"),
     "model_garden": (
         ("official", "tf_keras", "gin"), {"TF_USE_LEGACY_KERAS": "1"},
         ("input_word_ids", "input_mask", "input_type_ids"), "logits",
@@ -68,9 +69,17 @@ def missing_packages(exporter: str) -> list[str]:
 
 
 def build(exporter: str, shapes: list[Shape], out_root: Path) -> list[Path]:
-    """Build `exporter`'s models in one subprocess into out_root/<exporter>-<shape>/; returns those."""
+    """Build `exporter`'s models in one subprocess into out_root/<exporter>-<shape>/; returns those.
+
+    google-research's graph is bertc's own builder and needs no Keras: it is built in this process.
+    """
+    if exporter == "google_onehot":
+        for shape in shapes:
+            _build_in_process(exporter, shape, Path(out_root) / f"{exporter}-{shape.name}")
+        return [Path(out_root) / f"{exporter}-{shape.name}" for shape in shapes]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **EXPORTERS[exporter][1]}
-    command = [sys.executable, str(Path(__file__).resolve()), str(out_root), "--only", exporter, "--in-process"]
+    script = str(Path(__file__).resolve())
+    command = [sys.executable, script, str(out_root), "--only", exporter, "--in-process"]
     for shape in shapes:
         command += ["--shape", shape.name]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -159,7 +168,8 @@ def _build_model_garden(shape: Shape, out: Path) -> None:
 
     @tf.function(input_signature=[_spec("input_word_ids"), _spec("input_mask"), _spec("input_type_ids")])
     def serve(input_word_ids, input_mask, input_type_ids):
-        inputs = {"input_word_ids": input_word_ids, "input_mask": input_mask, "input_type_ids": input_type_ids}
+        inputs = {"input_word_ids": input_word_ids, "input_mask": input_mask,
+                  "input_type_ids": input_type_ids}
         return {"logits": model(inputs, training=False)}
 
     tf.saved_model.save(model, str(out), signatures={"serving_default": serve})

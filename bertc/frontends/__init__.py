@@ -29,7 +29,8 @@ def dialect(path: Path, meta_graph, signature) -> str:
     nodes = {node.name: node for node in meta_graph.graph_def.node}
     producers = sorted({nodes[node_of(t.name)].op if node_of(t.name) in nodes else "nothing"
                         for t in signature.outputs.values()})
-    ops = ", ".join(f"{op} {count}" for op, count in Counter(n.op for n in meta_graph.graph_def.node).most_common(6))
+    histogram = Counter(node.op for node in meta_graph.graph_def.node).most_common(6)
+    ops = ", ".join(f"{op} {count}" for op, count in histogram)
     raise ModelError(
         f"{path} is neither a TF1 graph nor a TF2 object-based SavedModel that bertc can read: the serving "
         f"outputs are made by {', '.join(producers) or 'no nodes'}, the graph holds {ops or 'no nodes'}, "

@@ -71,8 +71,8 @@ def _input_names(graph: Graph, path, given: dict[str, str]) -> dict[str, str]:
     unknown = sorted(set(given) - set(BERT_INPUTS))
     if unknown:
         raise ModelError(
-            f"model.inputs names {unknown}, which are not bertc inputs; give model.inputs.<name>=<signature key> "
-            f"for <name> in {', '.join(BERT_INPUTS)}."
+            f"model.inputs names {unknown}, which are not bertc inputs; give "
+            f"model.inputs.<name>=<signature key> for <name> in {', '.join(BERT_INPUTS)}."
         )
     available = list(graph.inputs)
     names = {}
@@ -80,16 +80,18 @@ def _input_names(graph: Graph, path, given: dict[str, str]) -> dict[str, str]:
         if name in given:
             if given[name] not in graph.inputs:
                 raise ModelError(
-                    f"model.inputs.{name}={given[name]}: {path}'s serving signature has no such input; it has "
-                    f"{', '.join(sorted(available))}."
+                    f"model.inputs.{name}={given[name]}: {path}'s serving signature has no such input; "
+                    f"it has {', '.join(sorted(available))}."
                 )
             names[name] = given[name]
             continue
-        found = [alias for alias in INPUT_ALIASES[name] if alias in graph.inputs and alias not in given.values()]
+        taken = set(given.values())
+        found = [alias for alias in INPUT_ALIASES[name] if alias in graph.inputs and alias not in taken]
         if not found:
             raise ModelError(
-                f"{path}: no serving input for {name}: the signature takes {', '.join(sorted(available))} and "
-                f"none is one of {', '.join(INPUT_ALIASES[name])}. Name it: model.inputs.{name}=<signature key>."
+                f"{path}: no serving input for {name}: the signature takes {', '.join(sorted(available))} "
+                f"and none is one of {', '.join(INPUT_ALIASES[name])}. Name it: "
+                f"model.inputs.{name}=<signature key>."
             )
         names[name] = found[0]
     extra = sorted(set(available) - set(names.values()) - set(UNREAD_INPUTS))
@@ -106,7 +108,9 @@ def _output_key(graph: Graph, path, output: str | None) -> str:
     outputs = sorted(graph.outputs)
     if output is not None:
         if output not in graph.outputs:
-            raise ModelError(f"model.output={output}: {path}'s serving signature has outputs {outputs}; choose one.")
+            raise ModelError(
+                f"model.output={output}: {path}'s serving signature has outputs {outputs}; choose one."
+            )
         return output
     for key in OUTPUT_PREFERENCE:
         if key in graph.outputs:
@@ -114,8 +118,8 @@ def _output_key(graph: Graph, path, output: str | None) -> str:
     if len(outputs) == 1:
         return outputs[0]
     raise ModelError(
-        f"{path}: the serving signature has outputs {outputs}, none named probabilities or logits; choose the "
-        "classifier's output with model.output=<key>."
+        f"{path}: the serving signature has outputs {outputs}, none named probabilities or logits; "
+        "choose the classifier's output with model.output=<key>."
     )
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 
 from bertc.graph import Graph, node_of
 
+CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
+
 
 def is_tf1(meta_graph, signature) -> bool:
     """Outputs made by ordinary nodes of the meta graph itself (no function call between)."""
     nodes = {node.name: node for node in meta_graph.graph_def.node}
     produced = [nodes.get(node_of(output.name)) for output in signature.outputs.values()]
     return bool(produced) and all(
-        node is not None and node.op not in ("StatefulPartitionedCall", "PartitionedCall") for node in produced
+        node is not None and node.op not in CALL_OPS for node in produced
     )
 
 

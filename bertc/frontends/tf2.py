@@ -146,9 +146,8 @@ def _variable_values(path: Path, meta_graph, bound: list[int], function_name: st
     queue = [0]
     while queue:
         saved_id = queue.pop()
-        checkpoint_children = {
-            child.local_name: child.node_id for child in checkpoint_graph.nodes[to_checkpoint[saved_id]].children
-        }
+        checkpoint_node = checkpoint_graph.nodes[to_checkpoint[saved_id]]
+        checkpoint_children = {child.local_name: child.node_id for child in checkpoint_node.children}
         for child in objects[saved_id].children:
             if child.node_id not in to_checkpoint and child.local_name in checkpoint_children:
                 to_checkpoint[child.node_id] = checkpoint_children[child.local_name]
@@ -210,9 +209,11 @@ class _Inliner:
         self.depth = 0
 
     def inline(self, function_name: str, arg_map: dict[str, str], prefix: str) -> tuple[list[str], list[str]]:
-        """Inline one function call; returns its outputs (flat tensors) and the nodes its control outputs name."""
+        """Inline one call; returns its outputs (flat tensors) and the nodes its control outputs name."""
         if self.depth > 64:
-            raise ModelError(f"{self.path}: functions nest deeper than 64 calls at {prefix}; is one recursive?")
+            raise ModelError(
+                f"{self.path}: functions nest deeper than 64 calls at {prefix}; is one recursive?"
+            )
         function = self.library[function_name]
         body = {node.name: node for node in function.node_def}
         done: dict[str, list[str] | None] = {}  # call node -> its outputs; op node -> None once written
