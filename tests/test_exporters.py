@@ -101,3 +101,20 @@ def test_exporter_model_compiles_fp32_with_parity(exporter_models, exporter, sha
     signature = saved.meta_graphs[0].signature_def["serving_default"]
     assert sorted(signature.inputs) == sorted(info["inputs"])  # the user's own names
     assert sorted(signature.outputs) == ["logits", "probabilities"]
+
+
+def test_one_hot_export_multiplies_a_one_hot_of_the_ids_by_the_word_table(tmp_path):
+    from bertc.export import export_model
+    from bertc.graph import nodes_by_name, split_input
+
+    export_model("size", "tiny", tmp_path / "model", seq_len=16, one_hot_embeddings=True)
+    graph = load_saved_model(tmp_path / "model").graph
+    nodes = nodes_by_name(graph.graph_def)
+    table = "bert/embeddings/word_embeddings"
+    readers = [node for node in graph.graph_def.node if any(split_input(name)[0] == table for name in node.input)]
+    lookups = [nodes[user.name] for reader in readers for user in graph.graph_def.node
+               if any(split_input(name)[0] == reader.name for name in user.input)]
+    assert [node.op for node in lookups] == ["MatMul"]
+    one_hot = nodes[split_input(lookups[0].input[0])[0]]
+    assert one_hot.op == "OneHot"
+    assert not [node for node in graph.graph_def.node if node.op == "GatherV2" and table in node.input[0]]
