@@ -111,7 +111,8 @@ def test_one_hot_export_multiplies_a_one_hot_of_the_ids_by_the_word_table(tmp_pa
     graph = load_saved_model(tmp_path / "model").graph
     nodes = nodes_by_name(graph.graph_def)
     table = "bert/embeddings/word_embeddings"
-    readers = [node for node in graph.graph_def.node if any(split_input(name)[0] == table for name in node.input)]
+    readers = [node for node in graph.graph_def.node
+               if any(split_input(name)[0] == table for name in node.input)]
     lookups = [nodes[user.name] for reader in readers for user in graph.graph_def.node
                if any(split_input(name)[0] == reader.name for name in user.input)]
     assert [node.op for node in lookups] == ["MatMul"]
