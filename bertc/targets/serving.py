@@ -87,8 +87,9 @@ class CompiledBert(tf.Module):
     def _run_device(self, boundary: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return self.device_part(boundary)
 
-    def _serve(self, *tensors):
-        features = dict(zip(SERVING_INPUTS, tensors))
+    def _serve(self, input_ids, input_mask, segment_ids):
+        # Python callers use bertc's names; the saved signature's keys are the TensorSpec names above.
+        features = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids}
         # The signature says [None, seq_len]; a caller that bypasses it gets this, not a reshape error.
         # One Assert per check, each a single reduction: the guard must cost next to nothing.
         lengths = tf.stack([tf.shape(tensor)[1] for tensor in features.values()])
