@@ -17,8 +17,11 @@ class ModelConf:
     num_labels: int = 2
     seed: int = 0
     # A SavedModel's signature names when they are not the common ones (bertc/frontends/signature.py):
-    # model.inputs.input_mask=attention_mask (bertc name -> signature key), model.output=logits.
-    inputs: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # model.inputs.input_mask=attention_mask (bertc name -> signature key; null: found by common names),
+    # model.output=logits.
+    inputs: Dict[str, Optional[str]] = dataclasses.field(
+        default_factory=lambda: {"input_ids": None, "input_mask": None, "segment_ids": None}
+    )
     output: Optional[str] = None
 
 

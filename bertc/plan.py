@@ -198,7 +198,8 @@ def build_plan(cfg: Any) -> Plan:
     if model.path:
         source = ModelSource("path", model.name if model.name != "demo" else "user", path=str(model.path),
                              seq_len=model.seq_len, num_labels=model.num_labels, seed=model.seed,
-                             inputs=tuple(sorted(dict(getattr(model, "inputs", None) or {}).items())),
+                             inputs=tuple(sorted((key, value) for key, value in
+                                                 dict(getattr(model, "inputs", None) or {}).items() if value)),
                              output=getattr(model, "output", None))
     elif model.packaged:
         source = ModelSource("packaged", model.name, packaged=model.packaged, seq_len=model.seq_len,

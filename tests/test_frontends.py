@@ -88,6 +88,24 @@ def test_side_effect_in_a_nested_function_body_is_refused(tmp_path):
         _read(tmp_path / "model")
 
 
+class _Branching(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, SEQ], tf.int32, name="token_ids")], autograph=False)
+    def serve(self, token_ids):
+        def loud():
+            tf.print("side effect")
+            return tf.reduce_sum(token_ids)
+
+        return {"logits": tf.cond(tf.reduce_any(token_ids > 0), loud, lambda: tf.reduce_sum(token_ids * 2))}
+
+
+def test_allowing_a_control_flow_op_does_not_let_its_branches_past_the_allowlist(tmp_path):
+    _save(_Branching(), tmp_path / "model")
+    with pytest.raises(UnsafeGraphError, match=r"\(If\)"):
+        _read(tmp_path / "model")
+    with pytest.raises(UnsafeGraphError, match=r"cond_true_\d+/cond/PrintV2 \(PrintV2\)"):
+        _read(tmp_path / "model", allow_ops=["If", "StatelessIf"])
+
+
 def test_variable_written_by_the_function_is_refused_with_the_node(tmp_path):
     module = _Nested(effect=lambda self: self.bias.assign_add(tf.ones([3])))
     _save(module, tmp_path / "model")
@@ -159,3 +177,24 @@ def test_names_given_by_config_win_and_wrong_ones_are_named():
     assert served.output_key == "b"
     with pytest.raises(ModelError, match=r"also takes \['extra'\]"):
         canonical(_graph([*names, "extra"], {"logits": ""}, False), "m", given)
+
+
+def test_signature_names_from_config_compile_and_are_served(tiny_model_dir, tmp_path):
+    from test_errors import copy_model, edit_saved_model, run
+
+    def rename(meta):
+        signature = meta.signature_def["serving_default"]
+        signature.inputs["word_pieces"].CopyFrom(signature.inputs["input_ids"])
+        del signature.inputs["input_ids"]
+
+    model = copy_model(tiny_model_dir, tmp_path)
+    edit_saved_model(model, rename)
+    code, report, output = run(model, tmp_path / "run", "model.inputs.input_ids=word_pieces")
+    assert code == 0, output
+    assert report["parity"]["passed"]
+    assert report["input"]["signature"]["input_names"]["input_ids"] == "word_pieces"
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((tmp_path / "run" / "model" / "saved_model.pb").read_bytes())
+    assert sorted(saved.meta_graphs[0].signature_def["serving_default"].inputs) == [
+        "input_mask", "segment_ids", "word_pieces"
+    ]

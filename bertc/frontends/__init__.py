@@ -53,7 +53,44 @@ def read_graph(path: Path, meta_graph, signature, allow_ops: Iterable[str] = ())
 
         graph = read_tf2(path, meta_graph, signature)
         refuse_unsafe_ops(graph, allow_ops)
-        return kind, prune_to_outputs(graph)
-    from bertc.frontends.tf1 import read_tf1
+        graph = prune_to_outputs(graph)
+    else:
+        from bertc.frontends.tf1 import read_tf1
 
-    return kind, read_tf1(path, meta_graph, signature)
+        graph = read_tf1(path, meta_graph, signature)
+    _refuse_unsafe_functions(graph, meta_graph.graph_def.library, allow_ops)
+    return kind, graph
+
+
+def _refuse_unsafe_functions(graph: Graph, library, allow_ops: Iterable[str]) -> None:
+    """Every body behind a function-valued attribute (an allowed If's branches, a call left in a TF1
+    graph) meets the allowlist too, with its nodes named `<function>/<node>`."""
+    from bertc.graph import GraphDef
+    from bertc.security import refuse_unsafe_ops
+
+    functions = {function.signature.name: function for function in library.function}
+    pending = [name for node in graph.graph_def.node for name in _function_attrs(node)]
+    seen: set[str] = set()
+    bodies = GraphDef()
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in functions:
+            continue
+        seen.add(name)
+        for node in functions[name].node_def:
+            bodies.node.add(name=f"{name}/{node.name}", op=node.op)
+            pending.extend(_function_attrs(node))
+            if node.op in functions:
+                pending.append(node.op)
+    if bodies.node:
+        refuse_unsafe_ops(Graph(bodies, {}, {}, {}), allow_ops)
+
+
+def _function_attrs(node) -> list[str]:
+    names = []
+    for value in node.attr.values():
+        if value.HasField("func"):
+            names.append(value.func.name)
+        elif value.HasField("list"):
+            names.extend(function.name for function in value.list.func)
+    return names
