@@ -11,6 +11,7 @@ the weight. Any other use of a variable (an assignment, say) is refused with the
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from pathlib import Path
@@ -111,6 +112,11 @@ def read_tf2(path: Path, meta_graph, signature) -> Graph:
 
     inliner = _Inliner(library, resources, graph_def_out, path)
     returns, _ = inliner.inline(function_name, arg_map, "")
+    counts = collections.Counter(node.name for node in graph_def_out.node)
+    clashes = sorted(name for name, count in counts.items() if count > 1)
+    if clashes:  # a variable named like a node of the serving function's body
+        raise ModelError(f"{path}: inlining the serving function gives two nodes named {clashes[0]}; rename "
+                         "the variable or layer of that name and save the model again.")
     outputs = {}
     for key, value in signature.outputs.items():
         _, index, _ = split_input(value.name)
