@@ -104,10 +104,11 @@ def test_exporter_model_compiles_fp32_with_parity(exporter_models, exporter, sha
 
 
 def test_one_hot_export_multiplies_a_one_hot_of_the_ids_by_the_word_table(tmp_path):
-    from bertc.export import export_model
+    from bertc.export import main
     from bertc.graph import nodes_by_name, split_input
 
-    export_model("size", "tiny", tmp_path / "model", seq_len=16, one_hot_embeddings=True)
+    out = str(tmp_path / "model")
+    assert main(["--size", "tiny", "--seq-len", "16", "--out", out, "--one-hot-embeddings"]) == 0
     graph = load_saved_model(tmp_path / "model").graph
     nodes = nodes_by_name(graph.graph_def)
     table = "bert/embeddings/word_embeddings"
