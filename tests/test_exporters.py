@@ -3,7 +3,7 @@ google-research graph, at two shapes each: read without running them, and compil
 
 The exporter packages come from the `exporters` extra (and tf-models-official with --no-deps); a
 test whose exporter is missing skips and says which package. Building a TF2 exporter's two models
-takes about a minute on 2 cores (a subprocess each, for Keras 3 vs tf-keras), so those tests are
+takes 30 s to a minute on 2 cores (a subprocess each, for Keras 3 vs tf-keras), so those tests are
 `slow`; the google-research one-hot model is built by bertc itself in seconds and runs by default.
 """
 from __future__ import annotations
