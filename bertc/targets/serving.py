@@ -76,7 +76,8 @@ class CompiledBert(tf.Module):
         self._placement = placement
         self._seq_len = seq_len
         # The signature takes the user's own input names (bertc.frontends.signature), in bertc's order.
-        serving_names = [graph.serving_names.get(name, name) for name in SERVING_INPUTS]
+        self._names = {name: graph.serving_names.get(name, name) for name in SERVING_INPUTS}
+        serving_names = list(self._names.values())
         self._device_fn = tf.function(self._run_device, jit_compile=placement.jit_compile or None, autograph=False)
         self.serve = tf.function(
             self._serve,
@@ -95,16 +96,16 @@ class CompiledBert(tf.Module):
         lengths = tf.stack([tf.shape(tensor)[1] for tensor in features.values()])
         checks = [tf.debugging.Assert(
             tf.reduce_all(tf.equal(lengths, self._seq_len)),
-            [f"this model was compiled for sequence length {self._seq_len}: pad or truncate input_ids, "
-             f"input_mask and segment_ids to {self._seq_len} tokens; got lengths", lengths],
+            [f"this model was compiled for sequence length {self._seq_len}: pad or truncate "
+             f"{', '.join(self._names.values())} to {self._seq_len} tokens; got lengths", lengths],
         )]
         for name, limit in (self._placement.input_limits or {}).items():
             # As uint32 a negative id becomes huge, so one comparison checks both ends of [0, limit).
             in_range = tf.reduce_all(tf.cast(features[name], tf.uint32) < limit)
             checks.append(tf.debugging.Assert(
                 in_range,
-                [f"{name} holds an id outside [0, {limit}), the model's table of {limit} rows; check the "
-                 "tokenizer's vocabulary (or the segment ids) against the model's"],
+                [f"{self._names[name]} holds an id outside [0, {limit}), the model's table of {limit} rows; "
+                 "check the tokenizer's vocabulary (or the segment ids) against the model's"],
             ))
         with tf.control_dependencies(checks):  # the checks run before any lookup reads an id
             features = {key: tf.identity(tensor) for key, tensor in features.items()}
