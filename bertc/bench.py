@@ -92,7 +92,11 @@ def benchmark(
 
 
 def benchmark_lengths(
-    models: Mapping[str, Callable], seq_len: int, vocab: int, timing: Mapping, dataset: str | None = None,
+    models: Mapping[str, Callable],
+    seq_len: int,
+    vocab: int,
+    timing: Mapping,
+    dataset: str | None = None,
     vocab_file: str | None = None,
 ) -> dict:
     """Throughput (and batch-1 p50) on batches of real lengths: the dataset's pairs in file order when

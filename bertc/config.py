@@ -20,6 +20,17 @@ class ModelInput:
     seq_len: int = 128  # sequence length of the export, for sources that are not SavedModels
     num_labels: int = 2
     seed: int = 0
+    # A SavedModel's signature names when they are not the common ones (bertc/frontends/signature.py):
+    # model.inputs.input_mask=attention_mask (bertc name -> signature key; null: found by common names),
+    # model.output=logits.
+    inputs: dict[str, str | None] = dataclasses.field(
+        default_factory=lambda: {"input_ids": None, "input_mask": None, "segment_ids": None}
+    )
+    output: str | None = None
+
+    @property
+    def named_inputs(self) -> dict[str, str]:
+        return {key: value for key, value in sorted(self.inputs.items()) if value}
 
     @property
     def kind(self) -> str:

@@ -49,6 +49,7 @@ def export_model(
     num_labels: int | None = None,
     seed: int = 0,
     *,
+    one_hot_embeddings: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Export one source to a new serving SavedModel folder `out`; returns a summary.
@@ -56,7 +57,8 @@ def export_model(
     source_kind: "size" (source is a preset name: random weights from `seed`), "checkpoint" (a
     google-research folder), "hf" (a Hugging Face folder) or "minilm" (source ignored).
     num_labels: None takes the fine-tuned classifier's label count, else 2; given, it must agree
-    with a fine-tuned classifier. Raises ValueError or FileExistsError for the user's mistakes.
+    with a fine-tuned classifier. one_hot_embeddings: the word embedding as OneHot + MatMul (a TPU
+    export's graph). Raises ValueError or FileExistsError for the user's mistakes.
     """
     say = log or (lambda message: None)
     out = Path(out)
@@ -81,7 +83,14 @@ def export_model(
     )
     say(f"writing the serving SavedModel to {out}")
     export_saved_model(
-        config, weights, out, num_labels=labels, seq_len=seq_len, vocab_file=vocab, vocab_tokens=vocab_tokens
+        config,
+        weights,
+        out,
+        num_labels=labels,
+        seq_len=seq_len,
+        vocab_file=vocab,
+        vocab_tokens=vocab_tokens,
+        one_hot_embeddings=one_hot_embeddings,
     )
     has_vocab = vocab is not None or vocab_tokens is not None
     say(f"done: {out} (saved_model.pb, variables/, bert_config.json{', vocab.txt' if has_vocab else ''})")
@@ -185,6 +194,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"classifier labels (default: a fine-tuned checkpoint's own, else {DEFAULT_NUM_LABELS})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights and any missing head (default 0)")
+    parser.add_argument(
+        "--one-hot-embeddings",
+        action="store_true",
+        help="word embedding as OneHot + MatMul, as run_classifier exports with --use_tpu",
+    )
     return parser
 
 
@@ -204,7 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         kind, source = "minilm", None
     try:
-        export_model(kind, source, args.out, args.seq_len, args.num_labels, args.seed, log=print)
+        export_model(
+            kind,
+            source,
+            args.out,
+            args.seq_len,
+            args.num_labels,
+            args.seed,
+            one_hot_embeddings=args.one_hot_embeddings,
+            log=print,
+        )
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

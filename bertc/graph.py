@@ -61,6 +61,8 @@ class Graph:
     weights: Mapping[str, np.ndarray]  # weight Placeholder name -> value
     inputs: Mapping[str, str]  # serving input name -> tensor name, e.g. "input_ids" -> "input_ids:0"
     outputs: Mapping[str, str]  # serving output name -> tensor name
+    # serving input name -> the key the compiled model serves it under (the user's own); {}: the same
+    serving_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes) -> Graph:
         return dataclasses.replace(self, **changes)

@@ -1,4 +1,5 @@
 """A JSON file that must hold an object -> the dict, or the caller's error type naming what is wrong with it."""
+
 from __future__ import annotations
 
 import json

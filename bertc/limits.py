@@ -406,17 +406,42 @@ def check_before_running(plan: Any, loaded: Any) -> dict:
     refuse_batch_beyond_memory(loaded.shape, plan)
     if loaded.meta_graph is None:
         return {}
+    if getattr(loaded, "dialect", "tf1") == "tf2":
+        return _bound_inlined_graph(plan, loaded)
     batch, _ = largest_batch(plan)
     graph_def = loaded.meta_graph.graph_def
     by_name = {node.name: node for node in graph_def.node}
     feeds = {}
     for tensor in loaded.signature_inputs.values():
         node = by_name[split_input(tensor)[0]]
-        feeds[node.name] = _declared_shape(node)
-    to_run = set().union(*loaded.executed.values()) | {
+        declared = _declared_shape(node)
+        # a signature of any length (keras-hub's export) is bounded at the length bertc compiles it for
+        feeds[node.name] = declared and [
+            declared[0],
+            *(loaded.shape.seq_len if dim in (None, -1) else dim for dim in declared[1:]),
+        ]
+    # TF2: `executed` names functions (their bodies are traced from the call nodes); TF1: nodes
+    to_run = {name for name in set().union(*loaded.executed.values()) if name in by_name} | {
         node.name for node in loaded.graph.graph_def.node if node.name in by_name
     }
     outputs = {"probabilities": loaded.graph.outputs["probabilities"]}
     return refuse_unbounded_work(
         loaded.meta_graph, to_run, feeds, loader_fed_nodes(loaded.meta_graph), loaded.shape, batch, outputs
     )
+
+
+def _bound_inlined_graph(plan: Any, loaded: Any) -> dict:
+    """A TF2 model: the serving computation is bertc's inlined graph (every function body flattened into one
+    GraphDef), bounded at [batch, seq_len]; what loading runs besides (init, restore functions) was checked
+    against the allowlist by bertc.security and reads no serving input."""
+    import types
+
+    from bertc.graph import node_of
+
+    batch, _ = largest_batch(plan)
+    graph = loaded.graph
+    feeds = {node_of(tensor): [None, loaded.shape.seq_len] for tensor in graph.inputs.values()}
+    nodes_to_run = [node.name for node in graph.graph_def.node]
+    outputs = {"probabilities": graph.outputs["probabilities"]}
+    flat = types.SimpleNamespace(graph_def=graph.graph_def)
+    return refuse_unbounded_work(flat, nodes_to_run, feeds, (), loaded.shape, batch, outputs)

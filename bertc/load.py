@@ -23,6 +23,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from bertc.analysis import layer_norm_epsilons
 from bertc.artifact import files_digest
 from bertc.errors import ModelError, first_line
+from bertc.frontends.signature import ServedSignature
 from bertc.graph import (
     Graph,
     GraphDef,
@@ -36,10 +37,13 @@ from bertc.graph import (
     node_of,
     nodes_by_name,
     split_input,
-    tensor_name,
 )
-from bertc.security import check_allow_ops_known, refuse_unsafe_loading, refuse_unsafe_ops
-from bertc.signature import SERVING_INPUTS
+from bertc.security import (
+    check_allow_ops_known,
+    refuse_unsafe_loading,
+    refuse_unsafe_ops,
+    refuse_unsafe_tf2_loading,
+)
 
 VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 
@@ -70,6 +74,8 @@ class LoadedModel:
     # the graph TensorFlow loads: bertc.limits bounds its cost before anything runs.
     meta_graph: Any = None
     executed: Mapping[str, set[str]] = dataclasses.field(default_factory=dict)
+    served: ServedSignature | None = None  # the user's input names and output (bertc.frontends.signature)
+    dialect: str = "tf1"  # the frontend that read it: tf1 | tf2
 
 
 def model_digest(path: str | Path) -> str:
@@ -116,39 +122,43 @@ def _broken_link_message(entry: Path, root: Path) -> str:
     return f"{entry} in the model folder {root} {problem}; fix or remove the link."
 
 
-def load_saved_model(path: str | Path, allow_ops: Iterable[str] = ()) -> LoadedModel:
-    """Read the model; refuse it (before anything could execute it) if loading or serving runs impure ops."""
+def load_saved_model(
+    path: str | Path,
+    allow_ops: Iterable[str] = (),
+    inputs: Mapping[str, str] | None = None,
+    output: str | None = None,
+) -> LoadedModel:
+    """Read the model; refuse it (before anything could execute it) if loading or serving runs impure ops.
+
+    inputs / output: model.inputs (bertc name -> signature key) and model.output, for signatures
+    whose names are not the common ones (bertc.frontends.signature).
+    """
     path = Path(path)
     check_allow_ops_known(allow_ops)
     refuse_outside_links(path)
     meta_graph = _read_meta_graph(path)
     signature = _serving_signature(meta_graph, path)
-    inputs = {key: value.name for key, value in signature.inputs.items()}
-    missing = [name for name in SERVING_INPUTS if name not in inputs]
-    if missing:
+    # the dialect's frontend (a TF1 graph, or a TF2 model's functions inlined) and the signature's names
+    from bertc.frontends import read_graph
+    from bertc.frontends.signature import canonical
+
+    dialect, graph = read_graph(path, meta_graph, signature, allow_ops)
+    signature_inputs = {key: value.name for key, value in signature.inputs.items()}
+    if dialect == "tf1" and meta_graph.HasField("object_graph_def") and meta_graph.object_graph_def.nodes:
         raise ModelError(
-            f"{path}: the serving signature lacks input(s) {missing}; it has {sorted(inputs)}. bertc "
-            "compiles BERT classifiers exported by google-research/bert run_classifier, whose "
-            "signature takes input_ids, input_mask and segment_ids (python -m bertc.export makes one)."
+            f"{path} holds a TF1 serving graph and a TF2 object graph: TensorFlow would load it as a TF2 "
+            "object-based SavedModel, running the functions its object graph names, which bertc does not check "
+            "against this graph. Export it again with one of the two (python -m bertc.export makes a TF1 one)."
         )
-    outputs = {key: value.name for key, value in signature.outputs.items()}
-    if "probabilities" not in outputs:
-        raise ModelError(
-            f"{path}: the serving signature has outputs {sorted(outputs)}, not 'probabilities'; "
-            "export the classifier with run_classifier's predict outputs."
-        )
-    graph_def = meta_graph.graph_def
-    executed = refuse_unsafe_loading(meta_graph, [outputs["probabilities"]], inputs.values(), allow_ops)
-    weights = _read_weights(path, graph_def)
-    graph = _to_weight_placeholders(graph_def, weights, inputs, outputs)
+    if dialect == "tf1":  # what TensorFlow's TF1 loader runs: restore, init and main ops, their functions
+        served_outputs = [value.name for value in signature.outputs.values()]
+        executed = refuse_unsafe_loading(meta_graph, served_outputs, signature_inputs.values(), allow_ops)
+    else:  # TF2: the init op's and the restore functions (the serving function is the inlined graph)
+        executed = refuse_unsafe_tf2_loading(meta_graph, allow_ops)
     refuse_unsafe_ops(graph, allow_ops)
-    logits = _find_logits(graph, path)
-    graph = graph.replace(
-        inputs={key: inputs[key] for key in SERVING_INPUTS},
-        outputs={"probabilities": outputs["probabilities"], "logits": logits},
-    )
+    graph, served = canonical(graph, path, inputs, output)
     shape = read_bert_shape(graph, path)
-    return LoadedModel(path, graph, shape, model_digest(path), inputs, meta_graph, executed)
+    return LoadedModel(path, graph, shape, model_digest(path), signature_inputs, meta_graph, executed, served, dialect)
 
 
 def _read_meta_graph(path: Path):
@@ -187,13 +197,6 @@ def _pick_meta_graph(saved_model, path: Path):
     """
     tag_sets = [sorted(graph.meta_info_def.tags) for graph in saved_model.meta_graphs]
     exact = [graph for graph in saved_model.meta_graphs if set(graph.meta_info_def.tags) == {"serve"}]
-    if len(saved_model.meta_graphs) == 1 and saved_model.meta_graphs[0].HasField("object_graph_def"):
-        raise ModelError(
-            f"{path} is a TF2 object-based SavedModel: TensorFlow would load it by restoring its object "
-            "graph and running the functions it saved, which bertc does not check. bertc reads the TF1 "
-            "graph that google-research/bert exports (python -m bertc.export makes one from a checkpoint "
-            "or a Hugging Face folder)."
-        )
     if not exact:
         near = [tags for tags in tag_sets if "serve" in tags]
         raise ModelError(
@@ -324,18 +327,6 @@ def _through_identity(nodes, name: str):
     return node
 
 
-def _find_logits(graph: Graph, path: Path) -> str:
-    nodes = nodes_by_name(graph.graph_def)
-    softmax = _through_identity(nodes, node_of(graph.outputs["probabilities"]))
-    if softmax.op != "Softmax":
-        raise ModelError(
-            f"{path}: 'probabilities' is made by {softmax.name} ({softmax.op}), not a Softmax over "
-            "logits; this is not a run_classifier-style classifier."
-        )
-    source, index, _ = split_input(softmax.input[0])
-    return tensor_name(source, index)
-
-
 def _weight_behind(nodes, weights, name: str) -> np.ndarray | None:
     node = _through_identity(nodes, name)
     return weights.get(node.name)
@@ -350,42 +341,62 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
         return ModelError(f"{path} is not a BERT that bertc understands: looked for {what}, found {found}.")
 
     input_ids = nodes[node_of(graph.inputs["input_ids"])]
-    seq_len = input_ids.attr["shape"].shape.dim[-1].size if input_ids.attr["shape"].shape.dim else -1
-    if seq_len <= 0:
-        raise not_bert("input_ids of static shape [batch, seq_len]", "no static sequence length")
     downstream = descendants(graph_def, [input_ids.name])
     gathers = [
         node
         for node in graph_def.node
         if node.name in downstream and node.op in ("GatherV2", "Gather", "ResourceGather")
     ]
+    # A TPU export (use_one_hot_embeddings) multiplies a one-hot of the ids by the table instead.
+    one_hot_matmuls = [
+        user
+        for node in graph_def.node
+        if node.name in downstream and node.op == "OneHot"
+        for user, position in users.get(node.name, ())
+        if user.op == "MatMul" and position == 0
+    ]
+    tables = [split_input(node.input[0])[0] for node in gathers]
+    tables += [split_input(node.input[1])[0] for node in one_hot_matmuls]
     table = next(
-        (w for node in gathers if (w := _weight_behind(nodes, weights, split_input(node.input[0])[0])) is not None),
-        None,
+        (w for name in tables if (w := _weight_behind(nodes, weights, name)) is not None and w.ndim == 2), None
     )
-    if table is None or table.ndim != 2:
-        raise not_bert("a word-embedding gather fed by input_ids", f"{len(gathers)} gather(s) without a 2-D table")
+    if table is None:
+        raise not_bert(
+            "a word-embedding gather (or one-hot matmul) fed by input_ids",
+            f"{len(tables)} lookup(s) without a 2-D table",
+        )
     vocab, hidden = table.shape
+    dims = input_ids.attr["shape"].shape.dim
+    seq_len = dims[-1].size if dims else -1
 
     segment_side = descendants(graph_def, [node_of(graph.inputs["segment_ids"])])
     one_hots = [node for node in graph_def.node if node.name in segment_side and node.op == "OneHot"]
     type_gathers = [node for node in graph_def.node if node.name in segment_side and node.op in ("GatherV2", "Gather")]
+    type_table = None
     if one_hots:
         type_vocab = int(const_value(nodes[split_input(one_hots[0].input[1])[0]]))
     elif type_gathers:
-        type_vocab = _weight_behind(nodes, weights, split_input(type_gathers[0].input[0])[0]).shape[0]
+        type_table = _weight_behind(nodes, weights, split_input(type_gathers[0].input[0])[0])
+        type_vocab = type_table.shape[0]
     else:
         raise not_bert("a token-type embedding fed by segment_ids", "none")
 
+    # Positions: a slice of the table to the sequence length, or (Hugging Face) a gather of a range.
     positions = [
         w
         for node in graph_def.node
-        if node.op in ("Slice", "StridedSlice")
-        if (w := _weight_behind(nodes, weights, split_input(node.input[0])[0])) is not None and w.ndim == 2
+        if node.op in ("Slice", "StridedSlice", "GatherV2")
+        if (w := _weight_behind(nodes, weights, split_input(node.input[0])[0])) is not None
+        and w.ndim == 2
+        and w.shape[1] == hidden
+        and w is not table
+        and w is not type_table
     ]
     if not positions:
         raise not_bert("a position-embedding table sliced to the sequence length", "none")
     max_positions = positions[0].shape[0]
+    if seq_len <= 0:  # a signature of any length (keras-hub's export): the longest the positions allow
+        seq_len = max_positions
 
     final_softmax = _through_identity(nodes, node_of(graph.outputs["probabilities"]))
     attention_softmaxes = [
@@ -395,7 +406,13 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
     ]
     if not attention_softmaxes:
         raise not_bert("attention softmaxes downstream of input_ids", "none")
-    heads = _heads_of(nodes, users, attention_softmaxes[0])
+    # Einsum attention (keras-hub, Model Garden) keeps [hidden, heads, head_size] kernels.
+    split_kernels = [
+        w.shape[1]
+        for w in weights.values()
+        if w.ndim == 3 and w.shape[0] == hidden and w.shape[1] * w.shape[2] == hidden
+    ]
+    heads = split_kernels[0] if split_kernels else _heads_of(nodes, users, attention_softmaxes[0])
     if heads is None or hidden % heads:
         raise not_bert("the [batch, seq, heads, head_size] reshape of an attention layer", f"heads={heads}")
 
@@ -423,7 +440,12 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
 
 def _heads_of(nodes, users, softmax) -> int | None:
     """Heads from the reshape before the value transpose: [batch, seq, heads, head_size]."""
-    for matmul, _ in users.get(softmax.name, ()):
+    readers = list(users.get(softmax.name, ()))
+    while readers:
+        matmul, _ = readers.pop()
+        if matmul.op == "Identity":  # inference-mode dropout (Hugging Face)
+            readers.extend(users.get(matmul.name, ()))
+            continue
         if not matmul.op.startswith("BatchMatMul"):
             continue
         transpose = nodes[split_input(matmul.input[1])[0]]

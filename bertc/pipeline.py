@@ -94,6 +94,8 @@ class Original:
     outputs: dict[str, str]
     seq_len: int
     vocab: int
+    served: Any = None  # the user's input names and output (bertc.frontends.signature.ServedSignature)
+    dialect: str = "tf1"
 
 
 def run_pipeline(run: Run) -> None:
@@ -108,6 +110,8 @@ def run_pipeline(run: Run) -> None:
         {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")},
         loaded.shape.seq_len,
         loaded.shape.vocab,
+        loaded.served,
+        loaded.dialect,
     )
     options = target_options(plan, loaded.shape, source.fingerprint)
     graph = rewrite(run, plan, loaded.graph)
@@ -195,9 +199,10 @@ def load(run: Run, plan: Plan, source: Source):
     from bertc.load import load_saved_model
 
     with run.step(f"load {source.path.name}", "load"):
-        loaded = load_saved_model(source.path, plan.allow_ops)
+        loaded = load_saved_model(source.path, plan.allow_ops, plan.model.named_inputs, plan.model.output)
     shape = loaded.shape
     run.record["input"]["shape"] = dict(vars(shape))
+    run.record["input"]["signature"] = {"dialect": loaded.dialect, **vars(loaded.served)}
     try:
         run.record["input"]["roles"] = role_counts(loaded.graph)
     except UserError as error:  # a graph the analysis cannot read: the steps that need roles say so themselves
@@ -383,7 +388,15 @@ def open_models(plan: Plan, original: Original, artifact: Path) -> dict | None:
         (plan.limits.verify_s, "verify.timeout_s") if plan.verify.enabled else (plan.limits.bench_s, "bench.timeout_s")
     )
     loaded, compiled = run_with_limit(
-        functools.partial(load_both, original.path, original.signature_inputs, original.outputs, artifact),
+        functools.partial(
+            load_both,
+            original.path,
+            original.signature_inputs,
+            original.outputs,
+            artifact,
+            original.served,
+            original.dialect,
+        ),
         limit,
         key,
         "loading the original and compiled models",
@@ -445,10 +458,15 @@ def bench(run: Run, plan: Plan, original: Original, models: dict | None) -> None
             settings.seconds,
             settings.warmup,
         )
-        timing = {"batch_sizes": settings.batch_sizes, "rounds": settings.rounds, "seconds": settings.seconds,
-                  "warmup": settings.warmup}
-        figures["lengths"] = benchmark_lengths(models, original.seq_len, original.vocab, timing, dataset,
-                                               vocab_file if dataset else None)
+        timing = {
+            "batch_sizes": settings.batch_sizes,
+            "rounds": settings.rounds,
+            "seconds": settings.seconds,
+            "warmup": settings.warmup,
+        }
+        figures["lengths"] = benchmark_lengths(
+            models, original.seq_len, original.vocab, timing, dataset, vocab_file if dataset else None
+        )
         return figures
 
     with run.step("benchmark original vs compiled", "bench"):

@@ -67,6 +67,12 @@ class Plan:
                 "guard_inputs": self.security.guard_inputs,
                 "keep_signature": self.keep_signature,
             },
+            # the served input names follow model.inputs; listed only when set, so other fingerprints stay
+            **(
+                {"signature": {"inputs": self.model.named_inputs, "output": self.model.output}}
+                if self.model.named_inputs or self.model.output
+                else {}
+            ),
         }
 
     def to_dict(self) -> dict:

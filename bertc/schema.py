@@ -109,6 +109,8 @@ def _value(hint: Any, value: Any, group: str) -> Any:
     origin, arguments = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple and value is not None:
         return tuple(_value(arguments[0], item, group) for item in value)
+    if origin is dict and value is not None:
+        return {key: item for key, item in value.items()}
     if origin in (typing.Union, types.UnionType):
         inner = [argument for argument in arguments if argument is not type(None)]
         return None if value is None else _value(inner[0], value, group)

@@ -39,6 +39,7 @@ PURE_OPS = frozenset(
     Reshape Round Rsqrt Select SelectV2 Selu Shape ShapeN Sigmoid Sign Sin Size Slice Softmax Softplus
     Split SplitV Sqrt Square SquaredDifference Squeeze StopGradient StridedSlice Sub Sum Tanh Tile
     Transpose Unpack VarHandleOp VariableV2 Where ZerosLike OnesLike _FusedMatMul Erfinv Rint Sinh Cosh
+    Erfc Expm1 Softsign Atan Tan Div DivNoNan Xlogy Xdivy IsFinite IsNan IsInf ClipByValue ReverseV2
     """.split()
 )
 CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})  # checked by the body they call
@@ -271,3 +272,53 @@ def _refuse(bad: list[str], what: str, allow_ops: Iterable[str]) -> None:
         "into Python, neither when it loads the model (restore, init ops) nor when it runs it. If you "
         f"know these ops are harmless in your graph, allow them with security.allow_ops=[{','.join(ops)}]."
     )
+
+
+# ---- TF2 object-based SavedModels ----------------------------------------------------------------------
+# tf.saved_model.load restores a TF2 model's variables with TensorFlow's own checkpoint code, then runs the
+# init op's function (assets, tables) and the restore functions of objects that saved their own
+# (saveable_objects); the serving signature runs when verify and bench call it (bertc/frontends checks
+# that one). Those functions, and every function they call, are checked here; the restore functions may
+# also read the checkpoint (RestoreV2) and assign what they read.
+
+TF2_RESTORE_OPS = RESTORE_READ_OPS | RESTORE_ASSIGN_OPS | frozenset({"StringJoin", "ShardedFilename"})
+
+
+def refuse_unsafe_tf2_loading(meta_graph, allow_ops: Iterable[str] = ()) -> dict[str, set[str]]:
+    """Check the functions tf.saved_model.load runs for a TF2 model; returns purpose -> function names."""
+    library = _functions(meta_graph.graph_def)
+    run = {"init op": set(), "restore functions": set()}
+    if INIT_OP_SIGNATURE in meta_graph.signature_def:
+        run["init op"] |= _functions_behind(meta_graph.signature_def[INIT_OP_SIGNATURE], meta_graph)
+    for node in meta_graph.object_graph_def.nodes:
+        for saveable in node.saveable_objects.values():
+            for index in (saveable.save_function, saveable.restore_function):
+                function = meta_graph.object_graph_def.nodes[index]
+                if function.HasField("function") and function.function.concrete_functions:
+                    run["restore functions"] |= set(function.function.concrete_functions)
+                elif function.HasField("bare_concrete_function"):
+                    run["restore functions"].add(function.bare_concrete_function.concrete_function_name)
+    bad = []
+    for purpose, names in run.items():
+        allowed = PURE_OPS | set(allow_ops) | (TF2_RESTORE_OPS if purpose == "restore functions" else frozenset())
+        for name in sorted(names):
+            if name not in library:
+                bad.append(f"{name}, which the {purpose} names, is not in the function library")
+                continue
+            for inner in library[name].node_def:
+                bad += _node_problems(inner, allowed, library, where=purpose, via=(name,))
+    _refuse(bad, "loading the model", allow_ops)
+    return run
+
+
+def _functions_behind(signature, meta_graph) -> set[str]:
+    """The library functions the nodes behind a signature's outputs call (a TF2 signature is one call node)."""
+    graph_def = meta_graph.graph_def
+    nodes = nodes_by_name(graph_def)
+    library = _functions(graph_def)
+    names = set()
+    for tensor in signature.outputs.values():
+        node = nodes.get(split_input(tensor.name)[0])
+        if node is not None:
+            names |= set(_called_functions(node, library))
+    return names

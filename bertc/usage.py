@@ -57,9 +57,11 @@ def help_text(conf_dir: Path, width: int | None = None) -> str:
         return textwrap.wrap(text, width, initial_indent=f"  {label:<10} ", subsequent_indent=" " * 13)
 
     lines = [
-        *textwrap.wrap(f"bertc {version()}: compile a fine-tuned BERT SavedModel into a faster one, verify it "
-                       "against the original, benchmark both, and leave the model and a report in a run folder.",
-                       width),
+        *textwrap.wrap(
+            f"bertc {version()}: compile a fine-tuned BERT SavedModel into a faster one, verify it "
+            "against the original, benchmark both, and leave the model and a report in a run folder.",
+            width,
+        ),
         "",
         "usage: bertc [-m] [group=option ...] [group.key=value ...]",
         "       (python -m bertc works the same)",
@@ -79,7 +81,9 @@ def help_text(conf_dir: Path, width: int | None = None) -> str:
         *textwrap.wrap(
             "values: any key of a group, e.g. mask.fold_scale=true, verify.dataset=dev.tsv, shape.batch_size=4, "
             f"{', '.join(key.name + '=true' for key in TOP_LEVEL)}; the run folder: hydra.run.dir=DIR",
-            width, subsequent_indent="        "),
+            width,
+            subsequent_indent="        ",
+        ),
         "",
         "examples:",
     ]
@@ -88,8 +92,12 @@ def help_text(conf_dir: Path, width: int | None = None) -> str:
         lines += textwrap.wrap(what, width, initial_indent="      # ", subsequent_indent="      # ")
     lines += [
         "",
-        *textwrap.wrap("exit codes: 0 passed; 1 rejected by verify, or a bug in bertc; 2 the input or the config "
-                       "is at fault; 130/143 interrupted.", width, subsequent_indent="            "),
+        *textwrap.wrap(
+            "exit codes: 0 passed; 1 rejected by verify, or a bug in bertc; 2 the input or the config "
+            "is at fault; 130/143 interrupted.",
+            width,
+            subsequent_indent="            ",
+        ),
         "more: bertc --version, bertc --hydra-help (Hydra's own flags), README.md",
     ]
     return "\n".join(lines)

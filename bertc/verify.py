@@ -200,37 +200,68 @@ def tokenize_pairs(
 
 
 class OriginalModel:
-    """The input SavedModel as exported, pruned to (probabilities, logits); extra inputs fed neutral values."""
+    """The input SavedModel as exported, fed under its own input names; extra inputs fed neutral values.
 
-    def __init__(self, path: Path, signature_inputs: Mapping[str, str], outputs: Mapping[str, str]):
+    A TF1 graph is pruned to the tensors bertc compiled as (probabilities, logits); a TF2 model's
+    serving signature is called as it is. An original that outputs logits only gets its
+    probabilities by a softmax here, as the compiled model does (bertc.frontends.signature).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        signature_inputs: Mapping[str, str],
+        outputs: Mapping[str, str],
+        served=None,
+        dialect: str = "tf1",
+    ):
         import tensorflow as tf
 
         loaded = tf.saved_model.load(str(path), tags=["serve"])
         self._keys = list(signature_inputs)
-        self._function = loaded.prune(
-            feeds=[signature_inputs[key] for key in self._keys],
-            fetches=[outputs["probabilities"], outputs["logits"]],
-        )
+        self._names = dict(served.input_names) if served is not None else {}
+        self._kind = served.output_kind if served is not None else "probabilities"
         self._loaded = loaded
+        if dialect == "tf2":
+            self._signature, self._output = loaded.signatures["serving_default"], served.output_key
+            return
+        self._signature = None
+        wanted = [outputs["logits"]] if self._kind == "logits" else [outputs["probabilities"], outputs["logits"]]
+        self._function = loaded.prune(feeds=[signature_inputs[key] for key in self._keys], fetches=wanted)
 
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _arguments(self, feeds: Mapping[str, np.ndarray]) -> dict:
         import tensorflow as tf
 
         batch = len(feeds["input_ids"])
-        arguments = []
+        by_key = {self._names.get(name, name): value for name, value in feeds.items()}
+        arguments = {}
         for key in self._keys:
-            if key in feeds:
-                arguments.append(tf.constant(feeds[key]))
+            if key in by_key:
+                arguments[key] = tf.constant(by_key[key])
             else:  # label_ids, is_real_example: serving never reads them
-                arguments.append(
-                    tf.ones([batch], tf.int32) if key == "is_real_example" else tf.zeros([batch], tf.int32)
-                )
-        probabilities, logits = self._function(*arguments)
-        return {"probabilities": probabilities.numpy(), "logits": logits.numpy()}
+                neutral = tf.ones if key == "is_real_example" else tf.zeros
+                arguments[key] = neutral([batch], tf.int32)
+        return arguments
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arguments = self._arguments(feeds)
+        if self._signature is not None:
+            values = [self._signature(**arguments)[self._output]]
+        else:
+            values = self._function(*[arguments[key] for key in self._keys])
+        if self._kind == "probabilities" and len(values) == 2:
+            return {"probabilities": values[0].numpy(), "logits": values[1].numpy()}
+        if self._kind == "logits":
+            logits = values[0].numpy()
+            shifted = np.exp(logits - logits.max(-1, keepdims=True))
+            return {"probabilities": shifted / shifted.sum(-1, keepdims=True), "logits": logits}
+        # A TF2 signature that outputs probabilities only: its logits are inside the function.
+        probabilities = values[0].numpy()
+        return {"probabilities": probabilities, "logits": np.log(np.maximum(probabilities, 1e-30))}
 
 
 class CompiledModel:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, input_names: Mapping[str, str] | None = None):
         import tensorflow as tf
 
         self._loaded = tf.saved_model.load(str(path))
@@ -239,12 +270,14 @@ class CompiledModel:
         self._ignored = [
             key for key in self._function.structured_input_signature[1] if key in ("label_ids", "is_real_example")
         ]
+        self._names = dict(input_names or {})
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
         ignored = {key: tf.zeros([len(feeds["input_ids"])], tf.int32) for key in self._ignored}
-        outputs = self._function(**{key: tf.constant(value) for key, value in feeds.items()}, **ignored)
+        named = {self._names.get(key, key): tf.constant(value) for key, value in feeds.items()}
+        outputs = self._function(**named, **ignored)
         return {key: value.numpy() for key, value in outputs.items()}
 
     def lengths(self, input_mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -256,10 +289,17 @@ class CompiledModel:
 
 
 def load_both(
-    original: Path, signature_inputs: Mapping[str, str], outputs: Mapping[str, str], compiled: Path
+    original: Path,
+    signature_inputs: Mapping[str, str],
+    outputs: Mapping[str, str],
+    compiled: Path,
+    served=None,
+    dialect: str = "tf1",
 ) -> tuple[OriginalModel, CompiledModel]:
-    """The input (TensorFlow runs its restore and init ops here) and the compiled model, loaded."""
-    return OriginalModel(original, signature_inputs, outputs), CompiledModel(compiled)
+    """The input (TensorFlow runs its restore and init ops here) and the compiled model, loaded; the compiled
+    one is fed under the user's input names, as it serves them."""
+    names = served.input_names if served is not None else None
+    return OriginalModel(original, signature_inputs, outputs, served, dialect), CompiledModel(compiled, names)
 
 
 LISTED_DISAGREEMENTS = 20  # report.json lists at most this many, confident ones first

@@ -64,7 +64,7 @@ def _no_signature(meta):
 
 def _no_input_ids(meta):
     signature = meta.signature_def["serving_default"]
-    signature.inputs["token_ids"].CopyFrom(signature.inputs["input_ids"])
+    signature.inputs["word_pieces"].CopyFrom(signature.inputs["input_ids"])  # a name no exporter uses
     del signature.inputs["input_ids"]
 
 
@@ -89,7 +89,10 @@ BROKEN_MODELS = {
         lambda p: edit_saved_model(p, _no_signature),
         ["no 'serving_default' signature", "predict"],
     ),
-    "lacks input_ids": (lambda p: edit_saved_model(p, _no_input_ids), ["lacks input(s) ['input_ids']"]),
+    "lacks input_ids": (
+        lambda p: edit_saved_model(p, _no_input_ids),
+        ["no serving input for input_ids", "model.inputs.input_ids="],
+    ),
 }
 
 

@@ -270,8 +270,12 @@ def test_bench_step_measures_a_real_length_mix():
         seen.append(int(feeds["input_mask"].sum(1).max()))
         return {}
 
-    result = benchmark_lengths({"original": model, "compiled": model}, 128, 30522,
-                               {"batch_sizes": (1, 8), "rounds": 1, "seconds": 0.01, "warmup": 1})
+    result = benchmark_lengths(
+        {"original": model, "compiled": model},
+        128,
+        30522,
+        {"batch_sizes": (1, 8), "rounds": 1, "seconds": 0.01, "warmup": 1},
+    )
     assert result["source"].startswith("synthetic MRPC-like") and 40 < result["mean_longest_row"] <= 86
     assert set(result["compiled"]["throughput"]) == {"1", "8"} and "p50" in result["compiled"]["latency_ms"]
     assert max(seen) <= 86 and len(set(seen)) > 3, "the batches cycle through varied real lengths"

@@ -69,12 +69,16 @@ def _layer_norm(inputs: tf.Tensor) -> tf.Tensor:
         return tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, variance_epsilon=1e-12)
 
 
-def _embeddings(input_ids, segment_ids, config: BertConfig) -> tf.Tensor:
-    # embedding_lookup: ids get a trailing axis, are flattened, gathered and reshaped back.
+def _embeddings(input_ids, segment_ids, config: BertConfig, one_hot: bool) -> tf.Tensor:
+    # embedding_lookup: ids get a trailing axis, are flattened, gathered (or, on TPU, one-hot
+    # multiplied: run_classifier's use_one_hot_embeddings) and reshaped back.
     input_ids = tf.expand_dims(input_ids, axis=[-1])
     table = _variable("word_embeddings", [config.vocab_size, config.hidden_size], _kernel_init(config))
     flat_ids = tf.reshape(input_ids, [-1])
-    output = tf.gather(table, flat_ids)
+    if one_hot:
+        output = tf.matmul(tf.one_hot(flat_ids, depth=config.vocab_size), table)
+    else:
+        output = tf.gather(table, flat_ids)
     ids_shape = _shape_list(input_ids)
     output = tf.reshape(output, ids_shape[0:-1] + [ids_shape[-1] * config.hidden_size])
 
@@ -155,8 +159,14 @@ def _encoder(embedding_output, attention_mask, config: BertConfig) -> list[tf.Te
     return [tf.reshape(output, input_shape[0:-1] + [_shape_list(output)[-1]]) for output in layer_outputs]
 
 
-def build_classifier(config: BertConfig, num_labels: int, seq_len: int) -> dict[str, tf.Tensor]:
-    """Build run_classifier's predict graph in the current default graph; returns its endpoints."""
+def build_classifier(
+    config: BertConfig, num_labels: int, seq_len: int, one_hot_embeddings: bool = False
+) -> dict[str, tf.Tensor]:
+    """Build run_classifier's predict graph in the current default graph; returns its endpoints.
+
+    one_hot_embeddings: the word embedding as OneHot + MatMul, as run_classifier builds it with
+    --use_tpu (use_one_hot_embeddings=True), instead of a gather.
+    """
     input_ids = v1.placeholder(tf.int32, [None, seq_len], name="input_ids")
     input_mask = v1.placeholder(tf.int32, [None, seq_len], name="input_mask")
     segment_ids = v1.placeholder(tf.int32, [None, seq_len], name="segment_ids")
@@ -166,7 +176,7 @@ def build_classifier(config: BertConfig, num_labels: int, seq_len: int) -> dict[
     _shape_list(input_ids)  # BertModel reads the batch size before opening its scope.
     with v1.variable_scope("bert"):
         with v1.variable_scope("embeddings"):
-            embedding_output = _embeddings(input_ids, segment_ids, config)
+            embedding_output = _embeddings(input_ids, segment_ids, config, one_hot_embeddings)
         with v1.variable_scope("encoder"):
             attention_mask = _attention_mask(input_ids, input_mask)
             sequence_output = _encoder(embedding_output, attention_mask, config)[-1]

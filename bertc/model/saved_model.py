@@ -32,6 +32,7 @@ def export_saved_model(
     seq_len: int = 128,
     vocab_file: str | Path | None = None,
     vocab_tokens: list[str] | None = None,
+    one_hot_embeddings: bool = False,
 ) -> Path:
     """Write the SavedModel to `out_dir`, which must not exist; written beside it, then moved."""
     out_dir = Path(out_dir)
@@ -45,7 +46,7 @@ def export_saved_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        _write(config, weights, staging / "model", num_labels, seq_len)
+        _write(config, weights, staging / "model", num_labels, seq_len, one_hot_embeddings)
         (staging / "model" / "bert_config.json").write_text(config.to_json() + "\n")
         if vocab_file is not None:
             shutil.copyfile(vocab_file, staging / "model" / "vocab.txt")
@@ -57,10 +58,12 @@ def export_saved_model(
     return out_dir
 
 
-def _write(config: BertConfig, weights: Weights, path: Path, num_labels: int, seq_len: int) -> None:
+def _write(
+    config: BertConfig, weights: Weights, path: Path, num_labels: int, seq_len: int, one_hot_embeddings: bool
+) -> None:
     graph = tf.Graph()
     with graph.as_default():
-        endpoints = build_classifier(config, num_labels, seq_len)
+        endpoints = build_classifier(config, num_labels, seq_len, one_hot_embeddings)
         v1.train.get_or_create_global_step()  # every Estimator graph has one
         variables = {variable.op.name: variable for variable in v1.global_variables()}
         with v1.Session(graph=graph) as session:

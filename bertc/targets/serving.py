@@ -2,9 +2,10 @@
 
 The GraphDef goes into the serving function by `import_graph_def`, with every weight Placeholder
 mapped to a `tf.Variable`: weights land in `variables/`, so `saved_model.pb` stays small even for
-BERT-Large. The signature keeps the original names: `input_ids`, `input_mask`, `segment_ids`
-(int32, any batch) -> `probabilities`, `logits`; with keep_signature also run_classifier's
-`label_ids` and `is_real_example`, accepted and ignored. The file serves with plain TensorFlow.
+BERT-Large. The signature keeps the original model's input names (`input_ids`, `input_mask`,
+`segment_ids` for google-research; the exporter's own otherwise, `Graph.serving_names`; int32,
+any batch) -> `probabilities`, `logits`; with keep_signature also run_classifier's `label_ids` and
+`is_real_example`, accepted and ignored. The file serves with plain TensorFlow.
 """
 
 from __future__ import annotations
@@ -70,10 +71,13 @@ class CompiledBert(tf.Module):
         self.device_part = _Part(device, "device")
         self._placement = placement
         self._seq_len = seq_len
+        # The signature takes the user's own input names (bertc.frontends.signature), in bertc's order.
+        self._names = {name: graph.serving_names.get(name, name) for name in SERVING_INPUTS}
+        serving_names = list(self._names.values())
         self._device_fn = tf.function(self._run_device, jit_compile=placement.jit_compile or None, autograph=False)
         self.serve = tf.function(
             self._serve,
-            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in SERVING_INPUTS],
+            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in serving_names],
             autograph=False,
         )
 
@@ -81,6 +85,7 @@ class CompiledBert(tf.Module):
         return self.device_part(boundary)
 
     def _serve(self, input_ids, input_mask, segment_ids):
+        # Python callers use bertc's names; the saved signature's keys are the TensorSpec names above.
         features = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids}
         # The signature says [None, seq_len]; a caller that bypasses it gets this, not a reshape error.
         # One Assert per check, each a single reduction: the guard must cost next to nothing.
@@ -89,8 +94,8 @@ class CompiledBert(tf.Module):
             tf.debugging.Assert(
                 tf.reduce_all(tf.equal(lengths, self._seq_len)),
                 [
-                    f"this model was compiled for sequence length {self._seq_len}: pad or truncate input_ids, "
-                    f"input_mask and segment_ids to {self._seq_len} tokens; got lengths",
+                    f"this model was compiled for sequence length {self._seq_len}: pad or truncate "
+                    f"{', '.join(self._names.values())} to {self._seq_len} tokens; got lengths",
                     lengths,
                 ],
             )
@@ -102,8 +107,8 @@ class CompiledBert(tf.Module):
                 tf.debugging.Assert(
                     in_range,
                     [
-                        f"{name} holds an id outside [0, {limit}), the model's table of {limit} rows; check the "
-                        "tokenizer's vocabulary (or the segment ids) against the model's"
+                        f"{self._names[name]} holds an id outside [0, {limit}), the model's table of {limit} rows; "
+                        "check the tokenizer's vocabulary (or the segment ids) against the model's"
                     ],
                 )
             )

@@ -430,8 +430,7 @@ def _regeneration(weights: Mapping[str, np.ndarray], options: TargetOptions) -> 
         "seed": seed,
         "initializer_range": config.initializer_range,
         "steps": (
-            "random_weight(source, shape) [* float32(scale), in float32] -> astype(dtype); "
-            "digest sha256 of the bytes"
+            "random_weight(source, shape) [* float32(scale), in float32] -> astype(dtype); digest sha256 of the bytes"
         ),
     }
     return {"regenerate": recipe, "tensors": tensors}

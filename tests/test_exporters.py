@@ -1,0 +1,134 @@
+"""BERT classifiers as TF2-era exporters save them (keras-hub, Model Garden, Hugging Face TF) and a TPU-style
+google-research graph, at two shapes each: read without running them, and compiled with parity.
+
+The exporter packages come from the `exporters` extra (and tf-models-official with --no-deps); a
+test whose exporter is missing skips and says which package. Building a TF2 exporter's two models
+takes 30 s to a minute on 2 cores (a subprocess each, for Keras 3 vs tf-keras), so those tests are
+`slow`; the google-research one-hot model is built by bertc itself in seconds and runs by default.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import exporters
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from rich.console import Console
+
+from bertc.cli import CONF_DIR
+from bertc.frontends.signature import BERT_INPUTS
+from bertc.graph import run_graph
+from bertc.load import load_saved_model
+from bertc.pipeline import compile_run
+from bertc.plan import build_plan
+from bertc.verify import OriginalModel, synthetic_batches
+
+FAST = ("google_onehot",)
+EXPORTERS = [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in exporters.EXPORTERS]
+SHAPES = list(exporters.SHAPES)
+
+
+@pytest.fixture(scope="session")
+def exporter_models(tmp_path_factory):
+    """exporter -> {shape name: SavedModel folder}, each exporter built on first use."""
+    built: dict[str, dict[str, object]] = {}
+
+    def get(exporter: str) -> dict:
+        missing = exporters.missing_packages(exporter)
+        if missing:
+            pytest.skip(f"{exporter} needs {', '.join(missing)} ({exporters.INSTALL_HINT})")
+        if exporter not in built:
+            root = tmp_path_factory.mktemp(exporter)
+            folders = exporters.build(exporter, list(exporters.SHAPES.values()), root)
+            built[exporter] = dict(zip(exporters.SHAPES, folders))
+        return built[exporter]
+
+    return get
+
+
+def _info(folder) -> dict:
+    return json.loads((folder / "bertc_exporter.json").read_text())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_exporter_model_reads_as_bert_and_matches_itself(exporter_models, exporter, shape):
+    folder = exporter_models(exporter)[shape]
+    info = _info(folder)
+    loaded = load_saved_model(folder)
+    assert loaded.dialect == ("tf1" if exporter == "google_onehot" else "tf2")
+    got = loaded.shape
+    assert (got.layers, got.hidden, got.heads, got.num_labels, got.vocab, got.seq_len) == (
+        info["layers"],
+        info["hidden"],
+        info["heads"],
+        info["labels"],
+        info["vocab_size"],
+        info["seq_len"],
+    )
+    assert list(loaded.served.input_names.values()) == info["inputs"]
+    assert loaded.served.output_key == info["output"]
+    # The flat graph computes what the user's own SavedModel computes, loaded by TensorFlow itself.
+    batch = synthetic_batches(1, 4, got.seq_len, got.vocab, seed=5)[0]
+    original = OriginalModel(folder, loaded.signature_inputs, loaded.graph.outputs, loaded.served, loaded.dialect)
+    expected = original(batch.feeds())
+    values = run_graph(loaded.graph, batch.feeds())
+    for key in ("probabilities", "logits"):
+        np.testing.assert_allclose(values[key], expected[key], atol=1e-5, rtol=0)
+
+
+# The default suite compiles the one-hot graph at its second shape only; the rest is `slow`.
+@pytest.mark.parametrize("shape", [pytest.param(SHAPES[0], marks=pytest.mark.slow), SHAPES[1]])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_exporter_model_compiles_fp32_with_parity(exporter_models, exporter, shape, tmp_path):
+    folder = exporter_models(exporter)[shape]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                f"model.path={folder}",
+                "precision=fp32",
+                "removal=none",
+                "mask=original",
+                "bench=off",
+            ],
+        )
+    code = compile_run(build_plan(cfg), tmp_path, Console(file=io.StringIO()))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert code == 0, report.get("error")
+    assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-5
+    assert report["parity"]["logits_max_abs_diff"] <= 1e-5
+    info = _info(folder)
+    assert report["input"]["signature"]["input_names"] == dict(zip(BERT_INPUTS, info["inputs"]))
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((tmp_path / "model" / "saved_model.pb").read_bytes())
+    signature = saved.meta_graphs[0].signature_def["serving_default"]
+    assert sorted(signature.inputs) == sorted(info["inputs"])  # the user's own names
+    assert sorted(signature.outputs) == ["logits", "probabilities"]
+
+
+def test_one_hot_export_multiplies_a_one_hot_of_the_ids_by_the_word_table(tmp_path):
+    from bertc.export import main
+    from bertc.graph import nodes_by_name, split_input
+
+    out = str(tmp_path / "model")
+    assert main(["--size", "tiny", "--seq-len", "16", "--out", out, "--one-hot-embeddings"]) == 0
+    graph = load_saved_model(tmp_path / "model").graph
+    nodes = nodes_by_name(graph.graph_def)
+    table = "bert/embeddings/word_embeddings"
+    readers = [node for node in graph.graph_def.node if any(split_input(name)[0] == table for name in node.input)]
+    lookups = [
+        nodes[user.name]
+        for reader in readers
+        for user in graph.graph_def.node
+        if any(split_input(name)[0] == reader.name for name in user.input)
+    ]
+    assert [node.op for node in lookups] == ["MatMul"]
+    one_hot = nodes[split_input(lookups[0].input[0])[0]]
+    assert one_hot.op == "OneHot"
+    assert not [node for node in graph.graph_def.node if node.op == "GatherV2" and table in node.input[0]]
