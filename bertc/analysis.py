@@ -82,10 +82,11 @@ def value_sources(graph: Graph) -> dict[str, frozenset[str]]:
     return sources
 
 
-def find_attention_sites(graph: Graph) -> list[tuple[NodeDef, int]]:
-    """[(score Add, position of its mask operand)], in graph order; raises if none is found."""
+def find_attention_sites(graph: Graph, sources: dict[str, frozenset[str]] | None = None) -> list[tuple[NodeDef, int]]:
+    """[(score Add, position of its mask operand)], in graph order; raises if none is found. `sources`: the
+    graph's value_sources when the caller has them."""
     mask_input = node_of(graph.inputs["input_mask"])
-    sources = value_sources(graph)
+    sources = sources if sources is not None else value_sources(graph)
     nodes, users = nodes_by_name(graph.graph_def), consumers(graph.graph_def)
     mask_only = frozenset([mask_input])
     sites = []
@@ -421,7 +422,7 @@ def node_roles(graph: Graph) -> dict[str, str]:
             (name for name, found in sources.items() if found == frozenset([mask_input]) and name != mask_input),
             "mask_bias",
         )
-    for site, position in find_attention_sites(graph):
+    for site, position in find_attention_sites(graph, sources):
         _tag_attention(site.name, position, index, tag)
     _tag_head(graph, index, layer_norms, tag)
     _tag_embedding(graph, index, layer_norms, sources, tag)

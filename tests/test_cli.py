@@ -170,30 +170,27 @@ def test_a_wrong_type_is_a_config_error_exit_2(tmp_path):
     assert result.returncode == 2 and "not a valid bool" in result.stderr
 
 
-def test_shell_completion_offers_groups_and_options_without_schemas(tmp_path):
-    env = {**os.environ, "COMP_LINE": "bertc "}
-    groups = subprocess.run(
+def _completion(line: str, cwd: Path) -> list[str]:
+    """What bash completion offers for `line` (Hydra's completion query, as the shell would ask it)."""
+    env = {**os.environ, "COMP_LINE": line}
+    result = subprocess.run(
         [sys.executable, "-m", "bertc", "-sc", "query=bash"],
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         env=env,
         check=False,
-    ).stdout.split()
+    )
+    return result.stdout.split()
+
+
+def test_shell_completion_offers_groups_and_options_without_schemas(tmp_path):
+    groups = _completion("bertc ", tmp_path)
     assert (
         "precision=" in groups and "mask." in groups and not any("base_" in word or "schema" in word for word in groups)
     )
-    env["COMP_LINE"] = "bertc precision="
-    options = subprocess.run(
-        [sys.executable, "-m", "bertc", "-sc", "query=bash"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    ).stdout.split()
+    options = _completion("bertc precision=", tmp_path)
     assert options == ["precision=fp32", "precision=mixed", "precision=mixed_bf16"]
 
 

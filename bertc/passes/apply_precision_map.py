@@ -78,14 +78,18 @@ class PrecisionParams:
     rules: tuple[PrecisionRule, ...] = ()
 
 
-def assign_dtypes(graph: Graph, rules: tuple[PrecisionRule, ...]) -> tuple[dict, dict[str, int]]:
-    """Node name -> dtype chosen by the first matching rule; and each rule's match count."""
+def assign_dtypes(
+    graph: Graph, rules: tuple[PrecisionRule, ...], roles: Mapping[str, str] | None = None
+) -> tuple[dict, dict[str, int]]:
+    """Node name -> dtype chosen by the first matching rule; and each rule's match count. `roles`: the
+    graph's node roles when the caller has them (found here when a rule selects by role)."""
     for rule in rules:
         if rule.dtype not in DTYPES:
             raise ConfigError(f"precision rule {rule.describe()}: dtype must be one of {sorted(DTYPES)}.")
     chosen: dict = {}
     counts = {rule.describe(): 0 for rule in rules}
-    roles = node_roles(graph) if any(rule.role for rule in rules) else {}
+    if roles is None:
+        roles = node_roles(graph) if any(rule.role for rule in rules) else {}
     for node in graph.graph_def.node:
         for rule in rules:
             if rule.matches(node, roles):
@@ -130,7 +134,8 @@ def _convert_node(node: NodeDef, dtype, weights: dict[str, np.ndarray]) -> bool:
 
 
 def apply_precision_map(graph: Graph, params: PrecisionParams) -> PassResult:
-    chosen, counts = assign_dtypes(graph, params.rules)
+    roles = node_roles(graph)  # NOTE: once: for the rules that select by role, and for the report
+    chosen, counts = assign_dtypes(graph, params.rules, roles)
     graph_def = copy_graph_def(graph.graph_def)
     weights = dict(graph.weights)
     converted: list[str] = []
@@ -140,12 +145,11 @@ def apply_precision_map(graph: Graph, params: PrecisionParams) -> PassResult:
             converted.append(node.name)
     outputs = _insert_casts(graph_def, dict(graph.outputs))
     result = graph.replace(graph_def=graph_def, weights=weights, outputs=outputs)
-    return PassResult(result, counts, {"converted_roles": _converted_roles(graph, converted, chosen)})
+    return PassResult(result, counts, {"converted_roles": _converted_roles(roles, converted, chosen)})
 
 
-def _converted_roles(graph: Graph, converted: list[str], chosen: Mapping) -> dict[str, dict[str, int]]:
+def _converted_roles(roles: Mapping[str, str], converted: list[str], chosen: Mapping) -> dict[str, dict[str, int]]:
     """role -> {dtype: nodes converted to it}: which regions the map converted, in every exporter's terms."""
-    roles = node_roles(graph)
     result: dict[str, dict[str, int]] = {}
     for name in converted:
         per_dtype = result.setdefault(roles.get(name, "none"), {})
