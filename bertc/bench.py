@@ -24,13 +24,45 @@ def _feeds(batch_size: int, seq_len: int, vocab: int) -> dict[str, np.ndarray]:
     return synthetic_batches(1, batch_size, seq_len, vocab, seed=1234)[0].feeds()
 
 
-def _timed_calls(model: Callable, feeds: Mapping[str, np.ndarray], seconds: float) -> list[float]:
+def _timed_calls(model: Callable, batches: list[Mapping[str, np.ndarray]], seconds: float) -> list[float]:
+    """Call durations for `seconds` (3 calls at least), cycling through `batches` from the first."""
     durations = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(durations) < 3:
         start = time.perf_counter()
-        model(feeds)
+        model(batches[len(durations) % len(batches)])
         durations.append(time.perf_counter() - start)
+    return durations
+
+
+def _warm_up(
+    models: Mapping[str, Callable], feeds: Mapping[int, list], batch_sizes: tuple[int, ...], warmup: int
+) -> None:
+    """`warmup` calls of every model at every batch size, cycling through that size's batches."""
+    for model in models.values():
+        for size in batch_sizes:
+            for index in range(warmup):
+                model(feeds[size][index % len(feeds[size])])
+
+
+def _interleaved_rounds(
+    models: Mapping[str, Callable],
+    feeds: Mapping[int, list],
+    batch_sizes: tuple[int, ...],
+    rounds: int,
+    seconds: float,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict[str, dict[int, list[list[float]]]]:
+    """Each round times every (batch size, model) for `seconds` on that size's batches (`feeds`): model ->
+    size -> one list of call durations per round."""
+    durations: dict[str, dict[int, list[list[float]]]] = {name: {size: [] for size in batch_sizes} for name in models}
+    order = list(models.items())
+    for round_number in range(rounds):
+        for size in batch_sizes:
+            # NOTE: the order flips every round: a model that always ran second would always inherit the first's heat.
+            for name, model in order if round_number % 2 == 0 else order[::-1]:
+                progress(f"round {round_number + 1}/{rounds}, batch {size}, {name}")
+                durations[name][size].append(_timed_calls(model, feeds[size], seconds))
     return durations
 
 
@@ -49,21 +81,11 @@ def benchmark(
     warmup: int,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    feeds = {size: _feeds(size, seq_len, vocab) for size in batch_sizes}
-    for name, model in models.items():
-        for size in batch_sizes:
-            for _ in range(warmup):
-                model(feeds[size])
+    feeds = {size: [_feeds(size, seq_len, vocab)] for size in batch_sizes}
+    _warm_up(models, feeds, batch_sizes, warmup)
     loads = [load_average()]
     # Call durations kept per round: each figure's spread over the rounds is reported (bertc/spread.py).
-    durations: dict[str, dict[int, list[list[float]]]] = {name: {size: [] for size in batch_sizes} for name in models}
-    order = list(models.items())
-    for round_number in range(rounds):
-        for size in batch_sizes:
-            # NOTE: the order flips every round: a model that always ran second would always inherit the first's heat.
-            for name, model in order if round_number % 2 == 0 else order[::-1]:
-                progress(f"round {round_number + 1}/{rounds}, batch {size}, {name}")
-                durations[name][size].append(_timed_calls(model, feeds[size], seconds))
+    durations = _interleaved_rounds(models, feeds, batch_sizes, rounds, seconds, progress)
     loads.append(load_average())
     result: dict = {"seq_len": seq_len, "rounds": rounds, "seconds_per_measurement": seconds}
     for name in models:
@@ -106,8 +128,6 @@ def benchmark_lengths(
 
     batch_sizes, rounds, seconds, warmup = (timing[key] for key in ("batch_sizes", "rounds", "seconds", "warmup"))
     result: dict = {}
-    durations: dict[str, dict[int, list[float]]]
-    durations = {name: {size: [] for size in batch_sizes} for name in models}
     feeds: dict[int, list] = {}
     for size in batch_sizes:
         feeds[size], result["source"] = length_mix(
@@ -115,26 +135,14 @@ def benchmark_lengths(
         )
     longest = [int(batch["input_mask"].sum(1).max()) for batch in feeds[max(batch_sizes)]]
     result["mean_longest_row"] = float(np.mean(longest))
-    for model in models.values():
-        for size in batch_sizes:
-            for index in range(warmup):
-                model(feeds[size][index % len(feeds[size])])
-    order = list(models.items())
-    for round_number in range(rounds):
-        for size in batch_sizes:
-            for name, model in order if round_number % 2 == 0 else order[::-1]:
-                deadline, index = time.perf_counter() + seconds, 0
-                while time.perf_counter() < deadline or index < 3:
-                    start = time.perf_counter()
-                    model(feeds[size][index % len(feeds[size])])
-                    durations[name][size].append(time.perf_counter() - start)
-                    index += 1
+    _warm_up(models, feeds, batch_sizes, warmup)
+    durations = _interleaved_rounds(models, feeds, batch_sizes, rounds, seconds)
     for name in models:
-        calls = durations[name]
+        calls = {size: [call for round_calls in durations[name][size] for call in round_calls] for size in batch_sizes}
         throughput = {str(size): float(size * len(calls[size]) / sum(calls[size])) for size in batch_sizes}
         entry: dict = {"throughput": throughput}
         if 1 in batch_sizes:
-            entry["latency_ms"] = {"p50": float(np.percentile(np.array(durations[name][1]) * 1000, 50))}
+            entry["latency_ms"] = {"p50": float(np.percentile(np.array(calls[1]) * 1000, 50))}
         result[name] = entry
     if "original" in models and "compiled" in models:
         largest = str(max(batch_sizes))

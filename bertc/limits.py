@@ -185,13 +185,44 @@ def refuse_unbounded_work(
     `feeds` maps each serving input node to its shape (-1 or None: the batch); `stops` are the other
     tensors TensorFlow feeds (the checkpoint filename, asset paths). Returns the figures for the report.
     """
+    graph_def = meta_graph.graph_def
+    stops = set(stops) | set(feeds)
+    tf_graph = _import_at_batch(_subgraph_to_run(graph_def, nodes_to_run, feeds, stops, batch), batch)
+    limit, budget = tensor_limit(shape, batch), work_limit(shape, batch)
+    library = {function.signature.name: function for function in graph_def.library.function}
+    too_big, unknown, costs = _measure(tf_graph, library, stops, limit)
+    described = (
+        f"a BERT of {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, "
+        f"intermediate {shape.intermediate}, vocab {shape.vocab}, at batch {batch} and sequence "
+        f"length {shape.seq_len}"
+    )
+    _refuse_unbounded_tensors(too_big, unknown, limit, described)
+    _refuse_non_classifier_outputs(tf_graph, outputs, shape, batch)
+    total = sum(costs.values())
+    _refuse_over_budget(graph_def, costs, total, budget, described)
+    return {
+        "batch": batch,
+        "tensor_limit": limit,
+        "work": total,
+        "work_limit": budget,
+        "largest_tensor": max(
+            (
+                tensor.shape.num_elements()
+                for operation in tf_graph.get_operations()
+                for tensor in operation.outputs
+                if tensor.shape.is_fully_defined()
+            ),
+            default=0,
+        ),
+    }
+
+
+def _subgraph_to_run(graph_def, nodes_to_run: Iterable[str], feeds: Mapping, stops: set[str], batch: int):
+    """The nodes that will run, with every fed tensor (`stops`) a placeholder of its shape at `batch`."""
     import tensorflow as tf
 
-    from bertc.graph import GraphDef, ancestors, make_placeholder, nodes_by_name
+    from bertc.graph import GraphDef, ancestors, make_placeholder
 
-    graph_def = meta_graph.graph_def
-    nodes = nodes_by_name(graph_def)
-    stops = set(stops) | set(feeds)
     keep = ancestors(graph_def, nodes_to_run, stops=stops)
     subgraph = GraphDef()
     subgraph.versions.CopyFrom(graph_def.versions)
@@ -208,19 +239,29 @@ def refuse_unbounded_work(
             copied = subgraph.node.add()
             copied.CopyFrom(node)
             copied.attr.pop("_output_shapes", None)  # the exporter's hints; inferred here at the real batch
+    return subgraph
+
+
+def _import_at_batch(subgraph, batch: int):
+    """A tf.Graph of `subgraph`: importing it runs TensorFlow's shape inference (and executes nothing)."""
+    import tensorflow as tf
+
     with tf.Graph().as_default() as tf_graph:
         try:
             tf.graph_util.import_graph_def(subgraph, name="")
         except (ValueError, tf.errors.OpError) as error:  # shape inference proved the graph cannot run
             raise ModelError(f"the model's graph does not hold together at batch {batch}: {str(error)[:400]}") from None
-    limit, budget = tensor_limit(shape, batch), work_limit(shape, batch)
+    return tf_graph
+
+
+def _measure(tf_graph, library: Mapping, stops: set[str], limit: int) -> tuple[list[str], list[str], dict[str, int]]:
+    """Over every operation (function bodies included): the tensors over `limit` elements, those of a shape
+    not known before running, and each operation's cost."""
     too_big, unknown, costs = [], [], {}
-    library = {function.signature.name: function for function in graph_def.library.function}
     for where, operation in _operations_with_function_bodies(tf_graph, library):
         if operation.type == "Placeholder" and operation.name in stops and not where:
             continue
-        cost = _cost(operation)
-        costs[operation.name + where] = cost
+        costs[operation.name + where] = _cost(operation)
         for tensor in operation.outputs:
             if _restored(operation):
                 continue  # sized by the checkpoint, whose shapes the reader checked against the variables
@@ -231,11 +272,10 @@ def refuse_unbounded_work(
                     f"{tensor.name}{where} ({operation.type}, shape {tensor.shape.as_list()}, "
                     f"{tensor.shape.num_elements():.3g} elements)"
                 )
-    described = (
-        f"a BERT of {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, "
-        f"intermediate {shape.intermediate}, vocab {shape.vocab}, at batch {batch} and sequence "
-        f"length {shape.seq_len}"
-    )
+    return too_big, unknown, costs
+
+
+def _refuse_unbounded_tensors(too_big: list[str], unknown: list[str], limit: int, described: str) -> None:
     if too_big:
         raise ModelError(
             f"the model's graph would make tensor(s) larger than {limit:.3g} elements ({TENSOR_MARGIN}x the "
@@ -248,15 +288,13 @@ def refuse_unbounded_work(
             f"running it: {', '.join(unknown[:5])}. bertc runs only graphs whose every tensor has a "
             "static shape at the configured batch (google-research/bert's export has)."
         )
-    total = sum(costs.values())
-    for name, size in outputs.items():
-        tensor = tf_graph.get_tensor_by_name(size)
-        if tensor.shape.num_elements() > batch * max(shape.num_labels, 1):
-            raise ModelError(
-                f"the model's output {name} would have shape {tensor.shape.as_list()} at batch {batch}; a "
-                f"classifier's output is (batch, num_labels) = ({batch}, {shape.num_labels})."
-            )
+
+
+def _refuse_over_budget(graph_def, costs: Mapping[str, int], total: int, budget: int, described: str) -> None:
+    from bertc.graph import nodes_by_name
+
     if total > budget:
+        nodes = nodes_by_name(graph_def)
         heaviest = sorted(costs.items(), key=lambda item: -item[1])[:3]
         raise ModelError(
             f"the model's graph would cost {total:.3g} operations per call, over {budget:.3g} "
@@ -264,21 +302,16 @@ def refuse_unbounded_work(
             + ", ".join(f"{name} ({nodes[name].op if name in nodes else '?'}, {cost:.3g})" for name, cost in heaviest)
             + ". bertc refuses to run it; the graph computes more than a BERT classifier."
         )
-    return {
-        "batch": batch,
-        "tensor_limit": limit,
-        "work": total,
-        "work_limit": budget,
-        "largest_tensor": max(
-            (
-                tensor.shape.num_elements()
-                for operation in tf_graph.get_operations()
-                for tensor in operation.outputs
-                if tensor.shape.is_fully_defined()
-            ),
-            default=0,
-        ),
-    }
+
+
+def _refuse_non_classifier_outputs(tf_graph, outputs: Mapping[str, str], shape: Any, batch: int) -> None:
+    for name, size in outputs.items():
+        tensor = tf_graph.get_tensor_by_name(size)
+        if tensor.shape.num_elements() > batch * max(shape.num_labels, 1):
+            raise ModelError(
+                f"the model's output {name} would have shape {tensor.shape.as_list()} at batch {batch}; a "
+                f"classifier's output is (batch, num_labels) = ({batch}, {shape.num_labels})."
+            )
 
 
 def _operations_with_function_bodies(tf_graph, library: Mapping, where: str = "", seen: frozenset = frozenset()):

@@ -124,67 +124,56 @@ def _parity_lines(parity: dict) -> list[str]:
         )
     by_source = parity.get("by_source") or {}
     if len(by_source) > 1:
-        lines += [
-            "",
-            "| inputs | examples | max abs diff (prob) | mean (prob) | max abs diff (logits) "
-            "| argmax agreement | disagreements |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, figures in by_source.items():
-            lines.append(
-                f"| {name} | {figures['examples']} | {fmt_number(figures['max_abs_diff'])} "
-                f"| {fmt_number(figures['mean_abs_diff'])} "
-                f"| {fmt_number(figures['logits_max_abs_diff'])} | {figures['argmax_agreement']:.4f} "
-                f"| {figures['disagreement_count']} |"
-            )
+        lines += _by_source_lines(by_source)
     if parity["disagreements"]:
-        shown = len(parity["disagreements"])
-        lines += [
-            "",
-            f"Examples whose argmax differs{f' (the first {shown} of {count})' if shown < count else ''}:",
-            "",
-            "| example | original | compiled | margin | confident |",
-            "|---|---|---|---|---|",
-        ]
-        for entry in parity["disagreements"]:
-            where = (
-                f"dataset line {entry['line']}"
-                if entry.get("line") is not None
-                else f"{entry['source']} #{entry['index']}"
-            )
-            lines.append(
-                f"| {where} | {', '.join(f'{p:.4f}' for p in entry['original'])} "
-                f"| {', '.join(f'{p:.4f}' for p in entry['compiled'])} "
-                f"| {fmt_number(entry.get('margin'))} | {'yes' if entry['confident'] else 'no'} |"
-            )
+        lines += _disagreement_lines(parity["disagreements"], count)
+    return lines
+
+
+def _by_source_lines(by_source: dict) -> list[str]:
+    """report.md: the parity figures per input source (synthetic, dataset), one table row each."""
+    lines = [
+        "",
+        "| inputs | examples | max abs diff (prob) | mean (prob) | max abs diff (logits) "
+        "| argmax agreement | disagreements |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, figures in by_source.items():
+        lines.append(
+            f"| {name} | {figures['examples']} | {fmt_number(figures['max_abs_diff'])} "
+            f"| {fmt_number(figures['mean_abs_diff'])} "
+            f"| {fmt_number(figures['logits_max_abs_diff'])} | {figures['argmax_agreement']:.4f} "
+            f"| {figures['disagreement_count']} |"
+        )
+    return lines
+
+
+def _disagreement_lines(disagreements: list[dict], count: int) -> list[str]:
+    """report.md: the listed examples whose argmax differs (`count` of them in all)."""
+    shown = len(disagreements)
+    lines = [
+        "",
+        f"Examples whose argmax differs{f' (the first {shown} of {count})' if shown < count else ''}:",
+        "",
+        "| example | original | compiled | margin | confident |",
+        "|---|---|---|---|---|",
+    ]
+    for entry in disagreements:
+        where = (
+            f"dataset line {entry['line']}" if entry.get("line") is not None else f"{entry['source']} #{entry['index']}"
+        )
+        lines.append(
+            f"| {where} | {', '.join(f'{p:.4f}' for p in entry['original'])} "
+            f"| {', '.join(f'{p:.4f}' for p in entry['compiled'])} "
+            f"| {fmt_number(entry.get('margin'))} | {'yes' if entry['confident'] else 'no'} |"
+        )
     return lines
 
 
 def markdown(record: dict) -> str:
-    lines = [f"# bertc run: {record.get('status', '?')}", ""]
-    if record.get("error"):
-        lines += [f"**Failed at {record.get('failed_step')}**: {record['error']}", ""]
-    source = record.get("input") or {}
-    if source:
-        lines.append(f"- input: `{source.get('path')}`{_digest(source)}")
-    if record.get("fingerprint"):
-        lines.append(f"- fingerprint: `{record['fingerprint']}`")
-    if record.get("precision") or record.get("target"):
-        lines.append(f"- precision: {record.get('precision')}, target: {(record.get('target') or {}).get('name')}")
-    if record.get("artifact", {}).get("path"):
-        lines.append(f"- model: `{record['artifact']['path']}`{_digest(record['artifact'])}")
+    lines = _header_lines(record)
     if record.get("steps"):
-        lines += ["", "## Steps", "", "| step | seconds | op change |", "|---|---|---|"]
-        for step in record["steps"]:
-            delta = ", ".join(f"{op} {count:+d}" for op, count in step.get("op_delta", {}).items()) or "none"
-            lines.append(f"| {step['name']} | {step['seconds']:.2f} | {delta} |")
-        for step in record["steps"]:
-            if step.get("converted_roles"):
-                regions = ", ".join(
-                    f"{role} ({', '.join(f'{count} {dtype}' for dtype, count in dtypes.items())})"
-                    for role, dtypes in step["converted_roles"].items()
-                )
-                lines += ["", f"Converted by {step['name']} (nodes per role): {regions}"]
+        lines += _step_lines(record["steps"])
     boundaries = (record.get("target") or {}).get("boundaries")
     if boundaries:
         lines += ["", "Partition boundaries (host -> device):", ""]
@@ -201,34 +190,71 @@ def markdown(record: dict) -> str:
         ]
     bench = record.get("bench")
     if bench:
-        sizes = list(bench["original"]["throughput"])
-        lines += [
-            "",
-            "## Benchmark",
-            "",
-            "| model | " + " | ".join(f"batch {b} seq/s" for b in sizes) + " | p50 ms | p90 ms | p99 ms |",
-        ]
-        lines.append("|---" * (len(sizes) + 4) + "|")
-        for name in ("original", "compiled"):
-            entry = bench[name]
-            latency = entry.get("latency_ms", {})
-            lines.append(
-                f"| {name} | "
-                + " | ".join(f"{v:.1f}" for v in entry["throughput"].values())
-                + f" | {_fmt_ms(latency.get('p50'))} | {_fmt_ms(latency.get('p90'))} | {_fmt_ms(latency.get('p99'))} |"
-            )
-        if "speedup" in bench:
-            ratio = (
-                f"; batch-1 p50 latency ratio {bench['latency_ratio_p50']:.2f}" if "latency_ratio_p50" in bench else ""
-            )
-            lines += [
-                "",
-                f"Speedup (compiled / original throughput) at batch {bench['speedup_batch']}: "
-                f"**{bench['speedup']:.2f}x**{ratio}; peak RSS {bench['peak_rss_mb']:.0f} MB.",
-            ]
-        lines += spread_lines(bench)
+        lines += _bench_lines(bench)
     lines += serving_lines(record.get("serving"))
     return "\n".join(lines) + "\n"
+
+
+def _header_lines(record: dict) -> list[str]:
+    """report.md's title and what the run read and wrote: status, error, input, fingerprint, model."""
+    lines = [f"# bertc run: {record.get('status', '?')}", ""]
+    if record.get("error"):
+        lines += [f"**Failed at {record.get('failed_step')}**: {record['error']}", ""]
+    source = record.get("input") or {}
+    if source:
+        lines.append(f"- input: `{source.get('path')}`{_digest(source)}")
+    if record.get("fingerprint"):
+        lines.append(f"- fingerprint: `{record['fingerprint']}`")
+    if record.get("precision") or record.get("target"):
+        lines.append(f"- precision: {record.get('precision')}, target: {(record.get('target') or {}).get('name')}")
+    if record.get("artifact", {}).get("path"):
+        lines.append(f"- model: `{record['artifact']['path']}`{_digest(record['artifact'])}")
+    return lines
+
+
+def _step_lines(steps: list[dict]) -> list[str]:
+    """report.md: each step's time and op change, then what each precision step converted."""
+    lines = ["", "## Steps", "", "| step | seconds | op change |", "|---|---|---|"]
+    for step in steps:
+        delta = ", ".join(f"{op} {count:+d}" for op, count in step.get("op_delta", {}).items()) or "none"
+        lines.append(f"| {step['name']} | {step['seconds']:.2f} | {delta} |")
+    for step in steps:
+        if step.get("converted_roles"):
+            regions = ", ".join(
+                f"{role} ({', '.join(f'{count} {dtype}' for dtype, count in dtypes.items())})"
+                for role, dtypes in step["converted_roles"].items()
+            )
+            lines += ["", f"Converted by {step['name']} (nodes per role): {regions}"]
+    return lines
+
+
+def _per_size_table_head(heading: str, bench: dict, extra_columns: tuple[str, ...]) -> list[str]:
+    """report.md: `heading`, then the head of a table with a row per model and a column per benchmarked
+    batch size (throughput), then `extra_columns`."""
+    columns = ["model", *(f"batch {b} seq/s" for b in bench["original"]["throughput"]), *extra_columns]
+    return ["", heading, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
+def _bench_lines(bench: dict) -> list[str]:
+    """report.md: throughput and latency of both models, the speedup, and the spread over the rounds."""
+    lines = _per_size_table_head("## Benchmark", bench, ("p50 ms", "p90 ms", "p99 ms"))
+    for name in ("original", "compiled"):
+        entry = bench[name]
+        latency = entry.get("latency_ms", {})
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{v:.1f}" for v in entry["throughput"].values())
+            + f" | {_fmt_ms(latency.get('p50'))} | {_fmt_ms(latency.get('p90'))} | {_fmt_ms(latency.get('p99'))} |"
+        )
+    if "speedup" in bench:
+        ratio = f"; batch-1 p50 latency ratio {bench['latency_ratio_p50']:.2f}" if "latency_ratio_p50" in bench else ""
+        lines += [
+            "",
+            f"Speedup (compiled / original throughput) at batch {bench['speedup_batch']}: "
+            f"**{bench['speedup']:.2f}x**{ratio}; peak RSS {bench['peak_rss_mb']:.0f} MB.",
+        ]
+    lines += spread_lines(bench)
+    return lines
 
 
 def summary_table(record: dict) -> Table:
@@ -238,54 +264,12 @@ def summary_table(record: dict) -> Table:
     table.add_row("fingerprint", str(record.get("fingerprint", "-"))[:23] + "...")
     parity = record.get("parity")
     if parity:
-        count = parity.get("disagreement_count", len(parity["disagreements"]))
-        verdict = "passed" if parity["passed"] else "[bold red]FAILED[/]"
-        table.add_row(
-            "parity",
-            f"{verdict} ({parity['examples']} examples; gate {parity['gate']}: "
-            f"max |dp| <= {fmt_number(parity['tolerance'])})",
-        )
-        table.add_row(
-            "probabilities",
-            f"max |dp| {fmt_number(parity['max_abs_diff'])}, mean {fmt_number(parity['mean_abs_diff'])}",
-        )
-        table.add_row(
-            "logits",
-            f"max |dl| {fmt_number(parity['logits_max_abs_diff'])}, mean {fmt_number(parity['logits_mean_abs_diff'])}",
-        )
-        table.add_row(
-            "argmax",
-            f"agreement {parity['argmax_agreement']:.4f}: {count} disagree, "
-            f"{parity['confident_disagreements']} confident",
-        )
-        if parity.get("nonfinite_outputs"):
-            table.add_row("non-finite", f"[bold red]{parity['nonfinite_outputs']} examples with NaN/inf outputs[/]")
-        if parity.get("accuracy"):
-            accuracy = parity["accuracy"]
-            table.add_row(
-                "accuracy",
-                f"original {accuracy['original']:.4f}, compiled {accuracy['compiled']:.4f} "
-                f"({accuracy['examples']} labelled)",
-            )
+        _add_parity_rows(table, parity)
     elif record.get("status") == "passed":
         table.add_row("parity", "not verified (verify=off)")
     bench = record.get("bench")
     if bench and "speedup" in bench:
-        size = str(bench["speedup_batch"])
-        table.add_row(
-            f"throughput b{size}",
-            f"{bench['original']['throughput'][size]:.1f} -> {bench['compiled']['throughput'][size]:.1f} seq/s "
-            f"({bench['speedup']:.2f}x)",
-        )
-        if bench.get("speedup_spread"):
-            table.add_row("spread", escape(spread_summary(bench)))
-        if bench.get("unreliable_reasons"):
-            table.add_row("[yellow]unreliable[/]", escape("; ".join(bench["unreliable_reasons"])))
-        if "latency_ms" in bench["compiled"]:
-            table.add_row(
-                "latency p50 b1",
-                f"{bench['original']['latency_ms']['p50']:.2f} -> {bench['compiled']['latency_ms']['p50']:.2f} ms",
-            )
+        _add_bench_rows(table, bench)
     if (record.get("target") or {}).get("compile_seconds") is not None:
         table.add_row("compile", f"{record['target']['compile_seconds']:.1f} s")
     if (record.get("artifact") or {}).get("path"):
@@ -295,6 +279,57 @@ def summary_table(record: dict) -> Table:
         where = f"{serving['base_path']} (TensorFlow Serving, model {serving['model_name']})"
         table.add_row("serving", escape(f"{where}; inputs {', '.join(serving['inputs'])}"))
     return table
+
+
+def _add_parity_rows(table: Table, parity: dict) -> None:
+    """The terminal summary's parity rows: verdict, differences, argmax agreement, non-finite, accuracy."""
+    count = parity.get("disagreement_count", len(parity["disagreements"]))
+    verdict = "passed" if parity["passed"] else "[bold red]FAILED[/]"
+    table.add_row(
+        "parity",
+        f"{verdict} ({parity['examples']} examples; gate {parity['gate']}: "
+        f"max |dp| <= {fmt_number(parity['tolerance'])})",
+    )
+    table.add_row(
+        "probabilities",
+        f"max |dp| {fmt_number(parity['max_abs_diff'])}, mean {fmt_number(parity['mean_abs_diff'])}",
+    )
+    table.add_row(
+        "logits",
+        f"max |dl| {fmt_number(parity['logits_max_abs_diff'])}, mean {fmt_number(parity['logits_mean_abs_diff'])}",
+    )
+    table.add_row(
+        "argmax",
+        f"agreement {parity['argmax_agreement']:.4f}: {count} disagree, {parity['confident_disagreements']} confident",
+    )
+    if parity.get("nonfinite_outputs"):
+        table.add_row("non-finite", f"[bold red]{parity['nonfinite_outputs']} examples with NaN/inf outputs[/]")
+    if parity.get("accuracy"):
+        accuracy = parity["accuracy"]
+        table.add_row(
+            "accuracy",
+            f"original {accuracy['original']:.4f}, compiled {accuracy['compiled']:.4f} "
+            f"({accuracy['examples']} labelled)",
+        )
+
+
+def _add_bench_rows(table: Table, bench: dict) -> None:
+    """The terminal summary's benchmark rows: throughput at the speedup's batch, spread, reliability, latency."""
+    size = str(bench["speedup_batch"])
+    table.add_row(
+        f"throughput b{size}",
+        f"{bench['original']['throughput'][size]:.1f} -> {bench['compiled']['throughput'][size]:.1f} seq/s "
+        f"({bench['speedup']:.2f}x)",
+    )
+    if bench.get("speedup_spread"):
+        table.add_row("spread", escape(spread_summary(bench)))
+    if bench.get("unreliable_reasons"):
+        table.add_row("[yellow]unreliable[/]", escape("; ".join(bench["unreliable_reasons"])))
+    if "latency_ms" in bench["compiled"]:
+        table.add_row(
+            "latency p50 b1",
+            f"{bench['original']['latency_ms']['p50']:.2f} -> {bench['compiled']['latency_ms']['p50']:.2f} ms",
+        )
 
 
 def _range(figure: dict | None, digits: int = 1, unit: str = "") -> str:
@@ -323,14 +358,7 @@ def spread_lines(bench: dict) -> list[str]:
     """report.md: each figure's spread over the rounds and the reliability verdict."""
     if not bench.get("speedup_spread"):
         return []
-    sizes = list(bench["original"]["throughput"])
-    lines = [
-        "",
-        "Spread over the rounds (min-max, coefficient of variation):",
-        "",
-        "| model | " + " | ".join(f"batch {b} seq/s" for b in sizes) + " | p50 ms b1 |",
-        "|---" * (len(sizes) + 2) + "|",
-    ]
+    lines = _per_size_table_head("Spread over the rounds (min-max, coefficient of variation):", bench, ("p50 ms b1",))
     for name in ("original", "compiled"):
         figures = bench[name].get("spread") or {}
         cells = [_range(figures.get("throughput", {}).get(b)) for b in bench[name]["throughput"]]

@@ -22,7 +22,7 @@ the restore op and only storing a value that `RestoreV2` read. Saving ops (`Save
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from bertc.errors import ConfigError, UserError
 from bertc.graph import Graph, GraphDef, NodeDef, ancestors, nodes_by_name, split_input
@@ -135,6 +135,17 @@ def loader_executed_nodes(
         restore = node_named(saver.restore_op_name, "saver_def.restore_op_name")
         executed["restore op"] = ancestors(graph_def, [restore], stops=[filename]) - {filename}
     assets = _asset_nodes(meta_graph, nodes)
+    for purpose, roots in _init_roots(meta_graph, node_named).items():
+        executed[purpose] = ancestors(graph_def, roots, stops=assets) - assets
+    inputs = {split_input(name)[0] for name in serving_inputs}
+    roots = [node_named(name, "serving signature") for name in serving_outputs]
+    executed["serving computation"] = ancestors(graph_def, roots, stops=inputs) - inputs
+    return executed
+
+
+def _init_roots(meta_graph, node_named: Callable[[str, str], str]) -> dict[str, list[str]]:
+    """Purpose -> the nodes the loader runs to initialise: the init op (its signature, else its collection),
+    the table initialisers and the local variables' initialisers."""
     init_roots: dict[str, list[str]] = {}
     if INIT_OP_SIGNATURE in meta_graph.signature_def:
         outputs = meta_graph.signature_def[INIT_OP_SIGNATURE].outputs
@@ -160,12 +171,7 @@ def loader_executed_nodes(
             if variable.initializer_name:
                 initializers.append(node_named(variable.initializer_name, "local variable initialiser"))
         init_roots["local variable initialiser"] = initializers
-    for purpose, roots in init_roots.items():
-        executed[purpose] = ancestors(graph_def, roots, stops=assets) - assets
-    inputs = {split_input(name)[0] for name in serving_inputs}
-    roots = [node_named(name, "serving signature") for name in serving_outputs]
-    executed["serving computation"] = ancestors(graph_def, roots, stops=inputs) - inputs
-    return executed
+    return init_roots
 
 
 def loader_fed_nodes(meta_graph) -> set[str]:

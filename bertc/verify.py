@@ -318,12 +318,20 @@ def _figures(pa: np.ndarray, pb: np.ndarray, la: np.ndarray, lb: np.ndarray) -> 
     }
 
 
-def compare(original, compiled, batches: Iterable[Batch], gate: str, tolerance: float | None) -> dict:
-    """Run both models on every batch; the figures over all examples, per source, and the gate's verdict.
+@dataclasses.dataclass
+class _Outputs:
+    """Both models' outputs over all batches, as float64 [examples, classes], and where each example came from."""
 
-    `original` and `compiled` map feeds to {"probabilities", "logits"} (numpy, [batch, classes]).
-    """
-    tolerance = GATES[gate] if tolerance is None else tolerance
+    pa: np.ndarray  # probabilities: original, compiled
+    pb: np.ndarray
+    la: np.ndarray  # logits: original, compiled
+    lb: np.ndarray
+    labels: list[np.ndarray]  # the labelled batches' labels, in order
+    sources: list[str]
+    lines: list[int | None]
+
+
+def _run_both(original, compiled, batches: Iterable[Batch]) -> _Outputs:
     probs_a, probs_b, logits_a, logits_b, labels, sources, lines = [], [], [], [], [], [], []
     for batch in batches:
         a, b = original(batch.feeds()), compiled(batch.feeds())
@@ -337,55 +345,77 @@ def compare(original, compiled, batches: Iterable[Batch], gate: str, tolerance: 
         raise UserError("nothing to verify: no batches (verify.batches is 0 and no verify.dataset).")
     pa, pb = np.concatenate(probs_a).astype(np.float64), np.concatenate(probs_b).astype(np.float64)
     la, lb = np.concatenate(logits_a).astype(np.float64), np.concatenate(logits_b).astype(np.float64)
-    top_a, top_b = pa.argmax(-1), pb.argmax(-1)
-    sorted_a = np.sort(pa, axis=-1)
-    margin = sorted_a[:, -1] - sorted_a[:, -2] if pa.shape[1] > 1 else np.ones(len(pa))
-    disagree = np.nonzero(top_a != top_b)[0]
-    confident = [int(i) for i in disagree if margin[i] > 2 * tolerance]
-    listed = sorted(disagree.tolist(), key=lambda i: -margin[i])[:LISTED_DISAGREEMENTS]
-    source_names = np.array(sources)
+    return _Outputs(pa, pb, la, lb, labels, sources, lines)
+
+
+def compare(original, compiled, batches: Iterable[Batch], gate: str, tolerance: float | None) -> dict:
+    """Run both models on every batch; the figures over all examples, per source, and the gate's verdict.
+
+    `original` and `compiled` map feeds to {"probabilities", "logits"} (numpy, [batch, classes]).
+    """
+    tolerance = GATES[gate] if tolerance is None else tolerance
+    out = _run_both(original, compiled, batches)
+    pa, pb, la, lb = out.pa, out.pb, out.la, out.lb
+    listed, confident = _disagreements(out, tolerance)
+    source_names = np.array(out.sources)
     nonfinite = int(((~np.isfinite(pb)).any(-1) | (~np.isfinite(lb)).any(-1)).sum())  # examples, not values
     result = {
         "examples": len(pa),
         "gate": gate,
         "tolerance": tolerance,
         **{key: value for key, value in _figures(pa, pb, la, lb).items() if key != "examples"},
-        "disagreements": [
-            {
-                "index": i,
-                "source": sources[i],
-                **({"line": lines[i]} if lines[i] is not None else {}),
-                "original": pa[i].round(6).tolist(),
-                "compiled": pb[i].round(6).tolist(),
-                "margin": round(float(margin[i]), 6),
-                "confident": i in confident,
-            }
-            for i in listed
-        ],
+        "disagreements": listed,
         "confident_disagreements": len(confident),
         "nonfinite_outputs": nonfinite,
         "by_source": {},
     }
-    for name in dict.fromkeys(sources):  # synthetic, dataset: in the order they ran
+    for name in dict.fromkeys(out.sources):  # synthetic, dataset: in the order they ran
         rows = source_names == name
         result["by_source"][name] = _figures(pa[rows], pb[rows], la[rows], lb[rows])
-    if labels:
-        gold = np.concatenate(labels)
-        rows = source_names == "dataset"
-        if len(gold) != rows.sum():
-            raise ValueError(
-                f"{len(gold)} labels for {int(rows.sum())} dataset examples: batches must all carry labels or none"
-            )
-        if gold.max() >= pa.shape[1]:
-            raise UserError(
-                f"the dataset has label {int(gold.max())}, but the model has {pa.shape[1]} classes "
-                f"(0 to {pa.shape[1] - 1}); "
-                "give a dataset for this model's task."
-            )
-        result["accuracy"] = {
-            "examples": len(gold),
-            "original": float((top_a[rows] == gold).mean()),
-            "compiled": float((top_b[rows] == gold).mean()),
-        }
+    if out.labels:
+        result["accuracy"] = _accuracy(np.concatenate(out.labels), pa, pb, source_names == "dataset")
     result["passed"] = bool(result["max_abs_diff"] <= tolerance and not confident and nonfinite == 0)
     return result
+
+
+def _disagreements(out: _Outputs, tolerance: float) -> tuple[list[dict], list[int]]:
+    """The examples whose argmax differs, widest margin first (at most LISTED_DISAGREEMENTS), and the indices
+    of those where the original was confident: its margin wider than twice the tolerance."""
+    pa, pb = out.pa, out.pb
+    sorted_a = np.sort(pa, axis=-1)
+    margin = sorted_a[:, -1] - sorted_a[:, -2] if pa.shape[1] > 1 else np.ones(len(pa))
+    disagree = np.nonzero(pa.argmax(-1) != pb.argmax(-1))[0]
+    confident = [int(i) for i in disagree if margin[i] > 2 * tolerance]
+    listed = sorted(disagree.tolist(), key=lambda i: -margin[i])[:LISTED_DISAGREEMENTS]
+    records = [
+        {
+            "index": i,
+            "source": out.sources[i],
+            **({"line": out.lines[i]} if out.lines[i] is not None else {}),
+            "original": pa[i].round(6).tolist(),
+            "compiled": pb[i].round(6).tolist(),
+            "margin": round(float(margin[i]), 6),
+            "confident": i in confident,
+        }
+        for i in listed
+    ]
+    return records, confident
+
+
+def _accuracy(gold: np.ndarray, pa: np.ndarray, pb: np.ndarray, rows: np.ndarray) -> dict:
+    """Both models' accuracy on the dataset examples (`rows`) against their labels."""
+    if len(gold) != rows.sum():
+        raise ValueError(
+            f"{len(gold)} labels for {int(rows.sum())} dataset examples: batches must all carry labels or none"
+        )
+    if gold.max() >= pa.shape[1]:
+        raise UserError(
+            f"the dataset has label {int(gold.max())}, but the model has {pa.shape[1]} classes "
+            f"(0 to {pa.shape[1] - 1}); "
+            "give a dataset for this model's task."
+        )
+    return {
+        "examples": len(gold),
+        "original": float((pa.argmax(-1)[rows] == gold).mean()),
+        "compiled": float((pb.argmax(-1)[rows] == gold).mean()),
+    }

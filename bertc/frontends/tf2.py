@@ -53,65 +53,20 @@ def read_tf2(path: Path, meta_graph, signature) -> Graph:
     graph_def = meta_graph.graph_def
     library = {function.signature.name: function for function in graph_def.library.function}
     outer = {node.name: node for node in graph_def.node}
-    calls = {node_of(output.name) for output in signature.outputs.values()}
-    if len(calls) != 1:
-        raise ModelError(
-            f"{path}: the serving signature's outputs come from {len(calls)} function calls "
-            f"({sorted(calls)}); bertc reads a signature made by one function."
-        )
-    call = outer[calls.pop()]
+    call = _serving_call(path, outer, signature)
     function_name = call.attr["f"].func.name
-    function = library[function_name]
-    concrete = meta_graph.object_graph_def.concrete_functions.get(function_name)
-    if concrete is None:
-        raise ModelError(
-            f"{path}: the serving function {function_name} is not in the object graph's concrete "
-            "functions, so its captured variables cannot be found; save the model with "
-            "tf.saved_model.save and a serving signature."
-        )
-    bound = list(concrete.bound_inputs)
-    data_inputs = [name for name in call.input if not name.startswith("^")]
+    args, data_inputs, bound = _call_arguments(path, meta_graph, call, library[function_name])
     explicit = len(data_inputs) - len(bound)
-    args = list(function.signature.input_arg)
-    if explicit < 0 or len(args) != len(data_inputs):
-        raise ModelError(
-            f"{path}: the serving call {call.name} has {len(data_inputs)} inputs for {len(args)} function "
-            f"arguments and {len(bound)} captures; the SavedModel is inconsistent: save it again."
-        )
 
-    by_tensor = {value.name: key for key, value in signature.inputs.items()}
     graph_def_out = GraphDef()
     graph_def_out.versions.CopyFrom(graph_def.versions)
     # the bodies behind function-valued attributes (If, While branches) stay reachable, for the op check
     graph_def_out.library.CopyFrom(graph_def.library)
-    arg_map: dict[str, str] = {}
-    inputs: dict[str, str] = {}
-    for arg, name in zip(args[:explicit], data_inputs[:explicit]):
-        source, index, _ = split_input(name)
-        key = by_tensor.get(f"{source}:{index}")
-        placeholder = outer[source]
-        if key is None or placeholder.op != "Placeholder":
-            raise ModelError(
-                f"{path}: serving input {arg.name} of {call.name} is fed by {source} ({placeholder.op}), "
-                "not one of the signature's inputs; bertc reads signatures whose inputs are placeholders."
-            )
-        spec = signature.inputs[key]
-        shape = [dim.size if dim.size >= 0 else None for dim in spec.tensor_shape.dim]
-        graph_def_out.node.append(make_placeholder(key, tf.as_dtype(spec.dtype), shape))
-        arg_map[arg.name] = f"{key}:0"
-        inputs[key] = f"{key}:0"
-
+    fed = zip(args[:explicit], data_inputs[:explicit])
+    arg_map, inputs = _signature_placeholders(path, outer, signature, call, fed, graph_def_out)
     values = _variable_values(path, meta_graph, bound, function_name)
-    weights: dict[str, np.ndarray] = {}
-    resources: dict[str, _Weight] = {}
-    taken = set(inputs)
-    for arg, node_id in zip(args[explicit:], bound):
-        name, value = values[node_id]
-        name = _unique(name, taken)
-        weights[name] = value
-        graph_def_out.node.append(make_placeholder(name, tf.as_dtype(value.dtype), value.shape))
-        arg_map[arg.name] = f"{name}:0"
-        resources[f"{name}:0"] = _Weight(name, tf.as_dtype(value.dtype).as_datatype_enum)
+    captured = zip(args[explicit:], (values[node_id] for node_id in bound))
+    weights, resources = _weight_placeholders(captured, set(inputs), arg_map, graph_def_out)
 
     inliner = _Inliner(library, resources, graph_def_out, path)
     returns, _ = inliner.inline(function_name, arg_map, "")
@@ -127,6 +82,80 @@ def read_tf2(path: Path, meta_graph, signature) -> Graph:
         _, index, _ = split_input(value.name)
         outputs[key] = returns[index]
     return Graph(graph_def_out, weights, inputs, outputs)
+
+
+def _serving_call(path: Path, outer: dict[str, NodeDef], signature) -> NodeDef:
+    """The one call node of the outer graph that the signature's outputs come from."""
+    calls = {node_of(output.name) for output in signature.outputs.values()}
+    if len(calls) != 1:
+        raise ModelError(
+            f"{path}: the serving signature's outputs come from {len(calls)} function calls "
+            f"({sorted(calls)}); bertc reads a signature made by one function."
+        )
+    return outer[calls.pop()]
+
+
+def _call_arguments(path: Path, meta_graph, call: NodeDef, function) -> tuple[list, list[str], list[int]]:
+    """The serving function's arguments, the call's data inputs feeding them, and the object-graph ids of
+    the captures (the last arguments: the inputs before them are the signature's)."""
+    function_name = function.signature.name
+    concrete = meta_graph.object_graph_def.concrete_functions.get(function_name)
+    if concrete is None:
+        raise ModelError(
+            f"{path}: the serving function {function_name} is not in the object graph's concrete "
+            "functions, so its captured variables cannot be found; save the model with "
+            "tf.saved_model.save and a serving signature."
+        )
+    bound = list(concrete.bound_inputs)
+    data_inputs = [name for name in call.input if not name.startswith("^")]
+    args = list(function.signature.input_arg)
+    if len(data_inputs) < len(bound) or len(args) != len(data_inputs):
+        raise ModelError(
+            f"{path}: the serving call {call.name} has {len(data_inputs)} inputs for {len(args)} function "
+            f"arguments and {len(bound)} captures; the SavedModel is inconsistent: save it again."
+        )
+    return args, data_inputs, bound
+
+
+def _signature_placeholders(
+    path: Path, outer: dict[str, NodeDef], signature, call: NodeDef, fed, out: GraphDef
+) -> tuple[dict[str, str], dict[str, str]]:
+    """A placeholder in `out` for each (argument, call input) in `fed`, named by the signature's key;
+    returns argument -> flat tensor and signature key -> flat tensor."""
+    by_tensor = {value.name: key for key, value in signature.inputs.items()}
+    arg_map: dict[str, str] = {}
+    inputs: dict[str, str] = {}
+    for arg, name in fed:
+        source, index, _ = split_input(name)
+        key = by_tensor.get(f"{source}:{index}")
+        placeholder = outer[source]
+        if key is None or placeholder.op != "Placeholder":
+            raise ModelError(
+                f"{path}: serving input {arg.name} of {call.name} is fed by {source} ({placeholder.op}), "
+                "not one of the signature's inputs; bertc reads signatures whose inputs are placeholders."
+            )
+        spec = signature.inputs[key]
+        shape = [dim.size if dim.size >= 0 else None for dim in spec.tensor_shape.dim]
+        out.node.append(make_placeholder(key, tf.as_dtype(spec.dtype), shape))
+        arg_map[arg.name] = f"{key}:0"
+        inputs[key] = f"{key}:0"
+    return arg_map, inputs
+
+
+def _weight_placeholders(
+    captured, taken: set[str], arg_map: dict[str, str], out: GraphDef
+) -> tuple[dict[str, np.ndarray], dict[str, _Weight]]:
+    """A weight placeholder in `out` for each (argument, (name, value)) in `captured`, under a name not in
+    `taken`; each argument mapped to it in `arg_map`. Returns the weights and flat tensor -> weight."""
+    weights: dict[str, np.ndarray] = {}
+    resources: dict[str, _Weight] = {}
+    for arg, (name, value) in captured:
+        name = _unique(name, taken)
+        weights[name] = value
+        out.node.append(make_placeholder(name, tf.as_dtype(value.dtype), value.shape))
+        arg_map[arg.name] = f"{name}:0"
+        resources[f"{name}:0"] = _Weight(name, tf.as_dtype(value.dtype).as_datatype_enum)
+    return weights, resources
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -213,6 +242,20 @@ def _output_counts(node: NodeDef) -> list[tuple[str, int]]:
     return counts
 
 
+@dataclasses.dataclass
+class _Call:
+    """One function call being inlined: its body, where its arguments come from, its node-name prefix."""
+
+    function_name: str
+    body: dict[str, NodeDef]
+    arg_map: dict[str, str]  # argument -> flat tensor
+    prefix: str
+    done: dict[str, list[str] | None] = dataclasses.field(default_factory=dict)  # call -> outputs; op -> None
+
+    def flat(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
 class _Inliner:
     """Writes the nodes of a function and of everything it calls into one GraphDef."""
 
@@ -228,77 +271,77 @@ class _Inliner:
         if self.depth > 64:
             raise ModelError(f"{self.path}: functions nest deeper than 64 calls at {prefix}; is one recursive?")
         function = self.library[function_name]
-        body = {node.name: node for node in function.node_def}
-        done: dict[str, list[str] | None] = {}  # call node -> its outputs; op node -> None once written
-        order = _topological(function.node_def, body)
-
-        def flat(name: str) -> str:
-            return f"{prefix}/{name}" if prefix else name
-
-        def resolve(reference: str) -> str:
-            control = reference.startswith("^")
-            name = reference[1:] if control else reference
-            parts = name.split(":")
-            if parts[0] in arg_map and parts[0] not in body:
-                tensor = arg_map[parts[0]] if len(parts) == 1 or parts[-1] == "0" else None
-                if tensor is None:
-                    raise ModelError(
-                        f"{self.path}: {function_name} reads list argument {name}, which bertc does not inline"
-                    )
-                return f"^{node_of(tensor)}" if control else tensor
-            node = body.get(parts[0])
-            if node is None:
-                raise ModelError(
-                    f"{self.path}: {function_name} reads {name}, which is neither a node nor an "
-                    "argument: the function library is corrupted"
-                )
-            if control:
-                return f"^{flat(node.name)}"
+        call = _Call(function_name, {node.name: node for node in function.node_def}, arg_map, prefix)
+        for node in _topological(function.node_def, call.body):
+            call.done[node.name] = None
             if _is_call(node, self.library):
-                return done[node.name][int(parts[2])]
-            if len(parts) == 1:
-                return f"{flat(node.name)}:0"
-            arg, index = parts[1], int(parts[2])
-            offset = 0
-            for output_name, count in _output_counts(node):
-                if output_name == arg:
-                    return f"{flat(node.name)}:{offset + index}"
-                offset += count
-            raise ModelError(f"{self.path}: {function_name}: {node.name} ({node.op}) has no output {arg}")
-
-        def emit(node: NodeDef) -> None:
-            done[node.name] = None
-            if _is_call(node, self.library):
-                callee = node.attr["f"].func.name if node.op in CALL_OPS else node.op
-                inputs = [resolve(name) for name in node.input]
-                data = [name for name in inputs if not name.startswith("^")]
-                signature = self.library[callee].signature
-                callee_args = {arg.name: tensor for arg, tensor in zip(signature.input_arg, data)}
-                self.depth += 1
-                outputs, controls = self.inline(callee, callee_args, flat(node.name))
-                self.depth -= 1
-                done[node.name] = outputs
-                # `^call` waits for the whole call: a NoOp on its outputs, control outputs and own controls.
-                waits = {f"^{node_of(tensor)}" for tensor in outputs if tensor not in self.resources}
-                waits |= {f"^{name}" for name in controls} | {name for name in inputs if name.startswith("^")}
-                self.out.node.add(name=flat(node.name), op="NoOp", input=sorted(waits))
-                return
-            inputs = [resolve(name) for name in node.input]
-            written = self.out.node.add()
-            written.CopyFrom(node)
-            written.name = flat(node.name)
-            written.device = ""
-            del written.input[:]
-            written.input.extend(inputs)
-            for key in [key for key in written.attr if key.startswith("_")]:
-                del written.attr[key]
-            self._replace_variable_use(written)
-
-        for node in order:
-            emit(node)
-        outputs = [resolve(function.ret[arg.name]) for arg in function.signature.output_arg]
-        controls = [flat(name) for name in function.control_ret.values()]
+                self._emit_call(call, node)
+            else:
+                self._emit_op(call, node)
+        outputs = [self._resolve(call, function.ret[arg.name]) for arg in function.signature.output_arg]
+        controls = [call.flat(name) for name in function.control_ret.values()]
         return outputs, controls
+
+    def _resolve(self, call: _Call, reference: str) -> str:
+        """A body input (`node:arg:index`, an argument, or `^node`) as the flat tensor or control input."""
+        control = reference.startswith("^")
+        name = reference[1:] if control else reference
+        parts = name.split(":")
+        if parts[0] in call.arg_map and parts[0] not in call.body:
+            tensor = call.arg_map[parts[0]] if len(parts) == 1 or parts[-1] == "0" else None
+            if tensor is None:
+                raise ModelError(
+                    f"{self.path}: {call.function_name} reads list argument {name}, which bertc does not inline"
+                )
+            return f"^{node_of(tensor)}" if control else tensor
+        node = call.body.get(parts[0])
+        if node is None:
+            raise ModelError(
+                f"{self.path}: {call.function_name} reads {name}, which is neither a node nor an "
+                "argument: the function library is corrupted"
+            )
+        if control:
+            return f"^{call.flat(node.name)}"
+        if _is_call(node, self.library):
+            return call.done[node.name][int(parts[2])]
+        if len(parts) == 1:
+            return f"{call.flat(node.name)}:0"
+        arg, index = parts[1], int(parts[2])
+        offset = 0
+        for output_name, count in _output_counts(node):
+            if output_name == arg:
+                return f"{call.flat(node.name)}:{offset + index}"
+            offset += count
+        raise ModelError(f"{self.path}: {call.function_name}: {node.name} ({node.op}) has no output {arg}")
+
+    def _emit_call(self, call: _Call, node: NodeDef) -> None:
+        """Inline the function `node` calls, and a NoOp under the call's name for its control users."""
+        callee = node.attr["f"].func.name if node.op in CALL_OPS else node.op
+        inputs = [self._resolve(call, name) for name in node.input]
+        data = [name for name in inputs if not name.startswith("^")]
+        signature = self.library[callee].signature
+        callee_args = {arg.name: tensor for arg, tensor in zip(signature.input_arg, data)}
+        self.depth += 1
+        outputs, controls = self.inline(callee, callee_args, call.flat(node.name))
+        self.depth -= 1
+        call.done[node.name] = outputs
+        # `^call` waits for the whole call: a NoOp on its outputs, control outputs and own controls.
+        waits = {f"^{node_of(tensor)}" for tensor in outputs if tensor not in self.resources}
+        waits |= {f"^{name}" for name in controls} | {name for name in inputs if name.startswith("^")}
+        self.out.node.add(name=call.flat(node.name), op="NoOp", input=sorted(waits))
+
+    def _emit_op(self, call: _Call, node: NodeDef) -> None:
+        """Copy an op node under its flat name, reading flat tensors, with variable uses made weight reads."""
+        inputs = [self._resolve(call, name) for name in node.input]
+        written = self.out.node.add()
+        written.CopyFrom(node)
+        written.name = call.flat(node.name)
+        written.device = ""
+        del written.input[:]
+        written.input.extend(inputs)
+        for key in [key for key in written.attr if key.startswith("_")]:
+            del written.attr[key]
+        self._replace_variable_use(written)
 
     def _replace_variable_use(self, node: NodeDef) -> None:
         """A node reading a captured variable reads its weight instead; other uses are refused."""
