@@ -12,15 +12,27 @@ from bertc.graph import (
     Graph,
     GraphError,
     const_value,
-    consumers,
     node_of,
     nodes_by_name,
     split_input,
     tensor_name,
 )
+from bertc.match import (
+    LAYOUT_OPS,
+    MATMULS,
+    Index,
+    Match,
+    PatternNotFound,
+    Variant,
+    constant,
+    first_match,
+    p,
+    require_match,
+    weight_behind,
+)
 
 if TYPE_CHECKING:
-    from bertc.graph import NodeDef
+    pass
 
 SHAPE_ONLY_OPS = ("Shape", "ShapeN", "Size", "Rank")
 # What a mask computation may consist of; anything else on the mask side means it is not a mask.
@@ -82,33 +94,145 @@ def value_sources(graph: Graph) -> dict[str, frozenset[str]]:
     return sources
 
 
-def find_attention_sites(graph: Graph, sources: dict[str, frozenset[str]] | None = None) -> list[tuple[NodeDef, int]]:
-    """[(score Add, position of its mask operand)], in graph order; raises if none is found. `sources`: the
-    graph's value_sources when the caller has them."""
+# ---- attention sites ---------------------------------------------------------------------------------
+# Where each layer's mask meets its scores, as pattern variants matched at every Softmax (bertc/match.py).
+# The mask operand is whatever is computed from input_mask alone; the scores come from QK^T, scaled by
+# 1/sqrt(head_size) after it (a Mul or a RealDiv) or on the query before it.
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSite:
+    variant: str  # which spelling matched (SITE_VARIANTS)
+    softmax: str
+    node: str  # where the mask meets the scores: an Add, or a SelectV2 (a boolean mask)
+    mask_position: int  # the mask operand's input position at `node`
+    matmul: str  # QK^T: BatchMatMul or Einsum
+    scale: str | None  # the Mul or RealDiv by 1/sqrt(head_size) (or its inverse), None when folded
+    scale_on: str  # "scores" (after QK^T) | "query" (before it) | ""
+    query: str  # the node the query projection's value comes from (before layout ops)
+    remask: str | None = None  # keras-hub: SelectV2(mask, probabilities, 0) after the softmax
+
+    @property
+    def boolean(self) -> bool:
+        return self.mask_position == 0 and self.variant.startswith("boolean")
+
+
+def _is_zero(index: Index, name: str) -> bool:
+    node = index.nodes[weight_behind(index, name)]
+    return node.op == "Const" and not const_value(node).any()
+
+
+def _site_variants(mask_input: str, sources) -> tuple[list[Variant], list[Variant]]:
+    """(the site variants, matched at a Softmax; the re-mask variants, matched at a reader of one)."""
+    mask_only = frozenset([mask_input])
+
+    def is_mask(index: Index, name: str) -> bool:
+        return sources.get(name) == mask_only
+
+    def carries_scores(index: Index, name: str) -> bool:
+        return bool(sources.get(name, frozenset()) - mask_only - {"weights"})
+
+    mask = p(as_="mask", when=is_mask, describe=f"a tensor computed from {mask_input} alone")
+    scores = p(as_="scores", when=carries_scores, describe="the attention scores")
+    additive = p("Add|AddV2", scores, mask, swap=True, as_="site")
+    zero = p(when=_is_zero, describe="a constant 0")
+    remask = [Variant("probabilities re-masked to 0 (keras-hub)", p("SelectV2|Select", mask, p("Softmax"), zero))]
+    return [
+        Variant("additive mask (google-research, Model Garden)", p("Softmax", additive, as_="softmax")),
+        Variant(
+            "additive mask, then a constant shift (Hugging Face's stable_softmax)",
+            p("Softmax", p("Add|AddV2", additive, constant(), swap=True), as_="softmax"),
+        ),
+        Variant(
+            "boolean mask with SelectV2 (keras-hub)",
+            p("Softmax", p("SelectV2|Select", mask, scores, constant(), as_="site"), as_="softmax"),
+        ),
+    ], remask
+
+
+SCORE_VARIANTS = [
+    Variant(
+        "QK^T times a constant (google-research)",
+        p("Mul", p(MATMULS, as_="matmul", skip=LAYOUT_OPS), constant(), swap=True, as_="scale", skip=LAYOUT_OPS),
+    ),
+    Variant(
+        "QK^T over a constant (Hugging Face)",
+        p("RealDiv", p(MATMULS, as_="matmul", skip=LAYOUT_OPS), constant(), as_="scale", skip=LAYOUT_OPS),
+    ),
+    Variant(
+        "QK^T, the query scaled before it or not at all (keras-hub, Model Garden)",
+        p(MATMULS, as_="matmul", skip=LAYOUT_OPS),
+    ),
+]
+# The query projection a folded scale goes into, reached from the query (layout ops skipped).
+PROJECTION_VARIANTS = [
+    Variant(
+        "dense: MatMul + BiasAdd (google-research; Hugging Face's Tensordot reshapes around the MatMul)",
+        p(
+            "BiasAdd",
+            p("MatMul", None, constant(as_="kernel"), skip=("Reshape",)),
+            constant(as_="bias"),
+            skip=LAYOUT_OPS,
+        ),
+    ),
+    Variant(
+        "reshape-lowered einsum dense, 3-D kernel reshaped (keras-hub by tf.saved_model.save)",
+        p(
+            "Add|AddV2",
+            p("BatchMatMulV2|BatchMatMul|MatMul", None, constant(as_="kernel"), skip=("Reshape",)),
+            constant(as_="bias"),
+            swap=True,
+            skip=LAYOUT_OPS,
+        ),
+    ),
+    Variant(
+        "einsum dense with a 3-D kernel, bias by Add (keras-hub, Model Garden)",
+        p("Add|AddV2", p("Einsum", None, constant(as_="kernel")), constant(as_="bias"), swap=True, skip=LAYOUT_OPS),
+    ),
+]
+QUERY_SCALE = [
+    Variant("query times a constant", p("Mul", p(as_="query"), constant(), swap=True, as_="scale", skip=LAYOUT_OPS))
+]
+
+
+def find_attention_sites(graph: Graph, sources: dict[str, frozenset[str]] | None = None) -> list[AttentionSite]:
+    """Every attention site, in graph order; raises (naming where matching stopped) if none is found.
+    `sources`: the graph's value_sources when the caller has them."""
     mask_input = node_of(graph.inputs["input_mask"])
     sources = sources if sources is not None else value_sources(graph)
-    nodes, users = nodes_by_name(graph.graph_def), consumers(graph.graph_def)
-    mask_only = frozenset([mask_input])
-    sites = []
-    for node in graph.graph_def.node:
-        if node.op not in ("Add", "AddV2") or len(node.input) < 2:
-            continue
-        operands = [split_input(name)[0] for name in node.input[:2]]
-        kinds = [sources[name] == mask_only for name in operands]
-        if kinds.count(True) != 1:
-            continue
-        if not any(user.op == "Softmax" for user, _ in users.get(node.name, ())):
-            continue
-        sites.append((node, kinds.index(True)))
+    index = Index.of(graph)
+    variants, remask = _site_variants(mask_input, sources)
+    softmaxes = [name for name, node in index.nodes.items() if node.op == "Softmax"]
+    sites = [_site(index, found, remask) for name in softmaxes if (found := first_match(index, name, variants))]
     if not sites:
-        reached = [user.name for user, _ in users.get(mask_input, ())]
-        raise GraphError(
-            f"mask=reimpl: no attention site found. Looked for an Add feeding a Softmax with one operand "
-            f"computed from {mask_input} alone; matching started at {mask_input}, read by {reached or 'nothing'}."
-        )
-    for site, position in sites:
-        _check_mask_side(nodes, split_input(site.input[position])[0], mask_input)
+        reached = index.readers(mask_input)
+        try:
+            require_match(index, softmaxes[0] if softmaxes else mask_input, variants, "attention site")
+        except PatternNotFound as error:
+            raise GraphError(
+                f"no attention site found: {error} The mask input {mask_input} is read by {reached or 'nothing'}."
+            ) from None
+    for site in sites:
+        _check_mask_side(index.nodes, index.inputs(site.node)[site.mask_position], mask_input)
+        if site.remask:
+            _check_mask_side(index.nodes, index.inputs(site.remask)[0], mask_input)
     return sites
+
+
+def _site(index: Index, found: Match, remask_variants: list[Variant]) -> AttentionSite:
+    site = found["site"]
+    position = index.inputs(site).index(found["mask"])
+    scores = require_match(index, found["scores"], SCORE_VARIANTS, "attention scores")
+    matmul = scores["matmul"]
+    scale, scale_on = scores.get("scale"), "scores" if scores.get("scale") else ""
+    query = index.inputs(matmul)[0]
+    if scale is None:
+        for operand in index.inputs(matmul)[:2]:
+            if scaled := first_match(index, operand, QUERY_SCALE):
+                scale, scale_on, query = scaled["scale"], "query", scaled["query"]
+                break
+    remask = next((name for name in index.readers(found["softmax"]) if first_match(index, name, remask_variants)), None)
+    return AttentionSite(found.variant, found["softmax"], site, position, matmul, scale, scale_on, query, remask)
 
 
 def _check_mask_side(nodes, start: str, mask_input: str) -> None:
@@ -184,6 +308,7 @@ LAYER_NORM_OPS = frozenset(
         "Const",
         "Maximum",
         "Reciprocal",
+        "Neg",
     }
 )
 GELU_CORES = {"Tanh": "tanh", "Erf": "exact", "Erfc": "exact", "Sigmoid": "sigmoid"}
@@ -199,38 +324,6 @@ class Region:
 @dataclasses.dataclass(frozen=True)
 class GeluSite(Region):
     form: str = "tanh"  # tanh | exact | sigmoid
-
-
-@dataclasses.dataclass(frozen=True)
-class Index:
-    """A graph's nodes by name, their data consumers, and which nodes are constants: a Const, a weight, or a
-    pass-through read of one (Identity, StopGradient, ...: a graph before the removal step still has them)."""
-
-    nodes: dict
-    users: dict
-    constants: frozenset[str]
-
-    @classmethod
-    def of(cls, graph: Graph) -> Index:
-        nodes = nodes_by_name(graph.graph_def)
-        users = {
-            name: [(user, position) for user, position in found if position >= 0]
-            for name, found in consumers(graph.graph_def).items()
-        }
-        constants = set(graph.weights) | {name for name, node in nodes.items() if node.op == "Const"}
-        for node in graph.graph_def.node:  # graph order: a read comes after what it reads
-            if node.op in PASS_THROUGH_OPS and node.input and split_input(node.input[0])[0] in constants:
-                constants.add(node.name)
-        return cls(nodes, users, frozenset(constants))
-
-    def inputs(self, name: str) -> list[str]:
-        return [split_input(source)[0] for source in self.nodes[name].input if not source.startswith("^")]
-
-    def readers(self, name: str) -> list[str]:
-        return [user.name for user, _ in self.users.get(name, ())]
-
-
-PASS_THROUGH_OPS = ("Identity", "StopGradient", "Snapshot", "ReadVariableOp", "CheckNumerics", "PreventGradient")
 
 
 def find_gelus(graph: Graph, index: Index | None = None) -> list[GeluSite]:
@@ -251,6 +344,20 @@ def find_layer_norms(graph: Graph, index: Index | None = None) -> list[Region]:
     index = index or Index.of(graph)
     regions = (_layer_norm_at(core.name, index) for core in graph.graph_def.node if core.op == "Rsqrt")
     return [region for region in regions if region is not None]
+
+
+def embedding_output(graph: Graph, index: Index | None = None) -> str:
+    """The hidden states entering the first layer: the output of the LayerNorm no other LayerNorm precedes."""
+    index = index or Index.of(graph)
+    regions = find_layer_norms(graph, index)
+    outputs = {region.output for region in regions}
+    for region in regions:
+        if not (_ancestors_within(split_input(region.x)[0], index, set(index.nodes)) & outputs):
+            return tensor_name(region.output)
+    raise GraphError(
+        "@embedding_output: no LayerNorm found to end the embeddings (looked for Rsqrt(Mean(...) + eps) "
+        f"regions: {len(regions)} found); give the boundary as a tensor name instead."
+    )
 
 
 def _layer_norm_at(rsqrt: str, index: Index) -> Region | None:
@@ -274,7 +381,9 @@ def _layer_norm_at(rsqrt: str, index: Index) -> Region | None:
     # forward from the Rsqrt, taking an op only when everything it reads is the LayerNorm's own (so the
     # residual add after it, which also reads the next block, is not)
     known = _between(x, rsqrt, index) | {x}
-    forward, stack = set(), index.readers(rsqrt)
+    # seeds: the Rsqrt's readers and what else reads the statistics (Keras' Neg(mean)), never x's own readers
+    seeds = index.readers(rsqrt) + [user for name in known - {x} for user in index.readers(name) if user not in known]
+    forward, stack = set(), seeds
     while stack:
         name = stack.pop()
         inside = all(parent in known or parent in forward or parent in index.constants for parent in index.inputs(name))
@@ -392,8 +501,7 @@ ROLE_GROUPS = {
     ),
     "ffn": ("ffn_in", "gelu", "ffn_out"),
 }
-MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "_FusedMatMul")
-LAYOUT_OPS = ("Reshape", "Transpose", "Identity", "Cast", "ExpandDims", "Squeeze")
+MATMUL_OPS = tuple(MATMULS.split("|"))
 
 
 def role_matches(role: str | None, wanted: str) -> bool:
@@ -405,12 +513,14 @@ def node_roles(graph: Graph) -> dict[str, str]:
     index = Index.of(graph)
     roles: dict[str, str] = {}
 
-    def tag(names, role: str) -> None:
-        for name in names:
-            roles.setdefault(name, role)
-
     mask_input = node_of(graph.inputs["input_mask"]) if "input_mask" in graph.inputs else None
     sources = value_sources(graph)
+
+    def tag(names, role: str) -> None:
+        for name in names:  # shape arithmetic (computed from Shape reads and constants only) plays no role
+            if sources.get(name) or name in index.constants:
+                roles.setdefault(name, role)
+
     layer_norms = find_layer_norms(graph, index)
     for region in layer_norms:  # NOTE: first: a LayerNorm's nodes are its own, whatever else reads them
         tag(region.nodes, "layer_norm")
@@ -422,8 +532,8 @@ def node_roles(graph: Graph) -> dict[str, str]:
             (name for name, found in sources.items() if found == frozenset([mask_input]) and name != mask_input),
             "mask_bias",
         )
-    for site, position in find_attention_sites(graph, sources):
-        _tag_attention(site.name, position, index, tag)
+    for site in find_attention_sites(graph, sources):
+        _tag_attention(site, index, tag)
     _tag_head(graph, index, layer_norms, tag)
     _tag_embedding(graph, index, layer_norms, sources, tag)
     return roles
@@ -445,8 +555,11 @@ def _follow(index: Index, start: str, until: tuple[str, ...]) -> str | None:
 
 
 def _bias_after(index: Index, matmul: str) -> str:
-    """The bias add after a projection (BiasAdd, or Add of a weight), else the matmul itself."""
+    """The bias add after a projection (BiasAdd, or Add of a weight; through Hugging Face's Tensordot reshape),
+    else the matmul itself."""
     readers = index.readers(matmul)
+    if len(readers) == 1 and index.nodes[readers[0]].op == "Reshape":
+        readers = index.readers(readers[0])
     if (
         len(readers) == 1
         and index.nodes[readers[0]].op in ("BiasAdd", "Add", "AddV2")
@@ -457,7 +570,9 @@ def _bias_after(index: Index, matmul: str) -> str:
 
 
 def _residual_input(index: Index, block_output: str) -> tuple[str, str] | None:
-    """(the residual add after a block, the block's input it adds back)."""
+    """(the residual add after a block, the block's input it adds back), through dropout's Identity."""
+    while (readers := index.readers(block_output)) and len(readers) == 1 and index.nodes[readers[0]].op == "Identity":
+        block_output = readers[0]
     for user, position in index.users.get(block_output, ()):
         if user.op in ("Add", "AddV2") and position in (0, 1):
             return user.name, split_input(user.input[1 - position])[0]
@@ -477,22 +592,18 @@ def _tag_ffn(site: GeluSite, index: Index, tag) -> None:
     tag([add], "residual")
 
 
-def _tag_attention(site: str, position: int, index: Index, tag) -> None:
-    nodes = index.nodes
-    softmax = next((user for user in index.readers(site) if nodes[user].op == "Softmax"), None)
-    context = _follow(index, softmax, MATMUL_OPS) if softmax else None
+def _tag_attention(site: AttentionSite, index: Index, tag) -> None:
+    context = _follow(index, site.softmax, MATMUL_OPS)
     matmul = _follow(index, context, MATMUL_OPS) if context else None
     out = _bias_after(index, matmul) if matmul else None
     residual = _residual_input(index, out) if out else None
     if residual is None:
         return
     add, block_input = residual
-    scores = index.inputs(site)[1 - position]
-    while nodes[scores].op not in MATMUL_OPS and nodes[scores].op in ("Mul", "RealDiv", "Cast", "Identity"):
-        scores = next(parent for parent in index.inputs(scores) if parent not in index.constants)
     tag(_between(matmul, out, index) | _with_constants({matmul}, index), "attention_output")
-    tag([softmax], "attention_softmax")
-    tag(_between(scores, site, index) | _with_constants({scores, site}, index), "attention_scores")
+    tag([site.softmax], "attention_softmax")
+    scores = _between(site.matmul, site.softmax, index) | _with_constants({site.matmul, site.node}, index)
+    tag(scores, "attention_scores")
     tag(_between(context, matmul, index) - {matmul} | {context}, "attention_context")
     tag(_between(block_input, out, index), "attention_projection")
     tag([add], "residual")

@@ -143,6 +143,8 @@ def load_saved_model(
     from bertc.frontends.signature import canonical
 
     dialect, graph = read_graph(path, meta_graph, signature, allow_ops)
+    if dialect == "tf2":
+        _drop_inlined_call_leftovers(graph.graph_def)
     signature_inputs = {key: value.name for key, value in signature.inputs.items()}
     if dialect == "tf1" and meta_graph.HasField("object_graph_def") and meta_graph.object_graph_def.nodes:
         raise ModelError(
@@ -159,6 +161,22 @@ def load_saved_model(
     graph, served = canonical(graph, path, inputs, output)
     shape = read_bert_shape(graph, path)
     return LoadedModel(path, graph, shape, model_digest(path), signature_inputs, meta_graph, executed, served, dialect)
+
+
+def _drop_inlined_call_leftovers(graph_def: GraphDef) -> None:
+    """After inlining: the function library (no node calls it; kept, it clashes with TensorFlow's own loading of
+    the same folder in this process, verify's reference) and the calls' control outputs, NoOps hanging on every
+    op of the body (they order nothing in a graph of pure ops, and would tie the device part to the embeddings)."""
+    graph_def.ClearField("library")
+    no_ops = {node.name for node in graph_def.node if node.op == "NoOp"}
+    kept = [node for node in graph_def.node if node.name not in no_ops]
+    for node in kept:
+        inputs = [name for name in node.input if not (name.startswith("^") and name[1:] in no_ops)]
+        if len(inputs) != len(node.input):
+            del node.input[:]
+            node.input.extend(inputs)
+    del graph_def.node[:]
+    graph_def.node.extend(kept)
 
 
 def _read_meta_graph(path: Path):

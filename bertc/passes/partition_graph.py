@@ -1,7 +1,7 @@
 """Graph -> the same graph split at boundary tensors into a host part (pinned to the CPU) and a device part.
 
 A boundary is a tensor name (`node:0`), a node name, or a structural alias: `@embedding_output`
-(the hidden states entering the first layer, walked back through reshapes and casts) and
+(the hidden states entering the first layer: the embedding LayerNorm's output) and
 `@attention_mask` (the one tensor every layer's mask operand comes from). Each crossing becomes an
 Identity node `bertc/boundary/<k>`; every node the boundaries need is placed on `host_device`;
 what the outputs need beyond the boundaries is the device part. `split_partition` cuts the graph
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from bertc.analysis import find_attention_sites
+from bertc.analysis import embedding_output, find_attention_sites
 from bertc.errors import ConfigError
 from bertc.graph import (
     BOUNDARY_PREFIX,
@@ -37,7 +37,6 @@ from bertc.schema import Key
 
 PREFIX = BOUNDARY_PREFIX
 ALIASES = ("@embedding_output", "@attention_mask")
-WALK_BACK_OPS = ("Reshape", "Identity", "Cast", "ExpandDims", "Squeeze")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +51,7 @@ def resolve_boundary(graph: Graph, spec: str) -> str:
     if spec == "@attention_mask":
         return _common_mask_tensor(graph, nodes)
     if spec == "@embedding_output":
-        return _embedding_output(graph, nodes)
+        return embedding_output(graph)
     if spec.startswith("@"):
         raise ConfigError(f"partition boundary {spec!r} is not a known alias; aliases: {', '.join(ALIASES)}.")
     name, index, _ = split_input(spec)
@@ -66,8 +65,7 @@ def resolve_boundary(graph: Graph, spec: str) -> str:
 
 
 def _common_mask_tensor(graph: Graph, nodes) -> str:
-    sites = find_attention_sites(graph)
-    operands = [site.input[position] for site, position in sites]
+    operands = [nodes[site.node].input[site.mask_position] for site in find_attention_sites(graph)]
     if len(set(operands)) == 1:
         return tensor_name(*split_input(operands[0])[:2])
     others = [ancestors(graph.graph_def, [operand]) for operand in operands[1:]]
@@ -80,26 +78,6 @@ def _common_mask_tensor(graph: Graph, nodes) -> str:
         if not candidates:
             raise GraphError(f"@attention_mask: the layers' mask operands share no tensor (walked up to {name}).")
         current = candidates[0]
-
-
-def _embedding_output(graph: Graph, nodes) -> str:
-    site, position = find_attention_sites(graph)[0]
-    node = nodes[split_input(site.input[1 - position])[0]]
-    while not node.op.startswith("BatchMatMul"):
-        if node.op not in ("Mul", "Cast", "Identity"):
-            raise GraphError(
-                f"@embedding_output: expected the scores QK^T behind {site.name}, found {node.name} ({node.op})."
-            )
-        node = next(nodes[split_input(i)[0]] for i in node.input if nodes[split_input(i)[0]].op != "Const")
-    node = nodes[split_input(node.input[0])[0]]
-    while node.op != "MatMul":
-        if node.op not in ("Transpose", "Reshape", "BiasAdd", "Identity", "Cast"):
-            raise GraphError(f"@embedding_output: the query side ends at {node.name} ({node.op}), not a MatMul.")
-        node = nodes[split_input(node.input[0])[0]]
-    tensor = node.input[0]
-    while nodes[split_input(tensor)[0]].op in WALK_BACK_OPS:
-        tensor = nodes[split_input(tensor)[0]].input[0]
-    return tensor_name(*split_input(tensor)[:2])
 
 
 def _boundary_key(spec: str, position: int) -> str:

@@ -5,7 +5,8 @@ Snapshot, PreventGradient) are bypassed: their consumers read their input, and c
 carried move to those consumers. `Assert` drops the asserts and the control edges hanging on them
 (the position-slice guard); their dead condition is pruned. `ReshapeChain` reads a reshape's input
 through any reshape-like producer (Reshape(Reshape(x, a), b) == Reshape(x, b)) and drops a reshape
-whose input already has the target shape (a pair that cancels).
+whose input already has the target shape (a pair that cancels). An entry ending in `?` may match
+nothing (the default list's Assert and ReshapeChain are not in every exporter's graph).
 """
 
 from __future__ import annotations
@@ -32,29 +33,33 @@ from bertc.schema import Key
 PASS_THROUGH_OPS = ("Identity", "StopGradient", "CheckNumerics", "Snapshot", "PreventGradient")
 PATTERNS = ("Assert", "ReshapeChain")
 RESHAPE_OPS = ("Reshape", "ExpandDims", "Squeeze")
+# An entry ending in OPTIONAL may match nothing: the shipped list's Assert (google-research's position guard) and
+# ReshapeChain are not in every exporter's graph; any other entry that matches nothing is a config error.
+OPTIONAL = "?"
 
 
 @dataclasses.dataclass(frozen=True)
 class RemovalParams:
-    ops: tuple[str, ...] = ("Identity", "StopGradient", "Assert", "ReshapeChain")
+    ops: tuple[str, ...] = ("Identity", "StopGradient", "Assert?", "ReshapeChain?")
 
 
 def remove_training_ops(graph: Graph, params: RemovalParams) -> PassResult:
-    unknown = [op for op in params.ops if op not in PASS_THROUGH_OPS + PATTERNS]
+    unknown = [entry for entry in params.ops if entry.removesuffix(OPTIONAL) not in PASS_THROUGH_OPS + PATTERNS]
     if unknown:
         raise ConfigError(
             f"removal.ops has {unknown}, which bertc cannot remove; valid entries: "
-            f"{', '.join(PASS_THROUGH_OPS + PATTERNS)}."
+            f"{', '.join(PASS_THROUGH_OPS + PATTERNS)}, each optionally ending in {OPTIONAL!r} (may match nothing)."
         )
     graph = prune_to_outputs(graph)
     matches: dict[str, int] = {}
-    for op in params.ops:
+    for entry in params.ops:
+        op = entry.removesuffix(OPTIONAL)
         if op == "Assert":
-            graph, matches[op] = _remove_asserts(graph)
+            graph, matches[entry] = _remove_asserts(graph)
         elif op == "ReshapeChain":
-            graph, matches[op] = _collapse_reshape_chains(graph)
+            graph, matches[entry] = _collapse_reshape_chains(graph)
         else:
-            graph, matches[op] = _bypass(graph, op)
+            graph, matches[entry] = _bypass(graph, op)
     return PassResult(graph, matches)
 
 
@@ -174,7 +179,7 @@ def _pruned(graph: Graph, params: RemovalParams) -> str | None:
 
 
 def _listed_ops_gone(graph: Graph, params: RemovalParams) -> str | None:
-    removed = [op for op in params.ops if op in PASS_THROUGH_OPS + ("Assert",)]
+    removed = [op for entry in params.ops if (op := entry.removesuffix(OPTIONAL)) in PASS_THROUGH_OPS + ("Assert",)]
     left = [node.name for node in graph.graph_def.node if node.op in removed]
     return f"listed op(s) remain: {left[:5]}" if left else None
 

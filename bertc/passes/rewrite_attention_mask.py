@@ -1,11 +1,14 @@
 """Graph -> the graph with one additive [B,1,1,T] attention bias, computed once and shared by every layer.
 
-The mask computation is found by structure, starting from the `input_mask` input: an attention
-site is an Add whose one operand is computed from `input_mask` alone (batch sizes read through
-Shape do not count) and whose other operand carries the scores, and which feeds a Softmax. Each
-site's mask operand is replaced by `(1 - cast(reshape(input_mask, [-1,1,1,T]))) * bias_value`; the
-old per-layer mask ops are left dead and pruned. With `fold_scale`, the `1/sqrt(head_size)`
-multiply on the scores is folded into the query kernel and bias.
+The mask computation is found by structure (bertc/analysis.py: find_attention_sites, the site patterns):
+at every attention softmax, where a tensor computed from `input_mask` alone (batch sizes read through
+Shape do not count) meets the scores: an Add (google-research, Model Garden, Hugging Face) or a
+SelectV2 on a boolean mask (keras-hub). Each site then adds one shared
+`(1 - cast(reshape(input_mask, [-1,1,1,T]))) * bias_value` (a SelectV2 becomes that Add); the old
+per-layer mask ops are left dead and pruned. With `fold_scale`, the `1/sqrt(head_size)` on the scores
+(a Mul or RealDiv after QK^T, or a Mul on the query before it) is folded into the query kernel and bias.
+keras-hub also zeroes the masked probabilities after the softmax (SelectV2(mask, p, 0)); with the bias they
+are exactly 0 already (the exponential underflows), so that select is bypassed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertc.analysis import find_attention_sites
+from bertc.analysis import PROJECTION_VARIANTS, AttentionSite, find_attention_sites
 from bertc.errors import ConfigError
 from bertc.graph import (
     ATTENTION_BIAS_SCOPE,
@@ -29,9 +32,12 @@ from bertc.graph import (
     node_of,
     nodes_by_name,
     prune_to_outputs,
+    rewire,
     split_input,
+    tensor_name,
 )
 from bertc.lazy import tf
+from bertc.match import Index, require_match, weight_behind
 from bertc.passes import Condition, Pass
 from bertc.schema import Key, derived
 
@@ -66,26 +72,57 @@ def rewrite_attention_mask(graph: Graph, params: MaskParams) -> PassResult:
     nodes = nodes_by_name(graph_def)
     mask_tensor = graph.inputs["input_mask"]
     shared = f"{SCOPE}/bias"
-    already_shared = all(split_input(site.input[position])[0] == shared for site, position in sites)
     weights = dict(graph.weights)
     matches = {"attention_sites": len(sites)}
-    if not already_shared:
-        seq_len = nodes[node_of(mask_tensor)].attr["shape"].shape.dim[-1].size
-        graph_def.node.extend(_bias_nodes(mask_tensor, seq_len, params.bias_value))
-        for site, position in sites:
-            nodes[site.name].input[position] = shared
+    if not all(_mask_operand(nodes, site) == shared for site in sites):
+        graph_def.node.extend(_bias_nodes(nodes[node_of(mask_tensor)], mask_tensor, params.bias_value))
+        for site in sites:
+            _add_shared_bias(nodes[site.node], site, shared)
+            if site.remask:  # masked probabilities are exactly 0 already: exp underflows at the bias
+                rewire(graph_def, tensor_name(site.remask), tensor_name(site.softmax))
     if params.fold_scale:
-        matches["folded_scales"] = _fold_scales(graph_def, nodes, sites, weights)
+        matches["folded_scales"] = _fold_scales(graph_def, graph, sites, weights)
     result = graph.replace(graph_def=graph_def, weights=weights)
     return PassResult(prune_to_outputs(result), matches)
 
 
-def _bias_nodes(mask_tensor: str, seq_len: int, bias_value: float) -> list[NodeDef]:
-    mask_ref = mask_tensor.removesuffix(":0")
-    return [
-        make_const(f"{SCOPE}/shape", np.array([-1, 1, 1, seq_len], np.int32)),
-        make_node("Reshape", f"{SCOPE}/Reshape", [mask_ref, f"{SCOPE}/shape"], T=tf.int32, Tshape=tf.int32),
-        make_node("Cast", f"{SCOPE}/Cast", [f"{SCOPE}/Reshape"], SrcT=tf.int32, DstT=tf.float32, Truncate=False),
+def _mask_operand(nodes, site: AttentionSite) -> str:
+    return split_input(nodes[site.node].input[site.mask_position])[0]
+
+
+def _add_shared_bias(node: NodeDef, site: AttentionSite, shared: str) -> None:
+    """The site (in the copy) adds the shared bias: the mask operand replaced, a SelectV2 made an AddV2."""
+    if not site.boolean:
+        node.input[site.mask_position] = shared
+        return
+    scores, dtype = node.input[1], node.attr["T"].type
+    del node.input[:]
+    node.input.extend([scores, shared])
+    node.op = "AddV2"
+    node.ClearField("attr")
+    node.attr["T"].type = dtype
+
+
+def _bias_nodes(mask: NodeDef, mask_tensor: str, bias_value: float) -> list[NodeDef]:
+    """(1 - cast(m)) * bias_value as [B,1,1,T]: a Reshape when T is static, two ExpandDims when it is not."""
+    mask_ref, mask_dtype = mask_tensor.removesuffix(":0"), tf.as_dtype(mask.attr["dtype"].type)
+    dims = mask.attr["shape"].shape.dim
+    seq_len = dims[-1].size if dims else -1
+    if seq_len > 0:
+        shaped = [
+            make_const(f"{SCOPE}/shape", np.array([-1, 1, 1, seq_len], np.int32)),
+            make_node("Reshape", f"{SCOPE}/Reshape", [mask_ref, f"{SCOPE}/shape"], T=mask_dtype, Tshape=tf.int32),
+        ]
+    else:
+        shaped = [
+            make_const(f"{SCOPE}/axis", np.int32(1)),
+            make_node("ExpandDims", f"{SCOPE}/rows", [mask_ref, f"{SCOPE}/axis"], T=mask_dtype, Tdim=tf.int32),
+            make_node(
+                "ExpandDims", f"{SCOPE}/Reshape", [f"{SCOPE}/rows", f"{SCOPE}/axis"], T=mask_dtype, Tdim=tf.int32
+            ),
+        ]
+    return shaped + [
+        make_node("Cast", f"{SCOPE}/Cast", [f"{SCOPE}/Reshape"], SrcT=mask_dtype, DstT=tf.float32, Truncate=False),
         make_const(f"{SCOPE}/one", np.float32(1.0)),
         make_node("Sub", f"{SCOPE}/sub", [f"{SCOPE}/one", f"{SCOPE}/Cast"], T=tf.float32),
         make_const(f"{SCOPE}/value", np.float32(bias_value)),
@@ -93,53 +130,31 @@ def _bias_nodes(mask_tensor: str, seq_len: int, bias_value: float) -> list[NodeD
     ]
 
 
-def _fold_scales(graph_def, nodes, sites, weights) -> int:
-    folded = 0
-    for original, position in sites:
-        site = nodes[original.name]  # the copy: never touch the input graph
-        scores = nodes[split_input(site.input[1 - position])[0]]
-        if scores.op != "Mul":
+def _fold_scales(graph_def, graph: Graph, sites: list[AttentionSite], weights) -> int:
+    """Each site's 1/sqrt(d) multiply (on the scores, or on the query) folded into the query kernel and bias."""
+    index, folded = Index.of(graph), 0
+    for site in sites:
+        if site.scale is None:
             continue  # already folded
-        operands = [nodes[split_input(name)[0]] for name in scores.input[:2]]
-        consts = [node for node in operands if node.op == "Const"]
-        matmuls = [node for node in operands if node.op.startswith("BatchMatMul")]
-        if len(consts) != 1 or len(matmuls) != 1 or const_value(consts[0]).size != 1:
+        scale = index.nodes[site.scale]
+        constants = [name for name in index.inputs(site.scale) if name in index.constants]
+        data = [name for name in scale.input[:2] if split_input(name)[0] not in constants]
+        value = const_value(index.nodes[weight_behind(index, constants[0])]) if len(constants) == 1 else None
+        if value is None or value.size != 1 or len(data) != 1:
             raise GraphError(
-                f"mask.fold_scale: {scores.name} is not scores * constant; matching stopped there. "
-                "Set mask.fold_scale=false for this graph."
+                f"mask.fold_scale: {site.scale} is not a tensor times (or over) one constant; matching stopped "
+                "there. Set mask.fold_scale=false for this graph."
             )
-        scale = float(const_value(consts[0]))
-        kernel, bias = _query_weights(nodes, matmuls[0], weights)
-        weights[kernel] = (weights[kernel] * np.float32(scale)).astype(weights[kernel].dtype)
-        weights[bias] = (weights[bias] * np.float32(scale)).astype(weights[bias].dtype)
-        site.input[1 - position] = matmuls[0].name
+        factor = float(value) if scale.op == "Mul" else 1.0 / float(value)
+        projection = require_match(index, site.query, PROJECTION_VARIANTS, "query projection (for mask.fold_scale)")
+        for role in ("kernel", "bias"):
+            name = weight_behind(index, projection[role])
+            if name not in weights:
+                raise GraphError(f"mask.fold_scale: {name} is not a weight; cannot fold the scale into it.")
+            weights[name] = (weights[name] * np.float32(factor)).astype(weights[name].dtype)
+        rewire(graph_def, tensor_name(site.scale), tensor_name(*split_input(data[0])[:2]))
         folded += 1
     return folded
-
-
-def _query_weights(nodes, matmul: NodeDef, weights) -> tuple[str, str]:
-    """From QK^T back to the query projection: Transpose <- Reshape <- BiasAdd(MatMul(x, W), b)."""
-    node = nodes[split_input(matmul.input[0])[0]]
-    while node.op in ("Transpose", "Reshape", "Identity"):
-        node = nodes[split_input(node.input[0])[0]]
-    if node.op != "BiasAdd":
-        raise GraphError(
-            f"mask.fold_scale: the query side of {matmul.name} leads to {node.name} ({node.op}), not the "
-            "query projection's BiasAdd; matching stopped there."
-        )
-
-    def weight(name: str) -> str:
-        current = nodes[split_input(name)[0]]
-        while current.op == "Identity":
-            current = nodes[split_input(current.input[0])[0]]
-        if current.name not in weights:
-            raise GraphError(f"mask.fold_scale: {current.name} is not a weight; cannot fold the scale into it.")
-        return current.name
-
-    projection = nodes[split_input(node.input[0])[0]]
-    if projection.op != "MatMul":
-        raise GraphError(f"mask.fold_scale: {projection.name} ({projection.op}) is not the query MatMul.")
-    return weight(projection.input[1]), weight(node.input[1])
 
 
 def _has_mask_input(graph: Graph, params: MaskParams) -> str | None:
@@ -149,22 +164,23 @@ def _has_mask_input(graph: Graph, params: MaskParams) -> str | None:
 
 
 def _one_shared_bias(graph: Graph, params: MaskParams) -> str | None:
-    operands = {split_input(site.input[position])[0] for site, position in find_attention_sites(graph)}
+    nodes = nodes_by_name(graph.graph_def)
+    operands = {_mask_operand(nodes, site) for site in find_attention_sites(graph)}
     return (
         None if operands == {f"{SCOPE}/bias"} else f"the attention sites read {sorted(operands)[:4]}, not {SCOPE}/bias"
     )
 
 
+def _no_remask(graph: Graph, params: MaskParams) -> str | None:
+    left = [site.remask for site in find_attention_sites(graph) if site.remask]
+    return f"probabilities still re-masked at {left[:3]}" if left else None
+
+
 def _scale_folded(graph: Graph, params: MaskParams) -> str | None:
     if not params.fold_scale:
         return None
-    nodes = nodes_by_name(graph.graph_def)
-    scaled = [
-        site.name
-        for site, position in find_attention_sites(graph)
-        if nodes[split_input(site.input[1 - position])[0]].op == "Mul"
-    ]
-    return f"scores still scaled by a Mul at {scaled[:3]}" if scaled else None
+    scaled = [site.scale for site in find_attention_sites(graph) if site.scale is not None]
+    return f"scores still scaled by {scaled[:3]}" if scaled else None
 
 
 PASS = Pass(
@@ -179,6 +195,7 @@ PASS = Pass(
     requires=(Condition("the graph has an input_mask serving input", _has_mask_input),),
     ensures=(
         Condition("one shared [B,1,1,T] bias feeds every attention softmax", _one_shared_bias),
+        Condition("no softmax output is masked again", _no_remask),
         Condition("with fold_scale, no scale multiply is left on the scores", _scale_folded),
     ),
 )
