@@ -12,6 +12,7 @@ from bertc.graph import (
     Graph,
     GraphError,
     const_value,
+    descendants,
     node_of,
     nodes_by_name,
     split_input,
@@ -24,6 +25,7 @@ from bertc.match import (
     Match,
     PatternNotFound,
     Variant,
+    all_matches,
     constant,
     first_match,
     p,
@@ -193,6 +195,46 @@ PROJECTION_VARIANTS = [
 QUERY_SCALE = [
     Variant("query times a constant", p("Mul", p(as_="query"), constant(), swap=True, as_="scale", skip=LAYOUT_OPS))
 ]
+
+
+# ---- embeddings ------------------------------------------------------------------------------------------
+# The lookups of a BERT's three tables, matched at the nodes downstream of an input (words, token types) or
+# anywhere (positions: computed from no input, or from its Shape only).
+
+LOOKUP_VARIANTS = [
+    Variant(
+        "gather (google-research, Hugging Face, keras-hub, Model Garden)",
+        p("GatherV2|Gather|ResourceGather", constant(as_="table")),
+    ),
+    Variant(
+        "one-hot matmul (a TPU export, use_one_hot_embeddings; Model Garden's token types)",
+        p("MatMul", p("OneHot"), constant(as_="table")),
+    ),
+]
+POSITION_VARIANTS = [
+    Variant("a slice of the table (google-research, keras-hub)", p("Slice", constant(as_="table"))),
+    Variant("a strided slice of the table, then BroadcastTo (Model Garden)", p("StridedSlice", constant(as_="table"))),
+    Variant(
+        "a gather of a range (Hugging Face)",
+        p("GatherV2|ResourceGather", constant(as_="table"), p("Range", skip=LAYOUT_OPS)),
+    ),
+]
+
+
+def embedding_tables(graph: Graph, input_key: str, variants=LOOKUP_VARIANTS, index: Index | None = None) -> list[str]:
+    """The 2-D weights looked up (by `variants`) at the nodes computed from serving input `input_key`, in
+    graph order; input_key None: at every node."""
+    index = index or Index.of(graph)
+    if input_key is None:
+        candidates = None
+    else:
+        candidates = descendants(graph.graph_def, [node_of(graph.inputs[input_key])])
+    tables = []
+    for name, found in all_matches(index, variants):
+        table = weight_behind(index, found["table"])
+        if (candidates is None or name in candidates) and table in graph.weights and graph.weights[table].ndim == 2:
+            tables.append(table)
+    return list(dict.fromkeys(tables))
 
 
 def find_attention_sites(graph: Graph, sources: dict[str, frozenset[str]] | None = None) -> list[AttentionSite]:

@@ -81,6 +81,9 @@ class BenchConf:
 class SecurityConf:
     allow_ops: tuple[str, ...] = ()  # op types to allow beyond the pure-op list
     guard_inputs: bool = True  # the served model rejects ids outside the vocabulary / type vocabulary
+    # fnmatch patterns of node names: matmuls and convolutions the outputs need that play no role of the recognised
+    # BERT structure (bertc/analysis.py), which bertc otherwise refuses before running anything
+    allow_unrecognised: tuple[str, ...] = ()
 
 
 # group -> its dataclass, for the groups that are not passes (each pass brings its own group).

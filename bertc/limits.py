@@ -426,17 +426,68 @@ def exit_if_work_abandoned(code: int | str | None) -> None:
 
 # ---- before compiling ------------------------------------------------------------------------------
 
+# What does the heavy work of a BERT: each such node the outputs need must play a role of the recognised
+# structure (attention, FFN, pooler, classifier, a one-hot embedding) or be named in security.allow_unrecognised.
+HEAVY_OPS = (
+    "MatMul",
+    "BatchMatMul",
+    "BatchMatMulV2",
+    "BatchMatMulV3",
+    "Einsum",
+    "_FusedMatMul",
+    "Conv2D",
+    "Conv3D",
+    "DepthwiseConv2dNative",
+)
+
+
+def refuse_unrecognised_compute(graph: Any, allowed: Iterable[str], path: Any) -> None:
+    """Refuse (before anything runs) a matmul or convolution on the way to the outputs that is not part of the BERT
+    structure bertc recognised, unless the user named it: such work is bounded by nothing bertc understands."""
+    from bertc.analysis import node_roles
+    from bertc.errors import first_line
+    from bertc.graph import GraphError, ancestors, match_scope
+
+    try:
+        roles, why = node_roles(graph), ""
+    except GraphError as error:
+        roles, why = {}, f" bertc could not find that structure: {first_line(error)}"
+    needed = ancestors(graph.graph_def, graph.outputs.values())
+    stray = [
+        node.name
+        for node in graph.graph_def.node
+        if node.op in HEAVY_OPS
+        and node.name in needed
+        and node.name not in roles
+        and not any(match_scope(node.name, pattern) for pattern in allowed)
+    ]
+    if stray:
+        raise ModelError(
+            f"{path}: {len(stray)} matmul or convolution node(s) on the way to the outputs are outside the BERT "
+            f"structure bertc recognised (embeddings, attention, FFN, pooler, classifier), e.g. {stray[:5]}.{why} "
+            "Nothing was run. If they belong to your model, name them: security.allow_unrecognised="
+            f"['{stray[0]}'] (fnmatch patterns of node names)."
+        )
+
 
 def check_before_running(plan: Any, loaded: Any) -> dict:
     """Everything that can be refused from the loaded model and the plan before a graph runs: the
-    verify inputs, the batch against memory, the static cost of all that loading and serving runs."""
-    from bertc.graph import split_input
-    from bertc.security import loader_fed_nodes
+    verify inputs, the batch against memory, the static cost of all that loading and serving runs, heavy
+    work outside the recognised BERT structure."""
     from bertc.verify import check_verify_inputs
 
     if plan.verify.enabled:
         check_verify_inputs(plan.verify, loaded.path, loaded.shape.vocab)
     refuse_batch_beyond_memory(loaded.shape, plan)
+    bounds = _static_bound(plan, loaded)
+    refuse_unrecognised_compute(loaded.graph, plan.security.allow_unrecognised, loaded.path)
+    return bounds
+
+
+def _static_bound(plan: Any, loaded: Any) -> dict:
+    from bertc.graph import split_input
+    from bertc.security import loader_fed_nodes
+
     if loaded.meta_graph is None:
         return {}
     if getattr(loaded, "dialect", "tf1") == "tf2":

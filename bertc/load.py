@@ -20,7 +20,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
-from bertc.analysis import layer_norm_epsilons
+from bertc.analysis import POSITION_VARIANTS, embedding_tables, layer_norm_epsilons
 from bertc.artifact import files_digest
 from bertc.errors import ModelError, first_line
 from bertc.frontends.signature import ServedSignature
@@ -35,9 +35,9 @@ from bertc.graph import (
     make_placeholder,
     new_graph_def,
     node_of,
-    nodes_by_name,
     split_input,
 )
+from bertc.match import Index
 from bertc.security import (
     check_allow_ops_known,
     refuse_unsafe_loading,
@@ -345,115 +345,79 @@ def _through_identity(nodes, name: str):
     return node
 
 
-def _weight_behind(nodes, weights, name: str) -> np.ndarray | None:
-    node = _through_identity(nodes, name)
-    return weights.get(node.name)
-
-
 def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
-    """Read the BERT hyper-parameters from the weights and the graph's structure, not from names."""
-    graph_def, weights = graph.graph_def, graph.weights
-    nodes, users = nodes_by_name(graph_def), consumers(graph_def)
+    """Read the BERT hyper-parameters from the weights and the graph's structure (the lookup and attention
+    patterns of bertc/analysis.py), not from names."""
 
     def not_bert(what: str, found: str) -> ModelError:
         return ModelError(f"{path} is not a BERT that bertc understands: looked for {what}, found {found}.")
 
-    input_ids = nodes[node_of(graph.inputs["input_ids"])]
-    downstream = descendants(graph_def, [input_ids.name])
-    gathers = [
-        node
-        for node in graph_def.node
-        if node.name in downstream and node.op in ("GatherV2", "Gather", "ResourceGather")
-    ]
-    # A TPU export (use_one_hot_embeddings) multiplies a one-hot of the ids by the table instead.
-    one_hot_matmuls = [
-        user
-        for node in graph_def.node
-        if node.name in downstream and node.op == "OneHot"
-        for user, position in users.get(node.name, ())
-        if user.op == "MatMul" and position == 0
-    ]
-    tables = [split_input(node.input[0])[0] for node in gathers]
-    tables += [split_input(node.input[1])[0] for node in one_hot_matmuls]
-    table = next(
-        (w for name in tables if (w := _weight_behind(nodes, weights, name)) is not None and w.ndim == 2), None
-    )
-    if table is None:
-        raise not_bert(
-            "a word-embedding gather (or one-hot matmul) fed by input_ids",
-            f"{len(tables)} lookup(s) without a 2-D table",
-        )
+    index = Index.of(graph)
+    words = embedding_tables(graph, "input_ids", index=index)
+    if not words:
+        raise not_bert("a word-embedding lookup (a gather, or a one-hot matmul) fed by input_ids", "none")
+    table = graph.weights[words[0]]
     vocab, hidden = table.shape
-    dims = input_ids.attr["shape"].shape.dim
-    seq_len = dims[-1].size if dims else -1
-
-    segment_side = descendants(graph_def, [node_of(graph.inputs["segment_ids"])])
-    one_hots = [node for node in graph_def.node if node.name in segment_side and node.op == "OneHot"]
-    type_gathers = [node for node in graph_def.node if node.name in segment_side and node.op in ("GatherV2", "Gather")]
-    type_table = None
-    if one_hots:
-        type_vocab = int(const_value(nodes[split_input(one_hots[0].input[1])[0]]))
-    elif type_gathers:
-        type_table = _weight_behind(nodes, weights, split_input(type_gathers[0].input[0])[0])
-        type_vocab = type_table.shape[0]
-    else:
-        raise not_bert("a token-type embedding fed by segment_ids", "none")
-
-    # Positions: a slice of the table to the sequence length, or (Hugging Face) a gather of a range.
+    types = [name for name in embedding_tables(graph, "segment_ids", index=index) if name != words[0]]
+    if not types:
+        raise not_bert("a token-type embedding lookup fed by segment_ids", "none")
     positions = [
-        w
-        for node in graph_def.node
-        if node.op in ("Slice", "StridedSlice", "GatherV2")
-        if (w := _weight_behind(nodes, weights, split_input(node.input[0])[0])) is not None
-        and w.ndim == 2
-        and w.shape[1] == hidden
-        and w is not table
-        and w is not type_table
+        name
+        for name in embedding_tables(graph, None, POSITION_VARIANTS, index)
+        if name not in (words[0], types[0]) and graph.weights[name].shape[1] == hidden
     ]
     if not positions:
-        raise not_bert("a position-embedding table sliced to the sequence length", "none")
-    max_positions = positions[0].shape[0]
+        raise not_bert("a position-embedding table sliced to the sequence length (or gathered by a range)", "none")
+    max_positions = graph.weights[positions[0]].shape[0]
+    dims = index.nodes[node_of(graph.inputs["input_ids"])].attr["shape"].shape.dim
+    seq_len = dims[-1].size if dims else -1
     if seq_len <= 0:  # a signature of any length (keras-hub's export): the longest the positions allow
         seq_len = max_positions
-
-    final_softmax = _through_identity(nodes, node_of(graph.outputs["probabilities"]))
-    attention_softmaxes = [
-        node
-        for node in graph_def.node
-        if node.op == "Softmax" and node is not final_softmax and node.name in downstream
-    ]
-    if not attention_softmaxes:
+    # every softmax computed from the ids but the classifier's (a mask bertc cannot read still loads: mask=original)
+    final = _through_identity(index.nodes, node_of(graph.outputs["probabilities"])).name
+    downstream = descendants(graph.graph_def, [node_of(graph.inputs["input_ids"])])
+    softmaxes = [name for name in downstream if index.nodes[name].op == "Softmax" and name != final]
+    if not softmaxes:
         raise not_bert("attention softmaxes downstream of input_ids", "none")
-    # Einsum attention (keras-hub, Model Garden) keeps [hidden, heads, head_size] kernels.
-    split_kernels = [
-        w.shape[1]
-        for w in weights.values()
-        if w.ndim == 3 and w.shape[0] == hidden and w.shape[1] * w.shape[2] == hidden
-    ]
-    heads = split_kernels[0] if split_kernels else _heads_of(nodes, users, attention_softmaxes[0])
+    layers = len(softmaxes)
+    heads = _heads(graph, index, int(hidden), sorted(softmaxes, key=list(index.nodes).index)[0])
     if heads is None or hidden % heads:
         raise not_bert("the [batch, seq, heads, head_size] reshape of an attention layer", f"heads={heads}")
-
-    kernel_widths = [
-        w.shape[1] for name, w in weights.items() if w.ndim == 2 and w.shape[0] == hidden and w.shape[1] != hidden
-    ]
-    widest = max(kernel_widths, default=0)
-    logits_node = _through_identity(nodes, node_of(graph.outputs["logits"]))
-    num_labels = _num_labels(nodes, weights, logits_node)
     epsilons = layer_norm_epsilons(graph)
     return BertShape(
-        layers=len(attention_softmaxes),
+        layers=layers,
         hidden=int(hidden),
         heads=int(heads),
         head_size=int(hidden // heads),
-        intermediate=int(widest),
+        intermediate=int(_intermediate(graph.weights, int(hidden))),
         vocab=int(vocab),
-        type_vocab=int(type_vocab),
+        type_vocab=int(graph.weights[types[0]].shape[0]),
         max_positions=int(max_positions),
         seq_len=int(seq_len),
-        num_labels=int(num_labels),
+        num_labels=int(
+            _num_labels(index.nodes, graph.weights, _through_identity(index.nodes, node_of(graph.outputs["logits"])))
+        ),
         epsilon=epsilons[0] if epsilons else 1e-12,
     )
+
+
+def _heads(graph: Graph, index: Index, hidden: int, softmax: str) -> int | None:
+    """Einsum attention (keras-hub, Model Garden) keeps [hidden, heads, head_size] kernels; otherwise the
+    reshape to [batch, seq, heads, head_size] before the value transpose says."""
+    split_kernels = [
+        w.shape[1]
+        for w in graph.weights.values()
+        if w.ndim == 3 and w.shape[0] == hidden and w.shape[1] * w.shape[2] == hidden
+    ]
+    if split_kernels:
+        return split_kernels[0]
+    return _heads_of(index.nodes, consumers(graph.graph_def), index.nodes[softmax])
+
+
+def _intermediate(weights, hidden: int) -> int:
+    """The FFN width: the widest [hidden, X] kernel that is not square."""
+    widths = [w.shape[1] for w in weights.values() if w.ndim == 2 and w.shape[0] == hidden and w.shape[1] != hidden]
+    return max(widths, default=0)
 
 
 def _heads_of(nodes, users, softmax) -> int | None:
@@ -482,7 +446,7 @@ def _heads_of(nodes, users, softmax) -> int | None:
 
 def _num_labels(nodes, weights, logits_node) -> int:
     for name in logits_node.input:
-        value = _weight_behind(nodes, weights, split_input(name)[0])
+        value = weights.get(_through_identity(nodes, split_input(name)[0]).name)
         if value is not None and value.ndim == 1:
             return value.shape[0]
     return -1

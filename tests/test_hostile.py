@@ -385,6 +385,18 @@ def test_unbounded_work_is_refused_before_anything_runs(model_copy, tmp_path, ca
     assert folder_state(model_copy) == before
 
 
+def test_a_matmul_outside_the_bert_structure_is_refused_unless_named(model_copy, tmp_path):
+    # small enough for every size and work bound: only the structure says it is not part of the BERT
+    edit_proto(model_copy, _heavy_fill(32, 2))
+    before = folder_state(model_copy)
+    code, report, output = run_model(model_copy, tmp_path / "run")
+    assert_refused(code, report, output, tmp_path / "run", "outside the BERT structure", "heavy/matmul_0")
+    assert "security.allow_unrecognised" in report["error"] and report["failed_step"] == "load"
+    assert folder_state(model_copy) == before
+    code, report, output = run_model(model_copy, tmp_path / "named", "security.allow_unrecognised=[heavy/*]")
+    assert code == 0, output
+
+
 def test_static_bound_of_a_real_model_is_recorded(tiny_model_dir, tmp_path):
     code, report, output = run_model(tiny_model_dir, tmp_path / "run", "verify.timeout_s=600")
     assert code == 0, output
