@@ -23,6 +23,7 @@ from bertc.match import (
     MATMULS,
     Index,
     Match,
+    Pattern,
     PatternNotFound,
     Variant,
     all_matches,
@@ -402,24 +403,27 @@ def embedding_output(graph: Graph, index: Index | None = None) -> str:
     )
 
 
+_MEAN = p("Mean", skip=("StopGradient", "Identity"))
+
+
+def _variance_plus_epsilon(spread: Pattern) -> Pattern:
+    return p("Rsqrt", p("Add|AddV2", p("Mean", spread), constant(), swap=True))
+
+
+LAYER_NORM_VARIANTS = [  # matched at each Rsqrt: the variance of x, plus epsilon
+    Variant(
+        "moments: Mean(SquaredDifference(x, mean)) (google-research's contrib, Keras, Model Garden, HF)",
+        _variance_plus_epsilon(p("SquaredDifference", p(as_="x"), _MEAN, as_="spread")),
+    ),
+    Variant("Mean(Square(x - mean))", _variance_plus_epsilon(p("Square", p("Sub", p(as_="x"), _MEAN, as_="spread")))),
+]
+
+
 def _layer_norm_at(rsqrt: str, index: Index) -> Region | None:
-    nodes = index.nodes
-
-    def producer(name: str, position: int = 0) -> str:
-        return index.inputs(name)[position]
-
-    add = producer(rsqrt)
-    if nodes[add].op not in ("Add", "AddV2"):
+    found = first_match(index, rsqrt, LAYER_NORM_VARIANTS)
+    if found is None:
         return None
-    variance = next((producer(add, i) for i in (0, 1) if nodes[producer(add, i)].op == "Mean"), None)
-    if variance is None:
-        return None
-    spread = producer(variance)
-    if nodes[spread].op == "Square" and nodes[producer(spread)].op == "Sub":
-        spread = producer(spread)
-    if nodes[spread].op not in ("SquaredDifference", "Sub"):
-        return None
-    x = producer(spread)
+    nodes, spread, x = index.nodes, found["spread"], found["x"]
     # forward from the Rsqrt, taking an op only when everything it reads is the LayerNorm's own (so the
     # residual add after it, which also reads the next block, is not)
     known = _between(x, rsqrt, index) | {x}

@@ -102,7 +102,7 @@ def test_exporter_model_compiles_with_parity(exporter_models, exporter, shape, c
     report = json.loads((tmp_path / "report.json").read_text())
     assert code == 0, report.get("error")
     parity = report["parity"]
-    assert parity["passed"] and parity["max_abs_diff"] <= parity["gate"]
+    assert parity["passed"] and parity["max_abs_diff"] <= parity["tolerance"]
     steps = {step["name"]: step for step in report["steps"]}
     assert steps["rewrite_attention_mask"]["matches"]["attention_sites"] == _info(folder)["layers"]
     if config == "mixed_bf16":

@@ -142,6 +142,9 @@ def test_fold_scale_names_the_query_projection_pattern_it_could_not_match():
 def _layer_norm(x, w: Weights, form: str):
     gamma, beta = w("gamma", (HIDDEN,)), w("beta", (HIDDEN,))
     mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+    if form == "square":  # the variance spelled Mean(Square(x - mean))
+        variance = tf.reduce_mean(tf.square(x - mean), axis=-1, keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + 1e-12) * gamma + beta
     if form == "contrib":  # google-research, Model Garden, Hugging Face: moments + batchnorm
         variance = tf.reduce_mean(tf.math.squared_difference(x, tf.stop_gradient(mean)), axis=-1, keepdims=True)
         inv = tf.math.rsqrt(variance + 1e-12) * gamma
@@ -152,7 +155,7 @@ def _layer_norm(x, w: Weights, form: str):
     return x * inv + (-mean * inv + tf.reshape(beta, [1, 1, HIDDEN]))
 
 
-@pytest.mark.parametrize("form", ["contrib", "keras"])
+@pytest.mark.parametrize("form", ["contrib", "keras", "square"])
 def test_layer_norm_forms_are_one_region_each(form):
     w = Weights()
     with tf.Graph().as_default() as tf_graph:
