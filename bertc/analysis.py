@@ -639,7 +639,7 @@ def _tag_ffn(site: GeluSite, index: Index, tag) -> None:
 
 
 def _tag_attention(site: AttentionSite, index: Index, tag) -> None:
-    context = _follow(index, site.softmax, MATMUL_OPS)
+    context = _follow(index, site.remask or site.softmax, MATMUL_OPS)
     matmul = _follow(index, context, MATMUL_OPS) if context else None
     out = _bias_after(index, matmul) if matmul else None
     residual = _residual_input(index, out) if out else None
@@ -647,7 +647,7 @@ def _tag_attention(site: AttentionSite, index: Index, tag) -> None:
         return
     add, block_input = residual
     tag(_between(matmul, out, index) | _with_constants({matmul}, index), "attention_output")
-    tag([site.softmax], "attention_softmax")
+    tag([site.softmax, *([site.remask] if site.remask else [])], "attention_softmax")
     scores = _between(site.matmul, site.softmax, index) | _with_constants({site.matmul, site.node}, index)
     tag(scores, "attention_scores")
     tag(_between(context, matmul, index) - {matmul} | {context}, "attention_context")
