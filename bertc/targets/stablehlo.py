@@ -73,6 +73,8 @@ FOLDER = "stablehlo"
 WEIGHTS_FILE = "weights.safetensors"
 HOST_KEYS = ("embedding_output", "attention_mask")
 _MODULE_NAME = re.compile(r"^module @\S+", re.MULTILINE)
+# An op (not an attribute) of XLA's dialects, as the text writes it: `%3 = mhlo.erf %2` or `"mhlo.erf"(%2)`.
+_FOREIGN_OP = re.compile(r'= "?((?:mhlo|chlo)\.\w+)"?[ (]')
 _FILE_LOCATION = re.compile(r'loc\("[^"]*\.py":\d+:\d+\)')  # TensorFlow's own source lines: machine-specific paths
 
 
@@ -276,6 +278,13 @@ def emit_text(
     # NOTE: canonical text: the module is named for its shape, not TensorFlow's per-process function counter.
     text = _MODULE_NAME.sub(f"module @{name or f'bertc_device_b{batch_size}'}", text, count=1)
     text = _FILE_LOCATION.sub("loc(unknown)", text)
+    foreign = sorted(set(_FOREIGN_OP.findall(text)))
+    if foreign:
+        gelu = " (mhlo.erf: the exact GELU's erf; gelu=tanh replaces it)" if "mhlo.erf" in foreign else ""
+        raise GraphError(
+            f"target=stablehlo: the module {name or batch_size} uses {foreign}, ops of XLA's own dialects that a "
+            f"StableHLO portable artifact cannot hold{gelu}. Use target=xla for this graph."
+        )
     calls = sorted(set(re.findall(r"custom_call @(\w+)", text)))
     if calls:
         raise GraphError(
