@@ -104,6 +104,11 @@ def run_bertc(args, bundles: dict[str, Path], batch_sizes, clock: Clock, results
         gc.collect()
 
 
+def _key(size) -> str:
+    """A compile_seconds key: a batch size, or (batch size, width) for a bundle with length buckets."""
+    return f"{size[0]}_s{size[1]}" if isinstance(size, tuple) else str(size)
+
+
 def measure_bundle(args, bundle: Path, batch_sizes, clock: Clock, row: dict, drawn: dict) -> None:
     """Regenerate the weights, load and compile the modules, check the reference batch, time every batch size."""
     precision = row["precision"]
@@ -124,7 +129,7 @@ def measure_bundle(args, bundle: Path, batch_sizes, clock: Clock, row: dict, dra
         f"bertc {precision}: weights {row['weights_seconds']:.1f}s "
         f"({'digests match the build' if not differ else f'{len(differ)} digests differ: parity void'}), "
         f"compile {row['compile_s']:.1f}s "
-        f"({', '.join(f'b{size} {seconds:.1f}' for size, seconds in sorted(compile_seconds.items()))}), "
+        f"({', '.join(f'b{_key(size)} {seconds:.1f}' for size, seconds in sorted(compile_seconds.items()))}), "
         f"self-check max |dp| {row['self_check']['max_abs_diff']:.2e} (gate {row['self_check']['tolerance']}) "
         f"on {runtime.platform}"
     )

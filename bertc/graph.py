@@ -482,3 +482,20 @@ def split_length(graph: Graph) -> tuple[Graph | None, Graph]:
         dict(graph.outputs),
     )
     return length_part, body
+
+
+def bucket_sizes_of(length_part: Graph) -> tuple[int, ...]:
+    """The bucket sizes a length part dispatches on (length=buckets), or () for length=trim."""
+    nodes = nodes_by_name(length_part.graph_def)
+    return tuple(int(value) for value in const_value(nodes[SIZES]).ravel()) if SIZES in nodes else ()
+
+
+def at_width(body: Graph, width: int) -> Graph:
+    """The body of `split_length` with its cut inputs declared `[None, width]`: shape inference then gives
+    every tensor (the partition's boundaries included) its static shape at that width, as one bucket runs it."""
+    graph_def = copy_graph_def(body.graph_def)
+    cut = {node_of(tensor) for tensor in body.inputs.values()}
+    for node in graph_def.node:
+        if node.name in cut:
+            node.attr["shape"].shape.dim[1].size = width
+    return body.replace(graph_def=graph_def)

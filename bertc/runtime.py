@@ -3,7 +3,10 @@
 Needs NumPy, safetensors and JAX only; no TensorFlow, no Hydra. The host part (embedding lookups,
 LayerNorm, the mask) is computed here in NumPy from the manifest's recipe; the device part is the
 module compiled for the smallest batch size that holds the batch (a larger batch is cut into
-chunks of the largest), the rows padded with zeros and the padding dropped from the outputs.
+chunks of the largest), the rows padded with zeros and the padding dropped from the outputs. An
+artifact built with length=buckets has a module per (batch size, bucket): each chunk is cut to the
+smallest bucket that holds its longest real row (the length step's rule, `bertc.portable.batch_length`,
+computed here as the compiled graph computes it) before its rows are padded.
 
     from bertc.runtime import Runtime
     model = Runtime("outputs/.../model", platform="cpu")      # or "cuda", "tpu", a PJRT plugin's name
@@ -20,6 +23,7 @@ jax.export's own format; jax.extend is JAX's documented API for such extensions.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,10 +32,14 @@ import numpy as np
 
 from bertc.jsonfile import read_json_object
 from bertc.portable import (  # the artifact's format, shared with the target that writes it
+    BUCKETS_FORMAT,
     FORMAT,
+    FORMATS,
     MANIFEST,
     ServingError,
+    batch_length,
     compute_host,
+    file_digest,
     numpy_dtype,
     tensor_digest,
 )
@@ -68,8 +76,11 @@ def read_manifest(path: str | Path) -> dict:
     """manifest.json, its structure checked (a damaged or foreign file: a ServingError, not a KeyError)."""
     file = stablehlo_folder(path) / MANIFEST
     manifest = read_json_object(file, ServingError, f"; {REBUILD}")
-    if manifest.get("format") != FORMAT:
-        raise ServingError(f"{path}: manifest format {manifest.get('format')!r}, this runtime reads {FORMAT!r}.")
+    if manifest.get("format") not in FORMATS:
+        raise ServingError(
+            f"{path}: manifest format {manifest.get('format')!r}, this runtime reads "
+            f"{' and '.join(map(repr, FORMATS))}."
+        )
     check_manifest(manifest, file)
     return manifest
 
@@ -104,19 +115,48 @@ def check_manifest(manifest: dict, file: Path) -> None:
         file,
         "seq_len is not a positive integer",
     )
-    modules = manifest.get("modules")
-    _need(isinstance(modules, list) and modules, file, "modules is not a non-empty list")
-    for entry in modules:
-        _need(
-            isinstance(entry, dict) and isinstance(entry.get("batch_size"), int) and entry["batch_size"] > 0,
-            file,
-            f"a module entry {str(entry)[:80]} has no positive batch_size",
-        )
-        _need(
-            any(isinstance(entry.get(key), str) for key in ("bytecode", "text")),
-            file,
-            f"the batch-{entry['batch_size']} module names no bytecode or text file",
-        )
+    widths = _check_length(manifest, file)
+    parameters = _check_parameters(manifest, file)
+    _check_modules(manifest, widths, [entry for entry in parameters if entry["kind"] == "input"], file)
+    outputs = manifest.get("outputs")
+    _need(
+        isinstance(outputs, list)
+        and [entry.get("name") for entry in outputs if isinstance(entry, dict)] == ["probabilities", "logits"]
+        and all(_is_shape(entry.get("shape")) for entry in outputs),
+        file,
+        "outputs are not probabilities and logits with shapes",
+    )
+    _check_weight_entries(manifest, parameters, file)
+    _check_host(manifest, file)
+
+
+def _check_length(manifest: Mapping, file: Path) -> list[int]:
+    """The widths the modules run at: the buckets of a length=buckets artifact (its own format), else seq_len."""
+    length, seq_len = manifest.get("length"), manifest["seq_len"]
+    bucketed = manifest.get("format") == BUCKETS_FORMAT
+    _need(
+        (length is None) != bucketed,
+        file,
+        f"format {manifest.get('format')} {'needs' if bucketed else 'has no'} a length section",
+    )
+    if not bucketed:
+        return [seq_len]
+    sizes = length.get("sizes") if isinstance(length, dict) else None
+    _need(
+        isinstance(length, dict)
+        and length.get("mode") == "buckets"
+        and isinstance(sizes, list)
+        and sizes
+        and all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in sizes)
+        and sizes == sorted(set(sizes))
+        and sizes[-1] == seq_len,
+        file,
+        f"the length buckets {str(sizes)[:80]} are not ascending positive sizes ending at seq_len {seq_len}",
+    )
+    return sizes
+
+
+def _check_parameters(manifest: Mapping, file: Path) -> list[dict]:
     parameters = manifest.get("parameters")
     _need(isinstance(parameters, list) and parameters, file, "parameters is not a non-empty list")
     for entry in parameters:
@@ -129,14 +169,77 @@ def check_manifest(manifest: dict, file: Path) -> None:
             file,
             f"the parameter {str(entry)[:80]} lacks kind (input | weight), name, shape or dtype",
         )
-    outputs = manifest.get("outputs")
+    return parameters
+
+
+def _check_modules(manifest: Mapping, widths: list[int], inputs: list[dict], file: Path) -> None:
+    """Each module: its batch size and width, a digest for each file it names, its input shapes; and one module
+    for every (batch size, width), so that every batch finds its module."""
+    modules = manifest.get("modules")
+    _need(isinstance(modules, list) and modules, file, "modules is not a non-empty list")
+    keys = []
+    for entry in modules:
+        _need(
+            isinstance(entry, dict) and isinstance(entry.get("batch_size"), int) and entry["batch_size"] > 0,
+            file,
+            f"a module entry {str(entry)[:80]} has no positive batch_size",
+        )
+        label = module_label(entry, len(widths) > 1)
+        _need(
+            any(isinstance(entry.get(key), str) for key in ("bytecode", "text")),
+            file,
+            f"the {label} module names no bytecode or text file",
+        )
+        for key in ("bytecode", "text"):
+            _need(
+                entry.get(key) is None or str(entry.get(f"{key}_sha256", "")).startswith("sha256:"),
+                file,
+                f"the {label} module's {key} file has no sha256",
+            )
+        _need(
+            isinstance(entry.get("seq_len"), int)
+            and not isinstance(entry["seq_len"], bool)
+            and entry["seq_len"] in widths,
+            file,
+            f"seq_len {manifest['seq_len']} is not the length the {label} module takes ({entry.get('seq_len')}); "
+            f"its width must be one of {widths}",
+        )
+        _check_module_inputs(entry, inputs, label, file)
+        keys.append((entry["batch_size"], entry["seq_len"]))
+    batch_sizes = sorted({batch for batch, _ in keys})
     _need(
-        isinstance(outputs, list)
-        and [entry.get("name") for entry in outputs if isinstance(entry, dict)] == ["probabilities", "logits"]
-        and all(_is_shape(entry.get("shape")) for entry in outputs),
+        len(keys) == len(set(keys)) and set(keys) == {(batch, width) for batch in batch_sizes for width in widths},
         file,
-        "outputs are not probabilities and logits with shapes",
+        f"the modules are not one per batch size {batch_sizes} and width {widths}",
     )
+
+
+def _check_module_inputs(entry: Mapping, inputs: list[dict], label: str, file: Path) -> None:
+    """A module's input shapes: its batch size, the parameters' static dimensions, its width where they vary."""
+    shapes = entry.get("inputs")
+    _need(
+        isinstance(shapes, list) and len(shapes) == len(inputs),
+        file,
+        f"the {label} module lists no shape for each of its {len(inputs)} inputs",
+    )
+    for shape, parameter in zip(shapes, inputs):
+        declared = parameter["shape"]
+        expected = [entry["batch_size"]] + [entry["seq_len"] if dim is None else dim for dim in declared[1:]]
+        _need(
+            shape == expected,
+            file,
+            f"the {label} module's input {parameter['name']} is {shape}, not {expected} "
+            f"(the parameter's {declared} at its batch size and width)",
+        )
+
+
+def module_label(entry: Mapping, bucketed: bool) -> str:
+    """How messages name a module: batch-8, or batch-8 length-32 when the artifact has buckets."""
+    return f"batch-{entry['batch_size']}" + (f" length-{entry.get('seq_len')}" if bucketed else "")
+
+
+def _check_weight_entries(manifest: Mapping, parameters: list[dict], file: Path) -> None:
+    """The weights section lists each weight with shape, dtype and digest; the modules' weights are those."""
     weights = manifest.get("weights")
     _need(
         isinstance(weights, dict) and isinstance(weights.get("file"), str) and isinstance(weights.get("tensors"), dict),
@@ -160,22 +263,27 @@ def check_manifest(manifest: dict, file: Path) -> None:
                 file,
                 f"the module's weight parameter {entry['name']} is not the weight the manifest lists",
             )
+
+
+def _check_host(manifest: Mapping, file: Path) -> None:
+    """The host recipe, when there is one: complete, and reading only listed weights."""
     host = manifest.get("host")
-    if host is not None:
-        try:
-            names = _host_weight_names(host)
-            float(host["embedding_output"]["layer_norm"]["epsilon"])
-            numpy_dtype(host["embedding_output"]["dtype"]), numpy_dtype(host["attention_mask"]["dtype"])
-            host["attention_mask"]["form"]
-        except (KeyError, TypeError, ValueError) as error:
-            raise ServingError(
-                f"{file}: the host recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}"
-            ) from None
-        _need(
-            all(name in weights["tensors"] for name in names),
-            file,
-            "the host recipe reads weights the manifest does not list",
-        )
+    if host is None:
+        return
+    try:
+        names = _host_weight_names(host)
+        float(host["embedding_output"]["layer_norm"]["epsilon"])
+        numpy_dtype(host["embedding_output"]["dtype"]), numpy_dtype(host["attention_mask"]["dtype"])
+        host["attention_mask"]["form"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ServingError(
+            f"{file}: the host recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}"
+        ) from None
+    _need(
+        all(name in manifest["weights"]["tensors"] for name in names),
+        file,
+        "the host recipe reads weights the manifest does not list",
+    )
 
 
 def artifact_file(folder: Path, name, what: str) -> Path:
@@ -369,7 +477,12 @@ def _backend(backend, platform: str | None):
 
 
 class Runtime:
-    """Loads an artifact onto one PJRT device; calling it runs a batch of any size (see the module doc)."""
+    """Loads an artifact onto one PJRT device; calling it runs a batch of any size (see the module doc).
+
+    With length buckets (format bertc-stablehlo-2) each chunk of a batch runs at its own width: the length
+    step's rule (`bertc.portable.batch_length`: the longest real row of input_mask, the smallest bucket that
+    holds it, the full length for a mask that is not right-padded) picks the bucket, the inputs are cut to
+    it, and the module compiled for (batch size, bucket) runs. `ran` counts the modules each call used."""
 
     def __init__(
         self,
@@ -378,17 +491,20 @@ class Runtime:
         device_index: int = 0,
         weights: Mapping[str, np.ndarray] | None = None,
     ):
-        import jax
         from jax.extend import backend
 
         self.folder = stablehlo_folder(path)
         self.manifest = read_manifest(self.folder)
         self.seq_len = int(self.manifest["seq_len"])
-        self.batch_sizes = sorted(int(module["batch_size"]) for module in self.manifest["modules"])
-        for entry in self.manifest["modules"]:  # every file the modules name, before anything is compiled
-            for key in ("bytecode", "text"):
-                if entry.get(key):
-                    artifact_file(self.folder, entry[key], f"the batch-{entry['batch_size']} module")
+        length = self.manifest.get("length")
+        self.widths = list(length["sizes"]) if length else [self.seq_len]  # ascending; the last is seq_len
+        self.bucketed = length is not None
+        self._modules = {(entry["batch_size"], entry["seq_len"]): entry for entry in self.manifest["modules"]}
+        self.batch_sizes = sorted({batch for batch, _ in self._modules})
+        for key, entry in self._modules.items():  # every file the modules name, before anything is compiled
+            for kind in ("bytecode", "text"):
+                if entry.get(kind):
+                    artifact_file(self.folder, entry[kind], f"the {self._label(*key)} module")
         # Weights read from the artifact are checked against the manifest's digests; weights passed in
         # (regenerate_weights, which reports digests itself) by shape and dtype.
         if weights is not None:
@@ -404,6 +520,14 @@ class Runtime:
         if device_index >= len(devices):
             raise ServingError(f"device {device_index} asked for, but {self.client.platform} has {len(devices)}.")
         self.device = devices[device_index]
+        self._place_weights(weights)
+        self._executables: dict[tuple[int, int], object] = {}
+        self.compile_seconds: dict = {}  # by batch size; by (batch size, width) when the artifact has buckets
+        self.ran: collections.Counter = collections.Counter()  # (batch size, width) -> chunks run
+
+    def _place_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        import jax
+
         parameters = self.manifest["parameters"]
         self.input_names = [entry["name"] for entry in parameters if entry["kind"] == "input"]
         self.host = self.manifest.get("host")
@@ -413,19 +537,24 @@ class Runtime:
         self.device_weights = [
             jax.device_put(weights[entry["name"]], self.device) for entry in parameters if entry["kind"] == "weight"
         ]
-        self._executables: dict[int, object] = {}
-        self.compile_seconds: dict[int, float] = {}
+
+    def _label(self, batch_size: int, width: int) -> str:
+        return module_label({"batch_size": batch_size, "seq_len": width}, self.bucketed)
 
     def _check_seq_len(self, weights: Mapping[str, np.ndarray]) -> None:
-        """seq_len is what the modules take and what the position table holds."""
-        inputs = {entry["name"]: entry for entry in self.manifest["parameters"] if entry["kind"] == "input"}
-        first = inputs.get("embedding_output" if self.host_recipe() else "input_ids")
+        """seq_len is what the modules take (their first input's dimension 1 is their width, the largest width
+        seq_len) and what the position table holds."""
+        inputs = [entry["name"] for entry in self.manifest["parameters"] if entry["kind"] == "input"]
+        first = "embedding_output" if self.host_recipe() else "input_ids"
         file = self.folder / MANIFEST
-        _need(
-            first is not None and len(first["shape"]) >= 2 and first["shape"][1] == self.seq_len,
-            file,
-            f"seq_len {self.seq_len} is not the length the modules take ({first and first['shape']})",
-        )
+        _need(first in inputs, file, f"the modules take no {first}")
+        for (batch_size, width), entry in self._modules.items():
+            shape = entry["inputs"][inputs.index(first)]
+            _need(
+                len(shape) >= 2 and shape[1] == width,
+                file,
+                f"the {self._label(batch_size, width)} module's {first} is {shape}, not {width} tokens long",
+            )
         table = _table(weights, POSITION_TABLE, self.host_recipe(), "position_embeddings")
         if table is not None:
             _need(
@@ -441,43 +570,66 @@ class Runtime:
     def platform(self) -> str:
         return self.client.platform
 
-    def compile(self, batch_sizes=None, threads: int = 1) -> dict[int, float]:
-        """Compile the modules now (else each is compiled at its first use), `threads` at a time; returns
-        seconds per batch size."""
+    def compile(self, batch_sizes=None, threads: int = 1) -> dict:
+        """Compile the modules of these batch sizes (default all) at every width now (else each is compiled at its
+        first use), `threads` at a time; returns seconds per batch size (per (batch size, width) with buckets)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        keys = [(batch, width) for batch in batch_sizes or self.batch_sizes for width in self.widths]
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            list(pool.map(self._executable, batch_sizes or self.batch_sizes))
+            list(pool.map(lambda key: self._executable(*key), keys))
         return dict(self.compile_seconds)
 
-    def _executable(self, batch_size: int):
-        if batch_size not in self._executables:
-            entry = next((m for m in self.manifest["modules"] if m["batch_size"] == batch_size), None)
+    def _executable(self, batch_size: int, width: int | None = None):
+        key = (batch_size, self.seq_len if width is None else width)
+        if key not in self._executables:
+            entry = self._modules.get(key)
             if entry is None:
-                raise ServingError(f"no module for batch {batch_size}; compiled batch sizes: {self.batch_sizes}.")
+                raise ServingError(
+                    f"no module for batch {batch_size}, width {key[1]}; compiled batch sizes: {self.batch_sizes}, "
+                    f"widths: {self.widths}."
+                )
             start = time.perf_counter()
             errors = []
-            for key, mode in (("bytecode", "rb"), ("text", "r")):
-                if not entry.get(key):
+            for kind in ("bytecode", "text"):
+                if not entry.get(kind):
                     continue
                 try:
-                    file = artifact_file(self.folder, entry[key], f"the batch-{batch_size} module")
-                    with open(file, mode) as stream:
-                        module = stream.read()
-                except (OSError, UnicodeDecodeError) as error:
-                    errors.append(f"{entry[key]}: cannot be read ({error})")
+                    module = self._read_module(entry, kind, self._label(*key))
+                except ServingError as error:
+                    errors.append(str(error))
                     continue
                 try:
-                    self._executables[batch_size] = _compile(self.client, self.device, module)
+                    self._executables[key] = _compile(self.client, self.device, module)
                     break
                 except Exception as error:  # an older consumer may not read the producer's bytecode: try the text
-                    errors.append(f"{entry[key]}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+                    errors.append(
+                        f"{entry[kind]}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                    )
             else:
                 raise ServingError(
-                    f"{self.platform} could not compile the batch-{batch_size} module: {'; '.join(errors)}"
+                    f"{self.platform} could not compile the {self._label(*key)} module: {'; '.join(errors)}"
                 )
-            self.compile_seconds[batch_size] = time.perf_counter() - start
-        return self._executables[batch_size]
+            self.compile_seconds[key if self.bucketed else batch_size] = time.perf_counter() - start
+        return self._executables[key]
+
+    def _read_module(self, entry: Mapping, kind: str, label: str) -> bytes | str:
+        """A module file's content, checked against its sha256 in the manifest."""
+        file = artifact_file(self.folder, entry[kind], f"the {label} module")
+        try:
+            content = file.read_bytes()
+        except OSError as error:
+            raise ServingError(f"{entry[kind]}: cannot be read ({error})") from None
+        if file_digest(content) != entry[f"{kind}_sha256"]:
+            raise ServingError(
+                f"{entry[kind]}: does not match its sha256 in the manifest (modified or damaged after the build)"
+            )
+        if kind == "bytecode":
+            return content
+        try:
+            return content.decode()
+        except UnicodeDecodeError as error:
+            raise ServingError(f"{entry[kind]}: cannot be read ({error})") from None
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in SERVING_INPUTS if name not in feeds]
@@ -514,23 +666,42 @@ class Runtime:
             start += min(left, size)
         return chunks
 
+    def lengths(self, input_mask: np.ndarray) -> dict[str, int]:
+        """The width a batch (or chunk) runs at, its longest real row and its bucket, as the compiled model's
+        `bertc_length` signature computes them; without buckets, always the full length."""
+        if not self.bucketed:
+            return {"length": self.seq_len}
+        return batch_length(input_mask, self.widths)
+
     def device_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Serving inputs (already checked, one chunk) -> the module's input parameters, on the host."""
+        """Serving inputs (already checked and cut, one chunk) -> the module's input parameters, on the host."""
         return compute_host(self.host, self.host_weights, feeds) if self.host else dict(feeds)
 
     def run_chunk(self, feeds: Mapping[str, np.ndarray], batch_size: int) -> list:
-        """One chunk of at most batch_size rows, padded with zeros -> the module's outputs (device arrays, padded)."""
+        """One chunk of at most batch_size rows -> the module's outputs (device arrays, padded): cut to the chunk's
+        width (before padding: a padding row is no real row), padded with zero rows to batch_size."""
         import jax
 
+        width = self.lengths(feeds["input_mask"])["length"]
         rows = len(feeds["input_ids"])
+        feeds = {name: array[:, :width] for name, array in feeds.items()}
         if rows < batch_size:
             feeds = {
                 name: np.concatenate([array, np.zeros((batch_size - rows, *array.shape[1:]), array.dtype)])
                 for name, array in feeds.items()
             }
         inputs = self.device_inputs(feeds)
+        entry = self._modules[batch_size, width]
+        for name, shape in zip(self.input_names, entry["inputs"]):
+            if list(inputs[name].shape) != shape:  # a runtime bug, not the caller's: say which module and input
+                raise ServingError(
+                    f"the {self._label(batch_size, width)} module takes {name} {shape}; the runtime made "
+                    f"{list(inputs[name].shape)}. Please report this with the artifact."
+                )
         arguments = [jax.device_put(inputs[name], self.device) for name in self.input_names]
-        return _execute(self._executable(batch_size), arguments + self.device_weights)
+        executable = self._executable(batch_size, width)
+        self.ran[batch_size, width] += 1
+        return _execute(executable, arguments + self.device_weights)
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = self.check_feeds(feeds)
@@ -548,33 +719,55 @@ class Runtime:
         return {name: np.concatenate(values) for name, values in parts.items()}
 
     def self_check(self) -> dict:
-        """Run the manifest's reference batch; its max |probability difference| against what the TensorFlow
-        build computed, and whether that is within the precision's gate."""
-        reference = self.manifest.get("reference")
+        """Run the manifest's reference batches (one per bucket and a fallback one with buckets); the max
+        |probability difference| against what the TensorFlow build computed, whether that is within the
+        precision's gate, and (with buckets) whether each batch ran at the width the TensorFlow build ran it."""
         file = self.folder / MANIFEST
+        diff = logits = 0.0
+        examples, widths, disagree = 0, [], []
+        for feeds, expected, width in self._reference_batches(file):
+            outputs = self(feeds)
+            for key, value in expected.items():
+                _need(
+                    value.shape == outputs[key].shape,
+                    file,
+                    f"the reference {key} are {list(value.shape)}, the model gives {list(outputs[key].shape)}",
+                )
+            diff = max(diff, float(np.abs(outputs["probabilities"] - expected["probabilities"]).max(initial=0)))
+            logits = max(logits, float(np.abs(outputs["logits"] - expected["logits"]).max(initial=0)))
+            examples += len(feeds["input_ids"])
+            ours = self.lengths(feeds["input_mask"])["length"]
+            widths.append(ours)
+            if width is not None and width != ours:
+                disagree.append({"ours": ours, "tensorflow": width})
+        return {
+            "examples": examples,
+            "max_abs_diff": diff,
+            "logits_max_abs_diff": logits,
+            "tolerance": self.gate,
+            "widths": widths,
+            "width_disagreements": disagree,
+            "passed": bool(diff <= self.gate and not disagree),
+        }
+
+    def _reference_batches(self, file: Path) -> list[tuple[dict, dict, int | None]]:
+        """[(feeds, expected outputs, the width TensorFlow ran it at or None)] from the manifest's reference."""
+        reference = self.manifest.get("reference")
         try:
-            feeds = {name: np.asarray(reference[name], np.int32) for name in SERVING_INPUTS}
-            expected = {key: np.asarray(reference[key], np.float32) for key in ("probabilities", "logits")}
+            batches = reference["batches"] if self.bucketed else [reference]
+            result = []
+            for batch in batches:
+                feeds = {name: np.asarray(batch[name], np.int32) for name in SERVING_INPUTS}
+                expected = {key: np.asarray(batch[key], np.float32) for key in ("probabilities", "logits")}
+                width = batch["width"] if self.bucketed else None
+                _need(width is None or isinstance(width, int), file, f"a reference width is {width!r}")
+                result.append((feeds, expected, width))
         except (KeyError, TypeError, ValueError) as error:
             raise ServingError(
                 f"{file}: the reference batch is incomplete ({type(error).__name__}: {error}); {REBUILD}"
             ) from None
-        outputs = self(feeds)
-        for key, value in expected.items():
-            _need(
-                value.shape == outputs[key].shape,
-                file,
-                f"the reference {key} are {list(value.shape)}, the model gives {list(outputs[key].shape)}",
-            )
-        diff = float(np.abs(outputs["probabilities"] - expected["probabilities"]).max())
-        logits = float(np.abs(outputs["logits"] - expected["logits"]).max())
-        return {
-            "examples": len(feeds["input_ids"]),
-            "max_abs_diff": diff,
-            "logits_max_abs_diff": logits,
-            "tolerance": self.gate,
-            "passed": bool(diff <= self.gate),
-        }
+        _need(result, file, "the reference has no batches")
+        return result
 
 
 def _host_weight_names(host: Mapping) -> list[str]:

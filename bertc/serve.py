@@ -54,19 +54,14 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
         runtime = Runtime(args.model, platform=args.platform, device_index=args.device, weights=weights)
+        buckets = f"length buckets {runtime.widths}, " if runtime.bucketed else ""
         print(
-            f"{runtime.folder}: batch sizes {runtime.batch_sizes}, seq_len {runtime.seq_len}, "
+            f"{runtime.folder}: batch sizes {runtime.batch_sizes}, {buckets}seq_len {runtime.seq_len}, "
             f"on {runtime.platform} ({runtime.device})"
         )
         code = 0
         if args.check:
-            check = runtime.self_check()
-            print(
-                f"check: max |dp| {check['max_abs_diff']:.3g} over {check['examples']} examples "
-                "against the TensorFlow build "
-                f"(gate {check['tolerance']}): {'passed' if check['passed'] else 'FAILED'}"
-            )
-            code = 0 if check["passed"] else 1
+            code = 0 if print_check(runtime) else 1
         if args.inputs:
             feeds = read_inputs(args.inputs)
             start = time.perf_counter()
@@ -82,6 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def print_check(runtime: Runtime) -> bool:
+    """--check: the reference batches against the TensorFlow build's outputs, and (buckets) the widths they ran."""
+    check = runtime.self_check()
+    ran = ""
+    if runtime.bucketed:
+        ran = f", at widths {check['widths']}"
+        for entry in check["width_disagreements"]:
+            print(
+                f"check: a reference batch ran at width {entry['ours']}, "
+                f"the TensorFlow build ran it at {entry['tensorflow']}"
+            )
+    print(
+        f"check: max |dp| {check['max_abs_diff']:.3g} over {check['examples']} examples{ran} "
+        "against the TensorFlow build "
+        f"(gate {check['tolerance']}): {'passed' if check['passed'] else 'FAILED'}"
+    )
+    return check["passed"]
 
 
 def read_inputs(path: Path) -> dict[str, np.ndarray]:

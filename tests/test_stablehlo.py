@@ -226,3 +226,15 @@ def test_run_on_a_platform_this_machine_lacks_says_so_in_one_line(builds):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: platform 'gpu' is not available here: JAX sees only cpu")
+
+
+def test_an_op_stablehlo_cannot_hold_is_a_clear_error():
+    """The exact GELU's erf lowers to mhlo.erf, which no StableHLO portable artifact can hold (MiniLM hit this)."""
+    import tensorflow as tf
+
+    from bertc.graph import GraphError
+    from bertc.targets.stablehlo import emit_text
+
+    function = tf.function(lambda x: (tf.math.erf(x),), jit_compile=True, autograph=False)
+    with pytest.raises(GraphError, match=r"uses \['mhlo.erf'\].*gelu=tanh"):
+        emit_text(function, [{"name": "x", "shape": [None, 4], "dtype": "float32"}], {}, [], 2)

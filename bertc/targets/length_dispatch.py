@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from bertc.graph import SIZES, Graph, const_value, nodes_by_name
+from bertc.graph import Graph, bucket_sizes_of
 
 LENGTH_SIGNATURE = "bertc_length"  # a second signature of the artifact: input_mask -> the length it runs at
 
@@ -23,8 +23,7 @@ LENGTH_SIGNATURE = "bertc_length"  # a second signature of the artifact: input_m
 class LengthStage(tf.Module):
     def __init__(self, length_graph: Graph, part_type, jit_compile: bool, seq_len: int):
         super().__init__(name="length")
-        nodes = nodes_by_name(length_graph.graph_def)
-        self.sizes = tuple(int(v) for v in const_value(nodes[SIZES]).ravel()) if SIZES in nodes else ()
+        self.sizes = bucket_sizes_of(length_graph)
         self.dispatch = jit_compile and bool(self.sizes)
         self._part = part_type(length_graph, "length")
         self._seq_len = seq_len
