@@ -34,7 +34,7 @@ import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
-from bertc.analysis import layer_norm_epsilons
+from bertc.analysis import POSITION_VARIANTS, embedding_tables, layer_norm_epsilons
 from bertc.batches import synthetic_batches
 from bertc.errors import ConfigError
 from bertc.graph import (
@@ -54,6 +54,7 @@ from bertc.graph import (
     static_shapes,
 )
 from bertc.lengths import synthetic_feeds
+from bertc.match import Index
 from bertc.portable import (
     BUCKETS_FORMAT,
     FORMAT,
@@ -334,10 +335,15 @@ def host_recipe(host: Graph, seq_len: int) -> dict:
             if node.op in op_types and (w := weight_behind(node.input[position])) is not None
         ]
 
-    tables_2d = [name for name in read_by(("GatherV2", "Gather", "ResourceGather"), 0) if host.weights[name].ndim == 2]
-    word = max(tables_2d, key=lambda name: host.weights[name].shape[0], default=None)
-    token_types = [name for name in read_by(("MatMul",), 1) + tables_2d if name != word]
-    positions = [name for name in read_by(("Slice", "StridedSlice"), 0) if host.weights[name].ndim == 2]
+    # the lookups by the shape reader's own patterns (bertc/analysis.py: LOOKUP_VARIANTS, POSITION_VARIANTS)
+    index = Index.of(host)
+    word = next(iter(embedding_tables(host, "input_ids", index=index)), None)
+    token_types = [name for name in embedding_tables(host, "segment_ids", index=index) if name != word]
+    positions = [
+        name
+        for name in embedding_tables(host, None, POSITION_VARIANTS, index)
+        if name != word and name not in token_types
+    ]
     gammas = read_by(("Mul",), 1) + read_by(("Mul",), 0)
     betas = read_by(("Sub",), 0)
     epsilons = layer_norm_epsilons(host)
