@@ -22,15 +22,17 @@ class Batch:
 
 
 def synthetic_batches(batches: int, batch_size: int, seq_len: int, vocab: int, seed: int) -> list[Batch]:
-    """Seeded batches: [CLS] a [SEP] b [SEP] with random lengths, the rest padding."""
+    """Seeded batches: [CLS] a [SEP] b [SEP] with random lengths, the rest padding. Batch k's rows are at most
+    (k % 4 + 1) / 4 of seq_len long, so four batches reach every quarter (each length bucket runs in verify)."""
     rng = np.random.default_rng(seed)
     result = []
-    for _ in range(batches):
+    for number in range(batches):
+        cap = max(4, (seq_len * (number % 4 + 1)) // 4)
         ids = np.zeros((batch_size, seq_len), np.int32)
         mask = np.zeros_like(ids)
         segments = np.zeros_like(ids)
         for row in range(batch_size):
-            length = int(rng.integers(4, seq_len + 1))
+            length = int(rng.integers(4, cap + 1))
             first = int(rng.integers(1, length - 2))
             ids[row, :length] = rng.integers(1000, vocab, length) if vocab > 1000 else rng.integers(1, vocab, length)
             ids[row, 0], ids[row, first], ids[row, length - 1] = (
