@@ -300,40 +300,50 @@ def _polymorphic_constant(const: NodeDef, seq_len: int, seq: str) -> tuple[list[
 
 
 def _length_nodes(graph: Graph, seq_len: int, sizes: tuple[int, ...]) -> list[NodeDef]:
+    """The batch's length L computed from input_mask, and every input cut to [:, :L]."""
     mask = input_ref(graph.inputs["input_mask"])
-    int32 = tf.int32
-    p = SCOPE
+    return [
+        *_real_length_nodes(mask, seq_len),
+        *(_bucket_nodes(sizes) if sizes else _trim_nodes()),
+        *_cut_nodes(graph),
+    ]
 
-    def const(name: str, value) -> NodeDef:
-        return make_const(f"{p}/{name}", np.asarray(value, np.int32))
 
-    def all_of(name: str, boolean: str) -> list[NodeDef]:
-        return [make_node("All", f"{p}/{name}", [boolean, f"{p}/axes_01"], keep_dims=False, Tidx=int32)]
+def _const(name: str, value) -> NodeDef:
+    return make_const(f"{SCOPE}/{name}", np.asarray(value, np.int32))
 
-    nodes = [
-        const("axes_01", [0, 1]),
-        const("zero", 0),
-        const("one", 1),
-        const("full", seq_len),
-        const("origin", [0, 0]),
-        const("rest", [-1, -1]),
+
+def _all_of(name: str, boolean: str) -> NodeDef:
+    return make_node("All", f"{SCOPE}/{name}", [boolean, f"{SCOPE}/axes_01"], keep_dims=False, Tidx=tf.int32)
+
+
+def _real_length_nodes(mask: str, seq_len: int) -> list[NodeDef]:
+    """Whether the mask can be cut (0/1, right-padded, a real first token in every row), and its longest row."""
+    int32, p = tf.int32, SCOPE
+    return [
+        _const("axes_01", [0, 1]),
+        _const("zero", 0),
+        _const("one", 1),
+        _const("full", seq_len),
+        _const("origin", [0, 0]),
+        _const("rest", [-1, -1]),
         # binary: every value is 0 or 1
         make_node("Equal", f"{p}/is_zero", [mask, f"{p}/zero"], T=int32, incompatible_shape_error=True),
         make_node("Equal", f"{p}/is_one", [mask, f"{p}/one"], T=int32, incompatible_shape_error=True),
         make_node("LogicalOr", f"{p}/is_binary", [f"{p}/is_zero", f"{p}/is_one"]),
-        *all_of("binary", f"{p}/is_binary"),
+        _all_of("binary", f"{p}/is_binary"),
         # right-padded: no row rises (mask[:, 1:] <= mask[:, :-1])
-        const("head_size", [-1, seq_len - 1]),
-        const("tail_begin", [0, 1]),
+        _const("head_size", [-1, seq_len - 1]),
+        _const("tail_begin", [0, 1]),
         make_node("Slice", f"{p}/head", [mask, f"{p}/origin", f"{p}/head_size"], T=int32, Index=int32),
         make_node("Slice", f"{p}/tail", [mask, f"{p}/tail_begin", f"{p}/rest"], T=int32, Index=int32),
         make_node("LessEqual", f"{p}/no_rise", [f"{p}/tail", f"{p}/head"], T=int32),
-        *all_of("right_padded", f"{p}/no_rise"),
+        _all_of("right_padded", f"{p}/no_rise"),
         # every row has a real token (its first position)
-        const("column_size", [-1, 1]),
+        _const("column_size", [-1, 1]),
         make_node("Slice", f"{p}/first", [mask, f"{p}/origin", f"{p}/column_size"], T=int32, Index=int32),
         make_node("Equal", f"{p}/first_real", [f"{p}/first", f"{p}/one"], T=int32, incompatible_shape_error=True),
-        *all_of("rows_real", f"{p}/first_real"),
+        _all_of("rows_real", f"{p}/first_real"),
         make_node("LogicalAnd", f"{p}/ok_0", [f"{p}/binary", f"{p}/right_padded"]),
         make_node("LogicalAnd", f"{p}/cuttable", [f"{p}/ok_0", f"{p}/rows_real"]),
         # the longest real row (at least 1: an empty batch still has a valid shape)
@@ -341,51 +351,52 @@ def _length_nodes(graph: Graph, seq_len: int, sizes: tuple[int, ...]) -> list[No
         make_node("Max", f"{p}/longest", [f"{p}/row_lengths", f"{p}/zero"], keep_dims=False, T=int32, Tidx=int32),
         make_node("Maximum", REAL_LENGTH, [f"{p}/longest", f"{p}/one"], T=int32),
     ]
-    if sizes:
-        nodes += [
-            make_const(SIZES, np.array(sizes, np.int32)),
-            make_node("Less", f"{p}/too_short", [SIZES, REAL_LENGTH], T=int32),
-            make_node("Cast", f"{p}/too_short_count", [f"{p}/too_short"], SrcT=tf.bool, DstT=int32, Truncate=False),
-            make_node(
-                "Sum",
-                f"{p}/fitting_index",
-                [f"{p}/too_short_count", f"{p}/zero"],
-                keep_dims=False,
-                T=int32,
-                Tidx=int32,
-            ),
-            const("last_index", len(sizes) - 1),
-            make_node("SelectV2", BUCKET_INDEX, [f"{p}/cuttable", f"{p}/fitting_index", f"{p}/last_index"], T=int32),
-            make_node(
-                "GatherV2",
-                LENGTH,
-                [SIZES, BUCKET_INDEX, f"{p}/zero"],
-                Tparams=int32,
-                Tindices=int32,
-                Taxis=int32,
-                batch_dims=0,
-            ),
-        ]
-    else:
-        nodes.append(make_node("SelectV2", LENGTH, [f"{p}/cuttable", REAL_LENGTH, f"{p}/full"], T=int32))
-    nodes += [
-        const("keep_rows", -1),
+
+
+def _trim_nodes() -> list[NodeDef]:
+    """trim: L is the longest real row, or the full length when the mask cannot be cut."""
+    return [make_node("SelectV2", LENGTH, [f"{SCOPE}/cuttable", REAL_LENGTH, f"{SCOPE}/full"], T=tf.int32)]
+
+
+def _bucket_nodes(sizes: tuple[int, ...]) -> list[NodeDef]:
+    """buckets: L is the smallest size holding the longest real row (the last, the full length, on fallback)."""
+    int32, p = tf.int32, SCOPE
+    return [
+        make_const(SIZES, np.array(sizes, np.int32)),
+        make_node("Less", f"{p}/too_short", [SIZES, REAL_LENGTH], T=int32),
+        make_node("Cast", f"{p}/too_short_count", [f"{p}/too_short"], SrcT=tf.bool, DstT=int32, Truncate=False),
+        make_node(
+            "Sum", f"{p}/fitting_index", [f"{p}/too_short_count", f"{p}/zero"], keep_dims=False, T=int32, Tidx=int32
+        ),
+        _const("last_index", len(sizes) - 1),
+        make_node("SelectV2", BUCKET_INDEX, [f"{p}/cuttable", f"{p}/fitting_index", f"{p}/last_index"], T=int32),
+        make_node(
+            "GatherV2",
+            LENGTH,
+            [SIZES, BUCKET_INDEX, f"{p}/zero"],
+            Tparams=int32,
+            Tindices=int32,
+            Taxis=int32,
+            batch_dims=0,
+        ),
+    ]
+
+
+def _cut_nodes(graph: Graph) -> list[NodeDef]:
+    """Every serving input sliced to [:, :L], and SEQ: the cut width every former S reads."""
+    int32, p = tf.int32, SCOPE
+    nodes = [
+        _const("keep_rows", -1),
         make_node("Pack", f"{p}/cut_size", [f"{p}/keep_rows", LENGTH], T=int32, N=2, axis=0),
     ]
-    for key, tensor in graph.inputs.items():
-        nodes.append(
-            make_node(
-                "Slice",
-                cut_name(key),
-                [input_ref(tensor), f"{p}/origin", f"{p}/cut_size"],
-                T=int32,
-                Index=int32,
-            )
-        )
     nodes += [
+        make_node("Slice", cut_name(key), [input_ref(tensor), f"{p}/origin", f"{p}/cut_size"], T=int32, Index=int32)
+        for key, tensor in graph.inputs.items()
+    ]
+    return nodes + [
         make_node("Shape", f"{p}/cut_shape", [cut_name("input_mask")], T=int32, out_type=int32),
-        const("axis_1", [1]),
-        const("axis_2", [2]),
+        _const("axis_1", [1]),
+        _const("axis_2", [2]),
         make_node(
             "StridedSlice",
             SEQ,
@@ -398,9 +409,8 @@ def _length_nodes(graph: Graph, seq_len: int, sizes: tuple[int, ...]) -> list[No
             new_axis_mask=0,
             shrink_axis_mask=1,
         ),
-        const("one_step", [1]),
+        _const("one_step", [1]),
     ]
-    return nodes
 
 
 def _check_no_static_length(graph: Graph, seq_len: int) -> None:

@@ -319,8 +319,33 @@ def host_recipe(host: Graph, seq_len: int) -> dict:
             f"{', '.join('@' + key for key in HOST_KEYS)} "
             f"(partition=cpu_embed); this plan's boundaries are {sorted(host.outputs)}. Use those, or partition=none."
         )
-    nodes = nodes_by_name(host.graph_def)
     shapes = _output_specs(host)
+    found = _embedding_weights(host)
+    absent = [role for role, value in found.items() if not value]
+    if absent:
+        raise GraphError(
+            f"target=stablehlo: the host part has no {', '.join(absent)} where BERT's embedding has one; "
+            "use partition=none."
+        )
+    recipe = {
+        "embedding_output": {
+            "word_embeddings": found["word"][0],
+            "token_type_embeddings": found["token type"][0],
+            "position_embeddings": found["position"][0],
+            "layer_norm": {"gamma": found["gamma"][0], "beta": found["beta"][0], "epsilon": found["epsilon"][0]},
+            "dtype": shapes["embedding_output"][1],
+            "formula": "LayerNorm((word[input_ids] + token_type[segment_ids]) + position[:seq_len]), float32",
+        },
+        "attention_mask": _mask_recipe(nodes_by_name(host.graph_def), shapes["attention_mask"], seq_len),
+    }
+    _check_recipe(host, recipe, seq_len)
+    return recipe
+
+
+def _embedding_weights(host: Graph) -> dict[str, list]:
+    """What the embedding is made of -> the weights found (empty where none): the lookups by the shape reader's
+    own patterns (bertc/analysis.py: LOOKUP_VARIANTS, POSITION_VARIANTS), the LayerNorm's parameters."""
+    nodes = nodes_by_name(host.graph_def)
 
     def weight_behind(name: str) -> str | None:
         node = nodes[split_input(name)[0]]
@@ -335,45 +360,19 @@ def host_recipe(host: Graph, seq_len: int) -> dict:
             if node.op in op_types and (w := weight_behind(node.input[position])) is not None
         ]
 
-    # the lookups by the shape reader's own patterns (bertc/analysis.py: LOOKUP_VARIANTS, POSITION_VARIANTS)
     index = Index.of(host)
-    word = next(iter(embedding_tables(host, "input_ids", index=index)), None)
-    token_types = [name for name in embedding_tables(host, "segment_ids", index=index) if name != word]
-    positions = [
-        name
-        for name in embedding_tables(host, None, POSITION_VARIANTS, index)
-        if name != word and name not in token_types
-    ]
-    gammas = read_by(("Mul",), 1) + read_by(("Mul",), 0)
-    betas = read_by(("Sub",), 0)
-    epsilons = layer_norm_epsilons(host)
-    found = {
-        "word": word,
+    words = embedding_tables(host, "input_ids", index=index)[:1]
+    token_types = [name for name in embedding_tables(host, "segment_ids", index=index) if name not in words]
+    lookups = [*words, *token_types]
+    positions = [name for name in embedding_tables(host, None, POSITION_VARIANTS, index) if name not in lookups]
+    return {
+        "word": words,
         "token type": token_types[:1],
         "position": positions[:1],
-        "gamma": gammas[:1],
-        "beta": betas[:1],
-        "epsilon": epsilons[:1],
+        "gamma": (read_by(("Mul",), 1) + read_by(("Mul",), 0))[:1],
+        "beta": read_by(("Sub",), 0)[:1],
+        "epsilon": layer_norm_epsilons(host)[:1],
     }
-    absent = [role for role, value in found.items() if not value]
-    if absent:
-        raise GraphError(
-            f"target=stablehlo: the host part has no {', '.join(absent)} where BERT's embedding has one; "
-            "use partition=none."
-        )
-    recipe = {
-        "embedding_output": {
-            "word_embeddings": word,
-            "token_type_embeddings": token_types[0],
-            "position_embeddings": positions[0],
-            "layer_norm": {"gamma": gammas[0], "beta": betas[0], "epsilon": epsilons[0]},
-            "dtype": shapes["embedding_output"][1],
-            "formula": "LayerNorm((word[input_ids] + token_type[segment_ids]) + position[:seq_len]), float32",
-        },
-        "attention_mask": _mask_recipe(nodes, shapes["attention_mask"], seq_len),
-    }
-    _check_recipe(host, recipe, seq_len)
-    return recipe
 
 
 def _output_specs(part: Graph) -> dict[str, tuple[list, str]]:
