@@ -216,3 +216,19 @@ def test_partition_on_explicit_tensor_names(masked, feeds, reference):
 def test_partition_that_does_not_cut_is_refused(masked):
     with pytest.raises(GraphError, match="still reads serving input"):
         partition_graph(masked, PartitionParams(("@embedding_output",)))
+
+
+def test_removal_entry_ending_in_a_question_mark_may_match_nothing(removed):
+    import types
+
+    from bertc.pipeline import StepFailed, run_step
+
+    def step(*ops):
+        return types.SimpleNamespace(name="remove_training_ops", group="removal", params=RemovalParams(ops))
+
+    graph, record = run_step(step("Identity?", "CheckNumerics?"), removed, [])
+    assert record["matches"] == {"Identity?": 0, "CheckNumerics?": 0}
+    with pytest.raises(StepFailed, match=r"\['CheckNumerics'\] matched nothing"):
+        run_step(step("CheckNumerics?", "CheckNumerics"), removed, [])
+    with pytest.raises(ConfigError, match="Bogus"):
+        remove_training_ops(removed, RemovalParams(("Bogus?",)))
