@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import TYPE_CHECKING
 
 from bertc.graph import (
     LENGTH_SCOPE,
     Graph,
     GraphError,
+    ancestors,
     const_value,
     descendants,
     node_of,
@@ -33,9 +33,6 @@ from bertc.match import (
     require_match,
     weight_behind,
 )
-
-if TYPE_CHECKING:
-    pass
 
 SHAPE_ONLY_OPS = ("Shape", "ShapeN", "Size", "Rank")
 # What a mask computation may consist of; anything else on the mask side means it is not a mask.
@@ -395,7 +392,7 @@ def embedding_output(graph: Graph, index: Index | None = None) -> str:
     regions = find_layer_norms(graph, index)
     outputs = {region.output for region in regions}
     for region in regions:
-        if not (_ancestors_within(split_input(region.x)[0], index, set(index.nodes)) & outputs):
+        if not (ancestors(graph.graph_def, [region.x]) & outputs):
             return tensor_name(region.output)
     raise GraphError(
         "@embedding_output: no LayerNorm found to end the embeddings (looked for Rsqrt(Mean(...) + eps) "

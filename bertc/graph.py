@@ -199,6 +199,15 @@ def rewire(graph_def: GraphDef, old: str, new: str) -> int:
 # ---- values and types --------------------------------------------------------------------------
 
 
+def drop_control_edges(graph_def: GraphDef, sources: set[str]) -> None:
+    """Remove, in place, every control input on one of `sources`."""
+    for node in graph_def.node:
+        kept = [name for name in node.input if not (name.startswith("^") and name[1:] in sources)]
+        if len(kept) != len(node.input):
+            del node.input[:]
+            node.input.extend(kept)
+
+
 def const_value(node: NodeDef) -> np.ndarray:
     return tf.make_ndarray(node.attr["value"].tensor)
 
@@ -345,6 +354,14 @@ class PassResult:
     graph: Graph
     matches: Mapping[str, int] = dataclasses.field(default_factory=dict)
     details: Mapping = dataclasses.field(default_factory=dict)  # what the report should say of the step
+
+    def unmatched(self) -> list[str]:
+        """The entries that matched nothing, but those marked OPTIONAL_ENTRY (the runner makes them an error)."""
+        return [entry for entry, count in self.matches.items() if count == 0 and not entry.endswith(OPTIONAL_ENTRY)]
+
+
+# A config entry ending in this may match nothing (removal's shipped "Assert?", "ReshapeChain?").
+OPTIONAL_ENTRY = "?"
 
 
 # ---- partitioned graphs: host and device parts ---------------------------------------------------

@@ -428,35 +428,24 @@ def exit_if_work_abandoned(code: int | str | None) -> None:
 
 # What does the heavy work of a BERT: each such node the outputs need must play a role of the recognised
 # structure (attention, FFN, pooler, classifier, a one-hot embedding) or be named in security.allow_unrecognised.
-HEAVY_OPS = (
-    "MatMul",
-    "BatchMatMul",
-    "BatchMatMulV2",
-    "BatchMatMulV3",
-    "Einsum",
-    "_FusedMatMul",
-    "Conv2D",
-    "Conv3D",
-    "DepthwiseConv2dNative",
-)
+CONVOLUTIONS = ("Conv2D", "Conv3D", "DepthwiseConv2dNative")
 
 
-def refuse_unrecognised_compute(graph: Any, allowed: Iterable[str], path: Any) -> None:
+def refuse_unrecognised_compute(
+    graph: Any, roles: Mapping[str, str], unread: str, allowed: Iterable[str], path: Any
+) -> None:
     """Refuse (before anything runs) a matmul or convolution on the way to the outputs that is not part of the BERT
-    structure bertc recognised, unless the user named it: such work is bounded by nothing bertc understands."""
-    from bertc.analysis import node_roles
-    from bertc.errors import first_line
-    from bertc.graph import GraphError, ancestors, match_scope
+    structure bertc recognised (`roles`; `unread`: why none were found), unless the user named it: such work is
+    bounded by nothing bertc understands."""
+    from bertc.analysis import MATMUL_OPS
+    from bertc.graph import ancestors, match_scope
 
-    try:
-        roles, why = node_roles(graph), ""
-    except GraphError as error:
-        roles, why = {}, f" bertc could not find that structure: {first_line(error)}"
+    why = f" bertc could not find that structure: {unread}" if unread else ""
     needed = ancestors(graph.graph_def, graph.outputs.values())
     stray = [
         node.name
         for node in graph.graph_def.node
-        if node.op in HEAVY_OPS
+        if node.op in MATMUL_OPS + CONVOLUTIONS
         and node.name in needed
         and node.name not in roles
         and not any(match_scope(node.name, pattern) for pattern in allowed)
@@ -470,7 +459,7 @@ def refuse_unrecognised_compute(graph: Any, allowed: Iterable[str], path: Any) -
         )
 
 
-def check_before_running(plan: Any, loaded: Any) -> dict:
+def check_before_running(plan: Any, loaded: Any, roles: Mapping[str, str], unread: str) -> dict:
     """Everything that can be refused from the loaded model and the plan before a graph runs: the
     verify inputs, the batch against memory, the static cost of all that loading and serving runs, heavy
     work outside the recognised BERT structure."""
@@ -480,7 +469,7 @@ def check_before_running(plan: Any, loaded: Any) -> dict:
         check_verify_inputs(plan.verify, loaded.path, loaded.shape.vocab)
     refuse_batch_beyond_memory(loaded.shape, plan)
     bounds = _static_bound(plan, loaded)
-    refuse_unrecognised_compute(loaded.graph, plan.security.allow_unrecognised, loaded.path)
+    refuse_unrecognised_compute(loaded.graph, roles, unread, plan.security.allow_unrecognised, loaded.path)
     return bounds
 
 

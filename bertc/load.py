@@ -31,6 +31,7 @@ from bertc.graph import (
     const_value,
     consumers,
     descendants,
+    drop_control_edges,
     keep_nodes,
     make_placeholder,
     new_graph_def,
@@ -169,12 +170,8 @@ def _drop_inlined_call_leftovers(graph_def: GraphDef) -> None:
     op of the body (they order nothing in a graph of pure ops, and would tie the device part to the embeddings)."""
     graph_def.ClearField("library")
     no_ops = {node.name for node in graph_def.node if node.op == "NoOp"}
+    drop_control_edges(graph_def, no_ops)
     kept = [node for node in graph_def.node if node.name not in no_ops]
-    for node in kept:
-        inputs = [name for name in node.input if not (name.startswith("^") and name[1:] in no_ops)]
-        if len(inputs) != len(node.input):
-            del node.input[:]
-            node.input.extend(inputs)
     del graph_def.node[:]
     graph_def.node.extend(kept)
 

@@ -10,6 +10,7 @@ errors named with the step and the steps before it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -203,11 +204,10 @@ def load(run: Run, plan: Plan, source: Source):
     shape = loaded.shape
     run.record["input"]["shape"] = dict(vars(shape))
     run.record["input"]["signature"] = {"dialect": loaded.dialect, **vars(loaded.served)}
-    try:
-        run.record["input"]["roles"] = role_counts(loaded.graph)
-    except UserError as error:  # a graph the analysis cannot read: the steps that need roles say so themselves
-        run.record["input"]["roles"] = {}
-        run.say(f"roles not found: {first_line(error)}")
+    roles, unread = input_roles(loaded.graph)
+    run.record["input"]["roles"] = dict(sorted(collections.Counter(roles.values()).items()))
+    if unread:  # a graph the analysis cannot read: the steps that need roles say so themselves
+        run.say(f"roles not found: {unread}")
     run.say(
         f"BERT: {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, intermediate "
         f"{shape.intermediate}, seq_len {shape.seq_len}, {shape.num_labels} labels"
@@ -220,17 +220,19 @@ def load(run: Run, plan: Plan, source: Source):
         )
     from bertc.limits import check_before_running
 
-    run.record["input"]["bounds"] = check_before_running(plan, loaded)  # inputs, memory, static cost
+    # inputs, memory, static cost, heavy work outside the roles
+    run.record["input"]["bounds"] = check_before_running(plan, loaded, roles, unread)
     return loaded
 
 
-def role_counts(graph) -> dict[str, int]:
-    """How many nodes play each role (bertc/analysis.py), as the report records it."""
-    import collections
-
+def input_roles(graph) -> tuple[dict[str, str], str]:
+    """(node -> role, bertc/analysis.py; why none were found, or ""): found once, for the report and the checks."""
     from bertc.analysis import node_roles
 
-    return dict(sorted(collections.Counter(node_roles(graph).values()).items()))
+    try:
+        return node_roles(graph), ""
+    except UserError as error:
+        return {}, first_line(error)
 
 
 def target_options(plan: Plan, shape, fingerprint_: str):
@@ -308,8 +310,7 @@ def run_step(step, graph, done: list[str]) -> tuple[Any, dict]:
                     "This is a bug in bertc: please report it with this run folder."
                 ),
             )
-    # an entry ending in "?" may match nothing (removal's Assert?, ReshapeChain?)
-    unmatched = [entry for entry, count in result.matches.items() if count == 0 and not entry.endswith("?")]
+    unmatched = result.unmatched()
     if unmatched:
         one = len(unmatched) == 1
         raise StepFailed(

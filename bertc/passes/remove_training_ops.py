@@ -15,11 +15,13 @@ import dataclasses
 
 from bertc.errors import ConfigError
 from bertc.graph import (
+    OPTIONAL_ENTRY,
     Graph,
     PassResult,
     ancestors,
     const_value,
     copy_graph_def,
+    drop_control_edges,
     input_ref,
     nodes_by_name,
     prune_to_outputs,
@@ -33,9 +35,9 @@ from bertc.schema import Key
 PASS_THROUGH_OPS = ("Identity", "StopGradient", "CheckNumerics", "Snapshot", "PreventGradient")
 PATTERNS = ("Assert", "ReshapeChain")
 RESHAPE_OPS = ("Reshape", "ExpandDims", "Squeeze")
-# An entry ending in OPTIONAL may match nothing: the shipped list's Assert (google-research's position guard) and
-# ReshapeChain are not in every exporter's graph; any other entry that matches nothing is a config error.
-OPTIONAL = "?"
+# An entry ending in OPTIONAL (bertc/graph.py: OPTIONAL_ENTRY) may match nothing: the shipped list's Assert
+# (google-research's position guard) and ReshapeChain are not in every exporter's graph.
+OPTIONAL = OPTIONAL_ENTRY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +115,7 @@ def _remove_asserts(graph: Graph) -> tuple[Graph, int]:
     asserts = {node.name for node in graph_def.node if node.op == "Assert"}
     if not asserts:
         return graph, 0
-    for node in graph_def.node:
-        kept = [name for name in node.input if not (name.startswith("^") and name[1:] in asserts)]
-        if len(kept) != len(node.input):
-            del node.input[:]
-            node.input.extend(kept)
+    drop_control_edges(graph_def, asserts)
     return prune_to_outputs(graph.replace(graph_def=graph_def)), len(asserts)
 
 

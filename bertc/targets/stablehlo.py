@@ -54,7 +54,7 @@ from bertc.graph import (
     static_shapes,
 )
 from bertc.lengths import synthetic_feeds
-from bertc.match import Index
+from bertc.match import Index, weight_behind
 from bertc.portable import (
     BUCKETS_FORMAT,
     FORMAT,
@@ -345,22 +345,16 @@ def host_recipe(host: Graph, seq_len: int) -> dict:
 def _embedding_weights(host: Graph) -> dict[str, list]:
     """What the embedding is made of -> the weights found (empty where none): the lookups by the shape reader's
     own patterns (bertc/analysis.py: LOOKUP_VARIANTS, POSITION_VARIANTS), the LayerNorm's parameters."""
-    nodes = nodes_by_name(host.graph_def)
-
-    def weight_behind(name: str) -> str | None:
-        node = nodes[split_input(name)[0]]
-        while node.op in ("Identity", "Cast"):
-            node = nodes[split_input(node.input[0])[0]]
-        return node.name if node.name in host.weights else None
+    index = Index.of(host)
 
     def read_by(op_types: tuple[str, ...], position: int) -> list[str]:
-        return [
-            w
+        behind = (
+            weight_behind(index, split_input(node.input[position])[0])
             for node in host.graph_def.node
-            if node.op in op_types and (w := weight_behind(node.input[position])) is not None
-        ]
+            if node.op in op_types
+        )
+        return [weight for weight in behind if weight in host.weights]
 
-    index = Index.of(host)
     words = embedding_tables(host, "input_ids", index=index)[:1]
     token_types = [name for name in embedding_tables(host, "segment_ids", index=index) if name not in words]
     lookups = [*words, *token_types]
