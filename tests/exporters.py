@@ -116,10 +116,15 @@ def _perturb(variables) -> None:
             variable.assign(value + rng.normal(0.0, NOISE, value.shape).astype(value.dtype))
 
 
-def _spec(name: str):
+def _save_serving(model, names: tuple[str, ...], out: Path, logits=lambda outputs: outputs) -> None:
+    """tf.saved_model.save with a serving signature: int32 [batch, SEQ_LEN] inputs under `names` -> logits."""
     import tensorflow as tf
 
-    return tf.TensorSpec([None, SEQ_LEN], tf.int32, name=name)
+    @tf.function(input_signature=[tf.TensorSpec([None, SEQ_LEN], tf.int32, name=name) for name in names])
+    def serve(*tensors):
+        return {"logits": logits(model(dict(zip(names, tensors)), training=False))}
+
+    tf.saved_model.save(model, str(out), signatures={"serving_default": serve})
 
 
 def _keras_hub_model(shape: Shape):
@@ -147,20 +152,10 @@ def _build_keras_hub_export(shape: Shape, out: Path) -> None:
 
 
 def _build_keras_hub_saved_model(shape: Shape, out: Path) -> None:
-    import tensorflow as tf
-
-    model = _keras_hub_model(shape)
-
-    @tf.function(input_signature=[_spec("token_ids"), _spec("segment_ids"), _spec("padding_mask")])
-    def serve(token_ids, segment_ids, padding_mask):
-        inputs = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
-        return {"logits": model(inputs, training=False)}
-
-    tf.saved_model.save(model, str(out), signatures={"serving_default": serve})
+    _save_serving(_keras_hub_model(shape), ("token_ids", "segment_ids", "padding_mask"), out)
 
 
 def _build_model_garden(shape: Shape, out: Path) -> None:
-    import tensorflow as tf
     import tf_keras
     from official.nlp.modeling import models, networks
 
@@ -179,12 +174,7 @@ def _build_model_garden(shape: Shape, out: Path) -> None:
     model({"input_word_ids": ids, "input_mask": mask, "input_type_ids": types})
     _perturb(model.weights)
 
-    @tf.function(input_signature=[_spec("input_word_ids"), _spec("input_mask"), _spec("input_type_ids")])
-    def serve(input_word_ids, input_mask, input_type_ids):
-        inputs = {"input_word_ids": input_word_ids, "input_mask": input_mask, "input_type_ids": input_type_ids}
-        return {"logits": model(inputs, training=False)}
-
-    tf.saved_model.save(model, str(out), signatures={"serving_default": serve})
+    _save_serving(model, ("input_word_ids", "input_mask", "input_type_ids"), out)
 
 
 def _build_hf_tf(shape: Shape, out: Path) -> None:
@@ -206,15 +196,7 @@ def _build_hf_tf(shape: Shape, out: Path) -> None:
     model({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
     _perturb(model.weights)
 
-    @tf.function(input_signature=[_spec("input_ids"), _spec("attention_mask"), _spec("token_type_ids")])
-    def serve(input_ids, attention_mask, token_type_ids):
-        outputs = model(
-            {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
-            training=False,
-        )
-        return {"logits": outputs.logits}
-
-    tf.saved_model.save(model, str(out), signatures={"serving_default": serve})
+    _save_serving(model, ("input_ids", "attention_mask", "token_type_ids"), out, lambda outputs: outputs.logits)
 
 
 def _build_google_onehot(shape: Shape, out: Path) -> None:
