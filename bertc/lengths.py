@@ -18,8 +18,8 @@ from bertc.errors import ConfigError
 # Targets whose compiled functions have static shapes: `trim` would compile once per distinct length.
 STATIC_SHAPE_TARGETS = ("xla", "stablehlo", "neuron")
 # Static-shape targets that implement buckets (xla: one compiled function per bucket; stablehlo: one module per
-# batch size and bucket, the length computed by bertc.runtime).
-BUCKET_TARGETS = ("xla", "stablehlo")
+# batch size and bucket, the length computed by bertc.runtime; neuron: one trace per bucket, Inf2/Trn only).
+BUCKET_TARGETS = ("xla", "stablehlo", "neuron")
 # MRPC dev (408 pairs, uncased WordPiece, [CLS] a [SEP] b [SEP]): token-count quantiles, from
 # bertc.verify's tokenizer on the GLUE file. A piecewise-linear inverse CDF through them gives
 # mean 53, p90 70, max 86.
@@ -38,10 +38,8 @@ def check_length_target(mode: str, sizes, target: str) -> None:
         )
     if mode == "buckets" and target in STATIC_SHAPE_TARGETS and target not in BUCKET_TARGETS:
         raise ConfigError(
-            f"length=buckets is not implemented for target={target}: each bucket would be its own Neuron trace, "
-            "and bertc has no Neuron compiler to build or check one with here (tensorflow-neuron only installs "
-            f"from the Neuron package repository on a Neuron instance). Use length=full with target={target}, or "
-            "target=xla, stablehlo or tf for buckets."
+            f"length=buckets is not implemented for target={target}. Use length=full with target={target}, or "
+            f"one of {', '.join(BUCKET_TARGETS)} or tf for buckets."
         )
 
 

@@ -115,10 +115,9 @@ def run_pipeline(run: Run) -> None:
         loaded.dialect,
     )
     options = target_options(plan, loaded.shape, source.fingerprint)
-    graph = rewrite(run, plan, loaded.graph)
+    rewritten = [rewrite(run, plan, loaded.graph)]
     del loaded  # NOTE: from here only the rewritten graph holds weights (BERT-Large: 1.3 GB a copy)
-    module = lower(run, target, graph, options)
-    del graph
+    module = lower(run, target, rewritten, options)  # NOTE: handed over in a list: lower frees it, see there
     artifact = save(run, target, module, options)
     del module  # NOTE: the weights live in the saved artifact now: free them before verify and bench load two models
     models = open_models(plan, original, artifact)
@@ -186,7 +185,9 @@ def check_target(run: Run, plan: Plan):
 
     run.stage = "target"
     target = targets.get(plan.target.name)
-    target.check_available(TargetOptions(plan.target.name, plan.target.device, plan.shape.batch_size, 0))
+    target.check_available(
+        TargetOptions(plan.target.name, plan.target.device, plan.shape.batch_size, 0, length_mode=plan.length_mode)
+    )
     if plan.compute_dtype == "bfloat16" and bf16_is_emulated(plan.target.device):
         run.warn(
             "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): TensorFlow emulates bf16 "
@@ -260,6 +261,7 @@ def target_options(plan: Plan, shape, fingerprint_: str):
         seeded_preset=(plan.model.size, plan.model.seed) if plan.model.kind == "preset" else None,
         model_shape=dict(vars(shape)),
         keep_signature=plan.keep_signature,
+        length_mode=plan.length_mode,
     )
 
 
@@ -333,13 +335,15 @@ def run_step(step, graph, done: list[str]) -> tuple[Any, dict]:
     }
 
 
-def lower(run: Run, target, graph, options):
+def lower(run: Run, target, rewritten: list, options):
+    """The target's module for the rewritten graph, taken out of `rewritten`: once the module's variables
+    hold the weights, nothing holds the graph's arrays, so XLA compiles beside one copy of them, not two."""
     from bertc.limits import run_with_limit
     from bertc.targets.serving import warm_up
 
     with run.step(f"compile for target {options.name}", "compile"):
         start = time.perf_counter()
-        module = target.lower(graph, options)
+        module = target.lower(rewritten.pop(), options)
         # length=trim|buckets: {bucket: seconds of its first call}, the XLA compile included
         warmed = run_with_limit(
             functools.partial(warm_up, module, options.batch_size, options.seq_len),

@@ -56,6 +56,12 @@ class Plan:
     def step_params(self, group: str):
         return next((step.params for step in self.steps if step.group == group), None)
 
+    @property
+    def length_mode(self) -> str:
+        """length.mode as it runs: full when the length step is off."""
+        length = self.step_params("length")
+        return length.mode if length else "full"
+
     def artifact_spec(self) -> dict:
         """Everything about the plan that can change the compiled model."""
         return {

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import io
 import itertools
 import json
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -107,6 +109,32 @@ def test_compiled_model_serves_in_fresh_process_without_bertc(tiny_model_dir, tm
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == ("jit" if target == "xla" else "nojit")
     assert (tmp_path / "model" / "saved_model.pb").stat().st_size < 5 * 1024 * 1024
+
+
+def test_the_rewritten_graphs_arrays_are_freed_before_the_target_compiles(tiny_model_dir, tmp_path, monkeypatch):
+    """The pipeline hands the graph to the target and keeps no reference: once the module's variables hold the
+    weights, XLA compiles beside one copy of them, not two (BERT-Large: 1.3 GB less at the compile's peak)."""
+    from bertc import pipeline
+    from bertc.targets import serving
+
+    seen: dict = {}
+    rewrite, warm_up = pipeline.rewrite, serving.warm_up
+
+    def rewrite_and_watch(run, plan, graph):
+        result = rewrite(run, plan, graph)
+        seen["arrays"] = [weakref.ref(value) for value in result.weights.values()]
+        return result
+
+    def warm_up_and_count(*args):
+        gc.collect()
+        seen["alive_at_compile"] = sum(ref() is not None for ref in seen["arrays"])
+        return warm_up(*args)
+
+    monkeypatch.setattr(pipeline, "rewrite", rewrite_and_watch)
+    monkeypatch.setattr(serving, "warm_up", warm_up_and_count)
+    compile_tiny(tiny_model_dir, tmp_path / "run", ["target=xla", "verify=off"])
+    assert len(seen["arrays"]) > 10
+    assert seen["alive_at_compile"] == 0, f"{seen['alive_at_compile']} weight arrays still held while XLA compiles"
 
 
 def test_broken_rewrite_fails_the_gate_and_model_goes_to_rejected(tiny_model_dir, tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ import pytest
 from test_compile import compile_tiny, compose_config
 from test_length import MIXED_LENGTHS, SIZES, expected_length, mixed_batches, not_right_padded
 
-from bertc.errors import ConfigError
 from bertc.graph import run_graph
 from bertc.lengths import synthetic_feeds
 from bertc.load import load_saved_model
@@ -232,10 +231,9 @@ def test_check_fails_when_a_reference_width_is_not_the_runtimes(artifact, capsys
     assert code == 1 and "FAILED" in out and "ran at width 32, the TensorFlow build ran it at 64" in out, out
 
 
-def test_neuron_still_refuses_buckets_and_stablehlo_takes_them():
+def test_stablehlo_and_neuron_take_buckets():
     from bertc.plan import build_plan
 
-    plan = build_plan(compose_config(["length=buckets", "target=stablehlo"]))
-    assert plan.step_params("length").mode == "buckets"
-    with pytest.raises(ConfigError, match="no Neuron compiler"):
-        build_plan(compose_config(["length=buckets", "target=neuron"]))
+    for target in ("stablehlo", "neuron"):
+        plan = build_plan(compose_config(["length=buckets", f"target={target}"]))
+        assert plan.step_params("length").mode == "buckets"

@@ -94,6 +94,59 @@ def test_neuronx_contract_traces_device_part_at_static_shape(partitioned, monkey
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def bucketed(tiny_model_dir):
+    """The partitioned graph of `partitioned`, made length-polymorphic with buckets 32, 64 (and 128)."""
+    from bertc.passes.trim_sequence_length import LengthParams, trim_sequence_length
+
+    graph = load_saved_model(tiny_model_dir).graph
+    graph = remove_training_ops(graph, RemovalParams()).graph
+    graph = rewrite_attention_mask(graph, MaskParams()).graph
+    graph = trim_sequence_length(graph, LengthParams("buckets", (32, 64))).graph
+    return partition_graph(graph, PartitionParams()).graph
+
+
+class StaticShapeTracer(RecordingTracer):
+    """Like a Neuron trace, the traced function takes only the shapes it was traced at."""
+
+    def trace(self, func, example_inputs, subgraph_builder_function=None):
+        super().trace(func, example_inputs, subgraph_builder_function)
+        specs = [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in example_inputs]
+        return tf.function(func, input_signature=specs, autograph=False)
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True])
+def test_neuronx_buckets_trace_once_per_bucket_and_each_length_runs_its_own(bucketed, monkeypatch, dynamic_batch):
+    tracer = StaticShapeTracer("tensorflow_neuronx")
+    monkeypatch.setitem(sys.modules, "tensorflow_neuronx", tracer)
+    options = TargetOptions("neuron", "auto", 4, 128, dynamic_batch=dynamic_batch, length_mode="buckets")
+    neuron.TARGET.check_available(options)
+    module = neuron.TARGET.lower(bucketed, options)
+    assert [sorted(call["shapes"]) for call in tracer.calls] == [
+        sorted([(4, 1, 1, width), (4, width, 32)]) for width in (32, 64, 128)
+    ], "one trace per bucket, the boundary tensors at the bucket's width and the static batch"
+    assert sorted(module.device_by_width) == [32, 64, 128]
+    # A call at a width other than its trace's would fail, as on Neuron: each bucket's branch runs its own trace.
+    for longest, width in ((20, 32), (50, 64), (100, 128)):
+        batch = synthetic_batches(1, 6 if dynamic_batch else 4, 128, 30522, seed=longest)[0]
+        feeds = batch.feeds()
+        feeds["input_mask"][:, longest:] = 0
+        feeds["input_mask"][0, :longest] = 1
+        assert int(module.length.lengths(tf.constant(feeds["input_mask"]))["length"]) == width
+        expected = run_graph(bucketed, feeds)["probabilities"]
+        served = module.serve(**{key: tf.constant(value) for key, value in feeds.items()})["probabilities"].numpy()
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_inf1_refuses_buckets_before_any_work(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_neuronx", None)
+    monkeypatch.setitem(sys.modules, "tensorflow.neuron", RecordingTracer("tensorflow.neuron"))
+    with pytest.raises(ConfigError, match="needs tensorflow-neuronx") as error:
+        neuron.TARGET.check_available(TargetOptions("neuron", "auto", 8, 128, length_mode="buckets"))
+    assert "length=full" in str(error.value)
+    neuron.TARGET.check_available(TargetOptions("neuron", "auto", 8, 128, length_mode="full"))
+
+
 @pytest.mark.parametrize(
     "overrides, kind, flags",
     [

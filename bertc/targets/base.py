@@ -29,6 +29,7 @@ class TargetOptions:
     seeded_preset: tuple[str, int] | None = None
     model_shape: Mapping[str, int | float] | None = None  # the BERT shape read at load, for manifests
     keep_signature: bool = False  # removal.keep_signature: the signature also takes label_ids, is_real_example
+    length_mode: str = "full"  # length.mode: full | trim | buckets (a target refuses one it cannot run)
 
 
 class Target(Protocol):

@@ -1,10 +1,11 @@
 """A length-polymorphic graph's length part -> the serving function's first stage: the cut, or a switch.
 
-Dynamic-shape targets (tf) run the length part and pass its cut inputs on. A jit-compiled device
-part (target=xla with length=buckets) cannot take a data-dependent width, so the serving function
-reads the bucket index the length part computes and `tf.switch_case`s into one branch per bucket:
-each slices the inputs statically to its size and calls the parts, so XLA compiles one function
-per bucket, at build time by `warm_up_buckets`.
+Dynamic-shape targets (tf) run the length part and pass its cut inputs on. A device part compiled
+for static shapes (target=xla or neuron with length=buckets) cannot take a data-dependent width, so
+the serving function reads the bucket index the length part computes and `tf.switch_case`s into one
+branch per bucket: each slices the inputs statically to its size and calls the parts, so XLA compiles
+one function per bucket (at build time, by `warm_up_buckets`) and a Neuron build calls the trace made
+for that bucket's width.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ LENGTH_SIGNATURE = "bertc_length"  # a second signature of the artifact: input_m
 
 
 class LengthStage(tf.Module):
-    def __init__(self, length_graph: Graph, part_type, jit_compile: bool, seq_len: int):
+    def __init__(self, length_graph: Graph, part_type, static_shapes: bool, seq_len: int):
         super().__init__(name="length")
         self.sizes = bucket_sizes_of(length_graph)
-        self.dispatch = jit_compile and bool(self.sizes)
+        self.dispatch = static_shapes and bool(self.sizes)
         self._part = part_type(length_graph, "length")
         self._seq_len = seq_len
         self.lengths = tf.function(

@@ -6,13 +6,16 @@ partition step stays on the CPU, every other node may go to Neuron. Inferentia 2
 (`tensorflow_neuronx`): the device part alone is traced; the host part stays plain TensorFlow.
 Shapes are static at compile (`shape.batch_size`, the model's sequence length); with
 `target.dynamic_batch` any batch is served (Inf1: the compiler's `--dynamic-batch-size`; Inf2:
-bertc splits and pads the batch into compiled-size chunks). The precision becomes the compiler's
+bertc splits and pads the batch into compiled-size chunks). With `length=buckets` (Inf2/Trn only)
+the device part is traced once per bucket, at that bucket's width, and the serving function
+switches into the bucket the batch's real length picks. The precision becomes the compiler's
 cast options in NEURON_CC_FLAGS, set from the plan for the trace only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 
@@ -30,6 +33,11 @@ NOT_INSTALLED = (
     "(Inferentia 2, Trainium: import tensorflow_neuronx), and neither can be imported here. Install it from "
     "the Neuron package repository on a Neuron instance (the PyPI package named tensorflow-neuron is a "
     "placeholder that raises 'WRONG PACKAGE'). The same plan runs elsewhere with target=xla or target=tf."
+)
+INF1_BUCKETS = (
+    "length=buckets with target=neuron needs tensorflow-neuronx (Inferentia 2, Trainium), which traces the device "
+    "part once per bucket; Inferentia 1's tensorflow.neuron traces the whole serving function, and the bucket "
+    "switch is control flow its compiler does not take. Use length=full on Inferentia 1, or target=xla."
 )
 # the compute dtype the precision rules use -> the compiler's cast options (neuron-cc for Inf1, neuronx-cc for
 # Inf2/Trn1). Keyed by dtype, not by the preset's name: `precision=mixed precision.dtype=bfloat16` is bf16.
@@ -134,14 +142,21 @@ class NeuronTarget(SavedModelTarget):
     name = "neuron"
 
     def check_available(self, options: TargetOptions) -> None:
-        if find_compiler()[0] is None:
+        kind = find_compiler()[0]
+        if kind is None:
             raise ConfigError(NOT_INSTALLED)
+        if kind == "neuron" and options.length_mode == "buckets":
+            raise ConfigError(INF1_BUCKETS)
 
     def lower(self, graph: Graph, options: TargetOptions):
         kind, compiler = find_compiler()
         if compiler is None:
             raise ConfigError(NOT_INSTALLED)
-        placement = Placement(options.host_device, None, jit_compile=False, input_limits=options.input_limits)
+        if kind == "neuron" and options.length_mode == "buckets":
+            raise ConfigError(INF1_BUCKETS)
+        placement = Placement(
+            options.host_device, None, jit_compile=False, static_shapes=True, input_limits=options.input_limits
+        )
         module = CompiledBert(graph, options.seq_len, placement)
         zeros = np.zeros((options.batch_size, options.seq_len), np.int32)
         example = (tf.constant(zeros), tf.constant(np.ones_like(zeros)), tf.constant(zeros))
@@ -155,19 +170,30 @@ class NeuronTarget(SavedModelTarget):
 
 
 def _trace_device_part(compiler, module: CompiledBert, example, options: TargetOptions) -> CompiledBert:
-    """Inf2/Trn: the host part stays TensorFlow; the device part alone is traced at the compiled batch."""
+    """Inf2/Trn: the host part stays TensorFlow; the device part alone is traced at the compiled batch, once
+    per bucket with length=buckets (the cut inputs at that bucket's width), else once at the full length."""
     features = dict(zip(SERVING_INPUTS, example))
-    boundary = module.host(features) if module.host is not None else features
-    keys = sorted(boundary)
-    device_call = tf.function(lambda *tensors: module.device_part(dict(zip(keys, tensors))), autograph=False)
-    traced_device = compiler.trace(device_call, tuple(boundary[key] for key in keys))
-
-    def call(parts: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return traced_device(*[parts[key] for key in keys])
-
-    module._device_fn = _chunked(call, options.batch_size) if options.dynamic_batch else call
-    module.neuron_device = traced_device
+    widths = module.length.sizes if module.length is not None and module.length.dispatch else ()
+    traces = {}
+    for width in widths or (options.seq_len,):
+        cut = {key: value[:, :width] for key, value in features.items()}
+        boundary = module.host(cut) if module.host is not None else cut
+        keys = tuple(sorted(boundary))
+        device_call = tf.function(
+            lambda *tensors, keys=keys: module.device_part(dict(zip(keys, tensors))), autograph=False
+        )
+        traces[width] = compiler.trace(device_call, tuple(boundary[key] for key in keys))
+        call = functools.partial(_call_traced, traces[width], keys)
+        module.device_by_width[width] = _chunked(call, options.batch_size) if options.dynamic_batch else call
+    if not widths:  # length=full: the one trace serves every call
+        module._device_fn = module.device_by_width.pop(options.seq_len)
+    module.neuron_device = traces[options.seq_len]
+    module.neuron_traces = traces
     return module
+
+
+def _call_traced(traced, keys: tuple[str, ...], parts: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return traced(*[parts[key] for key in keys])
 
 
 TARGET = NeuronTarget()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,9 @@ class Placement:
     host_device: str = "/device:CPU:0"
     device: str | None = None  # None: TensorFlow's own placement
     jit_compile: bool = False
+    # the device part is compiled per input shape (XLA, a Neuron trace): length=buckets then dispatches to one
+    # branch per bucket, each with static widths, instead of running the cut inputs at a data-dependent width
+    static_shapes: bool = False
     # {"input_ids": vocab size, "segment_ids": type vocab size}: ids outside [0, limit) raise a clear
     # error instead of a GPU gather silently reading zeros. None: no guard.
     input_limits: Mapping[str, int] | None = None
@@ -54,6 +57,11 @@ class _Part(tf.Module):
         # a list: not a tracked attribute of the module
         self._pruned = [pruned_function(graph, self._input_keys, self._weight_names, self._output_keys)]
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weights by their graph names, as read-only views of the variables' memory (no copy: `.numpy()`
+        would copy every weight, BERT-Large's 1.3 GB again, while the graph's arrays are gone already)."""
+        return {name: np.asarray(self.weights[_variable_key(name)].read_value()) for name in self._weight_names}
+
     def __call__(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         arguments = [inputs[key] for key in self._input_keys]
         arguments += [self.weights[_variable_key(name)].read_value() for name in self._weight_names]
@@ -65,7 +73,8 @@ class CompiledBert(tf.Module):
     def __init__(self, graph: Graph, seq_len: int, placement: Placement):
         super().__init__(name="bertc")
         length, graph = split_length(graph)  # length=trim|buckets: the cut or the bucket dispatch runs first
-        self.length = None if length is None else LengthStage(length, _Part, placement.jit_compile, seq_len)
+        static = placement.jit_compile or placement.static_shapes
+        self.length = None if length is None else LengthStage(length, _Part, static, seq_len)
         host, device = split_partition(graph)
         self.host = _Part(host, "host") if host is not None else None
         self.device_part = _Part(device, "device")
@@ -75,6 +84,8 @@ class CompiledBert(tf.Module):
         self._names = {name: graph.serving_names.get(name, name) for name in SERVING_INPUTS}
         serving_names = list(self._names.values())
         self._device_fn = tf.function(self._run_device, jit_compile=placement.jit_compile or None, autograph=False)
+        # a target that compiles one device function per bucket (neuron) files them here by width
+        self.device_by_width: dict[int, Callable] = {}
         self.serve = tf.function(
             self._serve,
             input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in serving_names],
@@ -121,13 +132,15 @@ class CompiledBert(tf.Module):
         return {key: tf.identity(outputs[key], name=key) for key in SERVING_OUTPUTS}
 
     def _run_parts(self, features):
+        # static inside a bucket's branch (length=buckets), None otherwise
+        device_fn = self.device_by_width.get(features["input_ids"].shape[1], self._device_fn)
         if self.host is not None:
             with tf.device(self._placement.host_device):
                 features = self.host(features)
         if self._placement.device:
             with tf.device(self._placement.device):
-                return self._device_fn(features)
-        return self._device_fn(features)
+                return device_fn(features)
+        return device_fn(features)
 
 
 def five_input_signature(module: tf.Module):

@@ -97,7 +97,6 @@ class PortableBuild:
     inputs: list[dict]  # the modules' leading parameters: name, shape (batch and bucketed lengths null), dtype
     weight_names: list[str]  # then its weights, in this order
     outputs: list[dict]
-    weights: Mapping[str, np.ndarray]  # device and host weights (shared with the graph, not copied)
     host: dict | None  # the NumPy recipe of the host part; None: the module takes the serving inputs
     modules: tuple[Emitted, ...]
     input_limits: Mapping[str, int] | None
@@ -141,9 +140,6 @@ class StableHloTarget(SavedModelTarget):
                 text = emit_text(function, inputs, device.weights, weight_names, batch_size, name)
                 shapes = tuple([batch_size, *entry["shape"][1:]] for entry in inputs)
                 modules.append(Emitted(batch_size, width, text, *portable_artifact(text), shapes))
-        weights = dict(device.weights)
-        if host is not None:
-            weights.update(host.weights)
         outputs = [
             {"name": key, "dtype": "float32", "shape": [None, *_static_dims(parts[widths[-1]][1], key)]}
             for key in SERVING_OUTPUTS
@@ -154,7 +150,6 @@ class StableHloTarget(SavedModelTarget):
             _general_inputs([_part_inputs(parts[width][1], names) for width in widths]),
             weight_names,
             outputs,
-            weights,
             recipe,
             tuple(modules),
             dict(options.input_limits) if options.input_limits else None,
@@ -438,8 +433,9 @@ def write_portable(module: CompiledBert, artifact: Path, options: TargetOptions)
     folder = Path(artifact) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     modules = _write_modules(folder, build)
-    names = sorted(build.weights)
-    save_file({name: np.ascontiguousarray(build.weights[name]) for name in names}, str(folder / WEIGHTS_FILE))
+    # NOTE: from the module's variables: the graph's arrays were freed once the variables held them (one copy)
+    weights = module.device_part.arrays() | (module.host.arrays() if module.host is not None else {})
+    save_file({name: np.ascontiguousarray(weights[name]) for name in sorted(weights)}, str(folder / WEIGHTS_FILE))
     length = None
     if build.buckets:
         length = {"mode": "buckets", "sizes": list(build.buckets), "rule": LENGTH_RULE, "computed_by": "the runtime"}
@@ -460,13 +456,13 @@ def write_portable(module: CompiledBert, artifact: Path, options: TargetOptions)
             {
                 "kind": "weight",
                 "name": name,
-                "shape": list(build.weights[name].shape),
-                "dtype": build.weights[name].dtype.name,
+                "shape": list(weights[name].shape),
+                "dtype": weights[name].dtype.name,
             }
             for name in build.weight_names
         ],
         "outputs": build.outputs,
-        "weights": {"file": WEIGHTS_FILE, **_regeneration(build.weights, options)},
+        "weights": {"file": WEIGHTS_FILE, **_regeneration(weights, options)},
         "reference": _reference(module, options, build.buckets),
     }
     (folder / MANIFEST).write_text(_json(manifest) + "\n")
