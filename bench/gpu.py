@@ -11,14 +11,20 @@ digests; each bundle's reference batch (TensorFlow's outputs on the build machin
 the GPU's answers. Needs NumPy, safetensors, JAX (CUDA build for a GPU) and, for the PyTorch half,
 torch and transformers (skipped, and said, when absent). No TensorFlow, no network.
 
-Both sides do the same work per call: int32 NumPy inputs in (a seeded batch with varied padding),
-probabilities out as NumPy. PyTorch's model has the same shape (layers, hidden, heads,
-intermediate, vocabulary, labels, tanh GELU) and random weights: these are timings, not a parity
-check. PyTorch runs fp32 twice, with TF32 matmuls off (its default) and on; XLA's float32 dots
-at DEFAULT precision may use TF32 on Ampere and later GPUs. torch.compile is `dynamic=True` by
-default: one compile per dtype serves every batch size (`--torch-compile static` compiles per
-size, about four times the compile time). A time budget (`--budget-s`, 330 s) skips what would
-not fit and says so; the run ends with the table either way.
+Both sides do the same work per call: int32 NumPy inputs in, probabilities out as NumPy. The
+inputs (`--workload`): `padded`, one seeded batch per batch size with varied padding, which every
+system runs at all S positions; `mrpc` (the default when every bundle has length buckets, from
+`python bench/prepare_gpu.py --buckets ...`), batches with MRPC's real lengths (mean 53, p90 70,
+max 86; `bertc.lengths.length_mix`, seed 0), cycled through: bertc's runtime runs each at the
+smallest bucket that holds its longest row, and PyTorch runs each twice over, at the padded
+length S (`lengths padded`) and cut to its longest real row (`lengths real`, which
+`torch.compile(dynamic=True)` takes without a recompile per length). PyTorch's model has the
+same shape (layers, hidden, heads, intermediate, vocabulary, labels, tanh GELU) and random
+weights: these are timings, not a parity check. PyTorch runs fp32 twice, with TF32 matmuls off
+(its default) and on; XLA's float32 dots at DEFAULT precision may use TF32 on Ampere and later
+GPUs. torch.compile is `dynamic=True` by default: one compile per dtype serves every batch size
+(`--torch-compile static` compiles per size, about four times the compile time). A time budget
+(`--budget-s`, 330 s) skips what would not fit and says so; the run ends with the table either way.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import itertools
 import json
 import os
 import platform
@@ -41,12 +48,15 @@ if str(ROOT) not in sys.path:
 
 import numpy as np
 
+from bertc.lengths import length_mix
 from bertc.runtime import Runtime, read_manifest, regenerate_weights
 from bertc.verify import synthetic_batches
 
 PRECISIONS = ("fp32", "mixed", "mixed_bf16")
 # bertc precision -> the PyTorch run it is compared with
 PEERS = {"fp32": "fp32", "mixed": "fp16", "mixed_bf16": "bf16"}
+WORKLOADS = ("padded", "mrpc")
+MRPC_ROWS = 64  # the mrpc workload cycles through batches that make at least this many rows per batch size
 
 
 class Clock:
@@ -81,8 +91,31 @@ def measure(call, rows: int, seconds: float, warmup: int, min_calls: int) -> dic
     }
 
 
-def feeds_for(batch_sizes, seq_len: int, vocab: int) -> dict[int, dict[str, np.ndarray]]:
-    return {size: synthetic_batches(1, size, seq_len, vocab, seed=1234 + size)[0].feeds() for size in batch_sizes}
+def feeds_for(workload: str, batch_sizes, seq_len: int, vocab: int) -> dict[int, list[dict[str, np.ndarray]]]:
+    """Per batch size, the batches one measurement cycles through (see the module doc)."""
+    if workload == "padded":
+        return {size: [synthetic_batches(1, size, seq_len, vocab, seed=1234 + size)[0].feeds()] for size in batch_sizes}
+    return {
+        size: length_mix(seq_len, vocab, size, batches=max(1, -(-MRPC_ROWS // size)), seed=0)[0] for size in batch_sizes
+    }
+
+
+def cut_to_longest(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A right-padded batch cut to its longest real row: the same probabilities, no padding columns."""
+    longest = max(1, int(batch["input_mask"].sum(axis=1).max()))
+    return {key: value[:, :longest] for key, value in batch.items()}
+
+
+def cycling(call, batches: list):
+    """A call with no arguments that runs `call` on the next of `batches`, round and round."""
+    turns = itertools.cycle(batches)
+    return lambda: call(next(turns))
+
+
+def measure_cycling(call, batches: list, rows: int, args) -> dict:
+    """`measure` over `batches` in turn; the warm-up goes round them once at least, so that each width's first
+    call (a bucket's first use, a dynamic-shape recompile) is not timed."""
+    return measure(cycling(call, batches), rows, args.seconds, max(args.warmup, len(batches)), args.min_calls)
 
 
 # ---- bertc: the StableHLO modules on a PJRT device -----------------------------------------------
@@ -91,7 +124,13 @@ def feeds_for(batch_sizes, seq_len: int, vocab: int) -> dict[int, dict[str, np.n
 def run_bertc(args, bundles: dict[str, Path], batch_sizes, clock: Clock, results: list[dict]) -> None:
     drawn: dict = {}
     for precision, bundle in bundles.items():
-        row = {"system": "bertc", "precision": precision, "mode": f"stablehlo/{args.platform}", "by_batch": {}}
+        row = {
+            "system": "bertc",
+            "precision": precision,
+            "mode": f"stablehlo/{args.platform}",
+            "workload": args.workload,
+            "by_batch": {},
+        }
         results.append(row)
         if clock.left() < args.reserve_s:
             row["skipped"] = "time budget"
@@ -133,16 +172,21 @@ def measure_bundle(args, bundle: Path, batch_sizes, clock: Clock, row: dict, dra
         f"self-check max |dp| {row['self_check']['max_abs_diff']:.2e} (gate {row['self_check']['tolerance']}) "
         f"on {runtime.platform}"
     )
-    feeds = feeds_for(
-        batch_sizes, runtime.seq_len, manifest["input_limits"]["input_ids"] if manifest.get("input_limits") else 1000
-    )
+    row["lengths"] = f"buckets {','.join(map(str, runtime.widths))}" if runtime.bucketed else "padded"
+    vocab = manifest["input_limits"]["input_ids"] if manifest.get("input_limits") else 1000
+    feeds = feeds_for(args.workload, batch_sizes, runtime.seq_len, vocab)
     for size in batch_sizes:
         if clock.left() < args.reserve_s / 2:
             row["by_batch"][size] = {"skipped": "time budget"}
             continue
-        row["by_batch"][size] = measure(
-            functools.partial(runtime, feeds[size]), size, args.seconds, args.warmup, args.min_calls
-        )
+        before = dict(runtime.ran)
+        row["by_batch"][size] = measure_cycling(runtime, feeds[size], size, args)
+        # which module widths ran, and how often: each bucket's module is used for its lengths
+        row["by_batch"][size]["widths_ran"] = {
+            str(width): count - before.get((batch, width), 0)
+            for (batch, width), count in sorted(runtime.ran.items())
+            if count > before.get((batch, width), 0)
+        }
 
 
 # ---- PyTorch: Hugging Face BertForSequenceClassification of the same shape -----------------------
@@ -179,7 +223,9 @@ def run_torch(args, shape: dict, batch_sizes, clock: Clock, results: list[dict])
     torch.manual_seed(0)
     with torch.device(device):
         base = BertForSequenceClassification(config).eval()
-    feeds = feeds_for(batch_sizes, shape["seq_len"], shape["vocab"])
+    feeds = feeds_for(args.workload, batch_sizes, shape["seq_len"], shape["vocab"])
+    # mrpc: every run at the padded length and at the real lengths; padded: at the padded length only
+    lengths = ("padded", "real") if args.workload == "mrpc" else ("padded",)
 
     def call(model, batch):
         inputs = {key: torch.from_numpy(value).to(device).long() for key, value in batch.items()}
@@ -203,40 +249,64 @@ def run_torch(args, shape: dict, batch_sizes, clock: Clock, results: list[dict])
         if args.torch_compile != "off" and not tf32:
             modes.append((f"compile/{args.torch_compile}", None))
         for mode, runnable in modes:
-            row = {"system": "pytorch", "precision": label, "mode": f"{mode}/{device}", "by_batch": {}}
-            results.append(row)
-            if clock.left() < (args.compile_reserve_s if runnable is None else args.reserve_s / 2):
-                row["skipped"] = "time budget"
-                continue
-            try:
-                if runnable is None:
-                    runnable = torch.compile(model, dynamic=args.torch_compile == "dynamic")
-                    start = time.perf_counter()
-                    call(runnable, feeds[batch_sizes[0]])
-                    row["compile_s"] = time.perf_counter() - start
-                for size in batch_sizes:
-                    if clock.left() < args.reserve_s / 2:
-                        row["by_batch"][size] = {"skipped": "time budget"}
-                        continue
-                    if runnable is not model and args.torch_compile == "static":
-                        start = time.perf_counter()
-                        call(runnable, feeds[size])
-                        row["compile_s"] = row.get("compile_s", 0.0) + time.perf_counter() - start
-                    output = call(runnable, feeds[size])
-                    if not np.isfinite(output).all():
-                        raise FloatingPointError(f"non-finite probabilities at batch {size}")
-                    row["by_batch"][size] = measure(
-                        functools.partial(call, runnable, feeds[size]), size, args.seconds, args.warmup, args.min_calls
+            for length in lengths:  # a torch.compile'd model compiles on the first and is reused for the next
+                row = {
+                    "system": "pytorch",
+                    "precision": label,
+                    "mode": f"{mode}/{device}",
+                    "workload": args.workload,
+                    "lengths": length,
+                    "by_batch": {},
+                }
+                results.append(row)
+                if clock.left() < (args.compile_reserve_s if runnable is None else args.reserve_s / 2):
+                    row["skipped"] = "time budget"
+                    continue
+                cut = {size: [cut_to_longest(batch) for batch in feeds[size]] for size in batch_sizes}
+                try:
+                    runnable = _measure_torch(
+                        args, call, model, runnable, cut if length == "real" else feeds, batch_sizes, clock, row
                     )
-            except Exception as error:  # a compile that fails is a row with its reason; the run goes on
-                row["error"] = _error_line(error)
-            say(f"pytorch {label} {mode}: " + ("skipped" if row.get("skipped") else row.get("error", "done")))
+                except Exception as error:  # a compile that fails is a row with its reason; the run goes on
+                    row["error"] = _error_line(error)
+                say(f"pytorch {label} {mode} lengths {length}: {row.get('error', 'done')}")
+                if "error" in row:
+                    break
         if model is not base:
             del model
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
     torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def _measure_torch(args, call, model, runnable, batches, batch_sizes, clock: Clock, row: dict):
+    """Compile (torch.compile rows: runnable None) then time every batch size; returns the runnable, compiled
+    once per dtype and reused for the real-length row."""
+    if runnable is None:
+        runnable = torch_compiled(model, args.torch_compile)
+        start = time.perf_counter()
+        call(runnable, batches[batch_sizes[0]][0])
+        row["compile_s"] = time.perf_counter() - start
+    for size in batch_sizes:
+        if clock.left() < args.reserve_s / 2:
+            row["by_batch"][size] = {"skipped": "time budget"}
+            continue
+        if runnable is not model and args.torch_compile == "static":
+            start = time.perf_counter()
+            call(runnable, batches[size][0])
+            row["compile_s"] = row.get("compile_s", 0.0) + time.perf_counter() - start
+        output = call(runnable, batches[size][0])
+        if not np.isfinite(output).all():
+            raise FloatingPointError(f"non-finite probabilities at batch {size}")
+        row["by_batch"][size] = measure_cycling(functools.partial(call, runnable), batches[size], size, args)
+    return runnable
+
+
+def torch_compiled(model, how: str):
+    import torch
+
+    return torch.compile(model, dynamic=how == "dynamic")
 
 
 def _error_line(error: BaseException) -> str:
@@ -257,10 +327,12 @@ def _cast(base, dtype):
 
 
 def table(results: list[dict], batch_sizes) -> str:
-    head = ["system", "precision", "mode", "compile s"] + [f"seq/s b{size}" for size in batch_sizes] + ["b1 p50 ms"]
+    head = ["system", "precision", "mode", "lengths", "compile s"]
+    head += [f"seq/s b{size}" for size in batch_sizes] + ["b1 p50 ms"]
     lines = [head]
     for row in results:
-        cells = [row["system"], row["precision"], row["mode"], f"{row['compile_s']:.1f}" if "compile_s" in row else "-"]
+        cells = [row["system"], row["precision"], row["mode"], row.get("lengths", "-")]
+        cells.append(f"{row['compile_s']:.1f}" if "compile_s" in row else "-")
         for size in batch_sizes:
             entry = row["by_batch"].get(size, {})
             cells.append(
@@ -279,17 +351,19 @@ def table(results: list[dict], batch_sizes) -> str:
 
 
 def ratios(results: list[dict], batch_sizes) -> list[str]:
-    """bertc against each PyTorch run of the matching precision: throughput at the largest batch, batch-1 latency."""
+    """bertc against each PyTorch run of the matching precision: throughput at the largest batch, batch-1 latency;
+    then against the best torch.compile row of that precision (padded or real lengths) at the largest batch."""
     largest = max(batch_sizes)
     lines = []
     for ours in (row for row in results if row["system"] == "bertc"):
         mine = ours["by_batch"].get(largest, {}).get("throughput")
         my_latency = ours["by_batch"].get(1, {}).get("p50_ms")
-        for peer in (
+        peers = [
             row
             for row in results
             if row["system"] == "pytorch" and row["precision"].split("+")[0] == PEERS[ours["precision"]]
-        ):
+        ]
+        for peer in peers:
             theirs = peer["by_batch"].get(largest, {}).get("throughput")
             latency = peer["by_batch"].get(1, {}).get("p50_ms")
             parts = []
@@ -299,8 +373,21 @@ def ratios(results: list[dict], batch_sizes) -> list[str]:
                 parts.append(f"b1 latency x{my_latency / latency:.2f} (<1: bertc faster)")
             if parts:
                 lines.append(
-                    f"bertc {ours['precision']} vs pytorch {peer['precision']} {peer['mode']}: " + ", ".join(parts)
+                    f"bertc {ours['precision']} vs pytorch {peer['precision']} {peer['mode']} "
+                    f"lengths {peer.get('lengths', 'padded')}: " + ", ".join(parts)
                 )
+        compiled = [
+            (peer["by_batch"][largest]["throughput"], peer)
+            for peer in peers
+            if peer["mode"].startswith("compile") and "throughput" in peer["by_batch"].get(largest, {})
+        ]
+        if mine and compiled:
+            best, peer = max(compiled, key=lambda item: item[0])
+            lines.append(
+                f"bertc {ours['precision']} ({ours.get('lengths', 'padded')}) on the {ours.get('workload', 'padded')} "
+                f"workload, b{largest}: x{mine / best:.2f} the best torch.compile ({peer['precision']} "
+                f"{peer['mode']} lengths {peer.get('lengths', 'padded')}, {best:.1f} seq/s)"
+            )
     return lines
 
 
@@ -334,6 +421,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile-reserve-s", type=float, default=90.0, help="left over when a torch.compile starts")
     parser.add_argument("--compile-threads", type=int, default=4, help="modules compiled at once by the PJRT client")
     parser.add_argument("--torch-compile", choices=("dynamic", "static", "off"), default=None)
+    parser.add_argument(
+        "--workload", choices=WORKLOADS, default=None, help="default: mrpc when every bundle has buckets, else padded"
+    )
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here too")
     args = parser.parse_args(argv)
@@ -357,10 +447,13 @@ def main(argv: list[str] | None = None) -> dict:
         set.intersection(*({module["batch_size"] for module in m["modules"]} for m in manifests.values()))
     )
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")] if args.batch_sizes else available
+    bucketed = all(m.get("length") for m in manifests.values())
+    args.workload = args.workload or ("mrpc" if bucketed else "padded")
     shape = next(iter(manifests.values()))["model_shape"]
     say(
         f"bench/gpu.py: {args.model} ({shape['layers']} layers, hidden {shape['hidden']}, seq {shape['seq_len']}), "
-        f"batch sizes {batch_sizes}, platform {args.platform}, budget {args.budget_s:.0f}s; {versions()}"
+        f"batch sizes {batch_sizes}, workload {args.workload}, platform {args.platform}, "
+        f"budget {args.budget_s:.0f}s; {versions()}"
     )
 
     results: list[dict] = []
@@ -405,6 +498,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "shape": shape,
         "batch_sizes": batch_sizes,
+        "workload": args.workload,
         "platform": args.platform,
         "versions": versions(),
         "results": results,

@@ -1,14 +1,19 @@
 """Compile the StableHLO artifacts bench/gpu.py takes: one bundle per precision, modules + manifest, no weights.
 
     python bench/prepare_gpu.py                                   # BERT-Large, seq 128, fp32 mixed mixed_bf16,
-                                                                  # batch 1 8 64 128
+                                                                  # batch 1 8 64 128, length buckets 32 64 96 128
+    python bench/prepare_gpu.py --buckets none                    # the same at the full length only
     python bench/prepare_gpu.py --model tiny --batch-sizes 1,8    # the CPU-sized bundles of the tiny mode
 
 Each precision is one `python -m bertc model=M target=stablehlo target.batch_sizes=[...] precision=P
-bench=off verify.batches=1 target.device=cpu` in its own process (a BERT-Large compile holds several
-GB), in --work; its model/stablehlo/ is then copied into --out/<model>-<precision>/ without
-weights.safetensors (bench/gpu.py regenerates the weights from the seed in the manifest), with the
-run's report.json as build-report.json. About 5 minutes per precision for BERT-Large on 2 cores.
+length=buckets length.sizes=[...] bench=off verify.batches=4 target.device=cpu` in its own process
+(a BERT-Large compile holds several GB), in --work; its model/stablehlo/ is then copied into
+--out/<model>-<precision>/ without weights.safetensors (bench/gpu.py regenerates the weights from
+the seed in the manifest), with the run's report.json as build-report.json. With buckets there is
+one module per (batch size, bucket), and bench/gpu.py measures them on MRPC-like lengths; verify's
+four synthetic batches reach every bucket of the default sizes. About 5 minutes per precision for
+BERT-Large on 2 cores at the full length, more with buckets (each bucket is one more XLA compile
+and one more module per batch size).
 
 Verify's gates were set on 6 layers; 24 layers add error with depth (BERT-Large, these random
 weights, fp16: max |dp| 5.3e-3 over the fp16 gate of 5e-3), so the deep models get the wider
@@ -54,6 +59,14 @@ def bundle(model_dir: Path, out: Path) -> int:
     return size
 
 
+def length_overrides(buckets: str) -> list[str]:
+    """--buckets 32,64,96,128 -> bertc's length overrides; "none" -> [] (the full length only)."""
+    if buckets.strip().lower() in ("", "none", "full"):
+        return []
+    sizes = [int(size) for size in buckets.split(",")]
+    return ["length=buckets", f"length.sizes=[{','.join(map(str, sizes))}]"]
+
+
 def compile_one(model: str, precision: str, batch_sizes: list[int], run_dir: Path, extra: list[str]) -> Path:
     command = [
         sys.executable,
@@ -64,7 +77,7 @@ def compile_one(model: str, precision: str, batch_sizes: list[int], run_dir: Pat
         f"target.batch_sizes=[{','.join(map(str, batch_sizes))}]",
         f"precision={precision}",
         "bench=off",
-        "verify.batches=1",
+        "verify.batches=4",  # synthetic batches capped at S/4, S/2, 3S/4, S: every default bucket runs
         "target.device=cpu",
         f"hydra.run.dir={run_dir}",
         "overwrite=true",
@@ -88,6 +101,9 @@ def main() -> None:
     parser.add_argument("--model", default="large", help="a model config: large (default), base, tiny, ...")
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--batch-sizes", default="1,8,64,128")
+    parser.add_argument(
+        "--buckets", default="32,64,96,128", help="length bucket sizes (length=buckets), or none for the full length"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "artifacts")
     parser.add_argument(
         "--work", type=Path, default=None, help="where the full compiles go (default: a temporary folder, kept)"
@@ -98,7 +114,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bertc-gpu-prepare-"))
     total = 0
     for precision in args.precisions.split(","):
-        model_dir = compile_one(args.model, precision, batch_sizes, work / f"{args.model}-{precision}", args.overrides)
+        overrides = length_overrides(args.buckets) + list(args.overrides)
+        model_dir = compile_one(args.model, precision, batch_sizes, work / f"{args.model}-{precision}", overrides)
         size = bundle(model_dir, args.out / f"{args.model}-{precision}")
         total += size
         print(

@@ -203,6 +203,39 @@ def test_gpu_bench_tiny_mode_runs_on_cpu(builds, tmp_path):
     assert json.loads((tmp_path / "gpu.json").read_text())["model"] == "tiny"
 
 
+@needs_jax
+def test_gpu_bench_measures_bucketed_bundles_on_mrpc_lengths(tmp_path):
+    """prepare_gpu.py --buckets -> bundles with a module per (batch, bucket); bench/gpu.py then runs the mrpc
+    workload and each batch runs the bucket its longest real row picks (the widths it ran say so)."""
+    from bertc.portable import batch_length
+
+    root = Path(__file__).resolve().parent.parent
+    prepare = _load(root / "bench" / "prepare_gpu.py", "prepare_gpu")
+    gpu = _load(root / "bench" / "gpu.py", "bench_gpu")
+    overrides = prepare.length_overrides("32,64,96")
+    assert overrides == ["length=buckets", "length.sizes=[32,64,96]"] and prepare.length_overrides("none") == []
+    cfg = compose_config(
+        ["model=tiny", "target=stablehlo", "target.batch_sizes=[8,1]", "bench=off", "verify=off", *overrides]
+    )
+    run_dir = tmp_path / "build"
+    assert compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO())) == 0
+    prepare.bundle(run_dir / "model", tmp_path / "artifacts" / "tiny-fp32")
+    summary = gpu.main(
+        ["--tiny", "--precisions", "fp32", "--artifacts", str(tmp_path / "artifacts"), "--budget-s", "120"]
+    )
+    assert summary["workload"] == "mrpc"
+    (ours,) = [row for row in summary["results"] if row["system"] == "bertc"]
+    assert ours["self_check"]["passed"] and ours["lengths"] == "buckets 32,64,96,128"
+    feeds = gpu.feeds_for("mrpc", [1, 8], 128, 30522)  # the masks do not depend on the vocabulary
+    sizes = [32, 64, 96, 128]
+    widths = {size: {batch_length(batch["input_mask"], sizes)["length"] for batch in feeds[size]} for size in (1, 8)}
+    for size in (1, 8):
+        assert set(map(int, ours["by_batch"][size]["widths_ran"])) == widths[size]
+    assert len(widths[1]) > 1, "single MRPC-like pairs reach more than one bucket"
+    for row in (row for row in summary["results"] if row["system"] == "pytorch"):
+        assert row["lengths"] in ("padded", "real") and "error" not in row
+
+
 def _load(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
