@@ -181,12 +181,12 @@ def measure_bundle(args, bundle: Path, batch_sizes, clock: Clock, row: dict, dra
             continue
         before = dict(runtime.ran)
         row["by_batch"][size] = measure_cycling(runtime, feeds[size], size, args)
-        # which module widths ran, and how often: each bucket's module is used for its lengths
-        row["by_batch"][size]["widths_ran"] = {
-            str(width): count - before.get((batch, width), 0)
-            for (batch, width), count in sorted(runtime.ran.items())
-            if count > before.get((batch, width), 0)
-        }
+        # which module widths ran, and how often (warm-up included): each bucket's module is used for its lengths
+        ran: dict[str, int] = {}
+        for (batch, width), count in sorted(runtime.ran.items()):
+            if count > before.get((batch, width), 0):
+                ran[str(width)] = ran.get(str(width), 0) + count - before.get((batch, width), 0)
+        row["by_batch"][size]["widths_ran"] = ran
 
 
 # ---- PyTorch: Hugging Face BertForSequenceClassification of the same shape -----------------------
@@ -249,7 +249,10 @@ def run_torch(args, shape: dict, batch_sizes, clock: Clock, results: list[dict])
         if args.torch_compile != "off" and not tf32:
             modes.append((f"compile/{args.torch_compile}", None))
         for mode, runnable in modes:
-            for length in lengths:  # a torch.compile'd model compiles on the first and is reused for the next
+            # a torch.compile'd model compiles on the first length and is reused for the next; a static compile
+            # would recompile for every real length (and fall back to eager past torch's limit): padded only
+            static = runnable is None and args.torch_compile == "static"
+            for length in ("padded",) if static else lengths:
                 row = {
                     "system": "pytorch",
                     "precision": label,
@@ -261,17 +264,16 @@ def run_torch(args, shape: dict, batch_sizes, clock: Clock, results: list[dict])
                 results.append(row)
                 if clock.left() < (args.compile_reserve_s if runnable is None else args.reserve_s / 2):
                     row["skipped"] = "time budget"
+                    say(f"pytorch {label} {mode} lengths {length}: skipped (time budget)")
                     continue
                 cut = {size: [cut_to_longest(batch) for batch in feeds[size]] for size in batch_sizes}
                 try:
                     runnable = _measure_torch(
                         args, call, model, runnable, cut if length == "real" else feeds, batch_sizes, clock, row
                     )
-                except Exception as error:  # a compile that fails is a row with its reason; the run goes on
+                except Exception as error:  # a row that fails has its reason; the next length is still tried
                     row["error"] = _error_line(error)
                 say(f"pytorch {label} {mode} lengths {length}: {row.get('error', 'done')}")
-                if "error" in row:
-                    break
         if model is not base:
             del model
         gc.collect()
@@ -355,7 +357,7 @@ def ratios(results: list[dict], batch_sizes) -> list[str]:
     then against the best torch.compile row of that precision (padded or real lengths) at the largest batch."""
     largest = max(batch_sizes)
     lines = []
-    for ours in (row for row in results if row["system"] == "bertc"):
+    for ours in (row for row in results if row["system"] == "bertc" and row["precision"] in PEERS):
         mine = ours["by_batch"].get(largest, {}).get("throughput")
         my_latency = ours["by_batch"].get(1, {}).get("p50_ms")
         peers = [

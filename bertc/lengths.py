@@ -15,11 +15,10 @@ import numpy as np
 
 from bertc.errors import ConfigError
 
-# Targets whose compiled functions have static shapes: `trim` would compile once per distinct length.
+# Targets whose compiled functions have static shapes: `trim` would compile once per distinct length. Each
+# implements buckets instead (xla: one compiled function per bucket; stablehlo: one module per batch size and
+# bucket, the length computed by bertc.runtime; neuron: one trace per bucket, Inf2/Trn only).
 STATIC_SHAPE_TARGETS = ("xla", "stablehlo", "neuron")
-# Static-shape targets that implement buckets (xla: one compiled function per bucket; stablehlo: one module per
-# batch size and bucket, the length computed by bertc.runtime; neuron: one trace per bucket, Inf2/Trn only).
-BUCKET_TARGETS = ("xla", "stablehlo", "neuron")
 # MRPC dev (408 pairs, uncased WordPiece, [CLS] a [SEP] b [SEP]): token-count quantiles, from
 # bertc.verify's tokenizer on the GLUE file. A piecewise-linear inverse CDF through them gives
 # mean 53, p90 70, max 86.
@@ -35,11 +34,6 @@ def check_length_target(mode: str, sizes, target: str) -> None:
             f"length=trim needs a target with dynamic shapes, and target={target} compiles static shapes "
             "(one compile per distinct length). Use length=buckets (one compiled function per bucket) "
             "or target=tf."
-        )
-    if mode == "buckets" and target in STATIC_SHAPE_TARGETS and target not in BUCKET_TARGETS:
-        raise ConfigError(
-            f"length=buckets is not implemented for target={target}. Use length=full with target={target}, or "
-            f"one of {', '.join(BUCKET_TARGETS)} or tf for buckets."
         )
 
 

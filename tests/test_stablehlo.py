@@ -236,6 +236,47 @@ def test_gpu_bench_measures_bucketed_bundles_on_mrpc_lengths(tmp_path):
         assert row["lengths"] in ("padded", "real") and "error" not in row
 
 
+def test_gpu_bench_ratios_and_table_on_made_up_rows():
+    """The GPU summary on rows like a real run leaves: a failed bertc half, errors, skips, missing batch sizes."""
+    gpu = _load(Path(__file__).resolve().parent.parent / "bench" / "gpu.py", "bench_gpu")
+
+    def row(system, precision, mode, lengths, **by_batch):
+        return {
+            "system": system,
+            "precision": precision,
+            "mode": mode,
+            "lengths": lengths,
+            "by_batch": {int(key[1:]): value for key, value in by_batch.items()},
+        }
+
+    results = [
+        row(
+            "bertc",
+            "mixed",
+            "stablehlo/gpu",
+            "buckets 32,64,96,128",
+            b1={"throughput": 300, "p50_ms": 3.0},
+            b128={"throughput": 5000},
+        ),
+        row("bertc", "-", "failed", "-"),  # the bertc half failed for another bundle
+        row(
+            "pytorch", "fp16", "eager/cuda", "padded", b1={"throughput": 70, "p50_ms": 14.0}, b128={"throughput": 3500}
+        ),
+        row("pytorch", "fp16", "compile/dynamic/cuda", "padded", b128={"throughput": 5500}),
+        row("pytorch", "fp16", "compile/dynamic/cuda", "real", b128={"throughput": 6250}),
+        {**row("pytorch", "fp16", "compile/dynamic/cuda", "real"), "error": "OutOfMemoryError: b128"},
+        {**row("pytorch", "bf16", "compile/dynamic/cuda", "padded"), "skipped": "time budget"},
+    ]
+    results[0]["workload"] = "mrpc"
+    lines = gpu.ratios(results, [1, 128])
+    assert "bertc mixed vs pytorch fp16 eager/cuda lengths padded: throughput b128 x1.43, b1 latency x0.21" in lines[0]
+    assert lines[-1].startswith("bertc mixed (buckets 32,64,96,128) on the mrpc workload, b128: x0.80 the best")
+    assert "compile/dynamic/cuda lengths real, 6250.0 seq/s" in lines[-1]
+    assert not any("bf16" in line or "bertc -" in line for line in lines)
+    text = gpu.table(results, [1, 128])
+    assert "skip" in text and "err" in text and "buckets 32,64,96,128" in text
+
+
 def _load(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

@@ -80,7 +80,7 @@ def test_neuron_inf1_contract_partition_decides_what_goes_to_neuron(partitioned,
 
 
 @pytest.mark.parametrize("dynamic_batch", [True, False])
-def test_neuronx_contract_traces_device_part_at_static_shape(partitioned, monkeypatch, dynamic_batch):
+def test_neuronx_contract_traces_device_part_at_static_shape(partitioned, monkeypatch, dynamic_batch, tmp_path):
     tracer = RecordingTracer("tensorflow_neuronx")
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", tracer)
     options = TargetOptions("neuron", "auto", 4, 128, compute_dtype="float16", dynamic_batch=dynamic_batch)
@@ -92,6 +92,17 @@ def test_neuronx_contract_traces_device_part_at_static_shape(partitioned, monkey
     expected = run_graph(partitioned, feeds)["probabilities"]
     served = module.serve(**{key: tf.constant(value) for key, value in feeds.items()})["probabilities"].numpy()
     np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert_saves_and_serves(module, tmp_path, feeds, expected)
+
+
+def assert_saves_and_serves(module, tmp_path, feeds, expected):
+    """The traced module as the target saves it, loaded back: the same probabilities."""
+    from bertc.targets.serving import save_compiled
+
+    save_compiled(module, tmp_path / "model")
+    serving = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"]
+    loaded = serving(**{key: tf.constant(value) for key, value in feeds.items()})["probabilities"].numpy()
+    np.testing.assert_allclose(loaded, expected, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +127,9 @@ class StaticShapeTracer(RecordingTracer):
 
 
 @pytest.mark.parametrize("dynamic_batch", [False, True])
-def test_neuronx_buckets_trace_once_per_bucket_and_each_length_runs_its_own(bucketed, monkeypatch, dynamic_batch):
+def test_neuronx_buckets_trace_once_per_bucket_and_each_length_runs_its_own(
+    bucketed, monkeypatch, dynamic_batch, tmp_path
+):
     tracer = StaticShapeTracer("tensorflow_neuronx")
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", tracer)
     options = TargetOptions("neuron", "auto", 4, 128, dynamic_batch=dynamic_batch, length_mode="buckets")
@@ -136,6 +149,7 @@ def test_neuronx_buckets_trace_once_per_bucket_and_each_length_runs_its_own(buck
         expected = run_graph(bucketed, feeds)["probabilities"]
         served = module.serve(**{key: tf.constant(value) for key, value in feeds.items()})["probabilities"].numpy()
         np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert_saves_and_serves(module, tmp_path, feeds, expected)  # the last batch: the 128 bucket
 
 
 def test_inf1_refuses_buckets_before_any_work(monkeypatch):

@@ -174,7 +174,7 @@ def _trace_device_part(compiler, module: CompiledBert, example, options: TargetO
     per bucket with length=buckets (the cut inputs at that bucket's width), else once at the full length."""
     features = dict(zip(SERVING_INPUTS, example))
     widths = module.length.sizes if module.length is not None and module.length.dispatch else ()
-    traces = {}
+    traces = {}  # saved with the module: string keys (a tracked dict with int keys cannot be saved)
     for width in widths or (options.seq_len,):
         cut = {key: value[:, :width] for key, value in features.items()}
         boundary = module.host(cut) if module.host is not None else cut
@@ -182,12 +182,15 @@ def _trace_device_part(compiler, module: CompiledBert, example, options: TargetO
         device_call = tf.function(
             lambda *tensors, keys=keys: module.device_part(dict(zip(keys, tensors))), autograph=False
         )
-        traces[width] = compiler.trace(device_call, tuple(boundary[key] for key in keys))
-        call = functools.partial(_call_traced, traces[width], keys)
-        module.device_by_width[width] = _chunked(call, options.batch_size) if options.dynamic_batch else call
-    if not widths:  # length=full: the one trace serves every call
-        module._device_fn = module.device_by_width.pop(options.seq_len)
-    module.neuron_device = traces[options.seq_len]
+        traced = compiler.trace(device_call, tuple(boundary[key] for key in keys))
+        traces[f"s{width}"] = traced
+        call = functools.partial(_call_traced, traced, keys)
+        call = _chunked(call, options.batch_size) if options.dynamic_batch else call
+        if widths:
+            module.device_by_width[width] = call
+        else:  # length=full: the one trace serves every call
+            module._device_fn = call
+    module.neuron_device = traces[f"s{options.seq_len}"]
     module.neuron_traces = traces
     return module
 

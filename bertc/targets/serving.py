@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from bertc.graph import Graph, pruned_function, split_length, split_partition
+from bertc.graph import Graph, GraphError, pruned_function, split_length, split_partition
 from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS, TRAINING_INPUTS
 from bertc.targets.length_dispatch import LENGTH_SIGNATURE, LengthStage, warm_up_buckets
 
@@ -36,6 +36,13 @@ class Placement:
     # {"input_ids": vocab size, "segment_ids": type vocab size}: ids outside [0, limit) raise a clear
     # error instead of a GPU gather silently reading zeros. None: no guard.
     input_limits: Mapping[str, int] | None = None
+
+
+class DeviceByWidth(dict):
+    """Bucket width -> the device function a target compiled for it (target=neuron: one trace per bucket).
+
+    A dict subclass on purpose: TensorFlow's attribute tracking wraps plain dicts, and a tracked dict with int
+    keys cannot be saved. The functions' own trackable state is kept where the target stores it."""
 
 
 def _variable_key(name: str) -> str:
@@ -58,8 +65,9 @@ class _Part(tf.Module):
         self._pruned = [pruned_function(graph, self._input_keys, self._weight_names, self._output_keys)]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The weights by their graph names, as read-only views of the variables' memory (no copy: `.numpy()`
-        would copy every weight, BERT-Large's 1.3 GB again, while the graph's arrays are gone already)."""
+        """The weights by their graph names, as read-only views of the variables' memory for variables on the
+        CPU (no copy; `.numpy()` would copy every weight, BERT-Large's 1.3 GB again). A variable on a GPU is
+        copied to the host."""
         return {name: np.asarray(self.weights[_variable_key(name)].read_value()) for name in self._weight_names}
 
     def __call__(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -85,7 +93,7 @@ class CompiledBert(tf.Module):
         serving_names = list(self._names.values())
         self._device_fn = tf.function(self._run_device, jit_compile=placement.jit_compile or None, autograph=False)
         # a target that compiles one device function per bucket (neuron) files them here by width
-        self.device_by_width: dict[int, Callable] = {}
+        self.device_by_width = DeviceByWidth()
         self.serve = tf.function(
             self._serve,
             input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in serving_names],
@@ -132,8 +140,15 @@ class CompiledBert(tf.Module):
         return {key: tf.identity(outputs[key], name=key) for key in SERVING_OUTPUTS}
 
     def _run_parts(self, features):
-        # static inside a bucket's branch (length=buckets), None otherwise
-        device_fn = self.device_by_width.get(features["input_ids"].shape[1], self._device_fn)
+        device_fn = self._device_fn
+        if self.device_by_width:  # one device function per bucket: the width is static inside a bucket's branch
+            width = features["input_ids"].shape[1]
+            if width not in self.device_by_width:
+                raise GraphError(
+                    f"no device function was compiled for width {width}; the target compiled "
+                    f"{sorted(self.device_by_width)}. This is a bug in bertc: please report it."
+                )
+            device_fn = self.device_by_width[width]
         if self.host is not None:
             with tf.device(self._placement.host_device):
                 features = self.host(features)
