@@ -292,18 +292,13 @@ def _check_mask_side(nodes, start: str, mask_input: str) -> None:
             stack.extend(split_input(i)[0] for i in node.input if not i.startswith("^"))
 
 
-def layer_norm_epsilons(graph: Graph) -> list[float]:
-    """The epsilon of each LayerNorm: the constant added to the variance before its Rsqrt."""
-    nodes = nodes_by_name(graph.graph_def)
-    return [
-        float(const_value(source))
-        for node in graph.graph_def.node
-        if node.op == "Rsqrt"
-        for add in [nodes[split_input(node.input[0])[0]]]
-        if add.op in ("Add", "AddV2")
-        for source in [nodes[split_input(name)[0]] for name in add.input]
-        if source.op == "Const"
-    ]
+def layer_norm_epsilons(graph: Graph, index: Index | None = None) -> list[float]:
+    """The epsilon of each LayerNorm (LAYER_NORM_VARIANTS), in graph order: the Const added to the variance
+    before its Rsqrt."""
+    index = index or Index.of(graph)
+    found = (first_match(index, node.name, LAYER_NORM_VARIANTS) for node in graph.graph_def.node if node.op == "Rsqrt")
+    epsilons = (index.nodes[weight_behind(index, match["epsilon"])] for match in found if match)
+    return [float(const_value(node)) for node in epsilons if node.op == "Const"]
 
 
 # ---- regions: GELU activations and LayerNorms --------------------------------------------------------
@@ -404,7 +399,7 @@ _MEAN = p("Mean", skip=("StopGradient", "Identity"))
 
 
 def _variance_plus_epsilon(spread: Pattern) -> Pattern:
-    return p("Rsqrt", p("Add|AddV2", p("Mean", spread), constant(), swap=True))
+    return p("Rsqrt", p("Add|AddV2", p("Mean", spread), constant(as_="epsilon"), swap=True))
 
 
 LAYER_NORM_VARIANTS = [  # matched at each Rsqrt: the variance of x, plus epsilon

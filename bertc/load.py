@@ -373,14 +373,15 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
     # every softmax computed from the ids but the classifier's (a mask bertc cannot read still loads: mask=original)
     final = _through_identity(index.nodes, node_of(graph.outputs["probabilities"])).name
     downstream = descendants(graph.graph_def, [node_of(graph.inputs["input_ids"])])
-    softmaxes = [name for name in downstream if index.nodes[name].op == "Softmax" and name != final]
+    softmaxes = [name for name, node in index.nodes.items() if node.op == "Softmax" and name in downstream]
+    softmaxes = [name for name in softmaxes if name != final]  # in graph order
     if not softmaxes:
         raise not_bert("attention softmaxes downstream of input_ids", "none")
     layers = len(softmaxes)
-    heads = _heads(graph, index, int(hidden), sorted(softmaxes, key=list(index.nodes).index)[0])
+    heads = _heads(graph, index, int(hidden), softmaxes[0])
     if heads is None or hidden % heads:
         raise not_bert("the [batch, seq, heads, head_size] reshape of an attention layer", f"heads={heads}")
-    epsilons = layer_norm_epsilons(graph)
+    epsilons = layer_norm_epsilons(graph, index)
     return BertShape(
         layers=layers,
         hidden=int(hidden),

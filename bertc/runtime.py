@@ -580,8 +580,8 @@ class Runtime:
             list(pool.map(lambda key: self._executable(*key), keys))
         return dict(self.compile_seconds)
 
-    def _executable(self, batch_size: int, width: int | None = None):
-        key = (batch_size, self.seq_len if width is None else width)
+    def _executable(self, batch_size: int, width: int):
+        key = (batch_size, width)
         if key not in self._executables:
             entry = self._modules.get(key)
             if entry is None:

@@ -311,4 +311,4 @@ def test_an_op_stablehlo_cannot_hold_is_a_clear_error():
 
     function = tf.function(lambda x: (tf.math.erf(x),), jit_compile=True, autograph=False)
     with pytest.raises(GraphError, match=r"uses \['mhlo.erf'\].*gelu=tanh"):
-        emit_text(function, [{"name": "x", "shape": [None, 4], "dtype": "float32"}], {}, [], 2)
+        emit_text(function, [{"name": "x", "shape": [None, 4], "dtype": "float32"}], {}, [], 2, "bertc_device_b2")

@@ -35,9 +35,6 @@ from bertc.schema import Key
 PASS_THROUGH_OPS = ("Identity", "StopGradient", "CheckNumerics", "Snapshot", "PreventGradient")
 PATTERNS = ("Assert", "ReshapeChain")
 RESHAPE_OPS = ("Reshape", "ExpandDims", "Squeeze")
-# An entry ending in OPTIONAL (bertc/graph.py: OPTIONAL_ENTRY) may match nothing: the shipped list's Assert
-# (google-research's position guard) and ReshapeChain are not in every exporter's graph.
-OPTIONAL = OPTIONAL_ENTRY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,16 +43,17 @@ class RemovalParams:
 
 
 def remove_training_ops(graph: Graph, params: RemovalParams) -> PassResult:
-    unknown = [entry for entry in params.ops if entry.removesuffix(OPTIONAL) not in PASS_THROUGH_OPS + PATTERNS]
+    unknown = [entry for entry in params.ops if entry.removesuffix(OPTIONAL_ENTRY) not in PASS_THROUGH_OPS + PATTERNS]
     if unknown:
         raise ConfigError(
             f"removal.ops has {unknown}, which bertc cannot remove; valid entries: "
-            f"{', '.join(PASS_THROUGH_OPS + PATTERNS)}, each optionally ending in {OPTIONAL!r} (may match nothing)."
+            f"{', '.join(PASS_THROUGH_OPS + PATTERNS)}, each optionally ending in {OPTIONAL_ENTRY!r} "
+            "(may match nothing)."
         )
     graph = prune_to_outputs(graph)
     matches: dict[str, int] = {}
     for entry in params.ops:
-        op = entry.removesuffix(OPTIONAL)
+        op = entry.removesuffix(OPTIONAL_ENTRY)
         if op == "Assert":
             graph, matches[entry] = _remove_asserts(graph)
         elif op == "ReshapeChain":
@@ -177,7 +175,9 @@ def _pruned(graph: Graph, params: RemovalParams) -> str | None:
 
 
 def _listed_ops_gone(graph: Graph, params: RemovalParams) -> str | None:
-    removed = [op for entry in params.ops if (op := entry.removesuffix(OPTIONAL)) in PASS_THROUGH_OPS + ("Assert",)]
+    removed = [
+        op for entry in params.ops if (op := entry.removesuffix(OPTIONAL_ENTRY)) in PASS_THROUGH_OPS + ("Assert",)
+    ]
     left = [node.name for node in graph.graph_def.node if node.op in removed]
     return f"listed op(s) remain: {left[:5]}" if left else None
 

@@ -65,6 +65,16 @@ def find_compiler() -> tuple[str, object] | tuple[None, None]:
     return None, None
 
 
+def _usable_compiler(options: TargetOptions) -> tuple[str, object]:
+    """The importable tracer, if it can build what the options ask for; else the error that says why not."""
+    kind, compiler = find_compiler()
+    if compiler is None:
+        raise ConfigError(NOT_INSTALLED)
+    if kind == "neuron" and options.length_mode == "buckets":
+        raise ConfigError(INF1_BUCKETS)
+    return kind, compiler
+
+
 def compiler_flags(kind: str, compute_dtype: str, dynamic_batch: bool) -> list[str]:
     flags = list(CAST_FLAGS[kind][compute_dtype])
     if dynamic_batch and kind == "neuron":
@@ -142,18 +152,10 @@ class NeuronTarget(SavedModelTarget):
     name = "neuron"
 
     def check_available(self, options: TargetOptions) -> None:
-        kind = find_compiler()[0]
-        if kind is None:
-            raise ConfigError(NOT_INSTALLED)
-        if kind == "neuron" and options.length_mode == "buckets":
-            raise ConfigError(INF1_BUCKETS)
+        _usable_compiler(options)
 
     def lower(self, graph: Graph, options: TargetOptions):
-        kind, compiler = find_compiler()
-        if compiler is None:
-            raise ConfigError(NOT_INSTALLED)
-        if kind == "neuron" and options.length_mode == "buckets":
-            raise ConfigError(INF1_BUCKETS)
+        kind, compiler = _usable_compiler(options)  # also checked here: lower runs on its own in tests
         placement = Placement(
             options.host_device, None, jit_compile=False, static_shapes=True, input_limits=options.input_limits
         )

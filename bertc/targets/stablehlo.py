@@ -81,6 +81,7 @@ _FILE_LOCATION = re.compile(r'loc\("[^"]*\.py":\d+:\d+\)')  # TensorFlow's own s
 
 @dataclasses.dataclass(frozen=True)
 class Emitted:
+    stem: str  # device_b<batch>[_s<width>]: the files' name, and the module's (bertc_<stem>)
     batch_size: int
     width: int  # the sequence length the module takes: the model's, or its bucket's with length=buckets
     text: str
@@ -132,14 +133,14 @@ class StableHloTarget(SavedModelTarget):
         names = _part_input_names(device)
         weight_names = list(device.weights)
         function = _device_function(device, names, weight_names)
+        inputs = {width: _part_inputs(parts[width][1], names) for width in widths}
         modules = []
         for width in widths:
-            inputs = _part_inputs(parts[width][1], names)
             for batch_size in options.batch_sizes:
-                name = f"bertc_device_b{batch_size}" + (f"_s{width}" if buckets else "")
-                text = emit_text(function, inputs, device.weights, weight_names, batch_size, name)
-                shapes = tuple([batch_size, *entry["shape"][1:]] for entry in inputs)
-                modules.append(Emitted(batch_size, width, text, *portable_artifact(text), shapes))
+                stem = f"device_b{batch_size}" + (f"_s{width}" if buckets else "")
+                text = emit_text(function, inputs[width], device.weights, weight_names, batch_size, f"bertc_{stem}")
+                shapes = tuple([batch_size, *entry["shape"][1:]] for entry in inputs[width])
+                modules.append(Emitted(stem, batch_size, width, text, *portable_artifact(text), shapes))
         outputs = [
             {"name": key, "dtype": "float32", "shape": [None, *_static_dims(parts[widths[-1]][1], key)]}
             for key in SERVING_OUTPUTS
@@ -147,7 +148,7 @@ class StableHloTarget(SavedModelTarget):
         model_shape = {**options.model_shape, "num_labels": outputs[0]["shape"][1]} if options.model_shape else None
         module.portable = PortableBuild(
             options.seq_len,
-            _general_inputs([_part_inputs(parts[width][1], names) for width in widths]),
+            _general_inputs([inputs[width] for width in widths]),
             weight_names,
             outputs,
             recipe,
@@ -266,25 +267,25 @@ def emit_text(
     weights: Mapping[str, np.ndarray],
     weight_names: list[str],
     batch_size: int,
-    name: str | None = None,
+    name: str,
 ) -> str:
     specs = [tf.TensorSpec([batch_size, *entry["shape"][1:]], tf.as_dtype(entry["dtype"])) for entry in inputs]
     specs += [tf.TensorSpec(weights[name].shape, tf.as_dtype(weights[name].dtype)) for name in weight_names]
     text = function.experimental_get_compiler_ir(*specs)(stage="stablehlo")
     # NOTE: canonical text: the module is named for its shape, not TensorFlow's per-process function counter.
-    text = _MODULE_NAME.sub(f"module @{name or f'bertc_device_b{batch_size}'}", text, count=1)
+    text = _MODULE_NAME.sub(f"module @{name}", text, count=1)
     text = _FILE_LOCATION.sub("loc(unknown)", text)
     foreign = sorted(set(_FOREIGN_OP.findall(text)))
     if foreign:
         gelu = " (mhlo.erf: the exact GELU's erf; gelu=tanh replaces it)" if "mhlo.erf" in foreign else ""
         raise GraphError(
-            f"target=stablehlo: the module {name or batch_size} uses {foreign}, ops of XLA's own dialects that a "
+            f"target=stablehlo: the module {name} uses {foreign}, ops of XLA's own dialects that a "
             f"StableHLO portable artifact cannot hold{gelu}. Use target=xla for this graph."
         )
     calls = sorted(set(re.findall(r"custom_call @(\w+)", text)))
     if calls:
         raise GraphError(
-            f"target=stablehlo: the module {name or batch_size} calls {calls}, custom calls tied to one platform; "
+            f"target=stablehlo: the module {name} calls {calls}, custom calls tied to one platform; "
             "it would not be portable. Use target=xla for this graph."
         )
     return text
@@ -472,8 +473,7 @@ def _write_modules(folder: Path, build: PortableBuild) -> list[dict]:
     """Each module as text and bytecode -> its manifest entry: batch size, width, input shapes, files, digests."""
     entries = []
     for emitted in build.modules:
-        stem = f"device_b{emitted.batch_size}" + (f"_s{emitted.width}" if build.buckets else "")
-        text_name, bytecode_name = f"{stem}.mlir", f"{stem}.mlirbc"
+        text_name, bytecode_name = f"{emitted.stem}.mlir", f"{emitted.stem}.mlirbc"
         (folder / text_name).write_text(emitted.text)
         (folder / bytecode_name).write_bytes(emitted.bytecode)
         entries.append(
