@@ -9,8 +9,6 @@ initialisers. The loss branch is kept: dropping it is the removal step's job.
 from __future__ import annotations
 
 import dataclasses
-import errno
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,8 +37,11 @@ from bertc.graph import (
     split_input,
 )
 from bertc.match import Index
+from bertc.model.weights import weight_problem
 from bertc.security import (
     check_allow_ops_known,
+    refuse_outside_assets,
+    refuse_outside_links,
     refuse_unsafe_loading,
     refuse_unsafe_ops,
     refuse_unsafe_tf2_loading,
@@ -87,42 +88,6 @@ def model_digest(path: str | Path) -> str:
     return files_digest(path, [file for file in files if file.is_file()])
 
 
-def refuse_outside_links(path: Path) -> None:
-    """A symbolic link in the model folder must stay inside it: TensorFlow and the digest would follow it."""
-    if path.is_symlink() and not path.exists():
-        raise ModelError(_broken_link_message(path, path))
-    root = path.resolve()
-    if not root.is_dir():
-        return  # the loader says what is missing
-    for folder, subfolders, files in os.walk(root):  # os.walk does not descend into linked folders
-        for name in subfolders + files:
-            entry = Path(folder) / name
-            if not entry.is_symlink():
-                continue
-            try:
-                target = entry.resolve(strict=True)
-            except (OSError, RuntimeError):
-                raise ModelError(_broken_link_message(entry, path)) from None
-            if not target.is_relative_to(root):
-                raise ModelError(
-                    f"{entry} is a symbolic link to {target}, outside the model folder {path}. bertc "
-                    "reads only the model's own files (TensorFlow would follow the link when loading it); "
-                    "copy the file into the folder instead of linking it."
-                )
-
-
-def _broken_link_message(entry: Path, root: Path) -> str:
-    try:
-        entry.resolve(strict=True)
-        problem = "cannot be followed"
-    except RuntimeError:
-        problem = "is a symbolic link loop"
-    except OSError as error:
-        loop = error.errno == errno.ELOOP
-        problem = "is a symbolic link loop" if loop else f"is a dangling link (to {os.readlink(entry)})"
-    return f"{entry} in the model folder {root} {problem}; fix or remove the link."
-
-
 def load_saved_model(
     path: str | Path,
     allow_ops: Iterable[str] = (),
@@ -138,6 +103,7 @@ def load_saved_model(
     check_allow_ops_known(allow_ops)
     refuse_outside_links(path)
     meta_graph = _read_meta_graph(path)
+    refuse_outside_assets(meta_graph, path)  # NOTE: before the frontend: nothing reads an asset path yet
     signature = _serving_signature(meta_graph, path)
     # the dialect's frontend (a TF1 graph, or a TF2 model's functions inlined) and the signature's names
     from bertc.frontends import read_graph
@@ -275,6 +241,11 @@ def _read_weights(path: Path, graph_def: GraphDef) -> dict[str, np.ndarray]:
             "files are missing, truncated or corrupted: export the model again."
         ) from None
     shapes = {node.name: node.attr["shape"].shape for node in graph_def.node if node.op in VARIABLE_OPS}
+    dtypes = {
+        node.name: tf.as_dtype(node.attr["dtype"].type).as_numpy_dtype
+        for node in graph_def.node
+        if node.op in VARIABLE_OPS and node.attr["dtype"].type
+    }
     weights = {}
     for name in names:
         if name not in available:
@@ -288,12 +259,12 @@ def _read_weights(path: Path, graph_def: GraphDef) -> dict[str, np.ndarray]:
                 f"{path}/variables: reading {name} failed ({first_line(error)}); a variable shard is "
                 "missing or short: export the model again."
             ) from None
-        _check_weight(path, name, weights[name], shapes[name])
+        _check_weight(path, name, weights[name], shapes[name], dtypes.get(name))
     return weights
 
 
-def _check_weight(path: Path, name: str, value: np.ndarray, graph_shape) -> None:
-    """The checkpoint's value must have the graph's shape and finite numbers: bad weights stop here, named."""
+def _check_weight(path: Path, name: str, value: np.ndarray, graph_shape, dtype=None) -> None:
+    """The checkpoint's value must have the graph's shape and dtype and finite numbers: bad weights stop here."""
     if not graph_shape.unknown_rank:
         expected = [dim.size for dim in graph_shape.dim]
         differs = any(want >= 0 and want != got for want, got in zip(expected, value.shape))
@@ -302,13 +273,15 @@ def _check_weight(path: Path, name: str, value: np.ndarray, graph_shape) -> None
                 f"{path}/variables: variable {name} has shape {list(value.shape)} in the checkpoint but "
                 f"{expected} in the graph; the checkpoint belongs to another model: export the model again."
             )
-    if value.dtype.kind in "fc" and not np.isfinite(value).all():
-        bad = ~np.isfinite(value)
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
+    refuse_bad_weight(path, name, value, dtype)
+
+
+def refuse_bad_weight(path: Path, name: str, value: np.ndarray, dtype=None) -> None:
+    """A weight of another dtype than the model declares, or with a NaN or Inf, named before any work."""
+    problem = weight_problem(name, value, dtype)
+    if problem:
         raise ModelError(
-            f"{path}/variables: variable {name} holds {int(bad.sum())} NaN or Inf value(s) (the first at "
-            f"index {list(first)}: {value[first]}); a model with them serves NaN. Fix the training run or "
-            "the checkpoint, then export again."
+            f"{path}/variables: variable {problem}. Fix the training run or the checkpoint, then export again."
         )
 
 

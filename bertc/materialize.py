@@ -43,16 +43,15 @@ def _folder_digest(path: Path) -> str:
 def materialize(source: ModelInput, log: Callable[[str], None] = lambda message: None) -> Path:
     """The SavedModel folder for `source`, exporting it into the cache first when it is not one."""
     from bertc.export import export_model
+    from bertc.security import refuse_outside_links
 
     if source.kind == "path":
         path = Path(source.path).expanduser()
-        if path.is_symlink() and not path.exists():  # a loop or a dangling link: say which
-            from bertc.load import refuse_outside_links
-
-            refuse_outside_links(path)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise ModelError(f"model path {path} does not exist; give model.path=<a SavedModel folder>.")
         kind = detect_kind(path)
+        # NOTE: before the digest reads the folder: links out (a loop, a dangling link) are refused by name
+        refuse_outside_links(path, hard_links=kind != "saved_model")
         if kind == "saved_model":
             return path
         key = f"{kind}-{_folder_digest(path)}-t{source.seq_len}-l{source.num_labels}-s{source.seed}-f{EXPORT_FORMAT}"

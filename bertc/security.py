@@ -22,9 +22,12 @@ the restore op and only storing a value that `RestoreV2` read. Saving ops (`Save
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
-from bertc.errors import ConfigError, UserError
+from bertc.errors import ConfigError, ModelError, UserError
 from bertc.graph import Graph, GraphDef, NodeDef, ancestors, nodes_by_name, split_input
 
 # Pure tensor ops: arithmetic, shapes, casts, control-free indexing and the ops of BERT exporters.
@@ -328,3 +331,96 @@ def _functions_behind(signature, meta_graph) -> set[str]:
         if node is not None:
             names |= set(_called_functions(node, library))
     return names
+
+
+# ---- the model folder's own files ------------------------------------------------------------------
+# Every input kind is read from one folder, and only from it: a symbolic link in it, a file name its
+# metadata gives (an asset, a safetensors shard named by the index, the checkpoint a `checkpoint` file
+# names) and, for the folders bertc exports from, a hard link shared with a file elsewhere are resolved
+# and refused when they leave it, before anything reads them (the digest included).
+
+
+def refuse_outside_links(path: Path, hard_links: bool = False) -> None:
+    """A symbolic link in the model folder must stay inside it: TensorFlow and the digest would follow it.
+
+    hard_links: also refuse a file with a name outside the folder (more links than names inside it). A
+    SavedModel may be hard links (a previous run's serving/<name>/1/ shares model/'s files); a Hugging
+    Face or checkpoint folder, which bertc reads to export, may not."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ModelError(_broken_link_message(path, path))
+    root = path.resolve()
+    if not root.is_dir():
+        return  # the loader says what is missing
+    names_inside: dict[tuple[int, int], list[Path]] = {}
+    for folder, subfolders, files in os.walk(root):  # os.walk does not descend into linked folders
+        for name in subfolders + files:
+            entry = Path(folder) / name
+            if not entry.is_symlink():
+                if hard_links and name in files:
+                    status = entry.stat()
+                    names_inside.setdefault((status.st_dev, status.st_ino), []).append(entry)
+                continue
+            try:
+                target = entry.resolve(strict=True)
+            except (OSError, RuntimeError):
+                raise ModelError(_broken_link_message(entry, path)) from None
+            if not target.is_relative_to(root):
+                raise ModelError(
+                    f"{entry} is a symbolic link to {target}, outside the model folder {path}. bertc "
+                    "reads only the model's own files (TensorFlow would follow the link when loading it); "
+                    "copy the file into the folder instead of linking it."
+                )
+    for entries in names_inside.values():
+        if entries[0].stat().st_nlink > len(entries):
+            raise ModelError(
+                f"{entries[0]} is a hard link shared with a file outside the model folder {path} (it has "
+                f"{entries[0].stat().st_nlink} names, {len(entries)} inside the folder). bertc reads only the "
+                "model's own files; copy the file into the folder (cp, not ln) instead of linking it."
+            )
+
+
+def inside_folder(root: Path, name: str, what: str) -> Path:
+    """The path a file name from the model's metadata stands for under `root`; refused if it leaves it.
+
+    `name` may be relative (resolved against root, `..` included) or absolute; links are followed."""
+    root = Path(root)
+    if not isinstance(name, str) or not name.strip():
+        raise ModelError(f"{what} names {name!r}, not a file name; the model's metadata is broken: export it again.")
+    path = root / name
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        raise ModelError(_broken_link_message(path, root)) from None
+    if not resolved.is_relative_to(root.resolve()):
+        raise ModelError(
+            f"{what} names {name!r}, which resolves to {resolved}, outside the model folder {root}. bertc "
+            "reads only the model's own files; put the file into the folder and name it relative to it."
+        )
+    return path
+
+
+def refuse_outside_assets(meta_graph, path: Path) -> None:
+    """The asset files TensorFlow's loader would open (`<model>/assets/<filename>`) must be in the folder."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    assets = list(meta_graph.asset_file_def)
+    if ASSETS_COLLECTION in meta_graph.collection_def:
+        for packed in meta_graph.collection_def[ASSETS_COLLECTION].any_list.value:
+            asset = meta_graph_pb2.AssetFileDef()
+            packed.Unpack(asset)
+            assets.append(asset)
+    for asset in assets:
+        inside_folder(Path(path), os.path.join("assets", asset.filename), f"the asset for {asset.tensor_info.name}")
+
+
+def _broken_link_message(entry: Path, root: Path) -> str:
+    try:
+        entry.resolve(strict=True)
+        problem = "cannot be followed"
+    except RuntimeError:
+        problem = "is a symbolic link loop"
+    except OSError as error:
+        loop = error.errno == errno.ELOOP
+        problem = "is a symbolic link loop" if loop else f"is a dangling link (to {os.readlink(entry)})"
+    return f"{entry} in the model folder {root} {problem}; fix or remove the link."

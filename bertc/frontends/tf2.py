@@ -169,6 +169,8 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def _variable_values(path: Path, meta_graph, bound: list[int], function_name: str) -> dict[int, tuple]:
     """Object-graph node id -> (weight name, value) for each captured variable, from variables/."""
+    from bertc.load import refuse_bad_weight
+
     objects = meta_graph.object_graph_def.nodes
     prefix = path / "variables" / "variables"
     try:
@@ -222,6 +224,8 @@ def _variable_values(path: Path, meta_graph, bound: list[int], function_name: st
                 "save the model again."
             ) from None
         name = saved.variable.name or keys[0].removesuffix(f"/.ATTRIBUTES/{VALUE_ATTRIBUTE}")
+        declared = tf.as_dtype(saved.variable.dtype).as_numpy_dtype if saved.variable.dtype else None
+        refuse_bad_weight(path, name, np.asarray(value), declared)  # NaN, Inf, another dtype: named before any work
         result[node_id] = (name, np.asarray(value))
     return result
 

@@ -21,8 +21,9 @@ import tensorflow as tf
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from bertc.errors import ModelError
 from bertc.model.config import BertConfig
-from bertc.model.weights import Weights, check_weights, random_weight, variable_shapes
+from bertc.model.weights import Weights, check_weights, random_weight, variable_shapes, weight_problem
 
 HEAD_NAMES = ("output_weights", "output_bias")
 POOLER_NAMES = ("bert/pooler/dense/kernel", "bert/pooler/dense/bias")
@@ -57,8 +58,10 @@ def read_checkpoint_folder(path: str | Path) -> SourceWeights:
     folder = (
         path.parent if given_prefix else _existing_folder(path, "checkpoint", "bert_config.json and bert_model.ckpt.*")
     )
+    _own_files(folder)
     config = _config_from_json(folder / "bert_config.json", "checkpoint", _google_config)
     prefix = str(path) if given_prefix else _checkpoint_prefix(folder)
+    _inside(folder, prefix + ".index", "the checkpoint to read")  # a `checkpoint` file may name one elsewhere
     try:
         reader = tf.train.load_checkpoint(prefix)
     except tf.errors.OpError as error:
@@ -70,7 +73,7 @@ def read_checkpoint_folder(path: str | Path) -> SourceWeights:
         if name.endswith(("/adam_m", "/adam_v")) or name == "global_step" or name.startswith("cls/"):
             continue
         if name in expected:
-            weights[name] = np.asarray(reader.get_tensor(name), dtype=np.float32)
+            weights[name] = _checked_float32(name, reader.get_tensor(name), f"checkpoint {prefix}")
         elif name.startswith("bert/"):
             unexpected.append(name)
     return _checked_source(config, weights, unexpected, _vocab(folder), f"checkpoint {prefix}")
@@ -92,6 +95,7 @@ def read_hf_folder(path: str | Path) -> SourceWeights:
     1e-2 in the last layer's hidden states).
     """
     folder = _existing_folder(Path(path), "Hugging Face", "config.json and model.safetensors")
+    _own_files(folder)
     config = _config_from_json(folder / "config.json", "Hugging Face", _hf_config)
     tensors = _load_safetensors(folder)
     prefixed = any(name.startswith("bert.") for name in tensors)
@@ -108,7 +112,7 @@ def read_hf_folder(path: str | Path) -> SourceWeights:
         if name not in expected:
             unexpected.append(hf_name)
             continue
-        value = np.asarray(value, dtype=np.float32)
+        value = _checked_float32(hf_name, value, f"Hugging Face folder {folder}")
         weights[name] = np.ascontiguousarray(value.T) if transpose else value
     return _checked_source(config, weights, unexpected, _vocab(folder), f"Hugging Face folder {folder}")
 
@@ -215,8 +219,7 @@ def _hf_config(raw: dict) -> BertConfig:
 def _load_safetensors(folder: Path) -> dict[str, np.ndarray]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / shard for shard in shards]
+        files = [_inside(folder, shard, f"{index} (weight_map)") for shard in _index_shards(index)]
     else:
         files = [folder / "model.safetensors"]
     missing = [file.name for file in files if not file.is_file()]
@@ -234,6 +237,54 @@ def _load_safetensors(folder: Path) -> dict[str, np.ndarray]:
         except (SafetensorError, OSError) as error:
             raise ValueError(f"could not read {file}: {error}") from None
     return tensors
+
+
+def _checked_float32(name: str, value: np.ndarray, source: str) -> np.ndarray:
+    """A weight as float32; one that is not floating-point, or holds a NaN or Inf, is refused by name."""
+    problem = weight_problem(name, value)
+    if problem:
+        raise ValueError(f"{source}: weight {problem}. Fix the training run or the checkpoint, then try again.")
+    return np.asarray(value, dtype=np.float32)
+
+
+def _index_shards(index: Path) -> list[str]:
+    """The shard files a safetensors index names: its `weight_map` must map weight names to file names."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{index} is not a JSON object ({error}); save the model again.") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(
+            f"{index} has no weight_map (a JSON object mapping each weight to its shard file), found "
+            f"{type(weight_map).__name__}; the index is broken: save the model again (save_pretrained)."
+        )
+    bad = [(name, shard) for name, shard in weight_map.items() if not isinstance(shard, str) or not shard]
+    if bad:
+        raise ValueError(f"{index}: weight_map maps {bad[0][0]!r} to {bad[0][1]!r}, not a file name.")
+    return sorted(set(weight_map.values()))
+
+
+def _own_files(folder: Path) -> None:
+    """Links out of the folder, and hard links shared with files elsewhere, refused before any read.
+    The packaged MiniLM is exempt from the hard-link rule: an installer may hard-link it from its cache."""
+    from bertc.security import refuse_outside_links
+
+    packaged = minilm_folder()
+    hard_links = packaged is None or folder.resolve() != packaged.resolve()
+    try:
+        refuse_outside_links(folder, hard_links=hard_links)
+    except ModelError as error:
+        raise ValueError(str(error)) from None
+
+
+def _inside(folder: Path, name: str, what: str) -> Path:
+    """A file the folder's metadata names (a shard, the checkpoint) -> its path; refused if it leaves the folder."""
+    from bertc.security import inside_folder
+
+    try:
+        return inside_folder(folder, name, what)
+    except ModelError as error:
+        raise ValueError(str(error)) from None
 
 
 def _google_name(hf_name: str) -> tuple[str, bool] | None:
