@@ -65,6 +65,9 @@ class VerifyConf:
     max_examples: int | None = None
     tolerance: float | None = None  # max |probability difference|; null: the precision's gate
     timeout_s: float | None = 3600.0  # limit of loading both models and comparing; null: none
+    # before verify and bench: a compiled model whose call is more than this many times the original's is
+    # rejected with the figures (its first call abandoned after max(30 s, this x the original's)); null: no check
+    max_slowdown: float | None = 10.0
 
 
 @dataclasses.dataclass(frozen=True)

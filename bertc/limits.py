@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ class RunLimits:
     compile_s: float | None = 1800.0  # target.timeout_s: compile and warm-up
     verify_s: float | None = 3600.0  # verify.timeout_s: loading both models and comparing them
     bench_s: float | None = 3600.0  # bench.timeout_s
+    max_slowdown: float | None = 10.0  # verify.max_slowdown: the compiled call's time over the original's
 
 
 class TimeLimitExceeded(UserError):
@@ -75,7 +77,13 @@ def run_limits(cfg: Any) -> RunLimits:
     for key, value in timeouts.items():
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{key}={value} must be a positive number of seconds, or null for no limit.")
-    return RunLimits(*timeouts.values())
+    slowdown = cfg.verify.get("max_slowdown", RunLimits.max_slowdown)
+    if slowdown is not None and not (math.isfinite(slowdown) and slowdown >= 1):
+        raise ConfigError(
+            f"verify.max_slowdown={slowdown} must be a number of at least 1 (how many times the original's call "
+            "time the compiled model's may take), or null for no check."
+        )
+    return RunLimits(*timeouts.values(), max_slowdown=slowdown)
 
 
 def largest_batch(plan: Any) -> tuple[int, str]:
@@ -422,6 +430,76 @@ def exit_if_work_abandoned(code: int | str | None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code if isinstance(code, int) else 1)
+
+
+# ---- the compiled model's call time ---------------------------------------------------------------
+
+FIRST_CALL_FLOOR_S = 30.0  # the compiled model's first call may always take this long (graph optimisation)
+SLOW_FLOOR_S = 0.5  # and a warm call this much longer than the original's: tiny models' timings are noise
+
+
+class SlowModel(Exception):
+    """The compiled model's call is many times slower than the original's: rejected with the figures."""
+
+    def __init__(self, message: str, figures: dict):
+        super().__init__(message)
+        self.figures = figures
+
+
+def _best_of(call: Callable[[], Any], times: int) -> float:
+    best = math.inf
+    for _ in range(times):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def check_call_speed(original: Callable, compiled: Callable, feeds: Mapping, max_slowdown: float) -> dict:
+    """Time both models on one batch (first call, then the best of three); SlowModel when the compiled one is
+    more than `max_slowdown` times the original's and SLOW_FLOOR_S slower, or its calls do not return in time
+    (the first: max(FIRST_CALL_FLOOR_S, max_slowdown x the original's first call)). A call that does not return
+    is abandoned in its thread (a TensorFlow call cannot be cancelled); `python -m bertc` exits once the report
+    is written."""
+    start = time.perf_counter()
+    original(feeds)
+    figures: dict[str, Any] = {"original_first_s": round(time.perf_counter() - start, 4), "max_slowdown": max_slowdown}
+    figures["original_s"] = round(_best_of(lambda: original(feeds), 3), 4)
+    warm_limit = max_slowdown * figures["original_s"] + SLOW_FLOOR_S
+    limits = {
+        "compiled_first_s": (max(FIRST_CALL_FLOOR_S, max_slowdown * figures["original_first_s"]), 1, "first call"),
+        "compiled_s": (3 * 2 * warm_limit, 3, "calls"),  # three calls, each up to twice the rejection limit
+    }
+    for key, (limit, times, what) in limits.items():
+        try:
+            seconds = run_with_limit(
+                lambda times=times: _best_of(lambda: compiled(feeds), times), limit, "verify.max_slowdown", what
+            )
+        except TimeLimitExceeded:
+            figures[key] = None
+            raise SlowModel(
+                f"the compiled model's {what} did not return within {limit:.1f} s, while the original's took "
+                f"{figures['original_first_s']:.3f} s (first) and {figures['original_s']:.3f} s (verify.max_slowdown="
+                f"{max_slowdown:g}): the call was abandoned. {SLOW_ADVICE}",
+                figures,
+            ) from None
+        figures[key] = round(seconds, 4)
+    figures["slowdown"] = round(figures["compiled_s"] / max(figures["original_s"], 1e-9), 2)
+    if figures["compiled_s"] > warm_limit:
+        raise SlowModel(
+            f"the compiled model's call took {figures['compiled_s']:.3f} s against the original's "
+            f"{figures['original_s']:.3f} s ({figures['slowdown']:g}x; verify.max_slowdown={max_slowdown:g}). "
+            + SLOW_ADVICE,
+            figures,
+        )
+    return figures
+
+
+SLOW_ADVICE = (
+    "The model is in rejected/ with this report. A float16 build on a CPU whose TensorFlow hands float16 to "
+    "oneDNN (avx512_fp16 or amx_fp16) can crawl this way: serve fp16 on an accelerator, or use precision=fp32 "
+    "here; raise verify.max_slowdown (or set it to null) to accept a slower model."
+)
 
 
 # ---- before compiling ------------------------------------------------------------------------------

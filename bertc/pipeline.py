@@ -121,8 +121,10 @@ def run_pipeline(run: Run) -> None:
     artifact = save(run, target, module, options)
     del module  # NOTE: the weights live in the saved artifact now: free them before verify and bench load two models
     models = open_models(plan, original, artifact)
-    passed = verify(run, plan, original, models)
-    bench(run, plan, original, models)
+    passed = False
+    if check_speed(run, plan, original, models):  # NOTE: first: a model that crawls is rejected, not left to run
+        passed = verify(run, plan, original, models)
+        bench(run, plan, original, models)
     del models
     publish(run, artifact, passed)
 
@@ -180,21 +182,29 @@ def materialize(run: Run, plan: Plan) -> Source:
 
 def check_target(run: Run, plan: Plan):
     from bertc import targets
-    from bertc.hardware import bf16_is_emulated
     from bertc.targets.base import TargetOptions
 
     run.stage = "target"
     target = targets.get(plan.target.name)
-    target.check_available(
-        TargetOptions(plan.target.name, plan.target.device, plan.shape.batch_size, 0, length_mode=plan.length_mode)
+    options = TargetOptions(
+        plan.target.name, plan.target.device, plan.shape.batch_size, 0, length_mode=plan.length_mode
     )
-    if plan.compute_dtype == "bfloat16" and bf16_is_emulated(plan.target.device):
-        run.warn(
-            "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): TensorFlow emulates bf16 "
-            "matmuls, so expect mixed_bf16 to be slower than fp32 here; on this CPU try precision=fp32 "
-            "target=xla mask.fold_scale=true"
-        )
+    target.check_available(options)
+    if plan.compute_dtype != "float32" and target.serves_on_cpu(options):
+        check_precision_pays(run, plan, target.probe_runtime)
     return target
+
+
+def check_precision_pays(run: Run, plan: Plan, runtime: str) -> None:
+    """Before compiling: the probe's rates per dtype in the runtime that will serve (cached per machine); a
+    warning that cites them when the plan's compute dtype runs no faster than float32 here."""
+    from bertc.hardware import precision_advice, probe
+
+    measured = probe(runtime, run.say)
+    run.record["hardware"] = measured.to_dict()
+    advice = precision_advice(plan.compute_dtype, measured, plan.precision)
+    if advice:
+        run.warn(advice)
 
 
 def load(run: Run, plan: Plan, source: Source):
@@ -410,6 +420,32 @@ def open_models(plan: Plan, original: Original, artifact: Path) -> dict | None:
     return {"original": loaded, "compiled": compiled}
 
 
+def check_speed(run: Run, plan: Plan, original: Original, models: dict | None) -> bool:
+    """One full-length batch through both models, timed; False (the model rejected, the figures recorded)
+    when the compiled call is more than verify.max_slowdown times the original's or does not return."""
+    if models is None or plan.limits.max_slowdown is None:
+        return True
+    from bertc.batches import synthetic_batches
+    from bertc.limits import SlowModel, check_call_speed
+
+    settings = plan.verify
+    # the fourth synthetic batch reaches the full sequence length (bertc/batches.py)
+    batch = synthetic_batches(4, settings.batch_size, original.seq_len, original.vocab, settings.seed)[-1]
+    with run.step("time one call of each model", "speed"):
+        try:
+            figures = check_call_speed(models["original"], models["compiled"], batch.feeds(), plan.limits.max_slowdown)
+        except SlowModel as slow:
+            run.record["speed_check"] = {**slow.figures, "passed": False, "error": str(slow)}
+            return False
+    run.record["speed_check"] = {**figures, "passed": True}
+    run.say(
+        f"one batch of {settings.batch_size}: original {figures['original_s'] * 1000:.1f} ms, compiled "
+        f"{figures['compiled_s'] * 1000:.1f} ms (first calls {figures['original_first_s']:.2f} s, "
+        f"{figures['compiled_first_s']:.2f} s)"
+    )
+    return True
+
+
 def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> bool:
     """Compiled against original on the same inputs; True when within the gate."""
     if not plan.verify.enabled:
@@ -489,7 +525,10 @@ def publish(run: Run, artifact: Path, passed: bool) -> None:
     if passed:  # TensorFlow Serving's layout, serving/<name>/1/ (bertc/serving_layout.py)
         run.record["serving"] = write_serving_layout(final, run.run_dir, run.plan.model.name, run.plan.keep_signature)
     run.record["status"] = "passed" if passed else "rejected"
-    if not passed:
+    if not passed and not run.record.get("speed_check", {}).get("passed", True):
+        run.record["failed_step"] = "speed"
+        run.record["error"] = run.record["speed_check"]["error"]
+    elif not passed:
         parity = run.record["parity"]
         run.record["failed_step"] = "verify"
         run.record["error"] = (

@@ -178,6 +178,9 @@ def markdown(record: dict) -> str:
     if boundaries:
         lines += ["", "Partition boundaries (host -> device):", ""]
         lines += [f"- `{b}`" for b in boundaries]
+    if record.get("warnings"):
+        lines += ["", "## Warnings", "", *[f"- {warning}" for warning in record["warnings"]]]
+    lines += _speed_lines(record.get("speed_check"))
     parity = record.get("parity")
     if parity:
         lines += _parity_lines(parity)
@@ -193,6 +196,31 @@ def markdown(record: dict) -> str:
         lines += _bench_lines(bench)
     lines += serving_lines(record.get("serving"))
     return "\n".join(lines) + "\n"
+
+
+def _speed_text(speed: dict) -> str:
+    def seconds(key: str) -> str:
+        return "did not return" if speed.get(key) is None else f"{speed[key] * 1000:.1f} ms"
+
+    ratio = f" ({speed['slowdown']:g}x)" if speed.get("slowdown") is not None else ""
+    return (
+        f"original {seconds('original_s')}, compiled {seconds('compiled_s')}{ratio}; first calls "
+        f"{seconds('original_first_s')}, {seconds('compiled_first_s')}"
+    )
+
+
+def _speed_lines(speed: dict | None) -> list[str]:
+    """The one-batch timing taken before verify and bench (verify.max_slowdown)."""
+    if not speed:
+        return []
+    verdict = "within" if speed.get("passed") else "**over**"
+    return [
+        "",
+        "## Call time",
+        "",
+        f"One full-length batch through both models: {_speed_text(speed)}; {verdict} "
+        f"verify.max_slowdown={speed.get('max_slowdown')}.",
+    ]
 
 
 def _header_lines(record: dict) -> list[str]:
@@ -262,6 +290,8 @@ def summary_table(record: dict) -> Table:
     table.add_column("what")
     table.add_column("value", overflow="fold")
     table.add_row("fingerprint", str(record.get("fingerprint", "-"))[:23] + "...")
+    if record.get("speed_check"):
+        table.add_row("call time", _speed_text(record["speed_check"]))
     parity = record.get("parity")
     if parity:
         _add_parity_rows(table, parity)

@@ -36,8 +36,14 @@ class Target(Protocol):
     """One way of compiling the rewritten graph. `check_available` runs before any work."""
 
     name: str
+    # The TensorFlow runtime the artifact's math runs in when it serves on a CPU ("tf" or "xla"), for the
+    # precision probe (bertc/hardware.py); None where the math runs elsewhere (Inferentia).
+    probe_runtime: str | None
 
     def check_available(self, options: TargetOptions) -> None: ...
+
+    def serves_on_cpu(self, options: TargetOptions) -> bool:
+        """Whether the artifact's math runs in `probe_runtime` on this machine's CPU."""
 
     def lower(self, graph: Any, options: TargetOptions) -> Any:
         """The rewritten Graph -> a tf.Module with a `serve` function (not yet saved)."""
@@ -50,11 +56,17 @@ class SavedModelTarget:
     """The common case: lower to a module, save it as a SavedModel, nothing more."""
 
     name = ""
+    probe_runtime: str | None = "tf"
 
     def check_available(self, options: TargetOptions) -> None:
         from bertc.targets.devices import resolve_device
 
         resolve_device(options.device)
+
+    def serves_on_cpu(self, options: TargetOptions) -> bool:
+        from bertc.targets.devices import resolve_device
+
+        return self.probe_runtime is not None and resolve_device(options.device) == "/device:CPU:0"
 
     def save(self, module: Any, path: Path, options: TargetOptions) -> None:
         from bertc.targets.serving import save_compiled

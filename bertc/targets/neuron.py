@@ -150,6 +150,7 @@ def _chunked(device, batch_size: int):
 
 class NeuronTarget(SavedModelTarget):
     name = "neuron"
+    probe_runtime = None
 
     def check_available(self, options: TargetOptions) -> None:
         _usable_compiler(options)

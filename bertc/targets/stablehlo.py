@@ -113,6 +113,7 @@ def _serializer():
 
 class StableHloTarget(SavedModelTarget):
     name = "stablehlo"
+    probe_runtime = "xla"
 
     def check_available(self, options: TargetOptions) -> None:
         super().check_available(options)

@@ -22,6 +22,7 @@ def xla_module(graph: Graph, options: TargetOptions) -> CompiledBert:
 
 class XlaTarget(SavedModelTarget):
     name = "xla"
+    probe_runtime = "xla"
 
     def lower(self, graph: Graph, options: TargetOptions) -> CompiledBert:
         return xla_module(graph, options)
