@@ -225,13 +225,13 @@ def precision_advice(compute_dtype: str, measured: Probe, precision: str) -> str
         f"{' '.join(measured.flags) or 'no AVX flags read'}; probe cached in {measured.path})"
     )
     meant = (
-        " precision=mixed is meant for accelerators (target=neuron on Inferentia, a GPU);"
+        " precision=mixed is meant for accelerators (target=neuron on Inferentia, a GPU)."
         if compute_dtype == "float16"
         else ""
     )
     return (
         f"precision={precision} computes attention and the FFN in {short}, which will not pay here: {figures}.{meant} "
-        "on this CPU use precision=fp32 (with target=xla length=buckets mask.fold_scale=true for real lengths)."
+        "On this CPU use precision=fp32 (with target=xla length=buckets mask.fold_scale=true for real lengths)."
     )
 
 
