@@ -4,7 +4,8 @@ report.json keys: status (passed | failed | rejected | planned | interrupted: SI
 failed_step the stage it stopped in), failed_step, error, traceback (a crash only), warnings (e.g.
 a precision that does not pay on this CPU), hardware (the precision probe's rates per dtype, bertc/hardware.py),
 speed_check {original_first_s, original_s, compiled_first_s, compiled_s, slowdown, max_slowdown, passed, error}
-(one full-length batch timed before verify and bench; failed_step "speed" when over), fingerprint, precision, input {path, digest, shape, roles (nodes per role,
+(one full-length batch timed before verify and bench; failed_step "speed" when over), fingerprint, precision,
+input {path, digest, shape, roles (nodes per role,
 bertc/analysis.py)}, versions, steps [{name, op_delta, ops_before, ops_after, seconds, matches; the
 precision step also converted_roles {role: {dtype: nodes}}}], target {name, device, compile_seconds, boundaries},
 artifact {path, digest, note}, parity {examples, gate, tolerance, passed, max_abs_diff,
