@@ -126,6 +126,9 @@ def check_overrides(arguments: list[str], conf_dir: Path) -> str | None:
         problem = _check_key(schema, key.split("."), conf_dir, value)
         if problem:
             return f"{argument}: {problem}"
+        problem = _check_value(schema, key.split("."), conf_dir, value)
+        if problem:
+            return problem
     return None
 
 
@@ -147,6 +150,19 @@ def _check_key(schema: type, path: list[str], conf_dir: Path, value: str) -> str
     if path[1] not in known:
         return _unknown(f"key {head + '.' + path[1]!r}", path[1], known, prefix=f"{head}.")
     return None
+
+
+def _check_value(schema: type, path: list[str], conf_dir: Path, value: str) -> str | None:
+    """A known key's value: its type and declared range (bertc/schema.py), in one line naming both."""
+    from bertc.schema import check_override
+
+    fields = {field.name: field for field in dataclasses.fields(schema)}
+    field = fields[path[0]]
+    if len(path) == 2 and dataclasses.is_dataclass(field.type):
+        field = {inner.name: inner for inner in dataclasses.fields(field.type)}[path[1]]
+    elif len(path) != 1 or (conf_dir / path[0]).is_dir():
+        return None
+    return check_override(field, field.type, ".".join(path), value)
 
 
 def _unknown(what: str, name: str, choices: list[str], prefix: str = "") -> str:
