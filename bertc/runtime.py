@@ -24,6 +24,7 @@ jax.export's own format; jax.extend is JAX's documented API for such extensions.
 from __future__ import annotations
 
 import collections
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,7 +76,13 @@ def stablehlo_folder(path: str | Path) -> Path:
 def read_manifest(path: str | Path) -> dict:
     """manifest.json, its structure checked (a damaged or foreign file: a ServingError, not a KeyError)."""
     file = stablehlo_folder(path) / MANIFEST
-    manifest = read_json_object(file, ServingError, f"; {REBUILD}")
+    size = file.stat().st_size
+    _need(size <= MAX_MANIFEST_BYTES, file, f"it is {size} bytes, over the {MAX_MANIFEST_BYTES} a manifest may be")
+    try:
+        manifest = read_json_object(file, ServingError, f"; {REBUILD}")
+    except RecursionError:  # a JSON nested thousands deep: Python's parser gives up, as this runtime does
+        raise ServingError(f"{file} is nested too deeply to be a manifest; {REBUILD}") from None
+    _need(_depth(manifest) <= MAX_MANIFEST_DEPTH, file, f"it is nested deeper than {MAX_MANIFEST_DEPTH} levels")
     if manifest.get("format") not in FORMATS:
         raise ServingError(
             f"{path}: manifest format {manifest.get('format')!r}, this runtime reads "
@@ -92,6 +99,11 @@ def read_manifest(path: str | Path) -> dict:
 # only tighten them.
 
 REBUILD = "the artifact is damaged or was edited: compile it again (python -m bertc target=stablehlo ...)."
+# What a manifest may ask, bounded before anything is allocated or compiled: bertc writes a few hundred KiB,
+# nested about six deep, batch sizes as target.batch_sizes allows (bertc/config.py: BATCH).
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_MANIFEST_DEPTH = 32
+MAX_BATCH_SIZE = 1 << 20
 WORD_TABLE, TOKEN_TYPE_TABLE, POSITION_TABLE = (
     "word_embeddings",
     "token_type_embeddings",
@@ -102,6 +114,16 @@ WORD_TABLE, TOKEN_TYPE_TABLE, POSITION_TABLE = (
 def _need(condition, file: Path, what: str) -> None:
     if not condition:
         raise ServingError(f"{file}: {what}; {REBUILD}")
+
+
+def _depth(value, limit: int = MAX_MANIFEST_DEPTH + 1) -> int:
+    """How deep lists and objects nest in a parsed JSON value, counted up to `limit` (no deeper walk)."""
+    depth, level = 0, [value]
+    while level and depth < limit:
+        items = [item for node in level for item in (node.values() if isinstance(node, dict) else node)]
+        level = [item for item in items if isinstance(item, (dict, list))]
+        depth += 1
+    return depth
 
 
 def _is_shape(value) -> bool:
@@ -180,9 +202,12 @@ def _check_modules(manifest: Mapping, widths: list[int], inputs: list[dict], fil
     keys = []
     for entry in modules:
         _need(
-            isinstance(entry, dict) and isinstance(entry.get("batch_size"), int) and entry["batch_size"] > 0,
+            isinstance(entry, dict)
+            and isinstance(entry.get("batch_size"), int)
+            and not isinstance(entry["batch_size"], bool)
+            and 0 < entry["batch_size"] <= MAX_BATCH_SIZE,
             file,
-            f"a module entry {str(entry)[:80]} has no positive batch_size",
+            f"a module entry {str(entry)[:80]} has no batch_size from 1 to {MAX_BATCH_SIZE}",
         )
         label = module_label(entry, len(widths) > 1)
         _need(
@@ -439,6 +464,68 @@ def _regenerate(
     return weights, differ
 
 
+# ---- what a module takes, read from its file before it is compiled ---------------------------------
+# A module relabelled in the manifest (another batch size's file under this one's name, digests and all) would
+# compile, then fail inside XLA at the first call; its own signature says what it takes.
+
+_MAIN = re.compile(r"func\.func (?:public )?@main\((.*?)\)\s*->", re.S)
+_ARGUMENT = re.compile(r"%arg\d+: tensor<([^>]*)>")
+_ELEMENT_TYPES = {"int32": "i32", "int64": "i64", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+
+
+def module_parameters(content: bytes | str) -> list[str] | None:
+    """The types of a module's @main parameters as MLIR spells them inside tensor<> ("8x128xi32"); None when
+    they cannot be read here (no @main in the text, bytecode without jaxlib's MLIR bindings or not readable)."""
+    if isinstance(content, str):
+        match = _MAIN.search(content)
+        return _ARGUMENT.findall(match.group(1)) if match else None  # no @main: the compile says why
+    try:
+        from jaxlib.mlir import ir
+        from jaxlib.mlir.dialects import stablehlo
+    except ImportError:
+        return None
+    with ir.Context() as context:
+        try:
+            module = stablehlo.deserialize_portable_artifact(context, content)
+        except Exception:  # noqa: BLE001 (MLIR's binding raises its own types): the compile says why
+            return None
+        for operation in module.body.operations:
+            if operation.operation.name == "func.func" and str(operation.attributes["sym_name"]) == '"main"':
+                function = ir.FunctionType(ir.TypeAttr(operation.attributes["function_type"]).value)
+                return [str(kind).removeprefix("tensor<").removesuffix(">") for kind in function.inputs]
+    return []
+
+
+def expected_parameters(manifest: Mapping, entry: Mapping) -> list[str]:
+    """The parameter types a module entry promises: its inputs at its batch size and width, then the weights."""
+    inputs = iter(entry["inputs"])
+    expected = []
+    for parameter in manifest["parameters"]:
+        shape = next(inputs) if parameter["kind"] == "input" else parameter["shape"]
+        element = _ELEMENT_TYPES.get(parameter["dtype"], parameter["dtype"])
+        expected.append("x".join([*map(str, shape), element]))
+    return expected
+
+
+def _check_input_memory(manifest: Mapping, file: Path) -> None:
+    """The inputs of the largest module (the rows a chunk is padded to) must fit in this machine's memory."""
+    from bertc.limits import available_memory
+
+    available = available_memory()
+    inputs = [parameter for parameter in manifest["parameters"] if parameter["kind"] == "input"]
+    for entry in manifest["modules"]:
+        needed = sum(
+            int(np.prod(shape, dtype=np.float64)) * numpy_dtype(parameter["dtype"]).itemsize
+            for shape, parameter in zip(entry["inputs"], inputs)
+        )
+        _need(
+            available is None or needed <= available,
+            file,
+            f"the {module_label(entry, manifest.get('length') is not None)} module's inputs alone take "
+            f"{needed / 2**30:.1f} GiB, more than the {(available or 0) / 2**30:.1f} GiB of memory available",
+        )
+
+
 # ---- compiling and running on a PJRT device ------------------------------------------------------
 
 
@@ -495,6 +582,7 @@ class Runtime:
 
         self.folder = stablehlo_folder(path)
         self.manifest = read_manifest(self.folder)
+        _check_input_memory(self.manifest, self.folder / MANIFEST)  # NOTE: before anything is allocated
         self.seq_len = int(self.manifest["seq_len"])
         length = self.manifest.get("length")
         self.widths = list(length["sizes"]) if length else [self.seq_len]  # ascending; the last is seq_len
@@ -599,6 +687,7 @@ class Runtime:
                 except ServingError as error:
                     errors.append(str(error))
                     continue
+                self._check_parameters(entry, kind, module, self._label(*key))  # NOTE: before compiling it
                 try:
                     self._executables[key] = _compile(self.client, self.device, module)
                     break
@@ -612,6 +701,18 @@ class Runtime:
                 )
             self.compile_seconds[key if self.bucketed else batch_size] = time.perf_counter() - start
         return self._executables[key]
+
+    def _check_parameters(self, entry: Mapping, kind: str, module: bytes | str, label: str) -> None:
+        """The module takes what its manifest entry promises (a relabelled module is refused, not compiled)."""
+        found, expected = module_parameters(module), expected_parameters(self.manifest, entry)
+        if found is not None and found != expected:
+            differ = next((i for i, pair in enumerate(zip(found, expected)) if pair[0] != pair[1]), None)
+            where = (
+                f"parameter {differ} is tensor<{found[differ]}>, not tensor<{expected[differ]}>"
+                if differ is not None
+                else f"it takes {len(found)} parameters, not {len(expected)}"
+            )
+            raise ServingError(f"{entry[kind]} is not the {label} module the manifest lists: {where}; {REBUILD}")
 
     def _read_module(self, entry: Mapping, kind: str, label: str) -> bytes | str:
         """A module file's content, checked against its sha256 in the manifest."""
@@ -683,6 +784,7 @@ class Runtime:
         import jax
 
         width = self.lengths(feeds["input_mask"])["length"]
+        executable = self._executable(batch_size, width)  # NOTE: checked and compiled before any padding
         rows = len(feeds["input_ids"])
         feeds = {name: array[:, :width] for name, array in feeds.items()}
         if rows < batch_size:
@@ -699,9 +801,14 @@ class Runtime:
                     f"{list(inputs[name].shape)}. Please report this with the artifact."
                 )
         arguments = [jax.device_put(inputs[name], self.device) for name in self.input_names]
-        executable = self._executable(batch_size, width)
         self.ran[batch_size, width] += 1
-        return _execute(executable, arguments + self.device_weights)
+        try:
+            return _execute(executable, arguments + self.device_weights)
+        except Exception as error:  # noqa: BLE001 (XLA raises its own types): one line, not its traceback
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ServingError(
+                f"the {self._label(batch_size, width)} module failed on {self.platform}: {reason}"
+            ) from None
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = self.check_feeds(feeds)

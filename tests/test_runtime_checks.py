@@ -288,3 +288,76 @@ def test_bad_inputs_file_is_a_clean_error(artifact, capsys, tmp_path):
 def test_the_untouched_artifact_still_passes(artifact, capsys):
     code, out, _ = cli(artifact, "--check", capsys=capsys)
     assert code == 0 and "passed" in out and f"gate {GATES['fp32']}" in out
+
+
+# ---- issue 23, item 8: what a manifest can ask is bounded before anything is allocated or compiled ----------
+
+
+def _huge_batch(folder: Path) -> None:
+    value = manifest(folder)
+    entry = value["modules"][0]
+    entry["batch_size"] = 10**12
+    entry["inputs"] = [[10**12, *shape[1:]] for shape in entry["inputs"]]
+    write_manifest(folder, value)
+
+
+def _nested(folder: Path) -> None:
+    (folder / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+def _nested_inside(folder: Path) -> None:
+    value = manifest(folder)
+    value["notes"] = json.loads("[" * 40 + "]" * 40)
+    write_manifest(folder, value)
+
+
+def _oversized(folder: Path) -> None:
+    value = manifest(folder)
+    value["notes"] = "x" * (65 << 20)
+    write_manifest(folder, value)
+
+
+MANIFEST_BOMBS = {
+    "batch of 10**12": (_huge_batch, ["batch_size from 1 to 1048576"]),
+    "nested 100000 deep": (_nested, ["nested too deeply"]),
+    "nested 40 deep in an object": (_nested_inside, ["nested deeper than 32 levels"]),
+    "65 MiB": (_oversized, ["over the 67108864 a manifest may be"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_BOMBS))
+def test_a_manifest_asking_too_much_is_refused_in_one_line(artifact, capsys, case):
+    breaker, words = MANIFEST_BOMBS[case]
+    breaker(artifact)
+    assert_refused(artifact, capsys, *words)
+
+
+def test_inputs_beyond_the_memory_available_are_refused_before_allocating(artifact, capsys, monkeypatch):
+    monkeypatch.setattr("bertc.limits.available_memory", lambda: 1 << 20)  # 1 MiB; batch 8 needs 12 KiB
+    value = manifest(artifact)
+    entry = value["modules"][0]
+    entry["batch_size"] = 4096  # 4096 x 128 x 3 int32: 6 MiB of inputs
+    entry["inputs"] = [[4096, *shape[1:]] for shape in entry["inputs"]]
+    write_manifest(artifact, value)
+    assert_refused(artifact, capsys, "batch-4096 module's inputs alone take", "GiB of memory available")
+
+
+@pytest.mark.parametrize("kind", ["bytecode", "text"])
+def test_a_module_relabelled_with_another_batch_size_is_refused_before_compiling(artifact, capsys, kind, monkeypatch):
+    """The batch-8 module's files (digests and all) listed as the batch-1 module: its own signature says 8."""
+    from bertc import runtime as runtime_module
+
+    value = manifest(artifact)
+    entry = value["modules"][0]
+    entry["batch_size"] = 1
+    entry["inputs"] = [[1, *shape[1:]] for shape in entry["inputs"]]
+    for other in {"bytecode", "text"} - {kind}:  # the module is read from this kind of file only
+        entry.pop(other)
+        entry.pop(f"{other}_sha256")
+    write_manifest(artifact, value)
+    compiled = []
+    monkeypatch.setattr(runtime_module, "_compile", lambda *arguments: compiled.append(arguments))
+    code, out, err = cli(artifact, "--check", capsys=capsys)
+    assert code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert "is not the batch-1 module the manifest lists" in err and "tensor<8x128xi32>, not tensor<1x128xi32>" in err
+    assert compiled == []
