@@ -63,6 +63,8 @@ class Graph:
     outputs: Mapping[str, str]  # serving output name -> tensor name
     # serving input name -> the key the compiled model serves it under (the user's own); {}: the same
     serving_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # probabilities / logits -> the key the compiled model returns it under (the user's own); {}: the same
+    serving_outputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes) -> Graph:
         return dataclasses.replace(self, **changes)

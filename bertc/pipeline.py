@@ -214,7 +214,12 @@ def load(run: Run, plan: Plan, source: Source):
         loaded = load_saved_model(source.path, plan.allow_ops, plan.model.named_inputs, plan.model.output)
     shape = loaded.shape
     run.record["input"]["shape"] = dict(vars(shape))
-    run.record["input"]["signature"] = {"dialect": loaded.dialect, **vars(loaded.served)}
+    run.record["input"]["signature"] = {
+        "dialect": loaded.dialect,
+        **vars(loaded.served),
+        "inputs": list(loaded.signature_inputs),  # the user's signature, as exported
+        "outputs": list(loaded.served.signature_outputs),
+    }
     roles, unread = input_roles(loaded.graph)
     run.record["input"]["roles"] = dict(sorted(collections.Counter(roles.values()).items()))
     if unread:  # a graph the analysis cannot read: the steps that need roles say so themselves
@@ -523,7 +528,8 @@ def publish(run: Run, artifact: Path, passed: bool) -> None:
     artifact.rename(final)
     run.record["artifact"]["path"] = str(final)
     if passed:  # TensorFlow Serving's layout, serving/<name>/1/ (bertc/serving_layout.py)
-        run.record["serving"] = write_serving_layout(final, run.run_dir, run.plan.model.name, run.plan.keep_signature)
+        user = run.record["input"]["signature"]
+        run.record["serving"] = write_serving_layout(final, run.run_dir, run.plan.model.name, user)
     run.record["status"] = "passed" if passed else "rejected"
     if not passed and not run.record.get("speed_check", {}).get("passed", True):
         run.record["failed_step"] = "speed"

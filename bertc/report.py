@@ -23,8 +23,9 @@ original, compiled, speedup, latency_ratio_p50: the same on batches of real leng
 buckets (length=buckets) or warmed_lengths, compile_seconds by bucket (first call, XLA compile
 included), ran {width: verify batches run at it}} (length=trim|buckets), serving {base_path
 (TensorFlow Serving's --model_base_path: it holds version 1/), model_name, version, inputs (the
-signature's), dropped_inputs (run_classifier
-inputs the signature no longer takes)}, a passed model only. A key whose part did not run is
+compiled signature's: the user's names), dropped_inputs (the user's inputs it no longer takes), outputs,
+added_outputs (outputs the user's signature lacks: probabilities beside logits-only models)}, a passed model
+only. A key whose part did not run is
 absent. NaN and infinity, which JSON lacks, are written as null.
 """
 
@@ -310,7 +311,9 @@ def summary_table(record: dict) -> Table:
     if record.get("serving"):
         serving = record["serving"]
         where = f"{serving['base_path']} (TensorFlow Serving, model {serving['model_name']})"
-        table.add_row("serving", escape(f"{where}; inputs {', '.join(serving['inputs'])}"))
+        added = f" ({', '.join(serving['added_outputs'])} added)" if serving.get("added_outputs") else ""
+        outputs = f"; outputs {', '.join(serving['outputs'])}{added}" if serving.get("outputs") else ""
+        table.add_row("serving", escape(f"{where}; inputs {', '.join(serving['inputs'])}{outputs}"))
     return table
 
 

@@ -33,8 +33,19 @@ def _link_or_copy(source: str, destination: str) -> None:
         shutil.copy2(source, destination)
 
 
-def write_serving_layout(model_dir: Path, run_dir: Path, label: str, keep_signature: bool) -> dict:
-    """Write run_dir/serving/<name>/1/ from model_dir; returns report.json's `serving` entry."""
+def served_signature(model_dir: Path) -> tuple[list[str], list[str]]:
+    """The compiled SavedModel's serving_default (input keys, output keys), read from saved_model.pb."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((model_dir / "saved_model.pb").read_bytes())
+    signature = saved.meta_graphs[0].signature_def["serving_default"]
+    return list(signature.inputs), sorted(signature.outputs)
+
+
+def write_serving_layout(model_dir: Path, run_dir: Path, label: str, user: dict) -> dict:
+    """Write run_dir/serving/<name>/1/ from model_dir; returns report.json's `serving` entry. `user`: the input
+    model's signature as the run read it (report.json's input.signature: input_names, inputs, outputs)."""
     name = serving_name(label)
     staging = Path(tempfile.mkdtemp(prefix=".serving.partial-", dir=run_dir))
     try:
@@ -51,28 +62,35 @@ def write_serving_layout(model_dir: Path, run_dir: Path, label: str, keep_signat
         staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    inputs, outputs = served_signature(final / name / str(SERVING_VERSION))
+    order = [user.get("input_names", {}).get(key, key) for key in SERVED_INPUTS] + list(TRAINING_INPUTS)
     return {
         "base_path": str(final / name),
         "model_name": name,
         "version": SERVING_VERSION,
-        "inputs": [*SERVED_INPUTS, *(TRAINING_INPUTS if keep_signature else ())],
-        "dropped_inputs": [] if keep_signature else list(TRAINING_INPUTS),
+        "inputs": sorted(inputs, key=lambda key: order.index(key) if key in order else len(order)),
+        "dropped_inputs": [key for key in user.get("inputs", ()) if key not in inputs],
+        "outputs": outputs,
+        "added_outputs": [key for key in outputs if key not in user.get("outputs", outputs)],
     }
 
 
 def signature_note(serving: dict) -> str:
-    """What changed in the serving signature, for report.md and the terminal."""
+    """What the serving signature takes and returns, against the input model's, for report.md."""
+    kept = [key for key in serving["inputs"] if key not in TRAINING_INPUTS]
+    note = f"serving_default takes your model's {', '.join(kept)} (int32 [batch, seq_len])"
     if serving["dropped_inputs"]:
-        return (
-            f"serving_default takes {', '.join(serving['inputs'])} (int32 [batch, seq_len]); "
-            f"run_classifier's {' and '.join(serving['dropped_inputs'])} are gone (serving never read them): "
-            "a client that sends all five gets an error; removal.keep_signature=true keeps them "
-            "(accepted and ignored)"
+        note += (
+            f"; run_classifier's {' and '.join(serving['dropped_inputs'])} are gone (serving never read them): "
+            "a client that sends them gets an error; removal.keep_signature=true keeps them (accepted and ignored)"
         )
-    return (
-        f"serving_default keeps run_classifier's five inputs: {', '.join(SERVED_INPUTS)} (int32 [batch, "
-        f"seq_len]) and {' and '.join(TRAINING_INPUTS)} (int32 [batch], accepted and ignored)"
-    )
+    elif any(key in TRAINING_INPUTS for key in serving["inputs"]):
+        note += f" and keeps run_classifier's {' and '.join(TRAINING_INPUTS)} (int32 [batch], accepted and ignored)"
+    outputs = ", ".join(f"`{key}`" for key in serving.get("outputs", ("probabilities", "logits")))
+    added = serving.get("added_outputs") or []
+    if added:
+        outputs += f" ({', '.join(added)} added by bertc: your model returns the other only)"
+    return f"{note}; it returns {outputs} (float32)"
 
 
 def serving_lines(serving: dict | None) -> list[str]:
@@ -85,7 +103,7 @@ def serving_lines(serving: dict | None) -> list[str]:
         "## Serving",
         "",
         f"- TensorFlow Serving layout: `{base}/{serving['version']}/` (hard links to `model/`)",
-        f"- signature: {signature_note(serving)}; outputs `probabilities`, `logits` (float32)",
+        f"- signature: {signature_note(serving)}",
         "",
         "```",
         f"tensorflow_model_server --rest_api_port=8501 --model_name={name} --model_base_path={base}",

@@ -261,7 +261,12 @@ class OriginalModel:
 
 
 class CompiledModel:
-    def __init__(self, path: Path, input_names: Mapping[str, str] | None = None):
+    """The compiled SavedModel, fed under the user's input names; its outputs read back as probabilities and logits
+    whatever keys the user's signature gave them (`output_names`: bertc name -> the signature's key)."""
+
+    def __init__(
+        self, path: Path, input_names: Mapping[str, str] | None = None, output_names: Mapping[str, str] | None = None
+    ):
         import tensorflow as tf
 
         self._loaded = tf.saved_model.load(str(path))
@@ -271,6 +276,7 @@ class CompiledModel:
             key for key in self._function.structured_input_signature[1] if key in ("label_ids", "is_real_example")
         ]
         self._names = dict(input_names or {})
+        self._outputs = {served: name for name, served in (output_names or {}).items()}
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -278,7 +284,7 @@ class CompiledModel:
         ignored = {key: tf.zeros([len(feeds["input_ids"])], tf.int32) for key in self._ignored}
         named = {self._names.get(key, key): tf.constant(value) for key, value in feeds.items()}
         outputs = self._function(**named, **ignored)
-        return {key: value.numpy() for key, value in outputs.items()}
+        return {self._outputs.get(key, key): value.numpy() for key, value in outputs.items()}
 
     def lengths(self, input_mask: np.ndarray) -> dict[str, np.ndarray]:
         """length=trim|buckets: the width (and bucket) the artifact runs this mask at."""
@@ -298,8 +304,11 @@ def load_both(
 ) -> tuple[OriginalModel, CompiledModel]:
     """The input (TensorFlow runs its restore and init ops here) and the compiled model, loaded; the compiled
     one is fed under the user's input names, as it serves them."""
+    from bertc.frontends.signature import output_names
+
     names = served.input_names if served is not None else None
-    return OriginalModel(original, signature_inputs, outputs, served, dialect), CompiledModel(compiled, names)
+    returned = output_names(served) if served is not None else None
+    return OriginalModel(original, signature_inputs, outputs, served, dialect), CompiledModel(compiled, names, returned)
 
 
 LISTED_DISAGREEMENTS = 20  # report.json lists at most this many, confident ones first

@@ -127,7 +127,8 @@ def test_exporter_model_compiles_with_parity(exporter_models, exporter, shape, c
     saved.ParseFromString((tmp_path / "model" / "saved_model.pb").read_bytes())
     signature = saved.meta_graphs[0].signature_def["serving_default"]
     assert sorted(signature.inputs) == sorted(info["inputs"])  # the user's own names
-    assert sorted(signature.outputs) == ["logits", "probabilities"]
+    # the user's own output under its own key, and the one bertc adds (probabilities or logits)
+    assert set(report["input"]["signature"]["outputs"]) < set(signature.outputs) and len(signature.outputs) == 2
 
 
 def test_one_hot_export_multiplies_a_one_hot_of_the_ids_by_the_word_table(tmp_path):
@@ -150,3 +151,44 @@ def test_one_hot_export_multiplies_a_one_hot_of_the_ids_by_the_word_table(tmp_pa
     one_hot = nodes[split_input(lookups[0].input[0])[0]]
     assert one_hot.op == "OneHot"
     assert not [node for node in graph.graph_def.node if node.op == "GatherV2" and table in node.input[0]]
+
+
+MRPC_LIKE = (
+    "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    "1\t1\t2\tThe cat sat on the mat.\tA cat was sitting on the mat.\n"
+    "0\t3\t4\tStocks fell sharply on Monday.\tThe weather was mild and sunny all week long.\n"
+    "1\t5\t6\tHe said the plan would work.\tThe plan will work, he said.\n"
+    "0\t7\t8\tShort.\tAn entirely unrelated and rather longer second sentence about nothing in particular.\n"
+)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_the_compiled_model_serves_under_the_users_names_and_verify_feeds_them_real_pairs(
+    exporter_models, exporter, tmp_path
+):
+    """Each exporter's own signature names (HF, keras-hub, Model Garden, google-research), with verify.dataset:
+    the compiled model takes them, verify feeds them tokenized pairs, the report names what bertc added."""
+    import shutil
+
+    from bertc.model.vocab import write_synthetic_vocab
+
+    source = exporter_models(exporter)[SHAPES[1]]
+    folder = tmp_path / "model"
+    shutil.copytree(source, folder)
+    write_synthetic_vocab(folder / "vocab.txt", exporters.VOCAB_SIZE)
+    (tmp_path / "dev.tsv").write_text(MRPC_LIKE)
+    overrides = [f"model.path={folder}", "bench=off", f"verify.dataset={tmp_path / 'dev.tsv'}"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    code = compile_run(build_plan(cfg), tmp_path / "run", Console(file=io.StringIO()))
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert code == 0, report.get("error")
+    assert report["parity"]["by_source"]["dataset"]["examples"] == 4 and report["parity"]["passed"]
+    user_inputs = _info(source)["inputs"]
+    assert report["serving"]["inputs"] == user_inputs  # in BERT order, under the user's names
+    user_outputs = report["input"]["signature"]["outputs"]
+    assert set(user_outputs) <= set(report["serving"]["outputs"])
+    added = sorted(set(report["serving"]["outputs"]) - set(user_outputs))
+    assert report["serving"]["added_outputs"] == added and set(added) <= {"probabilities", "logits"}
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert f"takes your model's {', '.join(user_inputs)}" in text

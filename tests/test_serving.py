@@ -49,11 +49,14 @@ def test_a_passed_run_has_a_layout_tensorflow_serving_loads(tiny_model_dir, tmp_
     out = signature(**{key: tf.constant(value) for key, value in feeds().items()})
     np.testing.assert_allclose(out["probabilities"].numpy(), original_probabilities(tiny_model_dir), atol=1e-5)
     assert serving["dropped_inputs"] == ["label_ids", "is_real_example"]
+    assert serving["inputs"] == ["input_ids", "input_mask", "segment_ids"]
+    assert serving["outputs"] == ["logits", "probabilities"] and serving["added_outputs"] == ["logits"]
     text = (tmp_path / "report.md").read_text()
     assert (
         "## Serving" in text
         and f"--model_base_path={base}" in text
         and "label_ids and is_real_example are gone" in text
+        and "logits added by bertc" in text
     )
 
 
@@ -76,7 +79,8 @@ def test_keep_signature_accepts_the_five_run_classifier_inputs(tiny_model_dir, t
     second = signature(**batch, label_ids=tf.constant([1, 1, 1]), is_real_example=tf.constant([0, 0, 0]))
     np.testing.assert_array_equal(first["probabilities"].numpy(), second["probabilities"].numpy())  # ignored
     np.testing.assert_allclose(first["probabilities"].numpy(), original_probabilities(tiny_model_dir), atol=1e-5)
-    assert "keeps run_classifier's five inputs" in (tmp_path / "report.md").read_text()
+    assert report["serving"]["dropped_inputs"] == []
+    assert "keeps run_classifier's label_ids and is_real_example" in (tmp_path / "report.md").read_text()
 
 
 def test_a_rejected_model_gets_no_serving_layout(tiny_model_dir, tmp_path):

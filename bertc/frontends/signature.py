@@ -40,6 +40,7 @@ class ServedSignature:
     input_names: Mapping[str, str]  # bertc input name -> the signature's key (served under that key)
     output_key: str  # the signature output the model is compiled from
     output_kind: str  # "probabilities" | "logits"
+    signature_outputs: tuple[str, ...] = ()  # every output key of the user's signature
 
 
 def canonical(
@@ -48,6 +49,7 @@ def canonical(
     """The graph with inputs keyed input_ids/input_mask/segment_ids and outputs probabilities/logits."""
     names = _input_names(graph, path, dict(inputs or {}))
     key = _output_key(graph, path, output)
+    user_outputs = list(graph.outputs)
     nodes = nodes_by_name(graph.graph_def)
     tensor = graph.outputs[key]
     producer = _through_identity(nodes, node_of(tensor))
@@ -62,10 +64,22 @@ def canonical(
         graph_def.node.append(make_node("Softmax", ADDED_SOFTMAX, [reference], T=tf.float32))
         graph = graph.replace(graph_def=graph_def)
         outputs, kind = {"probabilities": tensor_name(ADDED_SOFTMAX), "logits": tensor}, "logits"
+    served = ServedSignature(names, key, kind, tuple(sorted(user_outputs)))
     graph = graph.replace(
-        inputs={name: graph.inputs[names[name]] for name in BERT_INPUTS}, outputs=outputs, serving_names=names
+        inputs={name: graph.inputs[names[name]] for name in BERT_INPUTS},
+        outputs=outputs,
+        serving_names=names,
+        serving_outputs=output_names(served),
     )
-    return graph, ServedSignature(names, key, kind)
+    return graph, served
+
+
+def output_names(served: ServedSignature) -> dict[str, str]:
+    """probabilities / logits -> the key the compiled model returns each under: the user's output keeps its key,
+    the one bertc adds (the softmax of logits-only models, the logits of probabilities-only ones) its own name."""
+    other = "logits" if served.output_kind == "probabilities" else "probabilities"
+    added = other if other != served.output_key else f"bertc_{other}"
+    return {served.output_kind: served.output_key, other: added}
 
 
 def _input_names(graph: Graph, path, given: dict[str, str]) -> dict[str, str]:

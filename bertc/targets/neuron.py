@@ -26,7 +26,7 @@ from bertc.errors import ConfigError
 from bertc.graph import Graph
 from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
 from bertc.targets.base import SavedModelTarget, TargetOptions
-from bertc.targets.serving import CompiledBert, Placement
+from bertc.targets.serving import CompiledBert, Placement, served_outputs
 
 NOT_INSTALLED = (
     "target=neuron needs tensorflow-neuron (Inferentia 1: import tensorflow.neuron) or tensorflow-neuronx "
@@ -108,21 +108,24 @@ def runs_on_neuron(host_device: str):
 
 
 class NeuronBert(tf.Module):
-    """Serves a Neuron-traced callable under bertc's signature names."""
+    """Serves a Neuron-traced `CompiledBert.serve` under the signature names that module serves."""
 
     def __init__(self, traced, seq_len: int, owner: CompiledBert | None = None):
         super().__init__(name="bertc_neuron")
         self.traced = traced
         self.owner = owner
+        # the user's own input and output keys, as the module it traces serves them
+        names = owner.input_keys if owner is not None else list(SERVING_INPUTS)
+        self.output_keys = owner.output_keys if owner is not None else {key: key for key in SERVING_OUTPUTS}
         self.serve = tf.function(
             self._serve,
-            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in SERVING_INPUTS],
+            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in names],
             autograph=False,
         )
 
     def _serve(self, input_ids, input_mask, segment_ids):
-        outputs = self.traced(input_ids, input_mask, segment_ids)
-        return {key: tf.identity(outputs[key], name=key) for key in SERVING_OUTPUTS}
+        outputs = self.traced(input_ids, input_mask, segment_ids)  # the traced serve: already under the user's keys
+        return served_outputs(outputs, {key: key for key in self.output_keys.values()})
 
 
 def _chunked(device, batch_size: int):

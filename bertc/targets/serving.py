@@ -90,6 +90,8 @@ class CompiledBert(tf.Module):
         self._seq_len = seq_len
         # The signature takes the user's own input names (bertc.frontends.signature), in bertc's order.
         self._names = {name: graph.serving_names.get(name, name) for name in SERVING_INPUTS}
+        # ... and returns the user's output under its own key (bertc's addition under its name)
+        self.output_keys = {name: graph.serving_outputs.get(name, name) for name in SERVING_OUTPUTS}
         serving_names = list(self._names.values())
         self._device_fn = tf.function(self._run_device, jit_compile=placement.jit_compile or None, autograph=False)
         # a target that compiles one device function per bucket (neuron) files them here by width
@@ -137,7 +139,12 @@ class CompiledBert(tf.Module):
             outputs = self.length(features, self._run_parts)
         else:
             outputs = self._run_parts(features)
-        return {key: tf.identity(outputs[key], name=key) for key in SERVING_OUTPUTS}
+        return served_outputs(outputs, self.output_keys)
+
+    @property
+    def input_keys(self) -> list[str]:
+        """The signature's input keys, in bertc's order (input_ids, input_mask, segment_ids)."""
+        return list(self._names.values())
 
     def _run_parts(self, features):
         device_fn = self._device_fn
@@ -156,6 +163,11 @@ class CompiledBert(tf.Module):
             with tf.device(self._placement.device):
                 return device_fn(features)
         return device_fn(features)
+
+
+def served_outputs(outputs: Mapping[str, tf.Tensor], keys: Mapping[str, str]) -> dict[str, tf.Tensor]:
+    """{probabilities, logits} -> the same tensors under the keys the signature returns them."""
+    return {keys[name]: tf.identity(outputs[name], name=re.sub(r"[^A-Za-z0-9_.]", "_", keys[name])) for name in keys}
 
 
 def five_input_signature(module: tf.Module):

@@ -588,8 +588,8 @@ def _reference_batch(module: CompiledBert, feeds: Mapping[str, np.ndarray]) -> d
         entry["width"] = int(module.length.lengths(feeds["input_mask"])["length"])
     return {
         **entry,
-        "probabilities": outputs["probabilities"].numpy().tolist(),
-        "logits": outputs["logits"].numpy().tolist(),
+        "probabilities": outputs[module.output_keys["probabilities"]].numpy().tolist(),
+        "logits": outputs[module.output_keys["logits"]].numpy().tolist(),
     }
 
 
