@@ -296,21 +296,26 @@ TF2_RESTORE_OPS = RESTORE_READ_OPS | RESTORE_ASSIGN_OPS | frozenset({"StringJoin
 def refuse_unsafe_tf2_loading(meta_graph, allow_ops: Iterable[str] = ()) -> dict[str, set[str]]:
     """Check the functions tf.saved_model.load runs for a TF2 model; returns purpose -> function names."""
     library = _functions(meta_graph.graph_def)
-    run = {"init op": set(), "restore functions": set()}
+    run = {"init op": set(), "restore functions": set(), "resource functions": set()}
     if INIT_OP_SIGNATURE in meta_graph.signature_def:
         run["init op"] |= _functions_behind(meta_graph.signature_def[INIT_OP_SIGNATURE], meta_graph)
-    for node in meta_graph.object_graph_def.nodes:
+    objects = meta_graph.object_graph_def.nodes
+    for node in objects:
         for saveable in node.saveable_objects.values():
             for index in (saveable.save_function, saveable.restore_function):
-                function = meta_graph.object_graph_def.nodes[index]
-                if function.HasField("function") and function.function.concrete_functions:
-                    run["restore functions"] |= set(function.function.concrete_functions)
-                elif function.HasField("bare_concrete_function"):
-                    run["restore functions"].add(function.bare_concrete_function.concrete_function_name)
+                run["restore functions"] |= _concrete_functions(objects[index])
+        # The loader recreates and initializes every tracked resource (tables, TrackableResources), used by
+        # serving or not, and destroys it later: its creator, initializer and destroyer run.
+        if node.HasField("resource"):
+            for child in node.children:
+                if child.local_name in RESOURCE_FUNCTIONS:
+                    run["resource functions"] |= _concrete_functions(objects[child.node_id])
     bad = []
+    checked: set[str] = set()  # an initializer the init op calls is a resource function too: checked once
     for purpose, names in run.items():
         allowed = PURE_OPS | set(allow_ops) | (TF2_RESTORE_OPS if purpose == "restore functions" else frozenset())
-        for name in sorted(names):
+        for name in sorted(names - checked):
+            checked.add(name)
             if name not in library:
                 bad.append(f"{name}, which the {purpose} names, is not in the function library")
                 continue
@@ -320,16 +325,34 @@ def refuse_unsafe_tf2_loading(meta_graph, allow_ops: Iterable[str] = ()) -> dict
     return run
 
 
+RESOURCE_FUNCTIONS = ("_create_resource", "_initialize", "_destroy_resource")
+
+
+def _concrete_functions(node) -> set[str]:
+    """The concrete functions an object-graph node stands for (a tf.function's traces, or a bare one)."""
+    if node.HasField("function"):
+        return set(node.function.concrete_functions)
+    if node.HasField("bare_concrete_function"):
+        return {node.bare_concrete_function.concrete_function_name}
+    return set()
+
+
 def _functions_behind(signature, meta_graph) -> set[str]:
-    """The library functions the nodes behind a signature's outputs call (a TF2 signature is one call node)."""
+    """The library functions every node behind a signature's outputs calls, through data and control edges:
+    a TF2 init op is a NoOp whose control inputs call the initializers."""
     graph_def = meta_graph.graph_def
     nodes = nodes_by_name(graph_def)
     library = _functions(graph_def)
-    names = set()
-    for tensor in signature.outputs.values():
-        node = nodes.get(split_input(tensor.name)[0])
-        if node is not None:
-            names |= set(_called_functions(node, library))
+    names: set[str] = set()
+    seen: set[str] = set()
+    pending = [split_input(tensor.name)[0] for tensor in signature.outputs.values()]
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in nodes:
+            continue
+        seen.add(name)
+        names |= set(_called_functions(nodes[name], library))
+        pending += [split_input(source)[0] for source in nodes[name].input]
     return names
 
 
