@@ -2,7 +2,8 @@
 
 SIGINT (Ctrl-C) and SIGTERM become `Interrupted` (a KeyboardInterrupt) in the main thread. The
 runner records status `interrupted` with the stage it was in, removes its staging folder, writes
-the reports and prints one line; the process exits 128 + the signal (130, 143). A second signal
+the reports and prints one line; the process exits 128 + the signal (130, 143), at once, without the
+interpreter's shutdown around TensorFlow's threads (`leave`: that shutdown aborted). A second signal
 while that record is being written is ignored, so the record is complete. In a sweep, a job that
 crashes is recorded `failed` with its traceback in report.json and the sweep goes on (Hydra would
 re-raise after the last job and skip the summary); a Ctrl-C ends the sweep.
@@ -19,7 +20,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # python -m bertc installs the handlers first thing: nothing heavy is imported here
     from rich.console import Console
@@ -67,11 +68,30 @@ def _in_swallowing_context(frame) -> bool:
     return False
 
 
+_process_wide = False  # inside python -m bertc's main (exit_on_interrupt): the process is bertc's to end
+
+
 def install_signal_handlers() -> None:
     """For the whole process (python -m bertc): from here on SIGINT and SIGTERM raise Interrupted."""
     if threading.current_thread() is threading.main_thread():
         for each in SIGNALS:
             signal.signal(each, _raise_interrupted)
+
+
+def leave(code: int) -> NoReturn:
+    """End an interrupted command-line run with `code` (130, 143), its record written and printed.
+
+    The process leaves at once, without the interpreter's shutdown: a signal may land while TensorFlow works in
+    threads of its own (an XLA compile, a verify call in bertc.limits.run_with_limit's worker), which cannot be
+    stopped or joined, and shutting down around them ends in `terminate called after throwing an instance of
+    ''` and SIGABRT (exit -6) instead of 128 + the signal. The run's files are closed by then, the staging
+    folder removed, and the run folder's lock goes with the process. A run inside another program (the API,
+    tests: not under python -m bertc's main) raises SystemExit instead."""
+    if _process_wide:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
 
 
 @contextlib.contextmanager
@@ -115,13 +135,15 @@ def interrupted_line(error: Interrupted, stage: str, run_dir: Path) -> str:
 def exit_on_interrupt():
     """python -m bertc's outermost block: an interruption no run recorded (Hydra starting, TensorFlow being
     imported) ends with one line and 128 + the signal, not a traceback."""
+    global _process_wide
+    _process_wide = True  # an interrupted run leaves at once (`leave`); importing this module does not do it
     try:
         yield
     except KeyboardInterrupt as error:
         interrupted = as_interrupted(error)
         if not recorded(error):
             print(f"bertc: {interrupted} before the run started; no report written", file=sys.stderr)
-        sys.exit(interrupted.exit_code)
+        leave(interrupted.exit_code)
 
 
 def guarded_job(
@@ -152,7 +174,7 @@ def guarded_job(
                     {"status": "interrupted", "failed_step": "plan", "error": str(interrupted), "steps": []},
                 )
                 console.print(escape(interrupted_line(interrupted, "plan", run_dir)))
-            raise SystemExit(interrupted.exit_code) from None
+            leave(interrupted.exit_code)
         except Exception as error:
             if not multirun:
                 raise

@@ -3,10 +3,10 @@
 A run folder belongs to one run at a time and to bertc alone:
 - it is never the input model's folder, nor inside it (bertc's files would change the user's model
   and enter its digest), and the input is never the folder's own model/ or rejected/;
-- a folder that holds a finished run (model/, rejected/ or report.json) is refused unless
-  overwrite=true; with it, the old model/ and rejected/ stay until the new run publishes or fails
-  (runner._finish calls `retire_previous`), so the folder never holds a model that its report.json
-  does not describe;
+- a folder that holds a finished run (model/, rejected/ or report.json; not an interrupted run's report
+  alone) is refused unless overwrite=true; with it, the old model/ and rejected/ stay until the new run
+  publishes or fails (runner._finish calls `retire_previous`), so the folder never holds a model that its
+  report.json does not describe;
 - a second run into a folder that another run holds is refused: an exclusive `fcntl.flock` on
   `<run>/.bertc.lock`, released when the run ends (or its process dies, SIGKILL included);
 - staging folders (`.model.partial-*`) that a killed run left are removed once the lock is held.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -71,7 +72,20 @@ def check_outside_input(run_dir: str | Path, model_path: str | Path | None) -> N
 
 
 def finished_marks(run_dir: Path) -> list[str]:
-    return [name for name in FINISHED_MARKS if (run_dir / name).exists()]
+    """What shows a finished run: model/, rejected/, a report.json. A run that was interrupted (its report
+    says so and it left no model) did not finish: the folder may be used again without overwrite=true."""
+    marks = [name for name in FINISHED_MARKS if (run_dir / name).exists()]
+    if marks == ["report.json"] and _report_status(run_dir / "report.json") == "interrupted":
+        return []
+    return marks
+
+
+def _report_status(report: Path) -> str | None:
+    try:
+        value = json.loads(report.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value.get("status") if isinstance(value, dict) else None
 
 
 def check_not_finished(run_dir: Path, overwrite: bool) -> None:
