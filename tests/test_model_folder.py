@@ -234,14 +234,24 @@ def test_hf_index_without_a_weight_map_is_refused(hf_folder, tmp_path, index):
     refused_at_input(hf_folder, tmp_path, "model.safetensors.index.json", *words)
 
 
-def test_checkpoint_folder_with_an_inf_weight_is_refused(tiny_weights, tmp_path):
+def _minus_inf(kernel: np.ndarray) -> np.ndarray:
+    kernel = kernel.copy()
+    kernel[1, 2] = -np.inf
+    return kernel
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [(_minus_inf, ["NaN or Inf", "[1, 2]"]), (lambda kernel: kernel.astype(np.int32), ["int32", "not a floating"])],
+    ids=["inf", "int32"],
+)
+def test_checkpoint_folder_weight_that_cannot_be_right_is_refused(tiny_weights, tmp_path, change, words):
     folder = tmp_path / "input" / "checkpoint"
     folder.mkdir(parents=True)
     (folder / "bert_config.json").write_text(preset("tiny").to_json())
-    kernel = tiny_weights["bert/pooler/dense/kernel"].copy()
-    kernel[1, 2] = -np.inf
+    kernel = change(tiny_weights["bert/pooler/dense/kernel"])
     write_tf1_checkpoint({**tiny_weights, "bert/pooler/dense/kernel": kernel}, folder / "model.ckpt")
-    refused_at_input(folder, tmp_path, "bert/pooler/dense/kernel", "NaN or Inf", "[1, 2]")
+    refused_at_input(folder, tmp_path, "bert/pooler/dense/kernel", *words)
 
 
 def rewrite_checkpoint(model: Path, change) -> None:
