@@ -73,11 +73,11 @@ def check_outside_input(run_dir: str | Path, model_path: str | Path | None) -> N
 
 def finished_marks(run_dir: Path) -> list[str]:
     """What shows a finished run: model/, rejected/, a report.json. A run that was interrupted (its report
-    says so and it left no model) did not finish: the folder may be used again without overwrite=true."""
+    says so and it left no model, nor an earlier run's serving/) did not finish: the folder may be used again
+    without overwrite=true."""
     marks = [name for name in FINISHED_MARKS if (run_dir / name).exists()]
-    if marks == ["report.json"] and _report_status(run_dir / "report.json") == "interrupted":
-        return []
-    return marks
+    interrupted = _report_status(run_dir / "report.json") == "interrupted" and not (run_dir / "serving").exists()
+    return [] if marks == ["report.json"] and interrupted else marks
 
 
 def _report_status(report: Path) -> str | None:

@@ -99,7 +99,9 @@ def test_an_interrupted_report_alone_is_not_a_finished_run(tmp_path):
     assert finished_marks(tmp_path) == []
     with claim_run_folder(tmp_path, None):  # no overwrite=true needed
         pass
-    (tmp_path / "model").mkdir()  # a model a report does not describe: still refused without overwrite
+    (tmp_path / "serving").mkdir()  # an earlier run's serving copy: still refused without overwrite
+    assert finished_marks(tmp_path) == ["report.json"]
+    (tmp_path / "model").mkdir()  # a model a report does not describe: the same
     assert finished_marks(tmp_path) == ["model", "report.json"]
     failed = tmp_path / "failed"
     failed.mkdir()
