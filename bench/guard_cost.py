@@ -18,7 +18,7 @@ from bertc.bench import benchmark
 from bertc.cli import CONF_DIR
 from bertc.pipeline import compile_run
 from bertc.plan import build_plan
-from bertc.verify import CompiledModel
+from bertc.targets.serving import ServedSavedModel
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
                 ],
             )
         assert compile_run(build_plan(cfg), work / guard, Console(file=io.StringIO())) == 0
-        models[f"guard {guard}"] = CompiledModel(work / guard / "model")
+        models[f"guard {guard}"] = ServedSavedModel(work / guard / "model")
     result = benchmark(models, (1, 8), 128, 30522, args.rounds, args.seconds, warmup=3)
     print(f"| model ({args.model}) | batch 1 p50 ms | batch 8 seq/s |\n|---|---|---|")
     for name in models:

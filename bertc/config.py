@@ -50,7 +50,7 @@ class ModelInput:
 
 @dataclasses.dataclass(frozen=True)
 class TargetConf:
-    name: str = choice("tf", tuple(TARGETS))
+    name: str = choice("tf", TARGETS)  # the registry itself: a target registered later is a valid name
     device: str = choice("auto", DEVICES)
     intra_op_threads: int = bounded(0, 0, THREADS, note="0: TensorFlow's choice, all cores")
     inter_op_threads: int = bounded(0, 0, THREADS, note="0: TensorFlow's choice")

@@ -33,7 +33,6 @@ from bertc.lengths import length_record, record_lengths_ran
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
 from bertc.rundir import claim_run_folder
-from bertc.serving_layout import write_serving_layout
 from bertc.terminal import dim, escape, op_change_summary, print_wrapped
 
 EXIT_USER_ERROR = 2
@@ -117,16 +116,15 @@ def run_pipeline(run: Run) -> None:
     options = target_options(plan, loaded.shape, source.fingerprint)
     rewritten = [rewrite(run, plan, loaded.graph)]
     del loaded  # NOTE: from here only the rewritten graph holds weights (BERT-Large: 1.3 GB a copy)
-    module = lower(run, target, rewritten, options)  # NOTE: handed over in a list: lower frees it, see there
-    artifact = save(run, target, module, options)
-    del module  # NOTE: the weights live in the saved artifact now: free them before verify and bench load two models
-    models = open_models(plan, original, artifact)
+    artifact = lower(run, target, rewritten, options)  # NOTE: handed over in a list: lower frees it, see there
+    path = save(run, artifact)  # NOTE: lets go of the artifact's weights: verify and bench load two models next
+    models = open_models(plan, original, artifact, path)
     passed = False
     if check_speed(run, plan, original, models):  # NOTE: first: a model that crawls is rejected, not left to run
         passed = verify(run, plan, original, models)
         bench(run, plan, original, models)
     del models
-    publish(run, artifact, passed)
+    publish(run, artifact, path, passed)
 
 
 def set_threads(plan: Plan) -> None:
@@ -351,17 +349,16 @@ def run_step(step, graph, done: list[str]) -> tuple[Any, dict]:
 
 
 def lower(run: Run, target, rewritten: list, options):
-    """The target's module for the rewritten graph, taken out of `rewritten`: once the module's variables
-    hold the weights, nothing holds the graph's arrays, so XLA compiles beside one copy of them, not two."""
+    """The target's artifact for the rewritten graph, taken out of `rewritten`: once the artifact holds the
+    weights, nothing holds the graph's arrays, so XLA compiles beside one copy of them, not two."""
     from bertc.limits import run_with_limit
-    from bertc.targets.serving import warm_up
 
     with run.step(f"compile for target {options.name}", "compile"):
         start = time.perf_counter()
-        module = target.lower(rewritten.pop(), options)
+        artifact = target.lower(rewritten.pop(), options)
         # length=trim|buckets: {bucket: seconds of its first call}, the XLA compile included
         warmed = run_with_limit(
-            functools.partial(warm_up, module, options.batch_size, options.seq_len),
+            functools.partial(artifact.warm_up, options.batch_size, options.seq_len),
             run.plan.limits.compile_s,
             "target.timeout_s",
             "the warm-up",
@@ -374,55 +371,55 @@ def lower(run: Run, target, rewritten: list, options):
         "compile_seconds": round(seconds, 3),
         "boundaries": run.record.pop("boundaries", []),
     }
-    return module
+    return artifact
 
 
-def save(run: Run, target, module, options) -> Path:
-    """The target's SavedModel in a staging folder beside model/: moved into place only once verified."""
-    import tensorflow as tf
-
+def save(run: Run, artifact) -> Path:
+    """The artifact's files in a staging folder beside model/: moved into place only once verified. Saving lets
+    go of the artifact's weights in memory (verify and bench load two models next)."""
     run.staging = Path(tempfile.mkdtemp(prefix=".model.partial-", dir=run.run_dir))
-    artifact = run.staging / "model"
+    path = run.staging / "model"
     run.stage = "compile"
     try:
-        target.save(module, artifact, options)
-    except (OSError, tf.errors.OpError) as error:
+        artifact.save(path)
+    except _write_errors() as error:
         full = getattr(error, "errno", None) == errno.ENOSPC or "space left" in str(error).lower()
         raise UserError(
             f"writing the compiled model under {run.run_dir} failed ({first_line(error)}). "
             + ("The disk is full: free space, or " if full else "Check that the folder is writable, or ")
             + "choose another run folder with hydra.run.dir=... Nothing was left in model/."
         ) from None
-    run.record["artifact"] = {"digest": artifact_digest(artifact), "note": DIGEST_NOTE}
-    return artifact
+    run.record["artifact"] = {"digest": artifact_digest(path), "note": DIGEST_NOTE}
+    return path
 
 
-def open_models(plan: Plan, original: Original, artifact: Path) -> dict | None:
-    """The original (TensorFlow's own loading of the user's folder) and the compiled model, for verify and bench.
-    Loading runs the restore and init ops that passed the loader-path check, under the verify time limit."""
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: an OSError, or TensorFlow's own error for a SavedModel's files."""
+    import tensorflow as tf
+
+    return (OSError, tf.errors.OpError)
+
+
+def open_models(plan: Plan, original: Original, artifact, path: Path) -> dict | None:
+    """The original (TensorFlow's own loading of the user's folder) and the compiled model (the artifact's saved
+    files through its engine's runtime), for verify and bench. Loading the original runs the restore and init
+    ops that passed the loader-path check; both under the verify time limit."""
     if not (plan.verify.enabled or plan.bench.enabled):
         return None
     from bertc.limits import run_with_limit
-    from bertc.verify import load_both
+    from bertc.verify import OriginalModel
 
     limit, key = (
         (plan.limits.verify_s, "verify.timeout_s") if plan.verify.enabled else (plan.limits.bench_s, "bench.timeout_s")
     )
-    loaded, compiled = run_with_limit(
-        functools.partial(
-            load_both,
-            original.path,
-            original.signature_inputs,
-            original.outputs,
-            artifact,
-            original.served,
-            original.dialect,
-        ),
-        limit,
-        key,
-        "loading the original and compiled models",
-    )
-    return {"original": loaded, "compiled": compiled}
+
+    def load_both() -> dict:
+        loaded = OriginalModel(
+            original.path, original.signature_inputs, original.outputs, original.served, original.dialect
+        )
+        return {"original": loaded, "compiled": artifact.open(path, original.served)}
+
+    return run_with_limit(load_both, limit, key, "loading the original and compiled models")
 
 
 def check_speed(run: Run, plan: Plan, original: Original, models: dict | None) -> bool:
@@ -520,16 +517,17 @@ def bench(run: Run, plan: Plan, original: Original, models: dict | None) -> None
         run.record["bench"] = run_with_limit(measure, plan.limits.bench_s, "bench.timeout_s", "the benchmark")
 
 
-def publish(run: Run, artifact: Path, passed: bool) -> None:
-    """Move the verified artifact into model/ (a failed one into rejected/) and set the run's status."""
+def publish(run: Run, artifact, path: Path, passed: bool) -> None:
+    """Move the verified artifact into model/ (a failed one into rejected/) and set the run's status; a passed one
+    says how it serves (for a SavedModel, TensorFlow Serving's layout)."""
     final = run.run_dir / ("model" if passed else "rejected")
     if final.exists():
         shutil.rmtree(final)
-    artifact.rename(final)
+    path.rename(final)
     run.record["artifact"]["path"] = str(final)
     if passed:  # TensorFlow Serving's layout, serving/<name>/1/ (bertc/serving_layout.py)
         user = run.record["input"]["signature"]
-        run.record["serving"] = write_serving_layout(final, run.run_dir, run.plan.model.name, user)
+        run.record["serving"] = artifact.describe(final, run.run_dir, run.plan.model.name, user)
     run.record["status"] = "passed" if passed else "rejected"
     if not passed and not run.record.get("speed_check", {}).get("passed", True):
         run.record["failed_step"] = "speed"

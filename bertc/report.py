@@ -308,7 +308,9 @@ def summary_table(record: dict) -> Table:
         table.add_row("compile", f"{record['target']['compile_seconds']:.1f} s")
     if (record.get("artifact") or {}).get("path"):
         table.add_row("model", escape(record["artifact"]["path"]))
-    if record.get("serving"):
+    if record.get("serving") and "base_path" not in record["serving"]:
+        table.add_row("serving", escape("; ".join(f"{key} {value}" for key, value in record["serving"].items())))
+    elif record.get("serving"):
         serving = record["serving"]
         where = f"{serving['base_path']} (TensorFlow Serving, model {serving['model_name']})"
         added = f" ({', '.join(serving['added_outputs'])} added)" if serving.get("added_outputs") else ""

@@ -76,8 +76,10 @@ def derived(default: Any) -> Any:
     return dataclasses.field(default=default, metadata={DERIVED: True})
 
 
-def choice(default: Any, choices: tuple) -> Any:
-    return dataclasses.field(default=default, metadata={CHOICES: tuple(choices)})
+def choice(default: Any, choices: tuple | Mapping) -> Any:
+    """A key that takes one of `choices`; a mapping (a registry) is kept live: what is registered later counts."""
+    kept = choices if isinstance(choices, Mapping) else tuple(choices)
+    return dataclasses.field(default=default, metadata={CHOICES: kept})
 
 
 def config_fields(cls: type) -> list[dataclasses.Field]:

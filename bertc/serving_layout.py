@@ -64,12 +64,16 @@ def write_serving_layout(model_dir: Path, run_dir: Path, label: str, user: dict)
         shutil.rmtree(staging, ignore_errors=True)
     inputs, outputs = served_signature(final / name / str(SERVING_VERSION))
     order = [user.get("input_names", {}).get(key, key) for key in SERVED_INPUTS] + list(TRAINING_INPUTS)
+
+    def ordered(keys) -> list[str]:  # BERT's order, run_classifier's extra inputs after
+        return sorted(keys, key=lambda key: (order.index(key) if key in order else len(order), key))
+
     return {
         "base_path": str(final / name),
         "model_name": name,
         "version": SERVING_VERSION,
-        "inputs": sorted(inputs, key=lambda key: order.index(key) if key in order else len(order)),
-        "dropped_inputs": [key for key in user.get("inputs", ()) if key not in inputs],
+        "inputs": ordered(inputs),
+        "dropped_inputs": ordered(key for key in user.get("inputs", ()) if key not in inputs),
         "outputs": outputs,
         "added_outputs": [key for key in outputs if key not in user.get("outputs", outputs)],
     }
@@ -97,6 +101,8 @@ def serving_lines(serving: dict | None) -> list[str]:
     """report.md's Serving section: the signature and the exact commands that serve this run's model."""
     if not serving:
         return []
+    if "base_path" not in serving:  # another engine's artifact: what its target says of it
+        return ["", "## Serving", "", *[f"- {key}: {value}" for key, value in serving.items()]]
     base, name = serving["base_path"], serving["model_name"]
     return [
         "",

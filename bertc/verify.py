@@ -260,57 +260,6 @@ class OriginalModel:
         return {"probabilities": probabilities, "logits": np.log(np.maximum(probabilities, 1e-30))}
 
 
-class CompiledModel:
-    """The compiled SavedModel, fed under the user's input names; its outputs read back as probabilities and logits
-    whatever keys the user's signature gave them (`output_names`: bertc name -> the signature's key)."""
-
-    def __init__(
-        self, path: Path, input_names: Mapping[str, str] | None = None, output_names: Mapping[str, str] | None = None
-    ):
-        import tensorflow as tf
-
-        self._loaded = tf.saved_model.load(str(path))
-        self._function = self._loaded.signatures["serving_default"]
-        # removal.keep_signature=true: label_ids and is_real_example are in the signature, never read.
-        self._ignored = [
-            key for key in self._function.structured_input_signature[1] if key in ("label_ids", "is_real_example")
-        ]
-        self._names = dict(input_names or {})
-        self._outputs = {served: name for name, served in (output_names or {}).items()}
-
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        ignored = {key: tf.zeros([len(feeds["input_ids"])], tf.int32) for key in self._ignored}
-        named = {self._names.get(key, key): tf.constant(value) for key, value in feeds.items()}
-        outputs = self._function(**named, **ignored)
-        return {self._outputs.get(key, key): value.numpy() for key, value in outputs.items()}
-
-    def lengths(self, input_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """length=trim|buckets: the width (and bucket) the artifact runs this mask at."""
-        import tensorflow as tf
-
-        outputs = self._loaded.signatures["bertc_length"](input_mask=tf.constant(input_mask))
-        return {key: value.numpy() for key, value in outputs.items()}
-
-
-def load_both(
-    original: Path,
-    signature_inputs: Mapping[str, str],
-    outputs: Mapping[str, str],
-    compiled: Path,
-    served=None,
-    dialect: str = "tf1",
-) -> tuple[OriginalModel, CompiledModel]:
-    """The input (TensorFlow runs its restore and init ops here) and the compiled model, loaded; the compiled
-    one is fed under the user's input names, as it serves them."""
-    from bertc.frontends.signature import output_names
-
-    names = served.input_names if served is not None else None
-    returned = output_names(served) if served is not None else None
-    return OriginalModel(original, signature_inputs, outputs, served, dialect), CompiledModel(compiled, names, returned)
-
-
 LISTED_DISAGREEMENTS = 20  # report.json lists at most this many, confident ones first
 
 

@@ -97,14 +97,14 @@ def test_a_compiled_call_a_little_slower_passes():
 
 
 def test_a_crawling_compiled_model_is_rejected_before_verify_with_its_report(tiny_model_dir, tmp_path, monkeypatch):
-    import bertc.verify as verify
+    import bertc.targets.serving as serving
 
-    class Crawling(verify.CompiledModel):
+    class Crawling(serving.ServedSavedModel):
         def __call__(self, feeds):
             time.sleep(1.0)
             return super().__call__(feeds)
 
-    monkeypatch.setattr(verify, "CompiledModel", Crawling)
+    monkeypatch.setattr(serving, "ServedSavedModel", Crawling)
     report = bertc.compile(tiny_model_dir, overrides=["bench=quick"], run_dir=tmp_path / "run", console=quiet())
     assert report["status"] == "rejected" and report["failed_step"] == "speed"
     assert "verify.max_slowdown=10" in report["error"] and report["model_path"] is None

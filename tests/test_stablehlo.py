@@ -18,7 +18,8 @@ from rich.console import Console
 from bertc.errors import ConfigError
 from bertc.pipeline import compile_run
 from bertc.plan import build_plan
-from bertc.verify import GATES, CompiledModel, synthetic_batches
+from bertc.targets.serving import ServedSavedModel
+from bertc.verify import GATES, synthetic_batches
 from tests.test_compile import compose_config
 
 needs_jax = pytest.mark.skipif(
@@ -120,7 +121,7 @@ def test_runtime_on_jax_cpu_matches_the_tensorflow_build(builds, name):
 
     gate = GATES[BUILDS[name][1]]
     runtime = Runtime(builds[name], platform="cpu")
-    compiled = CompiledModel(builds[name])
+    compiled = ServedSavedModel(builds[name])
     for batch in synthetic_batches(3, 8, 128, 30522, seed=21):
         ours, theirs = runtime(batch.feeds()), compiled(batch.feeds())
         assert np.abs(ours["probabilities"] - theirs["probabilities"]).max() <= gate
@@ -140,7 +141,7 @@ def test_batch_of_3_runs_on_the_batch_8_module_with_padding(builds):
         "past the largest module: chunks of it, the last one padded"
     )
     feeds = synthetic_batches(1, 11, 128, 30522, seed=4)[0].feeds()
-    expected = CompiledModel(builds["fp32"])(feeds)
+    expected = ServedSavedModel(builds["fp32"])(feeds)
     for rows in (3, 11):
         out = runtime({key: value[:rows] for key, value in feeds.items()})
         assert out["probabilities"].shape == (rows, 2) and out["logits"].shape == (rows, 2)

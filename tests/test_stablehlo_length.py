@@ -18,7 +18,7 @@ from bertc.graph import run_graph
 from bertc.lengths import synthetic_feeds
 from bertc.load import load_saved_model
 from bertc.portable import batch_length
-from bertc.verify import CompiledModel
+from bertc.targets.serving import ServedSavedModel
 from tests.test_runtime_checks import assert_refused, cli, manifest, write_manifest
 
 needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
@@ -86,7 +86,7 @@ def test_one_module_per_batch_size_and_bucket_and_the_manifest_lists_the_buckets
 
 @needs_jax
 def test_runtime_matches_the_original_on_padded_batches_of_mixed_lengths(build, runtime, original):
-    compiled = CompiledModel(build[0])
+    compiled = ServedSavedModel(build[0])
     feeds_list = mixed_batches(30522)
     # 11 rows: a chunk of 8 and a chunk of 3 (padded to 8), each at its own width; and single rows.
     feeds_list.append(synthetic_feeds(np.array([3, 9, 30, 2, 5, 7, 31, 12, 90, 4, 60]), 128, 30522, seed=5))
@@ -135,7 +135,7 @@ def test_a_mask_that_is_not_right_padded_runs_at_the_full_length(runtime, origin
 
 def test_the_runtimes_length_rule_is_the_graphs(build):
     """The NumPy rule against the compiled model's own bertc_length signature, on random masks of every kind."""
-    compiled = CompiledModel(build[0])
+    compiled = ServedSavedModel(build[0])
     rng = np.random.default_rng(0)
     for trial in range(40):
         rows = int(rng.integers(1, 6))

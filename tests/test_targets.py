@@ -68,7 +68,7 @@ def test_neuron_inf1_contract_partition_decides_what_goes_to_neuron(partitioned,
     tracer = RecordingTracer("tensorflow.neuron")
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", None)
     monkeypatch.setitem(sys.modules, "tensorflow.neuron", tracer)
-    module = neuron.TARGET.lower(partitioned, TargetOptions("neuron", "auto", 4, 128, compute_dtype="bfloat16"))
+    module = neuron.TARGET.lower(partitioned, TargetOptions("neuron", "auto", 4, 128, compute_dtype="bfloat16")).module
     (call,) = tracer.calls
     assert call["flags"] == "--fp32-cast=matmult-bf16 --dynamic-batch-size"
     assert call["shapes"] == [(4, 128)] * 3
@@ -84,7 +84,7 @@ def test_neuronx_contract_traces_device_part_at_static_shape(partitioned, monkey
     tracer = RecordingTracer("tensorflow_neuronx")
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", tracer)
     options = TargetOptions("neuron", "auto", 4, 128, compute_dtype="float16", dynamic_batch=dynamic_batch)
-    module = neuron.TARGET.lower(partitioned, options)
+    module = neuron.TARGET.lower(partitioned, options).module
     (call,) = tracer.calls
     assert call["flags"] == "--auto-cast=matmult --auto-cast-type=fp16"
     assert sorted(call["shapes"]) == sorted([(4, 1, 1, 128), (4, 128, 32)]), "the boundary tensors, at the static batch"
@@ -134,7 +134,7 @@ def test_neuronx_buckets_trace_once_per_bucket_and_each_length_runs_its_own(
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", tracer)
     options = TargetOptions("neuron", "auto", 4, 128, dynamic_batch=dynamic_batch, length_mode="buckets")
     neuron.TARGET.check_available(options)
-    module = neuron.TARGET.lower(bucketed, options)
+    module = neuron.TARGET.lower(bucketed, options).module
     assert [sorted(call["shapes"]) for call in tracer.calls] == [
         sorted([(4, 1, 1, width), (4, width, 32)]) for width in (32, 64, 128)
     ], "one trace per bucket, the boundary tensors at the bucket's width and the static batch"

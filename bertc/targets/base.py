@@ -1,12 +1,20 @@
 """The target interface: what the pipeline hands a target (`TargetOptions`, derived by the plan from the
-config and the model's shape) and what a target must do with it (`Target`)."""
+config and the model's shape), what a target does with it (`Target.lower`) and what that gives (`Artifact`:
+it warms up, saves itself, opens its saved files with its engine's own runtime for verify and bench, and
+says how it serves). Nothing here imports TensorFlow: an engine's artifact need not be a SavedModel."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
+
+# What verify and bench call: bertc's serving inputs (input_ids, input_mask, segment_ids: int32 [batch, seq_len])
+# -> {"probabilities", "logits"} (float32 [batch, labels]), computed by the engine that serves the artifact.
+Forward = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +40,26 @@ class TargetOptions:
     length_mode: str = "full"  # length.mode: full | trim | buckets (a target refuses one it cannot run)
 
 
+class Artifact(Protocol):
+    """What a target builds from the rewritten graph, before and after it is saved."""
+
+    def warm_up(self, batch_size: int, seq_len: int) -> Mapping[str, float] | None:
+        """Run once at the built shape (an XLA compile happens here, not at the first request); length buckets:
+        {bucket: seconds of its first call}."""
+
+    def save(self, path: Path) -> None:
+        """Write the artifact's files into the folder `path`, then let go of what it held in memory."""
+
+    def open(self, path: Path, served: Any) -> Forward:
+        """The saved files at `path`, loaded with the engine's own runtime, fed under the user's names (`served`:
+        bertc.frontends.signature.ServedSignature, or None for bertc's names)."""
+
+    def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
+        """For a passed model at `path`: its files, signature and how to serve it (writing any serving layout
+        the engine's server wants into `run_dir`); report.json's `serving` entry. `user`: the input model's
+        signature as the run read it."""
+
+
 class Target(Protocol):
     """One way of compiling the rewritten graph. `check_available` runs before any work."""
 
@@ -45,15 +73,12 @@ class Target(Protocol):
     def serves_on_cpu(self, options: TargetOptions) -> bool:
         """Whether the artifact's math runs in `probe_runtime` on this machine's CPU."""
 
-    def lower(self, graph: Any, options: TargetOptions) -> Any:
-        """The rewritten Graph -> a tf.Module with a `serve` function (not yet saved)."""
-
-    def save(self, module: Any, path: Path, options: TargetOptions) -> None:
-        """Write the module as a SavedModel at `path`, plus anything the target adds beside it."""
+    def lower(self, graph: Any, options: TargetOptions) -> Artifact:
+        """The rewritten Graph -> the artifact (not yet saved)."""
 
 
 class SavedModelTarget:
-    """The common case: lower to a module, save it as a SavedModel, nothing more."""
+    """The common case: a TensorFlow SavedModel served by TensorFlow (bertc.targets.serving.SavedModelArtifact)."""
 
     name = ""
     probe_runtime: str | None = "tf"
@@ -67,8 +92,3 @@ class SavedModelTarget:
         from bertc.targets.devices import resolve_device
 
         return self.probe_runtime is not None and resolve_device(options.device) == "/device:CPU:0"
-
-    def save(self, module: Any, path: Path, options: TargetOptions) -> None:
-        from bertc.targets.serving import save_compiled
-
-        save_compiled(module, path, keep_signature=options.keep_signature)

@@ -26,7 +26,7 @@ from bertc.errors import ConfigError
 from bertc.graph import Graph
 from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
 from bertc.targets.base import SavedModelTarget, TargetOptions
-from bertc.targets.serving import CompiledBert, Placement, served_outputs
+from bertc.targets.serving import CompiledBert, Placement, SavedModelArtifact, served_outputs
 
 NOT_INSTALLED = (
     "target=neuron needs tensorflow-neuron (Inferentia 1: import tensorflow.neuron) or tensorflow-neuronx "
@@ -171,8 +171,8 @@ class NeuronTarget(SavedModelTarget):
                 traced = compiler.trace(
                     module.serve, example, subgraph_builder_function=runs_on_neuron(options.host_device)
                 )
-                return NeuronBert(traced, options.seq_len, owner=module)
-            return _trace_device_part(compiler, module, example, options)
+                return SavedModelArtifact(NeuronBert(traced, options.seq_len, owner=module), options)
+            return SavedModelArtifact(_trace_device_part(compiler, module, example, options), options)
 
 
 def _trace_device_part(compiler, module: CompiledBert, example, options: TargetOptions) -> CompiledBert:

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from bertc.graph import Graph, GraphError, pruned_function, split_length, split_partition
 from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS, TRAINING_INPUTS
+from bertc.targets.base import TargetOptions
 from bertc.targets.length_dispatch import LENGTH_SIGNATURE, LengthStage, warm_up_buckets
 
 
@@ -193,11 +194,65 @@ def save_compiled(module: CompiledBert, path: Path, keep_signature: bool = False
     tf.saved_model.save(module, str(path), signatures=signatures, options=options)
 
 
+class SavedModelArtifact:
+    """A module with a `serve` function, saved as a TensorFlow SavedModel and served by TensorFlow (Serving)."""
+
+    def __init__(self, module: tf.Module, options: TargetOptions):
+        self.module, self.options = module, options
+
+    def warm_up(self, batch_size: int, seq_len: int) -> dict[str, float] | None:
+        return warm_up(self.module, batch_size, seq_len)
+
+    def save(self, path: Path) -> None:
+        self.write(path)
+        self.module = None  # NOTE: the weights live in the saved files now: verify and bench load two models
+
+    def write(self, path: Path) -> None:
+        save_compiled(self.module, path, keep_signature=self.options.keep_signature)
+
+    def open(self, path: Path, served=None) -> ServedSavedModel:
+        from bertc.frontends.signature import output_names
+
+        names = served.input_names if served is not None else None
+        return ServedSavedModel(path, names, output_names(served) if served is not None else None)
+
+    def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
+        from bertc.serving_layout import write_serving_layout
+
+        return write_serving_layout(path, run_dir, label, dict(user))
+
+
+class ServedSavedModel:
+    """A saved compiled model loaded by TensorFlow, fed under the user's input names; its outputs read back as
+    probabilities and logits whatever keys the user's signature gave them (`output_names`: bertc name -> key)."""
+
+    def __init__(
+        self, path: Path, input_names: Mapping[str, str] | None = None, output_names: Mapping[str, str] | None = None
+    ):
+        self._loaded = tf.saved_model.load(str(path))
+        self._function = self._loaded.signatures["serving_default"]
+        # removal.keep_signature=true: label_ids and is_real_example are in the signature, never read.
+        self._ignored = [key for key in self._function.structured_input_signature[1] if key in TRAINING_INPUTS]
+        self._names = dict(input_names or {})
+        self._outputs = {served: name for name, served in (output_names or {}).items()}
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ignored = {key: tf.zeros([len(feeds["input_ids"])], tf.int32) for key in self._ignored}
+        named = {self._names.get(key, key): tf.constant(value) for key, value in feeds.items()}
+        outputs = self._function(**named, **ignored)
+        return {self._outputs.get(key, key): value.numpy() for key, value in outputs.items()}
+
+    def lengths(self, input_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """length=trim|buckets: the width (and bucket) the artifact runs this mask at."""
+        outputs = self._loaded.signatures[LENGTH_SIGNATURE](input_mask=tf.constant(input_mask))
+        return {key: value.numpy() for key, value in outputs.items()}
+
+
 def warm_up(module: CompiledBert, batch_size: int, seq_len: int) -> dict[str, float] | None:
     """Run once at the configured shape, so an XLA compile happens at build time, not at first request.
 
     A length-polymorphic model runs once per bucket: {bucket size: seconds of its first call}."""
-    if module.length is not None:
+    if getattr(module, "length", None) is not None:
         return warm_up_buckets(module, batch_size, seq_len)
     zeros = np.zeros((batch_size, seq_len), np.int32)
     module.serve(zeros, np.ones_like(zeros), zeros)

@@ -67,7 +67,7 @@ from bertc.portable import (
 )
 from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
 from bertc.targets.base import SavedModelTarget, TargetOptions
-from bertc.targets.serving import CompiledBert, save_compiled
+from bertc.targets.serving import CompiledBert, SavedModelArtifact
 from bertc.targets.xla import xla_module
 
 FOLDER = "stablehlo"
@@ -119,7 +119,7 @@ class StableHloTarget(SavedModelTarget):
         super().check_available(options)
         _check_stablehlo_export()
 
-    def lower(self, graph: Graph, options: TargetOptions) -> CompiledBert:
+    def lower(self, graph: Graph, options: TargetOptions) -> PortableArtifact:
         module = xla_module(graph, options)
         length, body = split_length(graph)  # length=buckets: the runtime computes the length; the body is exported
         buckets = _buckets(length, options.seq_len)
@@ -147,7 +147,7 @@ class StableHloTarget(SavedModelTarget):
             for key in SERVING_OUTPUTS
         ]
         model_shape = {**options.model_shape, "num_labels": outputs[0]["shape"][1]} if options.model_shape else None
-        module.portable = PortableBuild(
+        build = PortableBuild(
             options.seq_len,
             _general_inputs([inputs[width] for width in widths]),
             weight_names,
@@ -158,11 +158,20 @@ class StableHloTarget(SavedModelTarget):
             model_shape,
             buckets,
         )
-        return module
+        return PortableArtifact(module, options, build)
 
-    def save(self, module: CompiledBert, path: Path, options: TargetOptions) -> None:
-        save_compiled(module, path, keep_signature=options.keep_signature)
-        write_portable(module, path, options)
+
+class PortableArtifact(SavedModelArtifact):
+    """target=xla's SavedModel (what verify and bench measure), with the StableHLO bundle in stablehlo/ beside it."""
+
+    def __init__(self, module: CompiledBert, options: TargetOptions, build: PortableBuild):
+        super().__init__(module, options)
+        self.build = build
+
+    def write(self, path: Path) -> None:
+        super().write(path)
+        write_portable(self.module, self.build, path, self.options)
+        self.build = None  # its arrays are in weights.safetensors now
 
 
 def _check_stablehlo_export() -> None:
@@ -427,11 +436,10 @@ def _check_recipe(host: Graph, recipe: dict, seq_len: int) -> None:
 # ---- after the SavedModel is written: model/stablehlo/ -------------------------------------------
 
 
-def write_portable(module: CompiledBert, artifact: Path, options: TargetOptions) -> None:
+def write_portable(module: CompiledBert, build: PortableBuild, artifact: Path, options: TargetOptions) -> None:
     """Write model/stablehlo/: the modules, weights.safetensors and manifest.json."""
     from safetensors.numpy import save_file
 
-    build: PortableBuild = module.portable
     folder = Path(artifact) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     modules = _write_modules(folder, build)
@@ -465,7 +473,7 @@ def write_portable(module: CompiledBert, artifact: Path, options: TargetOptions)
         ],
         "outputs": build.outputs,
         "weights": {"file": WEIGHTS_FILE, **_regeneration(weights, options)},
-        "reference": _reference(module, options, build.buckets),
+        "reference": _reference(module, options, build),
     }
     (folder / MANIFEST).write_text(_json(manifest) + "\n")
 
@@ -549,13 +557,14 @@ def _regeneration(weights: Mapping[str, np.ndarray], options: TargetOptions) -> 
     return {"regenerate": recipe, "tensors": tensors}
 
 
-def _reference(module: CompiledBert, options: TargetOptions, buckets: tuple[int, ...] = ()) -> dict:
+def _reference(module: CompiledBert, options: TargetOptions, build: PortableBuild) -> dict:
     """Seeded batches and what the TensorFlow build computes for them: the runtime's self-check, anywhere.
 
     Without buckets, one batch. With buckets, one batch per bucket (its longest row the bucket's size,
     the others shorter) and one whose mask is not right-padded (the full length): each with the width
     the TensorFlow build ran it at, so the self-check runs every bucket module and the length rule."""
-    vocab = (module.portable.input_limits or {}).get("input_ids", 1000)
+    buckets = build.buckets
+    vocab = (build.input_limits or {}).get("input_ids", 1000)
     note = "outputs of model/ (TensorFlow, XLA on the build machine's CPU) for these inputs"
     if not buckets:
         batch = synthetic_batches(1, options.batch_size, options.seq_len, vocab, seed=11)[0]

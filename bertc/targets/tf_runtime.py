@@ -5,16 +5,16 @@ from __future__ import annotations
 from bertc.graph import Graph
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.devices import resolve_device
-from bertc.targets.serving import CompiledBert, Placement
+from bertc.targets.serving import CompiledBert, Placement, SavedModelArtifact
 
 
 class TensorFlowTarget(SavedModelTarget):
     name = "tf"
 
-    def lower(self, graph: Graph, options: TargetOptions) -> CompiledBert:
+    def lower(self, graph: Graph, options: TargetOptions) -> SavedModelArtifact:
         device = resolve_device(options.device) if options.device != "auto" else None
         placement = Placement(options.host_device, device, jit_compile=False, input_limits=options.input_limits)
-        return CompiledBert(graph, options.seq_len, placement)
+        return SavedModelArtifact(CompiledBert(graph, options.seq_len, placement), options)
 
 
 TARGET = TensorFlowTarget()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bertc.graph import Graph
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.devices import resolve_device
-from bertc.targets.serving import CompiledBert, Placement
+from bertc.targets.serving import CompiledBert, Placement, SavedModelArtifact
 
 
 def xla_module(graph: Graph, options: TargetOptions) -> CompiledBert:
@@ -24,8 +24,8 @@ class XlaTarget(SavedModelTarget):
     name = "xla"
     probe_runtime = "xla"
 
-    def lower(self, graph: Graph, options: TargetOptions) -> CompiledBert:
-        return xla_module(graph, options)
+    def lower(self, graph: Graph, options: TargetOptions) -> SavedModelArtifact:
+        return SavedModelArtifact(xla_module(graph, options), options)
 
 
 TARGET = XlaTarget()
