@@ -65,8 +65,8 @@ def assert_interrupted(code: int, printed: str, run_dir: Path, exit_code: int, s
 def test_sigterm_during_verify_exits_143_and_the_folder_can_be_used_again(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     arguments = [f"model.path={tiny_model_dir}", "bench=off", f"hydra.run.dir={run_dir}"]
-    # 3000 batches: verify runs for half a minute after the compile; the signal comes 3 s into it
-    code, printed = interrupt([*arguments, "verify.batches=3000"], "done compile", signal.SIGTERM, tmp_path, 3.0)
+    # 3000 batches: verify runs for half a minute after the call-time check; the signal comes 1 s into it
+    code, printed = interrupt([*arguments, "verify.batches=3000"], "done time one call", signal.SIGTERM, tmp_path, 1.0)
     assert_interrupted(code, printed, run_dir, 143, "verify")
     assert finished_marks(run_dir) == []
     rerun = subprocess.run(
