@@ -48,9 +48,9 @@ if str(ROOT) not in sys.path:
 
 import numpy as np
 
+from bertc.batches import synthetic_batches
 from bertc.lengths import length_mix
 from bertc.runtime import Runtime, read_manifest, regenerate_weights
-from bertc.verify import synthetic_batches
 
 PRECISIONS = ("fp32", "mixed", "mixed_bf16")
 # bertc precision -> the PyTorch run it is compared with

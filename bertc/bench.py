@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from bertc.batches import synthetic_batches
 from bertc.spread import add_spread, load_average
-from bertc.verify import synthetic_batches
 
 
 def _feeds(batch_size: int, seq_len: int, vocab: int) -> dict[str, np.ndarray]:

@@ -452,8 +452,9 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
     """Compiled against original on the same inputs; True when within the gate."""
     if not plan.verify.enabled:
         return True
+    from bertc.batches import synthetic_batches
     from bertc.limits import run_with_limit
-    from bertc.verify import compare, read_glue_tsv, synthetic_batches, tokenize_pairs
+    from bertc.verify import compare, read_glue_tsv, tokenize_pairs
 
     settings = plan.verify
     with run.step("verify against the original", "verify"):

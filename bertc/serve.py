@@ -1,7 +1,5 @@
 """`python -m bertc.serve MODEL_DIR`: a target=stablehlo artifact on a PJRT device, without TensorFlow.
 
-(`python -m bertc.run`, its former name, still works.)
-
     python -m bertc.serve outputs/.../model --check                       # the manifest's reference batch,
                                                                           # vs the TF build
     python -m bertc.serve outputs/.../model --inputs batch.npz --out out.npz --platform gpu

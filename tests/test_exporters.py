@@ -18,13 +18,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
+from bertc.batches import synthetic_batches
 from bertc.cli import CONF_DIR
 from bertc.frontends.signature import BERT_INPUTS
 from bertc.graph import run_graph
 from bertc.load import load_saved_model
 from bertc.pipeline import compile_run
 from bertc.plan import build_plan
-from bertc.verify import OriginalModel, synthetic_batches
+from bertc.verify import OriginalModel
 
 FAST = ("google_onehot",)
 EXPORTERS = [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in exporters.EXPORTERS]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bertc.batches import synthetic_batches
 from bertc.errors import ConfigError
 from bertc.graph import (
     FLOAT_TYPES,
@@ -28,7 +29,6 @@ from bertc.passes.apply_precision_map import PrecisionParams, PrecisionRule, app
 from bertc.passes.partition_graph import PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import SCOPE, MaskParams, rewrite_attention_mask
-from bertc.verify import synthetic_batches
 
 MIXED_RULES = (
     PrecisionRule("*/LayerNorm/*", (), "float32"),

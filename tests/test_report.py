@@ -10,10 +10,11 @@ import pytest
 from rich.console import Console
 
 import bertc.report
+from bertc.batches import Batch, synthetic_batches
 from bertc.bench import benchmark
 from bertc.report import fmt_number, markdown, summary_table, write_reports
 from bertc.sweep import columns, plot_figure, summarize, sweep_size
-from bertc.verify import Batch, compare, synthetic_batches
+from bertc.verify import compare
 
 
 def model(shift: float = 0.0):

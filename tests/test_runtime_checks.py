@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from bertc import run as run_cli
+from bertc import serve as run_cli
+from bertc.batches import synthetic_batches
 from bertc.pipeline import compile_run
 from bertc.plan import build_plan
 from bertc.runtime import ServingError, parity_gate, tensor_digest
-from bertc.verify import GATES, synthetic_batches
+from bertc.verify import GATES
 from tests.test_compile import compose_config
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
@@ -70,7 +71,7 @@ def cli(*args: str, capsys) -> tuple[int, str, str]:
 
 
 def assert_refused(folder: Path, capsys, *words: str) -> None:
-    """The runtime refuses the artifact; `python -m bertc.run --check` exits 2 with one error paragraph."""
+    """The runtime refuses the artifact; `python -m bertc.serve --check` exits 2 with one error paragraph."""
     from bertc.runtime import Runtime
 
     with pytest.raises(ServingError) as raised:

@@ -10,10 +10,11 @@ import tensorflow as tf
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
+from bertc.batches import synthetic_batches
 from bertc.cli import CONF_DIR
 from bertc.pipeline import compile_run
 from bertc.plan import build_plan
-from bertc.verify import OriginalModel, synthetic_batches
+from bertc.verify import OriginalModel
 
 
 def compile_tiny(tiny_model_dir, run_dir, overrides: list[str]) -> tuple[int, dict]:

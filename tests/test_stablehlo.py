@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from bertc.batches import synthetic_batches
 from bertc.errors import ConfigError
 from bertc.pipeline import compile_run
 from bertc.plan import build_plan
 from bertc.targets.serving import ServedSavedModel
-from bertc.verify import GATES, synthetic_batches
+from bertc.verify import GATES
 from tests.test_compile import compose_config
 
 needs_jax = pytest.mark.skipif(
@@ -292,7 +293,7 @@ def test_run_on_a_platform_this_machine_lacks_says_so_in_one_line(builds):
     if any(device.platform == "gpu" for device in jax.devices()):
         pytest.skip("this machine has a GPU")
     result = subprocess.run(
-        [sys.executable, "-m", "bertc.run", str(builds["fp32"]), "--check", "--platform", "gpu"],
+        [sys.executable, "-m", "bertc.serve", str(builds["fp32"]), "--check", "--platform", "gpu"],
         capture_output=True,
         text=True,
         timeout=120,

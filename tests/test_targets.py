@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bertc.batches import synthetic_batches
 from bertc.errors import ConfigError
 from bertc.graph import run_graph
 from bertc.load import load_saved_model
@@ -18,7 +19,6 @@ from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.targets import neuron
 from bertc.targets.base import TargetOptions
-from bertc.verify import synthetic_batches
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ from pathlib import Path
 from bertc.errors import ModelError
 from bertc.graph import Graph, node_of, prune_to_outputs
 
-DIALECTS = ("tf1", "tf2")
-
 
 def dialect(path: Path, meta_graph, signature) -> str:
     """'tf1' or 'tf2'; a ModelError naming what was found when the file is neither."""

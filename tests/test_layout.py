@@ -1,0 +1,81 @@
+"""The package's shape holds: no import cycle between bertc's modules, and the portable runtime (bertc.runtime,
+python -m bertc.serve) loads no TensorFlow, on a machine that only serves."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import bertc
+
+PACKAGE = Path(bertc.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The bertc modules `path` imports when it is imported: module-level statements (imports inside functions
+    run later, and `if TYPE_CHECKING:` blocks never)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for statement in ast.parse(path.read_text()).body:
+        if isinstance(statement, ast.Import):
+            found |= {alias.name for alias in statement.names}
+        elif isinstance(statement, ast.ImportFrom):
+            base = statement.module or ""
+            if statement.level:
+                base = ".".join(package[: len(package) - statement.level + 1] + ([base] if base else []))
+            found |= {
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in statement.names
+            }
+    return {module for module in found if module in modules and module != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {name: _imported(name, path, set(paths)) for name, path in paths.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, stack = [], {}, []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if state.get(other) == "open":
+                found.append(stack[stack.index(other) :] + [other])
+            elif other not in state:
+                visit(other)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    return found
+
+
+def test_no_import_cycle_between_bertc_modules():
+    graph = import_graph()
+    assert len(graph) > 40 and graph["bertc.pipeline"], "the reader found the modules and their imports"
+    assert cycles(graph) == [], "\n".join(" -> ".join(cycle) for cycle in cycles(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_the_portable_runtime_loads_no_tensorflow():
+    code = (
+        "import sys, bertc.runtime, bertc.serve; "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('tensorflow', 'keras', 'hydra')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
