@@ -8,6 +8,7 @@ import dataclasses
 
 from bertc.graph import (
     LENGTH_SCOPE,
+    PACK_SCOPE,
     Graph,
     GraphError,
     ancestors,
@@ -585,7 +586,8 @@ def _follow(index: Index, start: str, until: tuple[str, ...]) -> str | None:
         hit = next((user for user in readers if index.nodes[user].op in until), None)
         if hit is not None:
             return hit
-        layout = [user for user in readers if index.nodes[user].op in LAYOUT_OPS]
+        # length=pack's gathers between [T, H] and [B*L, H] move rows the way a reshape moves them
+        layout = [user for user in readers if index.nodes[user].op in LAYOUT_OPS or user.startswith(PACK_SCOPE + "/")]
         if len(layout) != 1:
             return None
         name = layout[0]

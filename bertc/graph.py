@@ -452,6 +452,13 @@ REAL_LENGTH = f"{LENGTH_SCOPE}/real_length"  # the longest real row, before buck
 BUCKET_INDEX = f"{LENGTH_SCOPE}/bucket_index"  # buckets only: which size ran (the last one on fallback)
 SEQ = f"{LENGTH_SCOPE}/seq"  # the cut inputs' width, read by every former S: the one tensor the body depends on
 SIZES = f"{LENGTH_SCOPE}/sizes"
+# length=pack: the real tokens of every row gathered into one [T, H] matrix between the layers (the body's part)
+PACK_SCOPE = f"{LENGTH_SCOPE}/pack"
+PACK_MASK = f"{PACK_SCOPE}/mask"  # int32 [B, L]: the cut mask, or all ones when it is not right-padded 0/1
+PACK_INDEX = f"{PACK_SCOPE}/index"  # int32 [T]: each real token's row of the [B*L, H] matrix
+UNPACK_INDEX = f"{PACK_SCOPE}/unpack_index"  # int32 [B*L]: each position's row of the [T, H] matrix
+FIRST_TOKENS = f"{PACK_SCOPE}/first_tokens"  # int32 [B]: each row's [CLS] in the [T, H] matrix
+PACKED = f"{PACK_SCOPE}/hidden"  # the packed hidden states entering the first layer, [T, H]
 
 
 def cut_name(key: str) -> str:
@@ -461,6 +468,11 @@ def cut_name(key: str) -> str:
 
 def is_length_polymorphic(graph: Graph) -> bool:
     return any(node.name == LENGTH for node in graph.graph_def.node)
+
+
+def is_packed(graph: Graph) -> bool:
+    """length=pack: the layers run on the batch's real tokens only, one [T, H] matrix."""
+    return any(node.name == PACKED for node in graph.graph_def.node)
 
 
 def split_length(graph: Graph) -> tuple[Graph | None, Graph]:

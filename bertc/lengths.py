@@ -35,6 +35,13 @@ def check_length_target(mode: str, sizes, target: str) -> None:
             "(one compile per distinct length). Use length=buckets (one compiled function per bucket) "
             "or target=tf."
         )
+    if mode == "pack" and target in STATIC_SHAPE_TARGETS:
+        raise ConfigError(
+            f"length=pack needs a target with dynamic shapes, and target={target} compiles static shapes: the "
+            "packed matrix has as many rows as the batch has real tokens, a different count for almost every "
+            "batch, and bertc does not yet bucket that count. On this target use length=buckets (one compiled "
+            "function per bucket of the batch's longest row) or length=full; for length=pack use target=tf."
+        )
 
 
 def mrpc_like_lengths(count: int, seq_len: int, seed: int) -> np.ndarray:

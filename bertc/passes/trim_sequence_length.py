@@ -15,6 +15,10 @@ after a 0, an all-padding row, other values) makes L = S, so such a batch runs e
 
 Padded positions get a -10000 bias before the softmax, so exp underflows to exactly 0 in float32:
 cutting them changes nothing `[CLS]` sees beyond matmul round-off.
+
+`pack` cuts as `trim` does, then packs the real tokens of all rows into one [T, H] matrix between the
+layers (bertc/passes/pack_tokens.py). It stays this step, not a pass of its own: a config group has
+one pass, and packing needs the cut (the batch's length L for attention, the cut mask for the indices).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from bertc.graph import (
     descendants,
     input_ref,
     is_length_polymorphic,
+    is_packed,
     make_const,
     make_node,
     node_of,
@@ -53,13 +58,14 @@ from bertc.graph import (
 )
 from bertc.lazy import tf
 from bertc.passes import Condition, Pass
+from bertc.passes.pack_tokens import pack_matches, pack_tokens
 from bertc.schema import choice
 
 if TYPE_CHECKING:
     from bertc.graph import NodeDef
 
 SCOPE = LENGTH_SCOPE
-MODES = ("trim", "buckets")
+MODES = ("trim", "buckets", "pack")
 # A shape operand reaches its constants through these; anything else is arithmetic on values, not a shape.
 SHAPE_PATH_OPS = ("Pack", "Mul", "ConcatV2", "Cast", "Identity")
 # (op, input position) that is a shape or size: the constants behind it that hold S are sequence lengths.
@@ -92,7 +98,7 @@ def trim_sequence_length(graph: Graph, params: LengthParams) -> PassResult:
         raise GraphError(f"length: input_mask ({mask_node.name}) has no static sequence length to cut from.")
     sizes = bucket_sizes(params.sizes, seq_len) if params.mode == "buckets" else ()
     if is_length_polymorphic(graph):
-        return _already_applied(graph, nodes, sizes)
+        return _already_applied(graph, nodes, sizes, params.mode)
     _refuse_ambiguous_length(graph, seq_len)
 
     shapes = static_shapes(graph)
@@ -118,19 +124,30 @@ def trim_sequence_length(graph: Graph, params: LengthParams) -> PassResult:
     rewired = _rewire_sequence_constants(graph_def, shape_uses, seq_len, shapes)
     result = prune_to_outputs(graph.replace(graph_def=graph_def))
     _check_no_static_length(result, seq_len)
+    if params.mode == "pack":
+        packed = pack_tokens(result).graph
+        return PassResult(packed, {**_cut_matches(packed, ()), **pack_matches(packed)})
     matches = {"sequence_constants": rewired, "inputs_cut": len(cut_refs)}
     if sizes:
         matches["buckets"] = len(sizes)
     return PassResult(result, matches)
 
 
-def _already_applied(graph: Graph, nodes, sizes: tuple[int, ...]) -> PassResult:
+def _already_applied(graph: Graph, nodes, sizes: tuple[int, ...], mode: str) -> PassResult:
     present = tuple(int(v) for v in const_value(nodes[SIZES]).ravel()) if SIZES in nodes else ()
-    if present != sizes:
+    packed = is_packed(graph)
+    if present != sizes or packed != (mode == "pack"):
+        was = "pack" if packed else f"buckets {list(present)}" if present else "trim"
+        wanted = f"buckets {list(sizes)}" if sizes else mode
         raise GraphError(
-            f"length: the graph is already length-polymorphic with buckets {list(present) or 'none (trim)'}; "
-            f"it cannot be cut again to {list(sizes) or 'trim'}. Run the length step once."
+            f"length: the graph is already length-polymorphic (length={was}); it cannot be cut again to "
+            f"length={wanted}. Run the length step once."
         )
+    return PassResult(graph, {**_cut_matches(graph, sizes), **(pack_matches(graph) if packed else {})})
+
+
+def _cut_matches(graph: Graph, sizes: tuple[int, ...]) -> dict[str, int]:
+    """The cut's match counts, read back from a length-polymorphic graph."""
     rewired = sum(
         1
         for node in graph.graph_def.node
@@ -141,7 +158,7 @@ def _already_applied(graph: Graph, nodes, sizes: tuple[int, ...]) -> PassResult:
     matches = {"sequence_constants": rewired, "inputs_cut": len(graph.inputs)}
     if sizes:
         matches["buckets"] = len(sizes)
-    return PassResult(graph, matches)
+    return matches
 
 
 def _refuse_ambiguous_length(graph: Graph, seq_len: int) -> None:
@@ -449,7 +466,8 @@ PASS = Pass(
     trim_sequence_length,
     "length",
     LengthParams,
-    help="run each batch only as long as its longest real row: trim (dynamic) or buckets (one compile each)",
+    help="run each batch only as long as its longest real row: trim (dynamic), buckets (one compile each), "
+    "or pack (the layers run on the real tokens of all rows, one [T, H] matrix)",
     enabled=lambda node: node.mode != "full",
     # NOTE: after the mask rewrite: the shared bias's [-1,1,1,S] reshape exists and follows the cut; before
     # precision and partition: the cut lands in the host part, boundaries carry [B, L, H].

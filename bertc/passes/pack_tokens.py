@@ -1,0 +1,359 @@
+"""A length-cut Graph (length=trim's, [B, L] inputs) -> the same graph whose layers run on one [T, H] matrix: the
+real tokens of every row, packed; attention still runs per row at the batch's length L.
+
+The google-research layout keeps the hidden states as a [B*L, H] matrix between the layers. Every op
+there works row by row (dense layers, biases, residual adds, LayerNorms over the last axis, GELU), so
+it runs unchanged on the real rows only. Attention needs the rows of each sequence side by side: the
+query, key and value projections are scattered back to [B*L, H] by a gather (a padding position reads
+a real token of its own row; its key is masked by the attention bias and its query's context is
+dropped), and the context is packed again before the output projection. The pooler reads each row's
+first token from the packed matrix.
+
+    embeddings --Reshape--> X [B*L, H] --Gather(index)--> [T, H] --> Q/K/V dense --Gather(unpack)--> [B*L, H]
+        --> Reshape [B, L, heads, size] ... softmax ... context [B*L, H] --Gather(index)--> [T, H] --> output
+        dense, residual, LayerNorm, FFN, ... --> last layer [T, H] --Gather(first_tokens)--> [B, H] --> pooler
+
+The indices come from the cut input_mask in the body (not from the length part), through PACK_MASK:
+the cut mask when it is right-padded 0/1 with a real first token in every row, else all ones (trim's
+fallback to the full length: every position is a row, exactly the original computation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bertc.analysis import embedding_output, find_attention_sites, find_layer_norms
+from bertc.graph import (
+    FIRST_TOKENS,
+    PACK_INDEX,
+    PACK_MASK,
+    PACK_SCOPE,
+    PACKED,
+    UNPACK_INDEX,
+    Graph,
+    GraphError,
+    PassResult,
+    const_value,
+    copy_graph_def,
+    cut_name,
+    make_const,
+    make_node,
+    node_of,
+    nodes_by_name,
+    output_dtype,
+    prune_to_outputs,
+    split_input,
+    static_shapes,
+    tensor_name,
+)
+from bertc.lazy import tf
+from bertc.match import LAYOUT_OPS, MATMULS, Index
+
+if TYPE_CHECKING:
+    from bertc.graph import NodeDef
+
+MATMUL_OPS = tuple(MATMULS.split("|"))
+# What may run on the packed [T, H] matrix: ops that compute each row from that row alone.
+ROW_OPS = frozenset(
+    {
+        *("MatMul", "_FusedMatMul", "BiasAdd", "Add", "AddV2", "Sub", "Mul", "RealDiv", "Maximum", "Minimum"),
+        *("Mean", "SquaredDifference", "Square", "Sqrt", "Rsqrt", "Reciprocal", "Neg", "Pow"),
+        *("Tanh", "Erf", "Erfc", "Sigmoid", "Relu", "Identity", "Cast"),
+    }
+)
+# From the last layer's output to the pooler's dense layer: the first token taken by a slice, through layout.
+FIRST_TOKEN_OPS = (*LAYOUT_OPS, "StridedSlice", "Slice")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackSites:
+    """Where the packed matrix starts, where attention scatters it back to rows, and where it ends."""
+
+    entry: str  # the [B*L, H] hidden states entering the first layer
+    unpack: tuple[tuple[str, int], ...]  # (reader, input position): a projection [B*L, H] read by attention's layout
+    pack: tuple[tuple[str, int], ...]  # (output projection, input position): the context [B*L, H]
+    pooler: tuple[str, int]  # (pooler's dense layer, input position): the first token of each row
+    last: str  # the last layer's output, [B*L, H]
+
+
+def pack_tokens(graph: Graph) -> PassResult:
+    """Pack a graph that length=trim cut; raises GraphError naming what was not recognised."""
+    index = Index.of(graph)
+    shapes = static_shapes(graph)
+    sites = _find_pack_sites(graph, index, shapes)
+    graph_def = copy_graph_def(graph.graph_def)
+    nodes = nodes_by_name(graph_def)
+    dtype = tf.as_dtype(output_dtype(nodes[node_of(sites.entry)], split_input(sites.entry)[1]))
+    graph_def.node.extend(_index_nodes())
+    graph_def.node.append(_gather(PACKED, sites.entry, PACK_INDEX, dtype))
+    for node in graph_def.node:
+        if node.name != PACKED:
+            for position, ref in enumerate(node.input):
+                if ref == _ref(sites.entry):
+                    node.input[position] = PACKED
+    for kind, edges, indices in (("unpack", sites.unpack, UNPACK_INDEX), ("pack", sites.pack, PACK_INDEX)):
+        for reader, position in edges:
+            consumer = nodes[reader]
+            name = f"{PACK_SCOPE}/{kind}/{reader}"
+            graph_def.node.append(_gather(name, consumer.input[position], indices, dtype))
+            consumer.input[position] = name
+    pooler, position = sites.pooler
+    graph_def.node.append(_gather(f"{PACK_SCOPE}/first_token_rows", _ref(sites.last), FIRST_TOKENS, dtype))
+    nodes[pooler].input[position] = f"{PACK_SCOPE}/first_token_rows"
+    result = prune_to_outputs(graph.replace(graph_def=graph_def))
+    _check_packed_region(result)
+    return PassResult(result, pack_matches(result))
+
+
+def pack_matches(graph: Graph) -> dict[str, int]:
+    """What the packing rewired, counted on a packed graph (so that a second run reports the same)."""
+    names = [node.name for node in graph.graph_def.node]
+    return {
+        "packed_inputs": sum(name == PACKED for name in names),
+        "attention_unpacks": sum(name.startswith(f"{PACK_SCOPE}/unpack/") for name in names),
+        "context_packs": sum(name.startswith(f"{PACK_SCOPE}/pack/") for name in names),
+        "first_token_gathers": sum(name == f"{PACK_SCOPE}/first_token_rows" for name in names),
+    }
+
+
+def _ref(tensor: str) -> str:
+    node, output, _ = split_input(tensor)
+    return node if output == 0 else f"{node}:{output}"
+
+
+def _rank(shapes, name: str) -> int | None:
+    shape = shapes.get(name if ":" in name else tensor_name(name))
+    return None if shape is None else shape.rank
+
+
+def _refuse(what: str) -> GraphError:
+    return GraphError(
+        f"length=pack: {what} bertc packs the google-research layout, where the hidden states are a "
+        "[B*S, H] matrix between the layers and attention reshapes them to [B, S, heads, size]; this graph "
+        "does not have it there. Use length=trim (or buckets) for this model."
+    )
+
+
+def _find_pack_sites(graph: Graph, index: Index, shapes) -> PackSites:
+    entry = _matrix_after(index, shapes, split_input(embedding_output(graph, index))[0])
+    unpack, pack = [], []
+    for site in find_attention_sites(graph):
+        context = _follow_layout(index, site.remask or site.softmax, MATMUL_OPS)
+        if context is None:
+            raise _refuse(f"no context matmul follows the softmax {site.softmax}.")
+        query, key = index.inputs(site.matmul)[:2]
+        value = next(name for name in index.inputs(context) if name != (site.remask or site.softmax))
+        unpack += [_rows_edge(index, shapes, operand, site.matmul) for operand in (query, key, value)]
+        output = _follow_layout(index, context, MATMUL_OPS)
+        if output is None:
+            raise _refuse(f"no output projection follows the attention context {context}.")
+        position = _data_position(index, output)
+        if _rank(shapes, index.nodes[output].input[position]) != 2:
+            raise _refuse(f"the attention output projection {output} does not read a [rows, H] matrix.")
+        pack.append((output, position))
+    last = split_input(find_layer_norms(graph, index)[-1].output)[0]
+    if _rank(shapes, last) != 2:
+        raise _refuse(f"the last layer's output {last} is not a [rows, H] matrix.")
+    return PackSites(entry, tuple(unpack), tuple(pack), _pooler_edge(index, last), tensor_name(last))
+
+
+def _matrix_after(index: Index, shapes, start: str) -> str:
+    """The embedding output as the [B*L, H] matrix the first layer reads: itself, or the reshape after it."""
+    name = start
+    for _ in range(4):
+        if _rank(shapes, name) == 2:
+            return tensor_name(name)
+        readers = [user for user in index.readers(name) if index.nodes[user].op in LAYOUT_OPS]
+        if len(readers) != 1:
+            break
+        name = readers[0]
+    raise _refuse(f"the embedding output {start} does not become a [rows, H] matrix (found {name}).")
+
+
+def _rows_edge(index: Index, shapes, operand: str, where: str) -> tuple[str, int]:
+    """From an attention operand back through layout ops to the edge where a [B*L, H] projection enters them."""
+    reader, name = None, operand
+    for _ in range(8):
+        if _rank(shapes, name) == 2:
+            if reader is None:
+                break
+            return reader, 0
+        if index.nodes[name].op not in LAYOUT_OPS:
+            break
+        reader, name = name, index.inputs(name)[0]
+    raise _refuse(f"the operand {operand} of {where} is not a [rows, H] projection reshaped per row (at {name}).")
+
+
+def _follow_layout(index: Index, start: str, until: tuple[str, ...]) -> str | None:
+    """From `start`, forward through single layout readers to the first `until` op."""
+    name = start
+    for _ in range(8):
+        readers = index.readers(name)
+        hit = next((user for user in readers if index.nodes[user].op in until), None)
+        if hit is not None:
+            return hit
+        if len(readers) != 1 or index.nodes[readers[0]].op not in LAYOUT_OPS:
+            return None
+        name = readers[0]
+    return None
+
+
+def _data_position(index: Index, node: str) -> int:
+    """The input position of a matmul's activation (the one that is not a weight or constant)."""
+    inputs = index.inputs(node)
+    positions = [position for position, name in enumerate(inputs[:2]) if name not in index.constants]
+    if len(positions) != 1:
+        raise _refuse(f"{node} does not multiply one activation by a weight.")
+    return positions[0]
+
+
+def _pooler_edge(index: Index, last: str) -> tuple[str, int]:
+    """The pooler's dense layer, reached from the last layer's output by layout ops and a first-token slice."""
+    name, sliced = last, False
+    for _ in range(8):
+        readers = index.readers(name)
+        if len(readers) != 1:
+            raise _refuse(f"the last layer's output is read by {readers or 'nothing'} at {name}, not the pooler alone.")
+        reader = index.nodes[readers[0]]
+        if reader.op in MATMUL_OPS and sliced:
+            return reader.name, _data_position(index, reader.name)
+        if reader.op not in FIRST_TOKEN_OPS:
+            break
+        if reader.op in ("StridedSlice", "Slice"):
+            begin = index.nodes[split_input(reader.input[1])[0]]
+            if begin.op != "Const" or const_value(begin).any():
+                raise _refuse(f"{reader.name} slices the last layer at {begin.name}, not at the first token.")
+            sliced = True
+        name = reader.name
+    raise _refuse(f"no pooler reading each row's first token follows the last layer (stopped at {name}).")
+
+
+def _gather(name: str, params: str, indices: str, dtype) -> NodeDef:
+    return make_node(
+        "GatherV2",
+        name,
+        [params, indices, f"{PACK_SCOPE}/axis_0"],
+        Tparams=dtype,
+        Tindices=tf.int32,
+        Taxis=tf.int32,
+        batch_dims=0,
+    )
+
+
+def _index_nodes() -> list[NodeDef]:
+    """PACK_MASK from the cut mask, then the gather indices from PACK_MASK alone."""
+    return _pack_mask_nodes() + _gather_index_nodes()
+
+
+def _const(name: str, value) -> NodeDef:
+    return make_const(f"{PACK_SCOPE}/{name}", np.asarray(value, np.int32))
+
+
+def _width(name: str, source: str) -> list[NodeDef]:
+    """The [B, L] tensor's L, as an int32 scalar named `name`."""
+    int32, s = tf.int32, PACK_SCOPE
+    return [
+        make_node("Shape", f"{s}/{name}_shape", [source], T=int32, out_type=int32),
+        make_node(
+            "StridedSlice",
+            f"{s}/{name}",
+            [f"{s}/{name}_shape", f"{s}/axis_1", f"{s}/axis_2", f"{s}/step_1"],
+            T=int32,
+            Index=int32,
+            begin_mask=0,
+            end_mask=0,
+            ellipsis_mask=0,
+            new_axis_mask=0,
+            shrink_axis_mask=1,
+        ),
+    ]
+
+
+def _pack_mask_nodes() -> list[NodeDef]:
+    """PACK_MASK: the cut mask if each row is 1s then 0s with at least one 1 (it equals the prefix of its row
+    sum), else all ones (trim fell back to the full length: every position is a row)."""
+    int32, s, mask = tf.int32, PACK_SCOPE, cut_name("input_mask")
+    return [
+        _const("axis_0", 0),
+        _const("axis_1", [1]),
+        _const("axis_2", [2]),
+        _const("step_1", [1]),
+        _const("zero", 0),
+        _const("one", 1),
+        _const("axes_01", [0, 1]),
+        _const("flat", [-1]),
+        *_width("mask_width", mask),
+        make_node("Sum", f"{s}/mask_rows", [mask, f"{s}/one"], keep_dims=False, T=int32, Tidx=int32),
+        make_node("Range", f"{s}/mask_positions", [f"{s}/zero", f"{s}/mask_width", f"{s}/one"], Tidx=int32),
+        make_node("ExpandDims", f"{s}/mask_positions_row", [f"{s}/mask_positions", f"{s}/zero"], T=int32, Tdim=int32),
+        make_node("ExpandDims", f"{s}/mask_rows_column", [f"{s}/mask_rows", f"{s}/one"], T=int32, Tdim=int32),
+        make_node("Less", f"{s}/prefix", [f"{s}/mask_positions_row", f"{s}/mask_rows_column"], T=int32),
+        make_node("Cast", f"{s}/prefix_int", [f"{s}/prefix"], SrcT=tf.bool, DstT=int32, Truncate=False),
+        make_node("Equal", f"{s}/is_prefix", [mask, f"{s}/prefix_int"], T=int32, incompatible_shape_error=True),
+        make_node("All", f"{s}/all_prefix", [f"{s}/is_prefix", f"{s}/axes_01"], keep_dims=False, Tidx=int32),
+        make_node("Min", f"{s}/shortest", [f"{s}/mask_rows", f"{s}/zero"], keep_dims=False, T=int32, Tidx=int32),
+        make_node("GreaterEqual", f"{s}/rows_real", [f"{s}/shortest", f"{s}/one"], T=int32),
+        make_node("LogicalAnd", f"{s}/packable", [f"{s}/all_prefix", f"{s}/rows_real"]),
+        make_node("OnesLike", f"{s}/ones", [mask], T=int32),
+        make_node("SelectV2", PACK_MASK, [f"{s}/packable", mask, f"{s}/ones"], T=int32),
+    ]
+
+
+def _gather_index_nodes() -> list[NodeDef]:
+    """PACK_INDEX [T], UNPACK_INDEX [B*L] and FIRST_TOKENS [B], from PACK_MASK alone (a partition can cut there)."""
+    int32, s = tf.int32, PACK_SCOPE
+    return [
+        make_node("Sum", f"{s}/lengths", [PACK_MASK, f"{s}/one"], keep_dims=False, T=int32, Tidx=int32),
+        make_node(
+            "Cumsum", FIRST_TOKENS, [f"{s}/lengths", f"{s}/zero"], T=int32, Tidx=int32, exclusive=True, reverse=False
+        ),
+        # each real position's flat row, in row-major order: row b's tokens follow row b-1's
+        make_node("Reshape", f"{s}/flat_mask", [PACK_MASK, f"{s}/flat"], T=int32, Tshape=int32),
+        make_node("Cast", f"{s}/flat_real", [f"{s}/flat_mask"], SrcT=int32, DstT=tf.bool, Truncate=False),
+        make_node("Where", f"{s}/where", [f"{s}/flat_real"], T=tf.bool),
+        make_node("Reshape", f"{s}/where_flat", [f"{s}/where", f"{s}/flat"], T=tf.int64, Tshape=int32),
+        make_node("Cast", PACK_INDEX, [f"{s}/where_flat"], SrcT=tf.int64, DstT=int32, Truncate=False),
+        # position l of row b reads packed row first_tokens[b] + min(l, length[b] - 1): padding reads a real token
+        *_width("width", PACK_MASK),
+        make_node("Range", f"{s}/positions", [f"{s}/zero", f"{s}/width", f"{s}/one"], Tidx=int32),
+        make_node("ExpandDims", f"{s}/positions_row", [f"{s}/positions", f"{s}/zero"], T=int32, Tdim=int32),
+        make_node("Sub", f"{s}/last_position", [f"{s}/lengths", f"{s}/one"], T=int32),
+        make_node("ExpandDims", f"{s}/last_column", [f"{s}/last_position", f"{s}/one"], T=int32, Tdim=int32),
+        make_node("Minimum", f"{s}/clamped", [f"{s}/positions_row", f"{s}/last_column"], T=int32),
+        make_node("ExpandDims", f"{s}/first_column", [FIRST_TOKENS, f"{s}/one"], T=int32, Tdim=int32),
+        make_node("AddV2", f"{s}/unpack_rows", [f"{s}/clamped", f"{s}/first_column"], T=int32),
+        make_node("Reshape", UNPACK_INDEX, [f"{s}/unpack_rows", f"{s}/flat"], T=int32, Tshape=int32),
+    ]
+
+
+def _check_packed_region(graph: Graph) -> None:
+    """Every op between the packing and the gathers back must work row by row on [T, H], with constants only
+    beside it (else a padded tensor would meet a packed one, or a Shape would read T as B*L)."""
+    index = Index.of(graph)
+    nodes = index.nodes
+    entries = [PACKED, *(name for name in nodes if name.startswith(f"{PACK_SCOPE}/pack/"))]
+    exits = {name for name in nodes if name.startswith(f"{PACK_SCOPE}/unpack/")} | {f"{PACK_SCOPE}/first_token_rows"}
+    region, stack = set(), list(entries)
+    while stack:
+        name = stack.pop()
+        if name in region:
+            continue
+        region.add(name)
+        if name not in exits:
+            stack.extend(index.readers(name))
+    outputs = {node_of(tensor) for tensor in graph.outputs.values()}
+    for name in sorted(region - set(entries) - exits):
+        node = nodes[name]
+        if node.op not in ROW_OPS or name in outputs:
+            raise _refuse(f"{name} ({node.op}) reads the packed [T, H] matrix but is not a row-wise op.")
+        for position, parent in enumerate(index.inputs(name)):
+            if parent in region:
+                continue
+            value = const_value(nodes[parent]) if nodes[parent].op == "Const" else None
+            if parent not in index.constants:
+                raise _refuse(f"{name} ({node.op}) adds {parent}, a tensor that is not packed, to the packed matrix.")
+            if node.op == "Mean" and position == 1 and value is not None and set(value.ravel().tolist()) - {-1, 1}:
+                raise _refuse(f"{name} reduces axis {value.tolist()} of the packed matrix, not its last axis.")

@@ -1,0 +1,193 @@
+"""length=pack: the packed graph matches the original on batches of mixed real lengths, its layers run on
+exactly the batch's real tokens, it falls back to the full length for masks that are not right-padded, and
+it composes with fold_scale, mixed_bf16, partition=cpu_embed (with the pack mask as a boundary) and target=tf."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from test_compile import compile_tiny, compose_config
+from test_length import not_right_padded, serve
+from test_passes import mixed
+
+from bertc.errors import ConfigError
+from bertc.graph import (
+    PACK_MASK,
+    PACKED,
+    GraphError,
+    check_graph,
+    is_packed,
+    op_delta,
+    op_histogram,
+    run_graph,
+    split_length,
+    split_partition,
+)
+from bertc.lengths import synthetic_feeds
+from bertc.load import load_saved_model
+from bertc.passes.apply_precision_map import apply_precision_map
+from bertc.passes.partition_graph import ALIASES, PartitionParams, partition_graph
+from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
+from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
+from bertc.passes.trim_sequence_length import LengthParams, trim_sequence_length
+from bertc.targets.serving import CompiledBert, Placement
+
+PACK = LengthParams("pack")
+# Rows of each batch: one row at the full length beside rows of 2 and 3 tokens, a row of 1, lengths of every size.
+MIXED_LENGTHS = [[5, 17, 31, 9], [128, 2, 3, 60], [3, 128], [1, 2, 3, 4], [70, 95, 66, 3, 41, 12, 88, 7]]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return load_saved_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def removed(loaded):
+    return remove_training_ops(loaded.graph, RemovalParams()).graph
+
+
+@pytest.fixture(scope="module")
+def masked(removed):
+    return rewrite_attention_mask(removed, MaskParams()).graph
+
+
+@pytest.fixture(scope="module")
+def packed(masked):
+    return trim_sequence_length(masked, PACK)
+
+
+def mixed_batches(vocab: int) -> list[dict[str, np.ndarray]]:
+    return [synthetic_feeds(np.array(lengths), 128, vocab, seed) for seed, lengths in enumerate(MIXED_LENGTHS)]
+
+
+def with_packed(graph):
+    """The graph with the packed hidden states entering the first layer as an extra output."""
+    return graph.replace(outputs={**graph.outputs, "packed": f"{PACKED}:0"})
+
+
+def assert_matches_original(loaded, graph, feeds, atol=1e-5):
+    reference = run_graph(loaded.graph, feeds)
+    outputs = run_graph(graph, feeds)
+    for key in ("probabilities", "logits"):
+        np.testing.assert_allclose(outputs[key], reference[key], atol=atol, rtol=0)
+    return outputs
+
+
+def test_packed_graph_matches_original_and_runs_on_the_real_tokens(loaded, masked, packed):
+    snapshot = copy.deepcopy(masked.graph_def)
+    weights = {name: value.copy() for name, value in masked.weights.items()}
+    result = trim_sequence_length(masked, PACK)
+    check_graph(result.graph)
+    assert masked.graph_def == snapshot, "the pass mutated its input graph"
+    assert all(np.array_equal(masked.weights[name], value) for name, value in weights.items())
+    assert is_packed(result.graph) and result.matches == packed.matches
+    for feeds in mixed_batches(loaded.shape.vocab):
+        outputs = assert_matches_original(loaded, with_packed(result.graph), feeds)
+        real_tokens = int(feeds["input_mask"].sum())
+        assert outputs["packed"].shape == (real_tokens, loaded.shape.hidden), feeds["input_mask"].sum(1)
+
+
+def test_op_delta_and_what_was_packed(masked, packed):
+    trimmed = trim_sequence_length(masked, LengthParams("trim")).graph
+    delta = op_delta(op_histogram(trimmed.graph_def), op_histogram(packed.graph.graph_def))
+    # 2 layers: the entry, 3 projections scattered back per row and 1 context packed per layer, the [CLS] rows
+    assert delta["GatherV2"] == 1 + 2 * 3 + 2 + 1 and delta["Where"] == 1 and delta["Cumsum"] == 1
+    # the pooler's [B, L, H] reshape, first-token slice and squeeze are gone: it reads the gathered [CLS] rows
+    assert delta["Squeeze"] == -1 and delta["Reshape"] == 3 - 1
+    assert packed.matches == {
+        "sequence_constants": 13,
+        "inputs_cut": 3,
+        "packed_inputs": 1,
+        "attention_unpacks": 6,
+        "context_packs": 2,
+        "first_token_gathers": 1,
+    }
+
+
+def test_second_run_changes_nothing_and_other_length_modes_are_refused(masked, packed):
+    again = trim_sequence_length(packed.graph, PACK)
+    assert again.graph.graph_def == packed.graph.graph_def and again.matches == packed.matches
+    with pytest.raises(GraphError, match=r"already length-polymorphic \(length=pack\)"):
+        trim_sequence_length(packed.graph, LengthParams("trim"))
+    trimmed = trim_sequence_length(masked, LengthParams("trim")).graph
+    with pytest.raises(GraphError, match=r"already length-polymorphic \(length=trim\).*length=pack"):
+        trim_sequence_length(trimmed, PACK)
+
+
+def test_mask_that_is_not_right_padded_runs_every_position(loaded, packed):
+    graph = with_packed(packed.graph)
+    feeds = not_right_padded(loaded.shape.vocab)
+    outputs = assert_matches_original(loaded, graph, feeds)
+    assert outputs["packed"].shape[0] == 3 * 128
+    for change in ("empty_row", "two"):  # an all-padding row, a value other than 0/1
+        feeds = synthetic_feeds(np.array([10, 20]), 128, loaded.shape.vocab, seed=4)
+        if change == "empty_row":
+            feeds["input_mask"][0] = 0
+        else:
+            feeds["input_mask"][0, 0] = 2
+        outputs = assert_matches_original(loaded, graph, feeds)
+        assert outputs["packed"].shape[0] == 2 * 128, change
+
+
+def test_mask_original_and_fold_scale(loaded, removed):
+    for params in (None, MaskParams(fold_scale=True)):
+        graph = removed if params is None else rewrite_attention_mask(removed, params).graph
+        result = trim_sequence_length(graph, PACK).graph
+        for feeds in mixed_batches(loaded.shape.vocab)[:3]:
+            assert_matches_original(loaded, result, feeds)
+
+
+def test_mixed_bf16_after_packing_converts_the_packed_layers(loaded, packed):
+    result = apply_precision_map(packed.graph, mixed("bfloat16"))
+    converted = result.details["converted_roles"]
+    # the roles see through the pack gathers: attention and FFN on [T, H] are found and converted
+    assert {"attention_projection", "attention_context", "attention_output", "ffn_in", "gelu", "ffn_out"} <= set(
+        converted
+    )
+    for feeds in mixed_batches(loaded.shape.vocab)[:3]:
+        assert_matches_original(loaded, result.graph, feeds, atol=2e-2)
+
+
+def test_cpu_embed_needs_the_pack_mask_as_a_boundary(loaded, packed):
+    with pytest.raises(GraphError, match="input_mask"):
+        partition_graph(packed.graph, PartitionParams())
+    parted = partition_graph(packed.graph, PartitionParams((*ALIASES, f"{PACK_MASK}:0"))).graph
+    _, body = split_length(parted)
+    host, device = split_partition(body)
+    assert set(device.inputs) == {"embedding_output", "attention_mask", "b2"}  # b2: the pack mask, the third boundary
+    module = CompiledBert(parted, 128, Placement())
+    for feeds in mixed_batches(loaded.shape.vocab)[:3]:
+        reference = run_graph(loaded.graph, feeds)["probabilities"]
+        np.testing.assert_allclose(serve(module, feeds)["probabilities"], reference, atol=1e-5, rtol=0)
+
+
+def test_tf_target_serves_packed_batches(loaded, packed):
+    module = CompiledBert(packed.graph, 128, Placement())
+    assert not module.length.dispatch
+    for feeds in [*mixed_batches(loaded.shape.vocab), not_right_padded(loaded.shape.vocab)]:
+        reference = run_graph(loaded.graph, feeds)["probabilities"]
+        np.testing.assert_allclose(serve(module, feeds)["probabilities"], reference, atol=1e-5, rtol=0)
+
+
+def length_params(cfg):
+    from bertc.plan import build_plan
+
+    return build_plan(cfg).step_params("length")
+
+
+def test_config_and_static_shape_targets_refused_before_any_work():
+    assert length_params(compose_config(["length=pack"])).mode == "pack"
+    for target in ("xla", "stablehlo", "neuron"):
+        with pytest.raises(ConfigError, match=rf"length=pack needs a target with dynamic shapes.*target={target}"):
+            length_params(compose_config(["length=pack", f"target={target}"]))
+
+
+@pytest.mark.slow
+def test_runner_compiles_packed_with_fold_scale(tiny_model_dir, tmp_path):
+    report = compile_tiny(tiny_model_dir, tmp_path, ["length=pack", "mask.fold_scale=true", "verify.batches=4"])
+    assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-5
+    step = next(step for step in report["steps"] if step["name"] == "trim_sequence_length")
+    assert step["matches"]["packed_inputs"] == 1 and step["matches"]["attention_unpacks"] == 6
