@@ -20,9 +20,11 @@ from bertc.errors import UserError
 from bertc.faults import guarded_job
 from bertc.locate import conf_dir
 from bertc.pipeline import EXIT_USER_ERROR
+from bertc.sweep import register_ray_launcher
 from bertc.terminal import dim, escape, plan_panel, print_wrapped
 
 register_configs()
+register_ray_launcher()  # NOTE: before Hydra composes: hydra/launcher=ray is bertc's (bertc/sweep.py)
 CONF_DIR = conf_dir()  # the checkout's conf/ or the packaged bertc/conf, whichever bertc/ Python imported
 
 

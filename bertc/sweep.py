@@ -1,15 +1,18 @@
-"""A finished sweep folder -> summary.csv, summary.md and summary.png (speedup vs parity error), one row per job.
+"""A sweep's job records (or its job folders) -> summary.csv, summary.md and summary.png (speedup vs parity error).
 
 Runs as a Hydra callback at the end of `python -m bertc -m ...`, and as
-`python -m bertc.sweep <sweep folder>` to summarise again. A job that failed is a row with its
-reason. Jobs that ran in parallel (hydra/launcher=joblib) disturbed each other's timings; the
-summary says so when it sees a parallel launcher.
+`python -m bertc.sweep <sweep folder>` to summarise again. One record per job, made by `job_record`
+where the job's folder is: on this machine for the basic and joblib launchers, on the job's node for
+hydra/launcher=ray (bertc/cluster.py hands the records back through Ray, so the driver never reads a
+job folder). A job that failed is a row with its reason; each row names its node and folder. Jobs
+that ran in parallel (joblib, ray) disturbed each other's timings; the summary says so.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -35,6 +38,9 @@ TRAILING_COLUMNS = (
     "reliable",
     "unreliable_reasons",
     "reason",
+    "node",  # the host that ran the job, and its Ray node id under hydra/launcher=ray
+    "ray_node",
+    "folder",  # the job's run folder on that node
 )
 FIELDS = (*LEADING_COLUMNS, "batch", *(field for field, _ in BATCH_COLUMNS), *TRAILING_COLUMNS)
 
@@ -52,11 +58,13 @@ def _cells(row: dict[str, Any]) -> dict[str, Any]:
     return cells
 
 
-def _row(job_dir: Path) -> dict[str, Any]:
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.is_file() else ""
+def job_record(job_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A job folder on this machine -> its summary record (a plain dict: it travels back through Ray)."""
+    if overrides is None:
+        overrides_file = job_dir / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     row: dict[str, Any] = {field: "" for field in FIELDS}
-    row.update(job=job_dir.name, overrides=overrides)
+    row.update(job=job_dir.name, overrides=" ".join(overrides), node=socket.gethostname(), folder=str(job_dir))
     report_file = job_dir / "report.json"
     if not report_file.is_file():
         row.update(status="failed", reason="no report.json: the job died before writing it")
@@ -95,22 +103,33 @@ def _bench_cells(row: dict[str, Any], bench: dict) -> None:
         row["unreliable_reasons"] = "; ".join(bench["unreliable_reasons"])
 
 
-def summarize(sweep_dir: Path, parallel: bool = False) -> list[dict[str, Any]]:
+def folder_records(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The records of the job folders a sweep folder on this machine holds."""
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    rows = [_row(job) for job in jobs]
+    return [job_record(job.resolve()) for job in jobs]
+
+
+def summarize(
+    sweep_dir: Path, parallel: bool = False, records: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Write the summary files into `sweep_dir`: from `records` when given, else from its job folders."""
+    rows = folder_records(sweep_dir) if records is None else sorted(records, key=lambda row: int(row["job"]))
     header = columns(rows)
     with open(sweep_dir / "summary.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=header, restval="")
         writer.writeheader()
         writer.writerows(_cells(row) for row in rows)
     lines = ["# bertc sweep summary", ""]
+    nodes = sorted({row["node"] + (f" ({row['ray_node'][:8]})" if row["ray_node"] else "") for row in rows} - {""})
+    if len(nodes) > 1:
+        lines += [f"Jobs ran on {len(nodes)} nodes: {', '.join(nodes)}; compare timings across nodes with care.", ""]
     if parallel:
         lines += ["Jobs ran in parallel: their timings disturbed each other; compare speedups with care.", ""]
     unreliable = [row["job"] for row in rows if row["reliable"] == "no"]
     if unreliable:
         lines += [f"Speedups marked unreliable (jobs {', '.join(unreliable)}): see unreliable_reasons.", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table = [_cells(row) for row in rows]
+    table = [{**_cells(row), "job": _job_link(sweep_dir, row)} for row in rows]
     lines += [
         "| " + " | ".join(" ".join(str(cells.get(c, "")).split()).replace("|", "/") for c in header) + " |"
         for cells in table
@@ -118,6 +137,15 @@ def summarize(sweep_dir: Path, parallel: bool = False) -> list[dict[str, Any]]:
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     _plot(sweep_dir / "summary.png", rows)
     return rows
+
+
+def _job_link(sweep_dir: Path, row: dict[str, Any]) -> str:
+    """The job's number, linked to its report.md where this machine sees the job's folder inside the sweep's
+    (one disk, or shared storage)."""
+    folder = Path(row["folder"]) if row["folder"] else None
+    if folder and (folder / "report.md").is_file() and folder.resolve() == (sweep_dir / row["job"]).resolve():
+        return f"[{row['job']}]({row['job']}/report.md)"
+    return row["job"]
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -209,6 +237,24 @@ def sweep_size(overrides: list[str], params: dict | None = None) -> int | None:
     return total
 
 
+def register_ray_launcher() -> None:
+    """hydra/launcher=ray: bertc's launcher class registered with Hydra (its scan of hydra_plugins misses it in an
+    editable install) and hydra-ray-launcher's schema of that name dropped (hydra_plugins/bertc_ray_launcher)."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.bertc_ray_launcher.ray_launcher import BertcRayLauncher
+
+    Plugins.instance().register(BertcRayLauncher)
+
+
+_LAUNCHED: dict[Path, list[dict[str, Any]]] = {}  # sweep folder -> records a launcher brought back from nodes
+
+
+def keep_records(sweep_dir: Path, records: list[dict[str, Any]]) -> None:
+    """A remote launcher (bertc/cluster.py) hands the records of its jobs to the summary, in this process."""
+    _LAUNCHED.setdefault(Path(sweep_dir).resolve(), []).extend(records)
+
+
 class SweepSummary(Callback):
     """Prints `job i/N: <overrides>` as each job starts; writes the summary when the sweep ends."""
 
@@ -230,8 +276,9 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
-        rows = summarize(sweep_dir, parallel="joblib" in launcher.lower())
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="")).lower()
+        records = _LAUNCHED.pop(sweep_dir.resolve(), None)
+        rows = summarize(sweep_dir, parallel="joblib" in launcher or "ray" in launcher, records=records)
         passed = sum(1 for row in rows if row["status"] == "passed")
         print(f"sweep summary: {passed}/{len(rows)} passed; {sweep_dir / 'summary.md'}")
 
