@@ -265,14 +265,15 @@ def _index_shards(index: Path) -> list[str]:
 
 
 def _own_files(folder: Path) -> None:
-    """Links out of the folder, and hard links shared with files elsewhere, refused before any read.
-    The packaged MiniLM is exempt from the hard-link rule: an installer may hard-link it from its cache."""
+    """Links out of the folder, and hard links shared with files elsewhere, refused before any read. The
+    packaged MiniLM is bertc's own choice, not an input: an installer may link its files from a cache."""
     from bertc.security import refuse_outside_links
 
     packaged = minilm_folder()
-    hard_links = packaged is None or folder.resolve() != packaged.resolve()
+    if packaged is not None and folder.resolve() == packaged.resolve():
+        return
     try:
-        refuse_outside_links(folder, hard_links=hard_links)
+        refuse_outside_links(folder, hard_links=True)
     except ModelError as error:
         raise ValueError(str(error)) from None
 
