@@ -191,3 +191,27 @@ def test_runner_compiles_packed_with_fold_scale(tiny_model_dir, tmp_path):
     assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-5
     step = next(step for step in report["steps"] if step["name"] == "trim_sequence_length")
     assert step["matches"]["packed_inputs"] == 1 and step["matches"]["attention_unpacks"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", ["google_onehot", "hf_tf", "keras_hub_saved_model", "model_garden"])
+def test_exporter_dialects_pack_or_are_refused_naming_the_layout(exporter, tmp_path):
+    """The google-research layout packs (the one-hot word embedding too); the TF2 exporters' 3-D layers are
+    refused, naming the layer input that stays [B, S, H]: never a silent no-op."""
+    import exporters
+
+    if exporters.missing_packages(exporter):
+        pytest.skip(f"{exporter} needs {exporters.missing_packages(exporter)} ({exporters.INSTALL_HINT})")
+    shape = exporters.SHAPES["L3_H48_A3_C3"]  # intermediate 96: no dimension equals the sequence length 128
+    folder = exporters.build(exporter, [shape], tmp_path)[0]
+    loaded = load_saved_model(folder)
+    graph = rewrite_attention_mask(remove_training_ops(loaded.graph, RemovalParams()).graph, MaskParams()).graph
+    if exporter != "google_onehot":
+        with pytest.raises(GraphError, match=r"length=pack: the hidden states entering the first layer .* rank 3"):
+            trim_sequence_length(graph, PACK)
+        return
+    result = trim_sequence_length(graph, PACK)
+    assert result.matches["attention_unpacks"] == 3 * shape.layers
+    feeds = synthetic_feeds(np.array([128, 2, 3, 60]), 128, exporters.VOCAB_SIZE, seed=0)
+    outputs = assert_matches_original(loaded, with_packed(result.graph), feeds)
+    assert outputs["packed"].shape == (128 + 2 + 3 + 60, shape.hidden)

@@ -170,7 +170,11 @@ def _matrix_after(index: Index, shapes, start: str) -> str:
         if len(readers) != 1:
             break
         name = readers[0]
-    raise _refuse(f"the embedding output {start} does not become a [rows, H] matrix (found {name}).")
+    raise _refuse(
+        f"the hidden states entering the first layer ({name}) have rank {_rank(shapes, name)} and no reshape to "
+        "a [rows, H] matrix follows them: the layers keep a [B, S, H] layout (the einsum or Tensordot dense "
+        "layers of keras-hub, Model Garden and Hugging Face), which bertc does not pack yet."
+    )
 
 
 def _rows_edge(index: Index, shapes, operand: str, where: str) -> tuple[str, int]:
