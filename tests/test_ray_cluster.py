@@ -1,7 +1,7 @@
 """A real Ray cluster on this machine -> sweeps through hydra/launcher=ray: records back, both nodes used, failures.
 
 The fast tests first (the config, the launcher's quirks, a summary from records alone); the cluster tests
-are `slow` (.ci/run runs them: about 3 minutes on 2 cores).
+are `slow` (.ci/run runs them: 3 to 4 minutes on 2 cores).
 
 The head and a second node are separate `ray start` processes, each with its own temp dir, working
 dir (a job's relative run folder lands there, where the other node and the driver never look) and
