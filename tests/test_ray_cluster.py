@@ -102,7 +102,16 @@ def test_the_summary_is_written_from_records_alone(tmp_path):
     with open(tmp_path / "summary.csv") as stream:
         table = list(csv.DictReader(stream))
     assert [(row["node"], row["folder"]) for row in table] == [("a", "/scratch/a/0"), ("b", "/scratch/b/1")]
-    assert "Jobs ran on 2 nodes: a (aaaaaaaa), b (bbbbbbbb)" in (tmp_path / "summary.md").read_text()
+    summary_md = (tmp_path / "summary.md").read_text()
+    assert "Jobs ran on 2 nodes: a (aaaaaaaa), b (bbbbbbbb)" in summary_md
+    assert "[0]" not in summary_md  # no job folder here: nothing to link
+    (tmp_path / "0").mkdir()  # the sweep folder on shared storage: job 0's folder is seen from the driver
+    (tmp_path / "0" / "report.md").write_text("# job 0\n")
+    records[1]["folder"] = str(tmp_path / "0")
+    summarize(tmp_path, parallel=True, records=records)
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert any(line.startswith("| [0](0/report.md) |") for line in lines)
+    assert any(line.startswith("| 1 |") for line in lines)
 
 
 @dataclass
