@@ -220,7 +220,9 @@ POSITION_VARIANTS = [
 ]
 
 
-def embedding_tables(graph: Graph, input_key: str, variants=LOOKUP_VARIANTS, index: Index | None = None) -> list[str]:
+def embedding_tables(
+    graph: Graph, input_key: str | None, variants=LOOKUP_VARIANTS, index: Index | None = None
+) -> list[str]:
     """The 2-D weights looked up (by `variants`) at the nodes computed from serving input `input_key`, in
     graph order; input_key None: at every node."""
     index = index or Index.of(graph)

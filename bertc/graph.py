@@ -214,7 +214,7 @@ def const_value(node: NodeDef) -> np.ndarray:
     return tf.make_ndarray(node.attr["value"].tensor)
 
 
-def make_const(name: str, value: np.ndarray, device: str = "") -> NodeDef:
+def make_const(name: str, value: np.ndarray | np.generic, device: str = "") -> NodeDef:
     value = np.asarray(value)
     node = new_node_def(name=name, op="Const", device=device)
     node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
@@ -238,10 +238,11 @@ def make_node(op: str, name: str, inputs: Iterable[str], device: str = "", **att
     return node
 
 
-def make_placeholder(name: str, dtype, shape: Iterable[int | None]) -> NodeDef:
+def make_placeholder(name: str, dtype, shape: Iterable[int | None] | None) -> NodeDef:
+    """shape None: of unknown rank."""
     node = new_node_def(name=name, op="Placeholder")
     node.attr["dtype"].type = dtype.as_datatype_enum
-    node.attr["shape"].shape.CopyFrom(tf.TensorShape(list(shape)).as_proto())
+    node.attr["shape"].shape.CopyFrom(tf.TensorShape(None if shape is None else list(shape)).as_proto())
     return node
 
 

@@ -135,10 +135,12 @@ def _child_figures(runtime: str, dtypes: list[str]):
     """Yield each dtype's figures as the child prints them; the first one it cannot give in time is stalled."""
     command = [sys.executable, "-m", "bertc.hardware", runtime, *dtypes]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout = child.stdout
+    assert stdout is not None  # stdout=PIPE
     try:
         for dtype in dtypes:
-            ready, _, _ = select.select([child.stdout], [], [], DTYPE_LIMIT_S)
-            line = child.stdout.readline() if ready else ""
+            ready, _, _ = select.select([stdout], [], [], DTYPE_LIMIT_S)
+            line = stdout.readline() if ready else ""
             if not line.startswith("{"):
                 why = f"stalled (no result in {DTYPE_LIMIT_S:.0f} s)" if not ready else _child_error(child)
                 yield {"dtype": dtype, "gflops": None, "note": why}

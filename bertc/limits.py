@@ -18,6 +18,7 @@ Three kinds of limit, each failing as a clear user error (exit 2) before the har
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import threading
@@ -83,7 +84,12 @@ def run_limits(cfg: Any) -> RunLimits:
             f"verify.max_slowdown={slowdown} must be a number of at least 1 (how many times the original's call "
             "time the compiled model's may take), or null for no check."
         )
-    return RunLimits(*timeouts.values(), max_slowdown=slowdown)
+    return RunLimits(
+        compile_s=cfg.target.timeout_s,
+        verify_s=cfg.verify.timeout_s,
+        bench_s=cfg.bench.timeout_s,
+        max_slowdown=slowdown,
+    )
 
 
 def largest_batch(plan: Any) -> tuple[int, str]:
@@ -182,7 +188,7 @@ def work_limit(shape: Any, batch: int) -> int:
 def refuse_unbounded_work(
     meta_graph,
     nodes_to_run: Iterable[str],
-    feeds: Mapping[str, Iterable[int | None]],
+    feeds: Mapping[str, Iterable[int | None] | None],
     stops: Iterable[str],
     shape: Any,
     batch: int,
@@ -473,7 +479,10 @@ def check_call_speed(original: Callable, compiled: Callable, feeds: Mapping, max
     for key, (limit, times, what) in limits.items():
         try:
             seconds = run_with_limit(
-                lambda times=times: _best_of(lambda: compiled(feeds), times), limit, "verify.max_slowdown", what
+                functools.partial(_best_of, functools.partial(compiled, feeds), times),
+                limit,
+                "verify.max_slowdown",
+                what,
             )
         except TimeLimitExceeded:
             figures[key] = None

@@ -307,7 +307,9 @@ class _Inliner:
         if control:
             return f"^{call.flat(node.name)}"
         if _is_call(node, self.library):
-            return call.done[node.name][int(parts[2])]
+            outputs = call.done[node.name]
+            assert outputs is not None, f"call {node.name} is inlined before its consumers"
+            return outputs[int(parts[2])]
         if len(parts) == 1:
             return f"{call.flat(node.name)}:0"
         arg, index = parts[1], int(parts[2])

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import importlib
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -65,10 +66,10 @@ def find_compiler() -> tuple[str, object] | tuple[None, None]:
     return None, None
 
 
-def _usable_compiler(options: TargetOptions) -> tuple[str, object]:
+def _usable_compiler(options: TargetOptions) -> tuple[str, Any]:
     """The importable tracer, if it can build what the options ask for; else the error that says why not."""
     kind, compiler = find_compiler()
-    if compiler is None:
+    if kind is None or compiler is None:
         raise ConfigError(NOT_INSTALLED)
     if kind == "neuron" and options.length_mode == "buckets":
         raise ConfigError(INF1_BUCKETS)

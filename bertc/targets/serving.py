@@ -188,8 +188,9 @@ def five_input_signature(module: tf.Module):
 def save_compiled(module: CompiledBert, path: Path, keep_signature: bool = False) -> None:
     signature = five_input_signature(module) if keep_signature else module.serve.get_concrete_function()
     signatures = {"serving_default": signature}
-    if getattr(module, "length", None) is not None:  # length=trim|buckets: how long each batch ran
-        signatures[LENGTH_SIGNATURE] = module.length.lengths.get_concrete_function()
+    length = getattr(module, "length", None)
+    if length is not None:  # length=trim|buckets: how long each batch ran
+        signatures[LENGTH_SIGNATURE] = length.lengths.get_concrete_function()
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     tf.saved_model.save(module, str(path), signatures=signatures, options=options)
 
@@ -256,3 +257,4 @@ def warm_up(module: CompiledBert, batch_size: int, seq_len: int) -> dict[str, fl
         return warm_up_buckets(module, batch_size, seq_len)
     zeros = np.zeros((batch_size, seq_len), np.int32)
     module.serve(zeros, np.ones_like(zeros), zeros)
+    return None

@@ -29,6 +29,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -128,9 +129,9 @@ class StableHloTarget(SavedModelTarget):
         host, device = split_partition(body) if length else parts[options.seq_len]  # the device part at any width
         recipe = None
         if host is not None:
-            recipe = host_recipe(parts[options.seq_len][0], options.seq_len)
+            recipe = host_recipe(_present(parts[options.seq_len][0]), options.seq_len)
             for width in widths[:-1]:  # the recipe reads the width from its inputs: checked at every bucket
-                _check_recipe(parts[width][0], recipe, width)
+                _check_recipe(_present(parts[width][0]), recipe, width)
         names = _part_input_names(device)
         weight_names = list(device.weights)
         function = _device_function(device, names, weight_names)
@@ -161,15 +162,22 @@ class StableHloTarget(SavedModelTarget):
         return PortableArtifact(module, options, build)
 
 
+def _present(part: Graph | None) -> Graph:
+    """A part split_partition returned where the model has one (the host part of a partitioned graph)."""
+    assert part is not None, "a partitioned graph has a host part at every width"
+    return part
+
+
 class PortableArtifact(SavedModelArtifact):
     """target=xla's SavedModel (what verify and bench measure), with the StableHLO bundle in stablehlo/ beside it."""
 
     def __init__(self, module: CompiledBert, options: TargetOptions, build: PortableBuild):
         super().__init__(module, options)
-        self.build = build
+        self.build: PortableBuild | None = build
 
     def write(self, path: Path) -> None:
         super().write(path)
+        assert self.build is not None, "an artifact is written once"
         write_portable(self.module, self.build, path, self.options)
         self.build = None  # its arrays are in weights.safetensors now
 
@@ -514,7 +522,7 @@ def _json(value, indent: str = "") -> str:
 def _regeneration(weights: Mapping[str, np.ndarray], options: TargetOptions) -> dict:
     """Per weight: digest, dtype, and (for a preset's seeded weights) how to remake it with NumPy, each
     recipe checked here by remaking the weight and comparing bytes."""
-    tensors = {
+    tensors: dict[str, dict[str, Any]] = {
         name: {
             "shape": list(value.shape),
             "dtype": value.dtype.name,
