@@ -51,9 +51,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 
     setup_globals()
     connect(launcher.ray_cfg.init)
-    options = {
-        key: value for key, value in OmegaConf.to_container(launcher.ray_cfg.remote).items() if value is not None
-    }
+    options = set_values(launcher.ray_cfg.remote)
     check_resources(options)
     configs = [
         job_config(launcher, overrides, initial_job_idx + index) for index, overrides in enumerate(job_overrides)
@@ -70,6 +68,13 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return returns
 
 
+def set_values(node: DictConfig) -> dict[str, Any]:
+    """A config mapping as keyword arguments for Ray, its null (unset) values left out."""
+    values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
+    return {str(key): value for key, value in values.items() if value is not None}
+
+
 def job_config(launcher: Any, overrides: Sequence[str], number: int) -> DictConfig:
     config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(config):
@@ -82,7 +87,7 @@ def connect(init_cfg: DictConfig) -> None:
     """Start Ray here (no address) or join the cluster at `address`; the plugin's defaults fixed for joining."""
     if ray.is_initialized():
         return
-    init = {key: value for key, value in OmegaConf.to_container(init_cfg, resolve=True).items() if value is not None}
+    init = set_values(init_cfg)
     address = init.get("address") or os.environ.get("RAY_ADDRESS")  # ray.init reads RAY_ADDRESS itself
     if address and address != "local":
         for key in CLUSTER_OWNED:
@@ -212,7 +217,7 @@ def refuse_job(config: DictConfig, job_dir: Path, problem: str) -> JobReturn:
 def collect(refs: list, configs: list[DictConfig], total: int) -> list[JobReturn]:
     """Each job's JobReturn as it finishes (a dead worker or node: a failed record); Ctrl-C cancels the rest."""
     position = {ref: index for index, ref in enumerate(refs)}
-    returns: list[JobReturn | None] = [None] * len(refs)
+    returns: dict[int, JobReturn] = {}
     pending = list(refs)
     try:
         while pending:
@@ -224,7 +229,7 @@ def collect(refs: list, configs: list[DictConfig], total: int) -> list[JobReturn
     except KeyboardInterrupt:
         cancel(pending)
         raise
-    return returns
+    return [returns[index] for index in range(len(refs))]
 
 
 def finished(ref: Any, config: DictConfig) -> JobReturn:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -56,7 +56,7 @@ class BertcRayLauncher(Launcher):
             _refuse(str(error))
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
     """One paragraph and bertc's exit code for a config at fault, not Hydra's traceback."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
