@@ -125,7 +125,8 @@ def build_weights(size: str, work: Path, seq_len: int, reuse: bool, timeout: flo
     if reuse and all(path.exists() for path in built):
         log(f"weights: reusing {work / 'hf'}, {work / 'model'}, {work / 'model_dynamic'}")
         return 0.0
-    for folder in ("hf", "model", "model_dynamic", "onnx", "ct2"):
+    # NOTE: everything built from the weights goes with them, or --reuse would keep builds of other weights.
+    for folder in ("hf", "model", "model_dynamic", "onnx", "ct2", "runs"):
         shutil.rmtree(work / folder, ignore_errors=True)
     log(f"weights: {size}, seed 0 -> HF folder, the user's SavedModel (seq {seq_len}) and a dynamic-length one")
     command = [sys.executable, str(Path(peers.__file__)), "weights", size, str(work), str(seq_len)]
@@ -172,9 +173,16 @@ def build_peer_formats(work: Path, args, heads: int, hidden: int) -> dict:
         "onnx": (
             ["onnx", str(work), str(heads), str(hidden), str(args.opset), exporter],
             work / "onnx" / "fusion.json",
-            not args.no_onnx and found["onnxruntime"] and found["onnx"],
+            not args.no_onnx
+            and found["onnxruntime"]
+            and found["onnx"]
+            and (found["tf2onnx"] or (found["torch"] and found["transformers"])),
         ),
-        "ct2": (["ct2", str(work)], work / "ct2" / "model.bin", found["ctranslate2"] and found["torch"]),
+        "ct2": (
+            ["ct2", str(work)],
+            work / "ct2" / "model.bin",
+            found["ctranslate2"] and found["torch"] and found["transformers"],
+        ),
     }
     status = {}
     for step, (arguments, product, wanted) in steps.items():
@@ -890,11 +898,17 @@ def rows_for(systems: dict, absent: dict, candidates: list[dict], figures: dict)
     ]
     rows += [{"name": name, "how": "", "absent": f"absent: {reason}"} for name, reason in absent.items()]
     rows += [
-        {"name": c["name"], "how": describe(c["overrides"]), "absent": f"failed to compile: {c.get('error')}"}
+        {"name": c["name"], "how": describe(c["overrides"]), "absent": f"failed to compile: {one_line(c.get('error'))}"}
         for c in candidates
         if not c.get("path")
     ]
     return rows
+
+
+def one_line(text: str | None, limit: int = 300) -> str:
+    """An error for a table cell: its lines joined, cut at `limit` characters (the log has the rest)."""
+    joined = " ".join(line.strip() for line in (text or "").splitlines() if line.strip()).replace("|", "/")
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:

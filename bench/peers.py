@@ -222,10 +222,21 @@ def build_onnx(work: Path, heads: int, hidden: int, opset: int = 17, exporter: s
     model = optimize_model(str(raw), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=0)
     fused = {key: int(value) for key, value in model.get_fused_operator_statistics().items() if value}
     model.save_model_to_file(str(folder / "model.opt.onnx"))
+    quantize_int8(folder / "model.opt.onnx", folder / "model.int8.onnx")
     attention = any(key in fused for key in ("Attention", "MultiHeadAttention"))
     info = {"source": source, "model_type": model_type, "fused": fused, "attention_fused": attention}
     (folder / "fusion.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """onnxruntime's dynamic int8 quantization of the optimized model (QAttention, MatMulInteger): weights int8,
+    activations quantized per call. The fused operators carry no shape inference, hence the default type."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options=options)
 
 
 def build_ct2(work: Path) -> None:
@@ -303,7 +314,7 @@ class OrtModel(System):
 
     fed = FED_CUT
 
-    def __init__(self, path: str, threads: int, spinning: str, how: str):
+    def __init__(self, path: str, threads: int, spinning: str, how: str, precision: str = "fp32"):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -311,7 +322,7 @@ class OrtModel(System):
             options.intra_op_num_threads = threads
         if spinning != "default":
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning == "on" else "0")
-        self.how = how
+        self.how, self.precision = how, precision
         self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self._inputs = [
             (item.name, np.int64 if "int64" in item.type else np.int32) for item in self._session.get_inputs()
@@ -424,12 +435,19 @@ def _tf_dynamic(work: Path, settings: dict) -> System:
     return TFSignature(str(work / "model_dynamic"), FED_CUT, "TF SavedModel, the same graph with [None, None] inputs")
 
 
-def _onnxruntime(work: Path, settings: dict) -> System:
-    require("onnxruntime", "onnx", hint="pip install '.[onnx]'")
-    info = _built(work / "onnx" / "fusion.json", "onnx")
-    fused = ", ".join(f"{key} {value}" for key, value in info["fused"].items()) or "nothing"
-    how = f"{info['source']}; optimizer model_type={info['model_type']} fused {fused}; fp32"
-    return OrtModel(str(work / "onnx" / "model.opt.onnx"), settings["threads"], settings["ort_spinning"], how)
+def _onnxruntime(precision: str):
+    def load(work: Path, settings: dict) -> System:
+        require("onnxruntime", "onnx", hint="pip install '.[onnx]'")
+        info = _built(work / "onnx" / "fusion.json", "onnx")
+        fused = ", ".join(f"{key} {value}" for key, value in info["fused"].items()) or "nothing"
+        how = f"{info['source']}; optimizer model_type={info['model_type']} fused {fused}"
+        if precision == "int8":
+            how, path = f"{how}; quantize_dynamic int8 (QAttention, MatMulInteger)", work / "onnx" / "model.int8.onnx"
+        else:
+            how, path = f"{how}; fp32", work / "onnx" / "model.opt.onnx"
+        return OrtModel(str(path), settings["threads"], settings["ort_spinning"], how, precision)
+
+    return load
 
 
 def _openvino(work: Path, settings: dict) -> System:
@@ -460,7 +478,8 @@ def _built(path: Path, step: str) -> dict:
 # name -> loader(work folder, settings) -> System; raises Missing when its package or its build is absent.
 PEERS = {
     "tf_dynamic": _tf_dynamic,
-    "onnxruntime": _onnxruntime,
+    "onnxruntime": _onnxruntime("fp32"),
+    "onnxruntime_int8": _onnxruntime("int8"),
     "openvino": _openvino,
     "ctranslate2": _ctranslate2("float32"),
     "ctranslate2_int8": _ctranslate2("int8"),

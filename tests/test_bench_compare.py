@@ -94,3 +94,17 @@ def test_hf_folder_holds_the_seeded_weights_under_hugging_face_names(tmp_path):
     assert set(weights) == set(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(weights[name], value, err_msg=name)
+
+
+def test_a_peer_without_its_package_or_its_build_is_missing_not_an_error(tmp_path):
+    with pytest.raises(peers.Missing, match="not installed: surely_absent_package_42 .pip install it."):
+        peers.require("surely_absent_package_42", hint="pip install it")
+    settings = {"threads": 0, "ort_spinning": "default"}
+    for name in ("onnxruntime", "onnxruntime_int8", "ctranslate2", "ctranslate2_int8"):
+        with pytest.raises(peers.Missing):  # its package is absent, or its build step left nothing in tmp_path
+            peers.PEERS[name](tmp_path, settings)
+
+
+def test_an_error_fits_one_table_cell():
+    assert compare.one_line("bertc exit 2: /x\nerror: a | b\n") == "bertc exit 2: /x error: a / b"
+    assert len(compare.one_line("y" * 1000)) == 300
