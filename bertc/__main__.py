@@ -6,8 +6,9 @@ thin Hydra entry point over `bertc.cli.run_job`, which tests call directly.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-import tempfile
 from pathlib import Path
 
 from bertc.faults import exit_on_interrupt, install_signal_handlers
@@ -17,26 +18,25 @@ install_signal_handlers()  # Ctrl-C, SIGTERM from here on: one line, a record, e
 EXIT_CONFIG_ERROR = 2
 
 
-def _check_writable(root: Path) -> str | None:
-    if "${" in str(root):  # an interpolation: Hydra resolves it and reports its own errors
+def _check_writable(folder: Path) -> str | None:
+    """Whether the run folder can be made and written, asked of the closest folder that exists (nothing is
+    created here: a run refused afterwards must leave no file anywhere)."""
+    from bertc.rundir import nearest_existing
+
+    existing = nearest_existing(folder)
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
         return None
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
-    except OSError as error:
-        return (
-            f"error: the output folder {root} cannot be written ({error.strerror or error}). Run bertc from a "
-            "folder you can write to, or choose one with hydra.run.dir=... (hydra.sweep.dir=... for -m)."
-        )
-    return None
+    return (
+        f"error: the output folder {folder} cannot be written ({existing} is not a folder you can write to). "
+        "Run bertc from a folder you can write to, or choose one with hydra.run.dir=... (hydra.sweep.dir=... "
+        "for -m)."
+    )
 
 
 def _answer_before_hydra(argv: list[str]) -> int | None:
     """--help, --version and unknown keys: an exit code, or None to go on to Hydra."""
     from bertc import usage
     from bertc.cli import CONF_DIR
-    from bertc.rundir import output_root
 
     if "--version" in argv or "-V" in argv:
         print(f"bertc {usage.version()}")
@@ -50,11 +50,32 @@ def _answer_before_hydra(argv: list[str]) -> int | None:
     if problem:
         print(f"error: {problem} (bertc --help lists the groups and options)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    problem = _check_writable(output_root(argv))
-    if problem:
-        print(problem, file=sys.stderr)
-        return EXIT_CONFIG_ERROR
     return None
+
+
+def _claim_before_hydra(argv: list[str], conf_dir: Path):
+    """The run folder as Hydra will resolve it, checked (the input outside it and it outside the input, a
+    finished run, another run's lock, writable) before Hydra writes .hydra/ into it; exits 2 when refused."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bertc.rundir import RunFolderError, claim_from_command_line, folder_from_command_line
+
+    try:
+        folder = folder_from_command_line(argv, conf_dir)
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return contextlib.nullcontext()  # a config Hydra cannot compose: Hydra says why, and nothing is written
+    try:  # bertc/rundir.py
+        claim = claim_from_command_line(argv, folder)
+    except RunFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    problem = _check_writable(folder.path)
+    if problem:
+        claim.__exit__(None, None, None)
+        print(problem, file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    return claim
 
 
 def main() -> None:
@@ -67,13 +88,8 @@ def main() -> None:
 
         from bertc.cli import CONF_DIR, run_job
         from bertc.limits import exit_if_work_abandoned
-        from bertc.rundir import RunFolderError, claim_from_command_line, output_root
 
-        try:  # bertc/rundir.py: before Hydra writes .hydra/ into the folder
-            claim = claim_from_command_line(argv, output_root(argv))
-        except RunFolderError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(EXIT_CONFIG_ERROR)
+        claim = _claim_before_hydra(argv, Path(CONF_DIR))
         started: list[bool] = []
 
         @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -70,7 +70,8 @@ def write_reports(run_dir: Path, record: dict) -> None:
 
     # overwrite=true: a model/ or rejected/ this report does not describe goes first (bertc/rundir.py)
     published = record.get("status") in ("passed", "rejected")
-    retire_previous(run_dir, keep=(record.get("artifact") or {}).get("path") if published else None)
+    keep = (record.get("artifact") or {}).get("path") if published else None
+    retire_previous(run_dir, keep=keep, keep_serving=bool(record.get("serving")))
     write_atomic(run_dir / "report.json", json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
     write_atomic(run_dir / "report.md", markdown(record))
 

@@ -19,6 +19,7 @@ claim the resolved folder (a no-op when this process holds it already).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -52,8 +53,8 @@ def _resolved(path: str | Path) -> Path:
 
 
 def check_outside_input(run_dir: str | Path, model_path: str | Path | None) -> None:
-    """Refuse a run folder that is the input model's folder or inside it, and an input that is the run's
-    own output."""
+    """Refuse a run folder that is the input model's folder or inside it, and an input inside the run folder
+    (a previous run's model/, rejected/ or serving/<name>/1/, which this run would replace or rewrite)."""
     if not model_path or "${" in str(model_path):
         return
     run, model = _resolved(run_dir), _resolved(model_path)
@@ -63,12 +64,11 @@ def check_outside_input(run_dir: str | Path, model_path: str | Path | None) -> N
             f"the run folder {run} is {where}; bertc would write its files into your model. "
             "Choose a run folder outside it with hydra.run.dir=... (or run bertc from another folder)."
         )
-    for name in ARTIFACT_FOLDERS:
-        if model == run / name or model.is_relative_to(run / name):
-            raise RunFolderError(
-                f"the input model {model} is the {name}/ folder of the run folder {run}, which this run "
-                "would replace. Copy the model elsewhere, or choose another run folder with hydra.run.dir=..."
-            )
+    if model.is_relative_to(run):
+        raise RunFolderError(
+            f"the input model {model} is inside the run folder {run}, whose model/, rejected/ and serving/ this "
+            "run replaces. Copy the model elsewhere, or choose another run folder with hydra.run.dir=..."
+        )
 
 
 def finished_marks(run_dir: Path) -> list[str]:
@@ -160,9 +160,13 @@ def remove_stale_staging(run_dir: Path) -> list[Path]:
     return stale
 
 
-def retire_previous(run_dir: Path, keep: str | Path | None = None) -> None:
-    """Remove model/ and rejected/ except `keep` (the artifact the new report describes): what a previous
-    run left there under overwrite=true, so that no model outlives the report that described it."""
+def retire_previous(run_dir: Path, keep: str | Path | None = None, keep_serving: bool = False) -> None:
+    """Remove model/ and rejected/ except `keep` (the artifact the new report describes), and serving/ unless
+    the new report describes it: what a previous run left there under overwrite=true, so that no model outlives
+    the report that described it. serving/ goes first: a model server may be watching it."""
+    serving = run_dir / "serving"
+    if not keep_serving and serving.is_dir() and not serving.is_symlink():
+        shutil.rmtree(serving)
     keep_path = _resolved(keep) if keep else None
     for name in ARTIFACT_FOLDERS:
         folder = run_dir / name
@@ -173,36 +177,75 @@ def retire_previous(run_dir: Path, keep: str | Path | None = None) -> None:
 # ---- the command line, before Hydra writes into the folder ---------------------------------------
 
 
-def _values(argv: list[str], key: str) -> list[str]:
-    """The values given to `key` on a Hydra command line (`key=`, `+key=`, `++key=`), last one last."""
-    return [arg.split("=", 1)[1] for arg in argv if arg.lstrip("+").startswith(f"{key}=")]
+@dataclasses.dataclass(frozen=True)
+class CommandLineFolder:
+    """The run (or sweep) folder a command line gives, as Hydra will resolve it, and the inputs it names."""
+
+    path: Path
+    stable: bool  # the same folder when Hydra resolves it again (no ${now:...} in it): safe to lock now
+    given: bool  # named on the command line (hydra.run.dir=... or hydra.sweep.dir=...)
+    models: list[str]
+    overwrite: bool
+    multirun: bool
 
 
-def output_root(argv: list[str]) -> Path:
-    """The folder Hydra will create the run (or sweep) folder under, from the command line."""
-    key = "hydra.sweep.dir=" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir="
-    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(key)]
-    return Path(given[-1]) if given else Path.cwd() / "outputs"
+def folder_from_command_line(argv: list[str], conf_dir: Path) -> CommandLineFolder:
+    """Compose the command line's config as Hydra will (its quoting, interpolations such as ${model.path}, a
+    relative folder against the working folder), without writing anything; each value of a swept model.path."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
-
-def claim_from_command_line(argv: list[str], output_root: Path) -> contextlib.AbstractContextManager:
-    """`python -m bertc ARGS`: the run folder checked (and, given literally, locked) before Hydra creates it.
-
-    `output_root` is where Hydra puts the run (or sweep) folder. A folder with an interpolation
-    (the default `outputs/${now:...}`) is checked by its root here and in full by run_job."""
     multirun = bool({"-m", "--multirun"} & set(argv))
-    paths = _values(argv, "model.path")[-1:]
-    models = [part for value in paths for part in (value.split(",") if multirun else [value])]
-    overwrite = any(value.strip().lower() == "true" for value in _values(argv, "overwrite")[-1:])
-    for model in models:
-        check_outside_input(output_root, model)
-    literal = "${" not in str(output_root) and bool(_values(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir"))
-    if not literal or NO_JOB_FLAGS & set(argv):  # --help, --cfg ...: Hydra answers, no run writes there
+    key = "sweep" if multirun else "run"
+    # overrides only: not Hydra's flags, nor a flag's value (--cfg job, --package NAME)
+    overrides = [arg for arg in argv if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    models: list[str] = []
+    single = []
+    for override in parsed:
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        if override.get_key_element().lstrip("+~") == "model.path":
+            models += [str(value) for value in values if value not in (None, "")]
+        single.append(
+            f"{override.get_key_element()}={values[0]}" if override.is_sweep_override() else override.input_line
+        )
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose("config", overrides=single, return_hydra_config=True)
+    unresolved = str(OmegaConf.to_container(cfg.hydra[key], resolve=False)["dir"])
+    path = Path(str(cfg.hydra[key].dir)).expanduser()
+    if cfg.model.path and not models:  # a model.path set in a config file rather than on the command line
+        models = [str(cfg.model.path)]
+    return CommandLineFolder(
+        path if path.is_absolute() else Path.cwd() / path,
+        "${now:" not in unresolved,
+        any(override.get_key_element() == f"hydra.{key}.dir" for override in parsed),
+        models,
+        bool(cfg.get("overwrite")),
+        multirun,
+    )
+
+
+def claim_from_command_line(argv: list[str], folder: CommandLineFolder) -> contextlib.AbstractContextManager:
+    """`python -m bertc ARGS`: the run folder checked (and, when it is stable, locked) before Hydra creates it or
+    writes .hydra/ into it. A folder stamped with ${now:...} is checked here (where it lands) and claimed by
+    run_job once Hydra has made it."""
+    for model in folder.models:
+        check_outside_input(folder.path, model)
+    if not folder.stable or NO_JOB_FLAGS & set(argv):  # --help, --cfg ...: Hydra answers, no run writes there
         return contextlib.nullcontext()
-    if multirun:
-        check_sweep_not_finished(output_root, overwrite)
+    if folder.multirun:
+        check_sweep_not_finished(folder.path, folder.overwrite)
         return contextlib.nullcontext()
-    return claim_run_folder(output_root, models[-1] if models else None, overwrite)
+    return claim_run_folder(folder.path, folder.models[-1] if folder.models else None, folder.overwrite)
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the closest of its parents that exists: what a new folder there would be created in."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
 
 
 def check_sweep_not_finished(sweep_dir: Path, overwrite: bool) -> None:

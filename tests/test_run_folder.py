@@ -30,7 +30,7 @@ from bertc.cli import CONF_DIR, run_job
 from bertc.pipeline import compile_run
 from bertc.plan import build_plan
 from bertc.report import write_reports
-from bertc.rundir import LOCK_FILE, RunFolderError, claim_from_command_line, output_root
+from bertc.rundir import LOCK_FILE, RunFolderError, claim_from_command_line, folder_from_command_line
 
 FAST = ["bench=off", "verify=off"]
 
@@ -105,31 +105,34 @@ def test_api_refuses_the_input_folder_and_its_own_output_as_input(model, tmp_pat
     assert state(model) == before
     run_dir = tmp_path / "run"
     shutil.copytree(model, run_dir / "model")
-    with pytest.raises(RunFolderError, match="is the model/ folder of the run folder"):
+    with pytest.raises(RunFolderError, match="is inside the run folder"):
         compile_run(build_plan(config(run_dir / "model")), run_dir, Console(file=io.StringIO()), overwrite=True)
     assert state(run_dir / "model") == before
+
+
+def claim_argv(argv: list[str]):
+    """What `python -m bertc ARGS` does before Hydra: the folder resolved as Hydra will, then claimed."""
+    return claim_from_command_line(argv, folder_from_command_line(argv, Path(CONF_DIR)))
 
 
 def test_command_line_checks_before_hydra(model, tmp_path, monkeypatch):
     before = state(model)
     with pytest.raises(RunFolderError, match="is the input model folder"):
-        claim_from_command_line(
-            [f"model.path={model}", f"hydra.run.dir={model}"], output_root([f"hydra.run.dir={model}"])
-        )
+        claim_argv([f"model.path={model}", f"hydra.run.dir={model}"])
     monkeypatch.chdir(model / "variables")  # the default run folder, outputs/..., would be inside the model
     with pytest.raises(RunFolderError, match="inside the input model folder"):
-        claim_from_command_line(["model.path=.."], output_root([]))
+        claim_argv(["model.path=.."])
     assert state(model) == before, "nothing was created inside the model"
     monkeypatch.chdir(tmp_path)
-    for overwrite in ("overwrite=true", "+overwrite=True", "++overwrite=true"):
+    for overwrite in ("overwrite=true", "overwrite=True", "++overwrite=true"):
         (tmp_path / "done").mkdir(exist_ok=True)
         (tmp_path / "done" / "report.json").write_text("{}")
-        with claim_from_command_line([f"hydra.run.dir={tmp_path / 'done'}", overwrite], tmp_path / "done") as claim:
+        with claim_argv([f"hydra.run.dir={tmp_path / 'done'}", overwrite]) as claim:
             assert claim.owner, "a literal run folder is locked before Hydra starts"
     with pytest.raises(RunFolderError, match="already holds a finished run"):
-        claim_from_command_line([f"hydra.run.dir={tmp_path / 'done'}", "overwrite=false"], tmp_path / "done")
+        claim_argv([f"hydra.run.dir={tmp_path / 'done'}", "overwrite=false"])
     # --help, --cfg job: no job runs, so nothing is claimed (no folder, no lock file)
-    with claim_from_command_line(["--cfg", "job", f"hydra.run.dir={tmp_path / 'shown'}"], tmp_path / "shown"):
+    with claim_argv(["--cfg", "job", f"hydra.run.dir={tmp_path / 'shown'}"]):
         assert not (tmp_path / "shown").exists()
 
 
@@ -195,8 +198,8 @@ def test_sweep_folder_with_a_finished_sweep_is_refused(tmp_path):
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "report.json").write_text("{}")
     with pytest.raises(RunFolderError, match="already holds a finished sweep"):
-        claim_from_command_line(["-m", f"hydra.sweep.dir={tmp_path}"], tmp_path)
-    with claim_from_command_line(["-m", f"hydra.sweep.dir={tmp_path}", "+overwrite=true"], tmp_path):
+        claim_argv(["-m", f"hydra.sweep.dir={tmp_path}"])
+    with claim_argv(["-m", f"hydra.sweep.dir={tmp_path}", "overwrite=true"]):
         pass
 
 
