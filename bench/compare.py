@@ -211,7 +211,11 @@ def load_systems(work: Path, candidates: list[dict], args) -> tuple[dict, dict]:
     }
     absent: dict = {}
     for name, loader in peers.PEERS.items():
-        if (name == ORT and args.no_onnx) or (name == "openvino" and args.no_openvino) or name in args.skip_peers:
+        if (
+            (name.startswith(ORT) and args.no_onnx)
+            or (name == "openvino" and args.no_openvino)
+            or name in args.skip_peers
+        ):
             absent[name] = "left out on the command line"
             continue
         start = time.perf_counter()
@@ -221,10 +225,16 @@ def load_systems(work: Path, candidates: list[dict], args) -> tuple[dict, dict]:
             absent[name] = str(reason)
             log(f"{name}: {reason}")
             continue
+        except Exception as error:  # one peer that breaks on this machine is a row saying how, not a lost run
+            absent[name] = one_line(f"failed to load: {type(error).__name__}: {error}")
+            log(f"{name}: {absent[name]}")
+            continue
         log(f"{name}: loaded in {time.perf_counter() - start:.0f}s ({systems[name].how})")
     for candidate in candidates:
         if candidate.get("path"):
-            systems[candidate["name"]] = peers.TFCompiled(candidate["path"], describe(candidate["overrides"]))
+            system = peers.TFCompiled(candidate["path"], describe(candidate["overrides"]))
+            system.static_shape = not any(mode in candidate["overrides"] for mode in CUT_MODES)
+            systems[candidate["name"]] = system
     return systems, absent
 
 
@@ -791,6 +801,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="onnxruntime's session.intra_op.allow_spinning (default: onnxruntime's own)",
     )
     parser.add_argument("--opset", type=int, default=17)
+    add_measuring_options(parser)
+    args = parser.parse_args(argv)
+    return checked(parser, args)
+
+
+def add_measuring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="per model and round at --batch (default 8)")
@@ -802,7 +818,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=4,
         help="seeded synthetic batches of --batch, and as many from the length mix (4)",
     )
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads, TensorFlow and onnxruntime")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads of every system (0: its default)")
     parser.add_argument("--inter-op-threads", type=int, default=0, help="TensorFlow's inter-op threads")
     parser.add_argument(
         "--onednn",
@@ -815,7 +831,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--reuse", action="store_true", help="keep the models already in --workdir")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each build step")
-    args = parser.parse_args(argv)
+
+
+def checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The parsed options, with --quick applied and the candidates and peers looked up."""
     if args.quick:
         args.rounds, args.seconds, args.latency_seconds, args.warmup, args.parity_batches = 1, 3.0, 1.0, 1, 1
     names = list(PRESETS) if args.candidates == "all" else [name for name in args.candidates.split(",") if name]
