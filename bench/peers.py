@@ -13,7 +13,7 @@ dynamic SavedModel without PyTorch), OpenVINO converts the dynamic SavedModel.
 
 Each system is fed as its users feed it: `prepare` turns a batch padded to S into the system's
 input once, outside the timed calls: cut to the batch's longest real row (`[:, :L]`, dynamic
-padding as Hugging Face's collators do) where the model takes a variable length, left padded to S
+padding as Hugging Face's collators do) where the model takes a variable length, kept padded to S
 where it cannot, one id list per row for CTranslate2 (it removes the padding inside the batch on
 CPU). `__call__(prepared)` returns the probabilities [B, labels] as a numpy array.
 """
