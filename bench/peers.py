@@ -442,7 +442,8 @@ def _onnxruntime(precision: str):
         fused = ", ".join(f"{key} {value}" for key, value in info["fused"].items()) or "nothing"
         how = f"{info['source']}; optimizer model_type={info['model_type']} fused {fused}"
         if precision == "int8":
-            how, path = f"{how}; quantize_dynamic int8 (QAttention, MatMulInteger)", work / "onnx" / "model.int8.onnx"
+            kernels = "QAttention, MatMulInteger" if info["attention_fused"] else "MatMulInteger"
+            how, path = f"{how}; quantize_dynamic int8 ({kernels})", work / "onnx" / "model.int8.onnx"
         else:
             how, path = f"{how}; fp32", work / "onnx" / "model.opt.onnx"
         return OrtModel(str(path), settings["threads"], settings["ort_spinning"], how, precision)
