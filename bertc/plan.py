@@ -186,8 +186,11 @@ def build_plan(cfg: Any) -> Plan:
         for key in spec.config_keys:
             if key.choices:
                 check_choice(node[key.name], key.choices, f"{spec.group}.{key.name}")
+        # NOTE: every group's values are checked, the steps that do not run included: a bad value is refused
+        # where it enters, not later when the step is switched on
+        params = from_config(spec.params, node, spec.group, **spec.derive(facts))
         if spec.runs(node):
-            steps.append(Step(spec.group, spec.name, from_config(spec.params, node, spec.group, **spec.derive(facts))))
+            steps.append(Step(spec.group, spec.name, params))
     plan = Plan(
         model=model,
         steps=tuple(steps),

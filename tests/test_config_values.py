@@ -33,11 +33,6 @@ UNDECLARED = {
     "verify.max_slowdown": "checked at the plan by bertc/limits.py (at least 1)",
     # pass parameters (bertc/passes/*): a pass declares its own; not declared there yet
     "removal.ops": "pass parameter: op names and patterns, matched by the removal pass",
-    "mask.bias_value": "pass parameter: checked by the mask pass against the compute dtype",
-    "length.sizes": "pass parameter: checked at the plan by the length pass (at least one size, each >= 1)",
-    "partition.boundaries": "pass parameter: tensor names, matched by the partition pass",
-    "partition.host_device": "pass parameter: a TensorFlow device string",
-    "precision.dtype": "a pass key: the dtype the rules interpolate, checked as each rule's dtype",
 }
 
 
@@ -61,13 +56,15 @@ def bad_values(field: dataclasses.Field, hint) -> list[str]:
     """Values of the wrong type, outside the declared range or not among the declared choices."""
     bounds, choices, kind = field.metadata.get(RANGE), field.metadata.get(CHOICES), _kind(hint)
     if typing.get_origin(hint) is list:
-        return (["[]"] if bounds and bounds.filled else []) + ([f"[{bounds.low - 1}]"] if bounds else [])
+        below = [f"[{bounds.low - 1}]"] if bounds and bounds.low is not None else []
+        return (["[]"] if bounds and bounds.filled else []) + below
     values = {bool: ["maybe"], int: ["abc", "1.5"], float: ["abc"]}.get(kind, [])
     values += ["no_such_choice"] if choices else []
     if bounds is not None:
         values += [""] if bounds.filled else []
         values += [str(bounds.low if bounds.above else bounds.low - 1)] if bounds.low is not None else []
-        values += [str(bounds.high * 2 if kind is float else bounds.high + 1)] if bounds.high is not None else []
+        if bounds.high is not None:
+            values += [str(bounds.high * 2 if kind is float and bounds.high > 0 else bounds.high + 1)]
     return values
 
 

@@ -76,7 +76,7 @@ def test_schema_rejects_wrong_types_and_unknown_keys():
         (["target.name=tpu"], "target.name='tpu' is not valid"),
         (["target.device=npu"], "target.device='npu'"),
         (["mask.mode=sometimes"], "mask.mode"),
-        (["precision=mixed", "precision.dtype=float8"], "precision rule dtype"),
+        (["precision=mixed", "precision.dtype=float8"], "precision.dtype='float8' is not valid"),
         (["shape.batch_size=0"], "shape.batch_size"),
         (["bench.batch_sizes=[]"], "bench.batch_sizes"),
     ],

@@ -243,7 +243,7 @@ PASS = Pass(
     PrecisionParams,
     help="the precision map: ordered rules (scope, op types) -> dtype; casts only at region edges",
     # `name` labels the preset in reports; `dtype` is what the presets' rules interpolate as ${precision.dtype}.
-    keys=(Key("name", str, "fp32"), Key("dtype", str, "float32")),
+    keys=(Key("name", str, "fp32"), Key("dtype", str, "float32", choices=DTYPES)),
     enabled=lambda node: bool(node.rules),
     # NOTE: after the mask rewrite: one shared bias then needs one cast, not one per layer.
     after=("rewrite_attention_mask",),

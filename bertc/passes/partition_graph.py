@@ -33,7 +33,7 @@ from bertc.graph import (
 )
 from bertc.lazy import tf
 from bertc.passes import Condition, Pass
-from bertc.schema import Key
+from bertc.schema import Key, bounded
 
 PREFIX = BOUNDARY_PREFIX
 ALIASES = ("@embedding_output", "@attention_mask")
@@ -41,8 +41,8 @@ ALIASES = ("@embedding_output", "@attention_mask")
 
 @dataclasses.dataclass(frozen=True)
 class PartitionParams:
-    boundaries: tuple[str, ...] = ALIASES
-    host_device: str = "/device:CPU:0"
+    boundaries: tuple[str, ...] = bounded(ALIASES, filled=True, item="boundary")
+    host_device: str = bounded("/device:CPU:0", filled=True, note="a TensorFlow device name")
 
 
 def resolve_boundary(graph: Graph, spec: str) -> str:

@@ -39,7 +39,7 @@ from bertc.graph import (
 from bertc.lazy import tf
 from bertc.match import Index, require_match, weight_behind
 from bertc.passes import Condition, Pass
-from bertc.schema import Key, derived
+from bertc.schema import Key, bounded, derived
 
 if TYPE_CHECKING:
     from bertc.graph import NodeDef
@@ -49,7 +49,8 @@ SCOPE = ATTENTION_BIAS_SCOPE
 
 @dataclasses.dataclass(frozen=True)
 class MaskParams:
-    bias_value: float = -10000.0
+    # added to masked scores: negative, and finite in the compute dtype (checked against it once it is known)
+    bias_value: float = bounded(-10000.0, -1e9, -1.0, note="a large negative number, e.g. -10000.0")
     fold_scale: bool = False
     compute_dtype: str = derived("float32")  # the attention's dtype after the precision step; checked for range
 

@@ -59,7 +59,7 @@ from bertc.graph import (
 from bertc.lazy import tf
 from bertc.passes import Condition, Pass
 from bertc.passes.pack_tokens import pack_matches, pack_tokens
-from bertc.schema import choice
+from bertc.schema import bounded, choice
 
 if TYPE_CHECKING:
     from bertc.graph import NodeDef
@@ -75,7 +75,8 @@ SHAPE_OPERANDS = {("Reshape", 1), ("Slice", 2), ("Fill", 0), ("BroadcastTo", 1),
 @dataclasses.dataclass(frozen=True)
 class LengthParams:
     mode: str = choice("full", ("full", *MODES))  # full: the step does not run
-    sizes: tuple[int, ...] = (32, 64, 96, 128)  # buckets only; sizes above S are dropped, S is added
+    # buckets only; sizes above S are dropped, S is added
+    sizes: tuple[int, ...] = bounded((32, 64, 96, 128), 1, 1 << 16, filled=True, item="size")
 
 
 def bucket_sizes(sizes: tuple[int, ...], seq_len: int) -> tuple[int, ...]:
