@@ -81,7 +81,7 @@ class VerifyConf:
     timeout_s: float | None = bounded(3600.0, 0, SECONDS, above=True, note="seconds; null: no limit")
     # before verify and bench: a compiled model whose call is more than this many times the original's is
     # rejected with the figures (its first call abandoned after max(30 s, this x the original's)); null: no check
-    max_slowdown: float | None = 10.0
+    max_slowdown: float | None = bounded(10.0, 1, 1e6, note="times the original's call; null: no check")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,6 @@ UNDECLARED = {
     "security.allow_unrecognised": "fnmatch patterns of node names: any text is a pattern",
     "precision.name": "a label for reports",
     "precision.rules": "each rule's dtype and role are choices, checked at the plan",
-    "verify.max_slowdown": "checked at the plan by bertc/limits.py (at least 1)",
     # pass parameters (bertc/passes/*): a pass declares its own; not declared there yet
     "removal.ops": "pass parameter: op names and patterns, matched by the removal pass",
 }
