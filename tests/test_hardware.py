@@ -115,8 +115,10 @@ def test_a_crawling_compiled_model_is_rejected_before_verify_with_its_report(tin
 
 
 def test_max_slowdown_below_one_is_refused(tiny_model_dir, tmp_path):
-    report = bertc.compile(tiny_model_dir, overrides=["verify.max_slowdown=0.5"], run_dir=tmp_path, console=quiet())
-    assert report["status"] == "failed" and "verify.max_slowdown=0.5 must be a number of at least 1" in report["error"]
+    from bertc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"verify.max_slowdown=0.5 is out of range.* from 1 to 1000000"):
+        bertc.compile(tiny_model_dir, overrides=["verify.max_slowdown=0.5"], run_dir=tmp_path, console=quiet())
     assert not (tmp_path / "model").exists() and not (tmp_path / "rejected").exists()
 
 
