@@ -39,6 +39,7 @@ from bertc.graph import (
     const_value,
     copy_graph_def,
     cut_name,
+    input_ref,
     make_const,
     make_node,
     node_of,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from bertc.graph import NodeDef
 
 MATMUL_OPS = tuple(MATMULS.split("|"))
+FIRST_TOKEN_ROWS = f"{PACK_SCOPE}/first_token_rows"  # [B, H]: each row's [CLS] hidden state, the pooler's input
 # What may run on the packed [T, H] matrix: ops that compute each row from that row alone.
 ROW_OPS = frozenset(
     {
@@ -92,7 +94,7 @@ def pack_tokens(graph: Graph) -> PassResult:
     for node in graph_def.node:
         if node.name != PACKED:
             for position, ref in enumerate(node.input):
-                if ref == _ref(sites.entry):
+                if ref == input_ref(sites.entry):
                     node.input[position] = PACKED
     for kind, edges, indices in (("unpack", sites.unpack, UNPACK_INDEX), ("pack", sites.pack, PACK_INDEX)):
         for reader, position in edges:
@@ -101,8 +103,8 @@ def pack_tokens(graph: Graph) -> PassResult:
             graph_def.node.append(_gather(name, consumer.input[position], indices, dtype))
             consumer.input[position] = name
     pooler, position = sites.pooler
-    graph_def.node.append(_gather(f"{PACK_SCOPE}/first_token_rows", _ref(sites.last), FIRST_TOKENS, dtype))
-    nodes[pooler].input[position] = f"{PACK_SCOPE}/first_token_rows"
+    graph_def.node.append(_gather(FIRST_TOKEN_ROWS, input_ref(sites.last), FIRST_TOKENS, dtype))
+    nodes[pooler].input[position] = FIRST_TOKEN_ROWS
     result = prune_to_outputs(graph.replace(graph_def=graph_def))
     _check_packed_region(result)
     return PassResult(result, pack_matches(result))
@@ -115,13 +117,8 @@ def pack_matches(graph: Graph) -> dict[str, int]:
         "packed_inputs": sum(name == PACKED for name in names),
         "attention_unpacks": sum(name.startswith(f"{PACK_SCOPE}/unpack/") for name in names),
         "context_packs": sum(name.startswith(f"{PACK_SCOPE}/pack/") for name in names),
-        "first_token_gathers": sum(name == f"{PACK_SCOPE}/first_token_rows" for name in names),
+        "first_token_gathers": sum(name == FIRST_TOKEN_ROWS for name in names),
     }
-
-
-def _ref(tensor: str) -> str:
-    node, output, _ = split_input(tensor)
-    return node if output == 0 else f"{node}:{output}"
 
 
 def _rank(shapes, name: str) -> int | None:
@@ -339,7 +336,7 @@ def _check_packed_region(graph: Graph) -> None:
     index = Index.of(graph)
     nodes = index.nodes
     entries = [PACKED, *(name for name in nodes if name.startswith(f"{PACK_SCOPE}/pack/"))]
-    exits = {name for name in nodes if name.startswith(f"{PACK_SCOPE}/unpack/")} | {f"{PACK_SCOPE}/first_token_rows"}
+    exits = {name for name in nodes if name.startswith(f"{PACK_SCOPE}/unpack/")} | {FIRST_TOKEN_ROWS}
     region, stack = set(), list(entries)
     while stack:
         name = stack.pop()
