@@ -74,8 +74,20 @@ PRESETS: dict[str, str] = {
     # issue 22: the real tokens of the whole batch in one [T, H] matrix
     "fp32_pack": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=tf length=pack",
     "fp32_xla_pack": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla length=pack",
+    # issue 25: ONNX Runtime as bertc's target, with bertc's in-graph length rewrites
+    "fp32_ort": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=onnxruntime",
+    "fp32_ort_trim": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=onnxruntime length=trim",
+    "fp32_ort_pack": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=onnxruntime length=pack",
 }
-DEFAULT_CANDIDATES = ("fp32", "fp32_xla", "fp32_trim", "fp32_xla_buckets16", "fp32_pack", "fp32_xla_pack")
+DEFAULT_CANDIDATES = (
+    "fp32",
+    "fp32_xla",
+    "fp32_trim",
+    "fp32_xla_buckets16",
+    "fp32_pack",
+    "fp32_ort_trim",
+    "fp32_ort_pack",
+)
 CUT_MODES = ("length=trim", "length=buckets", "length=pack")
 GOALS = {"bf16_vs_original": 2.0, "bf16_vs_ort": 1.7, "fp32_vs_original": 1.15, "bf16_parity": 3e-2}
 # On MRPC lengths at fp32: issue 15 (vs the user's model, the batch-max bound) and issue 22 (vs the best
@@ -232,7 +244,8 @@ def load_systems(work: Path, candidates: list[dict], args) -> tuple[dict, dict]:
         log(f"{name}: loaded in {time.perf_counter() - start:.0f}s ({systems[name].how})")
     for candidate in candidates:
         if candidate.get("path"):
-            system = peers.TFCompiled(candidate["path"], describe(candidate["overrides"]))
+            engine = peers.OnnxCompiled if (Path(candidate["path"]) / "model.onnx").is_file() else peers.TFCompiled
+            system = engine(candidate["path"], describe(candidate["overrides"]))
             system.static_shape = not any(mode in candidate["overrides"] for mode in CUT_MODES)
             systems[candidate["name"]] = system
     return systems, absent
@@ -433,7 +446,7 @@ def best_fp32_peer(result: dict, systems: dict, load: str, key: str = "throughpu
 
 
 def peers_and_original(systems: dict) -> list[str]:
-    return [name for name, system in systems.items() if not isinstance(system, peers.TFCompiled)]
+    return [name for name, system in systems.items() if not isinstance(system, (peers.TFCompiled, peers.OnnxCompiled))]
 
 
 def add_ratios(result: dict, systems: dict) -> None:

@@ -309,6 +309,21 @@ class TFCompiled(System):
         return self._function(**arguments)["probabilities"].numpy()
 
 
+class OnnxCompiled(System):
+    """A bertc target=onnxruntime artifact (model/model.onnx) in a plain onnxruntime CPU session with default
+    options, as it serves without bertc: a drop-in, fed padded to S (its length rewrite cuts inside the graph)."""
+
+    def __init__(self, path: str, how: str):
+        import onnxruntime as ort
+
+        self.how = how
+        self._session = ort.InferenceSession(str(Path(path) / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def __call__(self, prepared) -> np.ndarray:
+        feeds = {key: np.asarray(value, np.int32) for key, value in prepared.items()}
+        return self._session.run(["probabilities"], feeds)[0]
+
+
 class OrtModel(System):
     """An ONNX model in an onnxruntime CPU session, fed `[:, :L]` (its batch and sequence axes are dynamic)."""
 

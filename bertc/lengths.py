@@ -117,8 +117,8 @@ def length_record(plan: Any, warmed: dict[str, float] | None) -> dict:
 
 def record_lengths_ran(record: dict, compiled: Any, batches: list) -> None:
     """Ask the artifact's length signature what width each verify batch ran at: {width: batches}."""
-    if "length" not in record:
-        return
+    if "length" not in record or not hasattr(compiled, "lengths"):
+        return  # an engine's artifact without bertc's length signature (onnxruntime): not recorded
     ran: dict[str, int] = {}
     for batch in batches:
         width = int(compiled.lengths(batch.feeds()["input_mask"])["length"])

@@ -145,7 +145,10 @@ def prepare(plan: Plan, log: Callable[[str], None]) -> Source:
     digest = model_digest(path)
     # The saved functions record the building machine's device counts (and thread settings), and
     # target.device=auto resolves from them: they change the artifact, so they are in the fingerprint.
-    library_versions = {**versions(), "devices": _device_counts()}
+    from bertc import targets
+
+    engine = targets.get(plan.target.name).engine_versions()
+    library_versions = {**versions(), **engine, "devices": _device_counts()}
     return Source(path, digest, library_versions, fingerprint(plan, digest, library_versions))
 
 
@@ -185,7 +188,12 @@ def check_target(run: Run, plan: Plan):
     run.stage = "target"
     target = targets.get(plan.target.name)
     options = TargetOptions(
-        plan.target.name, plan.target.device, plan.shape.batch_size, 0, length_mode=plan.length_mode
+        plan.target.name,
+        plan.target.device,
+        plan.shape.batch_size,
+        0,
+        compute_dtype=plan.compute_dtype,
+        length_mode=plan.length_mode,
     )
     target.check_available(options)
     if plan.compute_dtype != "float32" and target.serves_on_cpu(options):

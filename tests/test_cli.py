@@ -82,7 +82,7 @@ def test_dry_run_prints_plan_and_fingerprint_only(tiny_model_dir, tmp_path):
             2,
             "nearest node names",
         ),
-        (["mask.bias_value=1e9", "precision=mixed"], 2, "not finite in float16"),
+        (["mask.bias_value=-1e6", "precision=mixed"], 2, "not finite in float16"),
         (["target=neuron"], 2, "Neuron package repository"),
     ],
 )
@@ -127,7 +127,7 @@ def test_sweep_writes_summary_with_a_failed_row(tiny_model_dir, tmp_path):
     assert len(rows) == 1 + 4
     statuses = [row.split(",")[2] for row in rows[1:]]
     assert statuses.count("passed") == 2 and statuses.count("failed") == 2
-    assert "must be negative" in (sweep_dir / "summary.md").read_text()
+    assert "mask.bias_value=1.0 is out of range" in (sweep_dir / "summary.md").read_text()
     assert (sweep_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

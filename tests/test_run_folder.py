@@ -148,7 +148,8 @@ def test_finished_run_is_refused_and_overwrite_replaces_it(tiny_model_dir, tmp_p
     assert state(run_dir) == first, "a refused run writes nothing"
 
     # overwrite=true and a run that fails: the old model goes with the old report
-    assert compile_run(build_plan(config(tiny_model_dir, "mask.bias_value=1")), run_dir, console, overwrite=True) == 2
+    failing = config(tiny_model_dir, "removal.ops=[CheckNumerics]")  # matches nothing: fails at the removal step
+    assert compile_run(build_plan(failing), run_dir, console, overwrite=True) == 2
     report = json.loads((run_dir / "report.json").read_text())
     assert report["status"] == "failed" and not (run_dir / "model").exists() and not (run_dir / "rejected").exists()
 

@@ -61,6 +61,9 @@ class NumpyTarget:
     def serves_on_cpu(self, options: TargetOptions) -> bool:
         return False
 
+    def engine_versions(self) -> dict[str, str]:
+        return {"numpy": np.__version__}
+
     def lower(self, graph, options: TargetOptions) -> NpzArtifact:
         return NpzArtifact(graph.weights, int(options.model_shape["heads"]))
 

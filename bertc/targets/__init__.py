@@ -15,6 +15,7 @@ TARGETS: dict[str, object] = {  # name -> its module's import path, or a registe
     "xla": "bertc.targets.xla",
     "neuron": "bertc.targets.neuron",
     "stablehlo": "bertc.targets.stablehlo",
+    "onnxruntime": "bertc.targets.onnxruntime",
 }
 DEVICES = ("auto", "cpu", "gpu")
 

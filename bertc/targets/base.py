@@ -76,6 +76,9 @@ class Target(Protocol):
     def lower(self, graph: Any, options: TargetOptions) -> Artifact:
         """The rewritten Graph -> the artifact (not yet saved)."""
 
+    def engine_versions(self) -> dict[str, str]:
+        """The versions of the engine the artifact is built for, beyond TensorFlow's: in the fingerprint."""
+
 
 class SavedModelTarget:
     """The common case: a TensorFlow SavedModel served by TensorFlow (bertc.targets.serving.SavedModelArtifact)."""
@@ -92,3 +95,6 @@ class SavedModelTarget:
         from bertc.targets.devices import resolve_device
 
         return self.probe_runtime is not None and resolve_device(options.device) == "/device:CPU:0"
+
+    def engine_versions(self) -> dict[str, str]:
+        return {}  # TensorFlow's version is in every fingerprint already

@@ -1,0 +1,166 @@
+"""target=onnxruntime: the rewritten graph (every pass applied, the length rewrite included) as an ONNX model,
+optimized by ONNX Runtime's transformer fusions, served by plain `onnxruntime` with the user's input names.
+
+The serving function target=tf would save is converted by tf2onnx (weights folded in as initializers), then
+`onnxruntime.transformers.optimizer` fuses what it recognises (Attention, SkipLayerNormalization, BiasGelu /
+FastGelu, EmbedLayerNormalization; the counts are recorded in `bertc_onnx.json` and the report). The artifact is
+`model/model.onnx` plus that JSON: nothing of bertc or TensorFlow is needed to serve it:
+
+    import onnxruntime, numpy as np
+    session = onnxruntime.InferenceSession("model/model.onnx", providers=["CPUExecutionProvider"])
+    probabilities, logits = session.run(["probabilities", "logits"], {"input_ids": ids, ...})  # int32 [batch, S]
+
+Needs the `onnxruntime` extra (pip install 'bertc[onnxruntime]'); without it the target stops before any work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertc.errors import ConfigError
+from bertc.graph import Graph
+from bertc.targets.base import SavedModelTarget, TargetOptions
+
+EXTRA = "pip install 'bertc[onnxruntime]'"
+PACKAGES = {"tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "onnx": "onnx"}
+OPSET = 17
+MODEL_FILE, INFO_FILE = "model.onnx", "bertc_onnx.json"
+
+
+def _missing() -> list[str]:
+    return [package for module, package in PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+class OnnxArtifact:
+    """An ONNX model (in memory until saved) and what its conversion and fusion found."""
+
+    def __init__(self, model: Any, info: dict):
+        self.model, self.info = model, info
+
+    def warm_up(self, batch_size: int, seq_len: int) -> None:
+        return None  # ONNX Runtime builds its session when the model is opened
+
+    def save(self, path: Path) -> None:
+        import onnx
+
+        path.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(self.model, str(path / MODEL_FILE))
+        (path / INFO_FILE).write_text(json.dumps(self.info, indent=2) + "\n")
+        self.model = None  # the weights are in model.onnx now
+
+    def open(self, path: Path, served=None) -> OnnxSession:
+        names = dict(served.input_names) if served is not None else {}
+        from bertc.frontends.signature import output_names
+
+        return OnnxSession(path / MODEL_FILE, names, output_names(served) if served is not None else {})
+
+    def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
+        info = json.loads((path / INFO_FILE).read_text())
+        return {
+            "engine": f"onnxruntime {info['versions']['onnxruntime']}",
+            "files": f"{path / MODEL_FILE}, {path / INFO_FILE}",
+            "inputs": ", ".join(info["inputs"]),
+            "outputs": ", ".join(info["outputs"]),
+            "fused": ", ".join(f"{op} {count}" for op, count in info["fused"].items() if count) or "nothing",
+            "how": f"onnxruntime.InferenceSession('{path / MODEL_FILE}').run(None, {{input: int32 [batch, S]}})",
+        }
+
+
+class OnnxSession:
+    """model.onnx in an ONNX Runtime session on the CPU, fed under the user's names; outputs read back as
+    probabilities and logits whatever keys the user's signature gave them."""
+
+    def __init__(self, model: Path, input_names: Mapping[str, str], output_names: Mapping[str, str]):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self._names = dict(input_names)
+        self._outputs = {served: name for name, served in output_names.items()}
+        self._expected = {entry.name for entry in self._session.get_inputs()}
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        named = {self._names.get(key, key): np.asarray(value, np.int32) for key, value in feeds.items()}
+        fed = {key: value for key, value in named.items() if key in self._expected}
+        keys = [entry.name for entry in self._session.get_outputs()]
+        return {self._outputs.get(key, key): value for key, value in zip(keys, self._session.run(keys, fed))}
+
+
+class OnnxRuntimeTarget(SavedModelTarget):
+    name = "onnxruntime"
+    probe_runtime = None  # not a TensorFlow runtime: the precision probe does not apply
+
+    def check_available(self, options: TargetOptions) -> None:
+        missing = _missing()
+        if missing:
+            raise ConfigError(
+                f"target=onnxruntime needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+                f"installed: {EXTRA}. Nothing was compiled."
+            )
+        if options.device == "gpu":
+            raise ConfigError("target=onnxruntime runs on the CPU here; use target.device=cpu (or auto).")
+        if options.compute_dtype != "float32":
+            raise ConfigError(
+                f"target=onnxruntime takes precision=fp32 (this plan computes in {options.compute_dtype}): ONNX "
+                "Runtime's CPU kernels have no fast float16 or bfloat16 path. Use precision=fp32."
+            )
+
+    def serves_on_cpu(self, options: TargetOptions) -> bool:
+        return False  # not in a TensorFlow runtime: the precision probe does not apply (fp32 only, checked above)
+
+    def engine_versions(self) -> dict[str, str]:
+        return _versions() if not _missing() else {}
+
+    def lower(self, graph: Graph, options: TargetOptions) -> OnnxArtifact:
+        from bertc.targets.serving import CompiledBert, Placement
+
+        module = CompiledBert(graph, options.seq_len, Placement(options.host_device, None, jit_compile=False))
+        model = _convert(module)
+        heads, hidden = (
+            (int(options.model_shape[key]) for key in ("heads", "hidden")) if options.model_shape else (0, 0)
+        )
+        model, fused = _optimize(model, heads, hidden)
+        info = {
+            "inputs": [entry.name for entry in model.graph.input],
+            "outputs": [entry.name for entry in model.graph.output],
+            "opset": OPSET,
+            "fused": fused,
+            "versions": _versions(),
+        }
+        return OnnxArtifact(model, info)
+
+
+def _convert(module) -> Any:
+    """The module's serving function -> an ONNX ModelProto (tf2onnx folds the variables into initializers)."""
+    import tf2onnx
+
+    signature = list(module.serve.input_signature)
+    model, _ = tf2onnx.convert.from_function(module.serve, input_signature=signature, opset=OPSET)
+    return model
+
+
+def _optimize(model: Any, heads: int, hidden: int) -> tuple[Any, dict[str, int]]:
+    """ONNX Runtime's transformer fusions on the converted model; the fused operator counts."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(model, model_type="bert_tf", num_heads=heads, hidden_size=hidden, opt_level=0)
+    fused = {key: int(value) for key, value in optimized.get_fused_operator_statistics().items()}
+    return optimized.model, fused
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import tf2onnx
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "tf2onnx": tf2onnx.__version__}
+
+
+TARGET = OnnxRuntimeTarget()
