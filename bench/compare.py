@@ -153,7 +153,8 @@ def compile_candidate(name: str, overrides: str, model: Path, runs: Path, reuse:
     run_dir = runs / name
     artifact = run_dir / "model"
     entry = {"name": name, "overrides": overrides, "run_dir": str(run_dir)}
-    if reuse and (artifact / "saved_model.pb").is_file():
+    served = [artifact / "saved_model.pb", artifact / "model.onnx"]  # target=onnxruntime's artifact is model.onnx
+    if reuse and any(file.is_file() for file in served):
         log(f"compile {name}: reusing {artifact}")
         return {**entry, "path": str(artifact), "compile_s": None, "status": "reused"}
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -170,7 +171,7 @@ def compile_candidate(name: str, overrides: str, model: Path, runs: Path, reuse:
     ]
     log(f"compile {name}: {overrides}")
     code, seconds, tail = run_logged(command, runs / f"{name}.log", timeout)
-    if code != 0 or not (artifact / "saved_model.pb").is_file():
+    if code != 0 or not any(file.is_file() for file in served):
         log(f"compile {name}: FAILED (exit {code}); see {runs / f'{name}.log'}")
         return {**entry, "status": "failed", "error": f"bertc exit {code}: {tail[-400:]}"}
     log(f"compile {name}: done in {seconds:.0f}s")
