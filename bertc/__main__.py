@@ -13,8 +13,6 @@ from pathlib import Path
 
 from bertc.faults import exit_on_interrupt, install_signal_handlers
 
-install_signal_handlers()  # Ctrl-C, SIGTERM from here on: one line, a record, exit 130/143 (bertc/faults.py)
-
 EXIT_CONFIG_ERROR = 2
 
 
@@ -79,6 +77,9 @@ def _claim_before_hydra(argv: list[str], conf_dir: Path):
 
 
 def main() -> None:
+    # NOTE: first: Ctrl-C, SIGTERM from here on: one line, a record, exit 130/143 (bertc/faults.py). In main, not
+    # at import: a program (or a test) that imports this module keeps its own handlers.
+    install_signal_handlers()
     argv = sys.argv[1:]
     with exit_on_interrupt():
         code = _answer_before_hydra(argv)

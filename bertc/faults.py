@@ -96,12 +96,10 @@ def leave(code: int) -> NoReturn:
 
 @contextlib.contextmanager
 def signals_raise():
-    """SIGINT and SIGTERM raise Interrupted inside the block (nothing to do outside the main thread, or when
-    an enclosing block or the process already does it); the previous handlers come back after it."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is _raise_interrupted
-    ):
+    """SIGINT and SIGTERM raise Interrupted inside the block (nothing to do outside the main thread); the
+    previous handlers come back after it, also when they were bertc's already (an enclosing block, the process):
+    an interruption inside sets them to ignore while its record is written, and that must not outlive the block."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {each: signal.getsignal(each) for each in SIGNALS}
