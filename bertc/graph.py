@@ -238,6 +238,23 @@ def make_node(op: str, name: str, inputs: Iterable[str], device: str = "", **att
     return node
 
 
+def element_node(name: str, source: str, begin: str, end: str, step: str, dtype=None) -> NodeDef:
+    """`source[begin]` as a scalar (a one-element StridedSlice with shrink_axis_mask), e.g. a dimension out of a
+    Shape; `begin`, `end` and `step` name 1-element int32 tensors."""
+    return make_node(
+        "StridedSlice",
+        name,
+        [source, begin, end, step],
+        T=dtype or tf.int32,
+        Index=tf.int32,
+        begin_mask=0,
+        end_mask=0,
+        ellipsis_mask=0,
+        new_axis_mask=0,
+        shrink_axis_mask=1,
+    )
+
+
 def make_placeholder(name: str, dtype, shape: Iterable[int | None] | None) -> NodeDef:
     """shape None: of unknown rank."""
     node = new_node_def(name=name, op="Placeholder")

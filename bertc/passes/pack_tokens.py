@@ -39,6 +39,7 @@ from bertc.graph import (
     const_value,
     copy_graph_def,
     cut_name,
+    element_node,
     input_ref,
     make_const,
     make_node,
@@ -258,18 +259,7 @@ def _width(name: str, source: str) -> list[NodeDef]:
     int32, s = tf.int32, PACK_SCOPE
     return [
         make_node("Shape", f"{s}/{name}_shape", [source], T=int32, out_type=int32),
-        make_node(
-            "StridedSlice",
-            f"{s}/{name}",
-            [f"{s}/{name}_shape", f"{s}/axis_1", f"{s}/axis_2", f"{s}/step_1"],
-            T=int32,
-            Index=int32,
-            begin_mask=0,
-            end_mask=0,
-            ellipsis_mask=0,
-            new_axis_mask=0,
-            shrink_axis_mask=1,
-        ),
+        element_node(f"{s}/{name}", f"{s}/{name}_shape", f"{s}/axis_1", f"{s}/axis_2", f"{s}/step_1"),
     ]
 
 

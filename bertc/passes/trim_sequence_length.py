@@ -44,6 +44,7 @@ from bertc.graph import (
     cut_name,
     data_inputs,
     descendants,
+    element_node,
     input_ref,
     is_length_polymorphic,
     is_packed,
@@ -270,18 +271,7 @@ def _local_length(graph_def, nodes, consumer: NodeDef, seq_len: int, shapes) -> 
                     make_const(f"{name}/begin", np.array([1], np.int32)),
                     make_const(f"{name}/end", np.array([2], np.int32)),
                     make_const(f"{name}/step", np.array([1], np.int32)),
-                    make_node(
-                        "StridedSlice",
-                        name,
-                        [shape.name, f"{name}/begin", f"{name}/end", f"{name}/step"],
-                        T=out_type,
-                        Index=tf.int32,
-                        begin_mask=0,
-                        end_mask=0,
-                        ellipsis_mask=0,
-                        new_axis_mask=0,
-                        shrink_axis_mask=1,
-                    ),
+                    element_node(name, shape.name, f"{name}/begin", f"{name}/end", f"{name}/step", out_type),
                 ]
                 if out_type != tf.int32:
                     new.append(make_node("Cast", f"{name}/int32", [name], SrcT=out_type, DstT=tf.int32, Truncate=False))
@@ -415,18 +405,7 @@ def _cut_nodes(graph: Graph) -> list[NodeDef]:
         make_node("Shape", f"{p}/cut_shape", [cut_name("input_mask")], T=int32, out_type=int32),
         _const("axis_1", [1]),
         _const("axis_2", [2]),
-        make_node(
-            "StridedSlice",
-            SEQ,
-            [f"{p}/cut_shape", f"{p}/axis_1", f"{p}/axis_2", f"{p}/one_step"],
-            T=int32,
-            Index=int32,
-            begin_mask=0,
-            end_mask=0,
-            ellipsis_mask=0,
-            new_axis_mask=0,
-            shrink_axis_mask=1,
-        ),
+        element_node(SEQ, f"{p}/cut_shape", f"{p}/axis_1", f"{p}/axis_2", f"{p}/one_step"),
         _const("one_step", [1]),
     ]
 
