@@ -894,7 +894,7 @@ def start_tensorflow(args) -> None:
 
 def run_measurements(args, config: dict, systems: dict) -> dict:
     """Parity, the matmul rate at start and end, the interleaved rounds and both bounds."""
-    from bertc.verify import synthetic_batches
+    from bertc.batches import synthetic_batches
 
     vocab = config["vocab_size"]
     vocab_file = args.vocab or (args.workdir / "model" / "vocab.txt")

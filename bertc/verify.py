@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertc.batches import Batch, synthetic_batches
+from bertc.batches import Batch
 from bertc.errors import ModelError, UserError
 
 # Max |probability difference| per precision, set from the largest difference measured over the
@@ -27,7 +27,6 @@ from bertc.errors import ModelError, UserError
 # bf16 rounds ~16x coarser than fp16, hence its figure. Measured on 6 layers: a deeper model adds
 # error with depth; measure it and set verify.tolerance rather than trust this gate blindly.
 GATES = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 3e-2}
-__all__ = ["GATES", "Batch", "synthetic_batches"]  # the batches live in bertc.batches; verify re-exports them
 
 
 # ---- GLUE TSV ----------------------------------------------------------------------------------
