@@ -55,7 +55,19 @@ def _raise_interrupted(signum, frame) -> None:
         return
     for each in SIGNALS:  # the record of this interruption is written undisturbed
         signal.signal(each, signal.SIG_IGN)
-    raise Interrupted(signum)
+    global _received
+    _received = Interrupted(signum)
+    raise _received
+
+
+_received: Interrupted | None = None  # the signal that arrived inside the current signals_raise block
+
+
+def received_interruption() -> Interrupted | None:
+    """The interruption raised inside the current `signals_raise` block, if any. An exception raised by the
+    handler inside C code can come out as another error: TensorFlow's tracing, interrupted while it iterates
+    in C, surfaces `SystemError: ... bad argument to internal function`. Such an error is the interruption."""
+    return _received
 
 
 def _in_swallowing_context(frame) -> bool:
@@ -102,6 +114,8 @@ def signals_raise():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _received
+    _received = None
     previous = {each: signal.getsignal(each) for each in SIGNALS}
     for each in SIGNALS:
         signal.signal(each, _raise_interrupted)

@@ -28,7 +28,14 @@ from rich.console import Console
 
 from bertc.artifact import DIGEST_NOTE, artifact_digest
 from bertc.errors import ConfigError, UserError, first_line
-from bertc.faults import Interrupted, as_interrupted, interrupted_line, mark_recorded, signals_raise
+from bertc.faults import (
+    Interrupted,
+    as_interrupted,
+    interrupted_line,
+    mark_recorded,
+    received_interruption,
+    signals_raise,
+)
 from bertc.lengths import length_record, record_lengths_ran
 from bertc.plan import Plan, fingerprint, versions
 from bertc.report import summary_table, write_atomic, write_reports
@@ -567,7 +574,12 @@ def _compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool) -> in
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(plan, run_dir, console, debug)
     try:
-        run_pipeline(run)
+        try:
+            run_pipeline(run)
+        except Exception as error:  # raised by the signal handler inside C code, it can surface as another error
+            if (interruption := received_interruption()) is not None:
+                raise interruption from error
+            raise
     except UserError as error:
         _fail(run, error, traceback.format_exc() if debug else None)
         return EXIT_USER_ERROR
