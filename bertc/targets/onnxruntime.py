@@ -68,6 +68,7 @@ class OnnxArtifact:
             "inputs": ", ".join(info["inputs"]),
             "outputs": ", ".join(info["outputs"]),
             "fused": ", ".join(f"{op} {count}" for op, count in info["fused"].items() if count) or "nothing",
+            **({"int8": _int8_line(info["int8"])} if "int8" in info else {}),
             "how": f"onnxruntime.InferenceSession('{path / MODEL_FILE}').run(None, {{input: int32 [batch, S]}})",
         }
 
@@ -95,6 +96,7 @@ class OnnxSession:
 
 class OnnxRuntimeTarget(SavedModelTarget):
     name = "onnxruntime"
+    quantizes = True  # precision=int8: the marked matmuls become integer matmuls (bertc/targets/onnx_int8.py)
     probe_runtime = None  # not a TensorFlow runtime: the precision probe does not apply
 
     def check_available(self, options: TargetOptions) -> None:
@@ -108,8 +110,8 @@ class OnnxRuntimeTarget(SavedModelTarget):
             raise ConfigError("target=onnxruntime runs on the CPU here; use target.device=cpu (or auto).")
         if options.compute_dtype != "float32":
             raise ConfigError(
-                f"target=onnxruntime takes precision=fp32 (this plan computes in {options.compute_dtype}): ONNX "
-                "Runtime's CPU kernels have no fast float16 or bfloat16 path. Use precision=fp32."
+                f"target=onnxruntime takes precision=fp32 or int8 (this plan computes in {options.compute_dtype}): "
+                "ONNX Runtime's CPU kernels have no fast float16 or bfloat16 path. Use precision=fp32 or int8."
             )
 
     def serves_on_cpu(self, options: TargetOptions) -> bool:
@@ -134,6 +136,10 @@ class OnnxRuntimeTarget(SavedModelTarget):
             "fused": fused,
             "versions": _versions(),
         }
+        if options.quantize:
+            from bertc.targets.onnx_int8 import quantize
+
+            model, info["int8"] = quantize(model, graph.quantize, graph.serving_names, options)
         return OnnxArtifact(model, info)
 
 
@@ -153,6 +159,13 @@ def _optimize(model: Any, heads: int, hidden: int) -> tuple[Any, dict[str, int]]
     optimized = optimize_model(model, model_type="bert_tf", num_heads=heads, hidden_size=hidden, opt_level=0)
     fused = {key: int(value) for key, value in optimized.get_fused_operator_statistics().items()}
     return optimized.model, fused
+
+
+def _int8_line(int8: dict) -> str:
+    return (
+        f"{int8['matmuls']} matmuls ({', '.join(f'{role} {count}' for role, count in int8['roles'].items())}), "
+        f"{int8['activations']} activations, weights per channel, reduce_range {int8['reduce_range']}"
+    )
 
 
 def _versions() -> dict[str, str]:
