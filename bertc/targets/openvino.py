@@ -21,6 +21,8 @@ batch 8 against LATENCY's 52-56 (batch 1 within noise; a shared host under load,
 The `run_dir/serving/ovms/<name>/1/` folder is OpenVINO Model Server's model-repository layout.
 
 Needs the `openvino` extra (pip install 'bertc[openvino]'); without it the target stops before any work.
+`openvino.convert_model` sends OpenVINO's anonymous usage telemetry by default (about a hundred events a
+conversion); bertc leaves that consent to the user: `opt_in_out --opt_out` stops it.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class OpenVinoArtifact:
 
         names = dict(served.input_names) if served is not None else {}
         outputs = output_names(served) if served is not None else {}
-        return OpenVinoModel(path / MODEL_FILE, names, outputs, int(self.info.get("threads", 0)))
+        threads = int(json.loads((path / INFO_FILE).read_text()).get("threads", 0))
+        return OpenVinoModel(path / MODEL_FILE, names, outputs, threads)
 
     def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
         info = json.loads((path / INFO_FILE).read_text())
