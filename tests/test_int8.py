@@ -100,9 +100,9 @@ def test_an_int8_build_that_disagrees_is_rejected(tiny_model_dir, tmp_path, monk
     import onnx
     from onnx import numpy_helper
 
-    from bertc.targets import onnx_int8
+    from bertc.targets import onnxruntime as target
 
-    real = onnx_int8.quantize
+    real = target.quantize
 
     def sabotaged(model, marked, serving_names, options):
         quantized, info = real(model, marked, serving_names, options)
@@ -112,7 +112,7 @@ def test_an_int8_build_that_disagrees_is_rejected(tiny_model_dir, tmp_path, monk
                 initializer.CopyFrom(numpy_helper.from_array(-value, initializer.name))
         return quantized, info
 
-    monkeypatch.setattr(onnx_int8, "quantize", sabotaged)
+    monkeypatch.setattr(target, "quantize", sabotaged)
     code, report = compile_tiny(tiny_model_dir, tmp_path / "run", "target=onnxruntime")
     assert code == 1 and report["status"] == "rejected" and report["failed_step"] == "verify"
     assert "argmax agreement" in report["error"] and "< 0.98" in report["error"]

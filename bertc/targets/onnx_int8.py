@@ -27,13 +27,14 @@ from bertc.targets.base import TargetOptions
 MS_DOMAIN = "com.microsoft"
 SERVING_INPUTS = ("input_ids", "input_mask", "segment_ids")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-INTEGER_OPS = ("MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear")
+INTEGER_OPS = ("MatMulInteger", "QAttention", "DynamicQuantizeLinear", "QuantizeLinear")
 
 
 def quantize(
     model: Any, marked: Mapping[str, str], serving_names: Mapping[str, str], options: TargetOptions
 ) -> tuple[Any, dict]:
-    """(float ONNX model, {TensorFlow MatMul name: role}) -> (the model with those matmuls in int8, what was done).
+    """(float ONNX model, {ONNX node name: role}) -> (the model with those nodes in int8, what was done). A node is a
+    MatMul, or an Attention that bertc fused from marked Q, K, V matmuls (it becomes QAttention: dynamic only).
     `serving_names`: bertc's input name -> the model's (the user's), for the calibration batches."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
@@ -43,12 +44,11 @@ def quantize(
             "precision=int8 marked no dense matmul to quantize: the precision map's int8 roles found no matmul with "
             "a weight operand in this graph. Check the roles in the run's report (input.roles)."
         )
-    names = onnx_names(model, marked)
     _declare_ms_domain(model)
     reduce_range = not any(flag in _cpu_flags() for flag in VNNI_FLAGS)
     common = {
-        "nodes_to_quantize": list(names.values()),
-        "op_types_to_quantize": ["MatMul"],
+        "nodes_to_quantize": list(marked),
+        "op_types_to_quantize": ["MatMul", "Attention"],
         "per_channel": True,
         "reduce_range": reduce_range,
         "weight_type": QuantType.QInt8,
@@ -67,7 +67,7 @@ def quantize(
         quantized = onnx.load_model(str(target))
     done = collections.Counter(node.op_type for node in quantized.graph.node)
     info = {
-        "matmuls": len(names),
+        "matmuls": len(marked),
         "roles": dict(sorted(collections.Counter(marked.values()).items())),
         "activations": options.activations,
         "reduce_range": reduce_range,
@@ -77,7 +77,7 @@ def quantize(
 
 
 def onnx_names(model: Any, marked: Mapping[str, str]) -> dict[str, str]:
-    """TensorFlow MatMul name -> its ONNX node. tf2onnx keeps TensorFlow's node names under the prefix of the
+    """TensorFlow MatMul name -> its ONNX node's name. tf2onnx keeps TensorFlow's node names under the prefix of the
     function it traced (StatefulPartitionedCall/...): the one prefix under which every marked name is found."""
     matmuls = [node.name for node in model.graph.node if node.op_type == "MatMul"]
     prefixes: collections.Counter = collections.Counter()

@@ -2,8 +2,10 @@
 optimized by ONNX Runtime's transformer fusions, served by plain `onnxruntime` with the user's input names.
 
 The serving function target=tf would save is converted by tf2onnx (weights folded in as initializers), then
-`onnxruntime.transformers.optimizer` fuses what it recognises (Attention, SkipLayerNormalization, BiasGelu /
-FastGelu, EmbedLayerNormalization; the counts are recorded in `bertc_onnx.json` and the report). The artifact is
+`onnxruntime.transformers.optimizer` fuses what it recognises (FastGelu, LayerNormalization) and bertc fuses the rest
+by structure (bertc/targets/onnx_fusion.py: one Attention per layer, SkipLayerNormalization at each residual; the
+counts are recorded in `bertc_onnx.json` and the report). precision=int8 then quantizes the marked matmuls
+(bertc/targets/onnx_int8.py). The artifact is
 `model/model.onnx` plus that JSON: nothing of bertc or TensorFlow is needed to serve it:
 
     import onnxruntime, numpy as np
@@ -15,6 +17,7 @@ Needs the `onnxruntime` extra (pip install 'bertc[onnxruntime]'); without it the
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 from collections.abc import Mapping
@@ -26,6 +29,8 @@ import numpy as np
 from bertc.errors import ConfigError
 from bertc.graph import Graph
 from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.onnx_fusion import fuse_attention, fuse_skip_layer_norm
+from bertc.targets.onnx_int8 import onnx_names, quantize
 
 EXTRA = "pip install 'bertc[onnxruntime]'"
 PACKAGES = {"tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "onnx": "onnx"}
@@ -129,7 +134,9 @@ class OnnxRuntimeTarget(SavedModelTarget):
             (int(options.model_shape[key]) for key in ("heads", "hidden")) if options.model_shape else (0, 0)
         )
         model, fused = _optimize(model, heads, hidden)
-        info = {
+        int8 = onnx_names(model, graph.quantize) if options.quantize else {}  # TensorFlow name -> ONNX node name
+        packed = _fuse(model, heads, fused, set(int8.values()), options)
+        info: dict[str, Any] = {
             "inputs": [entry.name for entry in model.graph.input],
             "outputs": [entry.name for entry in model.graph.output],
             "opset": OPSET,
@@ -137,9 +144,10 @@ class OnnxRuntimeTarget(SavedModelTarget):
             "versions": _versions(),
         }
         if options.quantize:
-            from bertc.targets.onnx_int8 import quantize
-
-            model, info["int8"] = quantize(model, graph.quantize, graph.serving_names, options)
+            nodes = {packed.get(onnx, onnx): graph.quantize[name] for name, onnx in int8.items()}
+            model, done = quantize(model, nodes, graph.serving_names, options)
+            roles = dict(sorted(collections.Counter(graph.quantize.values()).items()))
+            info["int8"] = {**done, "matmuls": len(int8), "roles": roles}
         return OnnxArtifact(model, info)
 
 
@@ -159,6 +167,18 @@ def _optimize(model: Any, heads: int, hidden: int) -> tuple[Any, dict[str, int]]
     optimized = optimize_model(model, model_type="bert_tf", num_heads=heads, hidden_size=hidden, opt_level=0)
     fused = {key: int(value) for key, value in optimized.get_fused_operator_statistics().items()}
     return optimized.model, fused
+
+
+def _fuse(model: Any, heads: int, fused: dict[str, int], int8: set[str], options: TargetOptions) -> dict[str, str]:
+    """bertc's own fusions where the optimizer's patterns missed (bertc/targets/onnx_fusion.py); counts into `fused`.
+    Returns {Q, K, V MatMul: its Attention}. Static int8 keeps attention unfused: ONNX Runtime's QDQ quantizer has
+    no quantized Attention, and a fused attention would leave its projections in float32."""
+    packed = {}
+    if heads and not (options.quantize and options.activations == "static"):
+        packed = fuse_attention(model, heads, lambda names: len({name in int8 for name in names}) == 1)
+    fused["Attention"] = fused.get("Attention", 0) + len(set(packed.values()))
+    fused["SkipLayerNormalization"] = fused.get("SkipLayerNormalization", 0) + fuse_skip_layer_norm(model)
+    return packed
 
 
 def _int8_line(int8: dict) -> str:
