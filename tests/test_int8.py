@@ -91,7 +91,24 @@ def test_int8_compiles_passes_its_gate_and_serves_with_plain_onnxruntime(tiny_mo
     assert served["loaded"] == [], "served without bertc or TensorFlow"
     integer = {"dynamic": "MatMulInteger", "static": "QuantizeLinear"}[activations]
     assert integer in served["ops"]
+    assert _int8_matmuls(tmp_path / "run" / "model" / "model.onnx") == sum(ROLES.values()) * TINY_LAYERS
     assert np.asarray(served["probabilities"]).shape == (4, 2)
+
+
+def _int8_matmuls(path) -> int:
+    """How many dense layers compute in int8: integer matmuls (a QAttention holds Q, K and V), or float MatMuls whose
+    both inputs come dequantized (static: ONNX Runtime runs those QDQ pairs as integer matmuls)."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    producer = {output: node.op_type for node in nodes for output in node.output}
+    count = collections.Counter(node.op_type for node in nodes)
+    dequantized = [
+        node
+        for node in nodes
+        if node.op_type == "MatMul" and all(producer.get(name) == "DequantizeLinear" for name in node.input)
+    ]
+    return count["MatMulInteger"] + 3 * count["QAttention"] + len(dequantized)
 
 
 def test_an_int8_build_that_disagrees_is_rejected(tiny_model_dir, tmp_path, monkeypatch):

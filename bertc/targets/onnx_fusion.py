@@ -121,28 +121,32 @@ def _sort_topologically(graph) -> None:
 
 @dataclasses.dataclass
 class _Projection:
-    """One of Q, K, V: MatMul(x, W) + b -> Reshape [B, L, heads, d] -> Transpose."""
+    """One of Q, K, V as the attention reads it: x [B*L, H] -> Reshape [B, L, heads, d] -> Transpose; and, where x
+    is MatMul(source, weight) + bias, the dense layer itself (what Attention packs)."""
 
-    matmul: str  # the MatMul node's name
-    source: str  # x, [B*L, H]
-    weight: np.ndarray
-    bias: np.ndarray
+    heads_input: str  # x, [B*L, H]: the projected tensor (length=pack: gathered back to [B*L, H])
     shape4: str  # the Reshape's shape tensor: [B, L, heads, d]
+    matmul: str = ""  # the MatMul node's name ("": not a dense layer right before the heads)
+    source: str = ""  # the dense layer's input
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
 
 
 def _projection(graph: _Graph, transpose, perm: list[int]) -> _Projection | None:
     if transpose is None or transpose.op_type != "Transpose" or graph.attribute(transpose, "perm") != perm:
         return None
     reshape = graph.parent(transpose, 0, "Reshape")
-    add = reshape and graph.parent(reshape, 0, "Add")
-    if add is None:
+    if reshape is None:
         return None
-    matmul = graph.parent(add, 0, "MatMul")
-    bias = graph.constant(add.input[1])
+    found = _Projection(reshape.input[0], reshape.input[1])
+    add = graph.parent(reshape, 0, "Add")
+    matmul = add and graph.parent(add, 0, "MatMul")
+    bias = add and graph.constant(add.input[1])
     weight = matmul and graph.constant(matmul.input[1])
-    if matmul is None or bias is None or weight is None or weight.ndim != 2 or bias.shape != (weight.shape[1],):
-        return None
-    return _Projection(matmul.name, matmul.input[0], weight, bias, reshape.input[1])
+    if matmul is not None and bias is not None and weight is not None and weight.ndim == 2:
+        if bias.shape == (weight.shape[1],):
+            found = dataclasses.replace(found, matmul=matmul.name, source=matmul.input[0], weight=weight, bias=bias)
+    return found
 
 
 def _mask_of(graph: _Graph, bias: str) -> tuple[str, float] | None:
@@ -201,7 +205,7 @@ def _attention_sites(graph: _Graph) -> Iterator[dict]:
         if q is None or k is None or v is None or len(merge) != 1 or graph.attribute(merge[0], "perm") != [0, 2, 1, 3]:
             continue
         reshape = graph.consumers.get(merge[0].output[0], [])
-        if len({q.source, k.source, v.source}) != 1 or len(reshape) != 1 or reshape[0].op_type != "Reshape":
+        if len(reshape) != 1 or reshape[0].op_type != "Reshape" or len({q.shape4, k.shape4, v.shape4}) != 1:
             continue
         yield {"q": q, "k": k, "v": v, "scale": scale, "mask": mask, "out": reshape[0], "name": softmax.name}
 
@@ -214,25 +218,18 @@ def fuse_attention(
     graph, replaced, packed = _Graph(model), {}, {}
     for number, site in enumerate(_attention_sites(graph)):
         q, k, v, name = site["q"], site["k"], site["v"], f"bertc_attention_{number}"
-        hidden = q.weight.shape[0]
+        if q.weight is None or k.weight is None or v.weight is None or len({q.source, k.source, v.source}) != 1:
+            continue  # not three dense layers of one input right before the heads (length=pack: MultiHeadAttention)
         if q.weight.shape[1] % heads or q.weight.shape != k.weight.shape or q.weight.shape != v.weight.shape:
             continue
         if not together([q.matmul, k.matmul, v.matmul]):
             continue
         weight = graph.initializer(f"{name}/qkv_weight", np.concatenate([q.weight, k.weight, v.weight], axis=1))
-        bias = graph.initializer(f"{name}/qkv_bias", np.concatenate([q.bias, k.bias, v.bias]))
-        rest = graph.initializer(f"{name}/hidden", np.array([hidden], np.int64))
-        starts = graph.initializer(f"{name}/starts", np.array([0], np.int64))
-        ends = graph.initializer(f"{name}/ends", np.array([2], np.int64))
-        dims = graph.add("Slice", [q.shape4, starts, ends], f"{name}/batch_seq_dims")
-        shape3 = graph.add("Concat", [dims, rest], f"{name}/shape3", axis=0)
-        x3 = graph.add("Reshape", [q.source, shape3], f"{name}/input3d")
-        mask, filter_value = site["mask"]
-        mask32 = graph.add("Cast", [mask], f"{name}/mask_int32", to=6)  # int32
-        # the graph's own scale: the Mul before the mask (google-research), or 1 (mask.fold_scale moved it into Q)
-        scale = site["scale"] if site["scale"] is not None else 1.0
-        attributes = {"num_heads": heads, "mask_filter_value": filter_value, "scale": scale}
-        fused = graph.add("Attention", [x3, weight, bias, mask32], name, domain=MS_DOMAIN, **attributes)
+        bias = graph.initializer(f"{name}/qkv_bias", np.concatenate([q.bias, k.bias, v.bias]))  # type: ignore[list-item]
+        x3 = _three_d(graph, q.source, q.shape4, name)
+        fused = graph.add(
+            "Attention", [x3, weight, bias, _mask_int32(graph, site, name)], name, **_attributes(site, heads)
+        )
         out = site["out"]
         replaced[out.output[0]] = graph.add("Reshape", [fused, out.input[1]], f"{name}/output2d")
         packed.update({projection.matmul: name for projection in (q, k, v)})
@@ -240,6 +237,42 @@ def fuse_attention(
         graph.apply(replaced)
         _declare_ms_domain(model)
     return packed
+
+
+def fuse_multi_head_attention(model: Any, heads: int) -> int:
+    """Each attention left (its Q, K, V not dense layers of one input right before the heads: length=pack gathers
+    them back from the packed tokens) -> one com.microsoft.MultiHeadAttention on [B, L, H]; returns how many."""
+    graph, replaced = _Graph(model), {}
+    for number, site in enumerate(_attention_sites(graph)):
+        name = f"bertc_multi_head_attention_{number}"
+        q, k, v = (_three_d(graph, site[key].heads_input, site["q"].shape4, f"{name}/{key}") for key in "qkv")
+        inputs = [q, k, v, "", _mask_int32(graph, site, name)]
+        fused = graph.add("MultiHeadAttention", inputs, name, **_attributes(site, heads))
+        replaced[site["out"].output[0]] = graph.add("Reshape", [fused, site["out"].input[1]], f"{name}/output2d")
+    if replaced:
+        graph.apply(replaced)
+        _declare_ms_domain(model)
+    return len(replaced)
+
+
+def _three_d(graph: _Graph, tensor: str, shape4: str, name: str) -> str:
+    """[B*L, H] -> [B, L, H], B and L read from the heads' shape tensor [B, L, heads, d]."""
+    starts = graph.initializer(f"{name}/starts", np.array([0], np.int64))
+    ends = graph.initializer(f"{name}/ends", np.array([2], np.int64))
+    rest = graph.initializer(f"{name}/rest", np.array([-1], np.int64))
+    dims = graph.add("Slice", [shape4, starts, ends], f"{name}/batch_seq_dims")
+    return graph.add("Reshape", [tensor, graph.add("Concat", [dims, rest], f"{name}/shape3", axis=0)], f"{name}/to3d")
+
+
+def _mask_int32(graph: _Graph, site: dict, name: str) -> str:
+    return graph.add("Cast", [site["mask"][0]], f"{name}/mask_int32", to=6)  # int32: 0 padding, 1 token
+
+
+def _attributes(site: dict, heads: int) -> dict:
+    """The fused op's attributes from the graph: the scale is the Mul before the mask (google-research), or 1
+    (mask.fold_scale moved it into Q); the filter value is the mask bias's."""
+    scale = site["scale"] if site["scale"] is not None else 1.0
+    return {"domain": MS_DOMAIN, "num_heads": heads, "mask_filter_value": site["mask"][1], "scale": scale}
 
 
 def fuse_skip_layer_norm(model: Any) -> int:

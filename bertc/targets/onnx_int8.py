@@ -45,6 +45,7 @@ def quantize(
             "a weight operand in this graph. Check the roles in the run's report (input.roles)."
         )
     _declare_ms_domain(model)
+    model = _with_types(model)
     reduce_range = not any(flag in _cpu_flags() for flag in VNNI_FLAGS)
     common = {
         "nodes_to_quantize": list(marked),
@@ -101,6 +102,15 @@ def _declare_ms_domain(model: Any) -> None:
 
     if not any(entry.domain == MS_DOMAIN for entry in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+
+
+def _with_types(model: Any) -> Any:
+    """The model with every tensor's type and shape recorded, ONNX Runtime's fused operators' outputs included
+    (its symbolic shape inference knows them; ONNX's does not): the quantizer quantizes an activation only where it
+    knows the type, so without this the inputs read from SkipLayerNormalization or FastGelu stay float."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
 
 
 def _cpu_flags() -> set[str]:

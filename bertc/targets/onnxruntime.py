@@ -29,7 +29,7 @@ import numpy as np
 from bertc.errors import ConfigError
 from bertc.graph import Graph
 from bertc.targets.base import SavedModelTarget, TargetOptions
-from bertc.targets.onnx_fusion import fuse_attention, fuse_skip_layer_norm
+from bertc.targets.onnx_fusion import fuse_attention, fuse_multi_head_attention, fuse_skip_layer_norm
 from bertc.targets.onnx_int8 import onnx_names, quantize
 
 EXTRA = "pip install 'bertc[onnxruntime]'"
@@ -206,12 +206,14 @@ def _triton_config(path: Path, label: str) -> str:
 
 def _fuse(model: Any, heads: int, fused: dict[str, int], int8: set[str], options: TargetOptions) -> dict[str, str]:
     """bertc's own fusions where the optimizer's patterns missed (bertc/targets/onnx_fusion.py); counts into `fused`.
-    Returns {Q, K, V MatMul: its Attention}. Static int8 keeps attention unfused: ONNX Runtime's QDQ quantizer has
-    no quantized Attention, and a fused attention would leave its projections in float32."""
+    Returns {Q, K, V MatMul: its Attention}. Static int8 keeps the projections apart (ONNX Runtime's QDQ quantizer has
+    no quantized Attention): MultiHeadAttention then takes the attention after them, as it does for length=pack."""
     packed = {}
     if heads and not (options.quantize and options.activations == "static"):
         packed = fuse_attention(model, heads, lambda names: len({name in int8 for name in names}) == 1)
     fused["Attention"] = fused.get("Attention", 0) + len(set(packed.values()))
+    if heads:  # what Attention could not take (length=pack's gathered Q, K, V; static int8's projections)
+        fused["MultiHeadAttention"] = fused.get("MultiHeadAttention", 0) + fuse_multi_head_attention(model, heads)
     fused["SkipLayerNormalization"] = fused.get("SkipLayerNormalization", 0) + fuse_skip_layer_norm(model)
     return packed
 
