@@ -1,5 +1,6 @@
-"""target=openvino: the rewritten graph (length rewrites included) as an OpenVINO IR in f32, verified against the
-original through OpenVINO, served by plain openvino without bertc or TensorFlow; a missing extra stops first."""
+"""target=openvino: the rewritten graph (length rewrites included) as an OpenVINO IR in f32 (precision=int8: the
+marked matmuls quantized by NNCF, gated on argmax agreement), verified against the original through OpenVINO, served
+by plain openvino without bertc or TensorFlow; a missing extra stops first."""
 
 from __future__ import annotations
 
@@ -125,3 +126,96 @@ def test_a_missing_extra_stops_before_any_work(tiny_model_dir, tmp_path, monkeyp
 def test_a_narrow_precision_is_refused_before_any_work(tiny_model_dir, tmp_path):
     code, report = compile_tiny(tiny_model_dir, tmp_path / "run", "precision=mixed")
     assert code == 2 and report["failed_step"] == "target" and "precision=fp32" in report["error"]
+
+
+INT8_ROLES = {"attention_projection": 6, "attention_output": 2, "ffn_in": 2, "ffn_out": 2}  # the tiny model's 2 layers
+
+
+def weight_types(model) -> dict[str, str]:
+    """MatMul friendly name -> the element type of the constant its weight comes from, through NNCF's
+    dequantization (Convert, Subtract, Multiply)."""
+    found = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "MatMul":
+            node = op.input_value(1).get_node()
+            while node.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+                node = node.input_value(0).get_node()
+            if node.get_type_name() == "Constant":
+                found[op.get_friendly_name()] = node.get_element_type().get_type_name()
+    return found
+
+
+@pytest.mark.parametrize("activations", ["static", "dynamic"])
+def test_int8_quantizes_the_marked_matmuls_only_passes_its_gate_and_serves(tiny_model_dir, tmp_path, activations):
+    pytest.importorskip("nncf", reason="int8 on openvino needs nncf: pip install 'bertc[openvino]'")
+    import openvino
+
+    overrides = ("precision=int8", f"precision.activations={activations}", "length=trim")
+    code, report = compile_tiny(tiny_model_dir, tmp_path / "run", *overrides)
+    assert code == 0, report.get("error")
+    parity = report["parity"]
+    assert parity["gate"] == "int8" and parity["passed"] and parity["gated_agreement"] >= 0.98
+    assert 0 < parity["max_abs_diff"] < 0.2, "int8 moves the probabilities, a little"
+    folder = tmp_path / "run" / "model"
+    info = json.loads((folder / "bertc_openvino.json").read_text())
+    assert info["int8"]["roles"] == INT8_ROLES and info["int8"]["activations"] == activations
+    assert info["int8"]["int8_weights"] == 12 and "nncf" in report["versions"], "nncf is in the fingerprint"
+    assert info["compile"].get("DYNAMIC_QUANTIZATION_GROUP_SIZE") == ("32" if activations == "dynamic" else None)
+    assert "int8" in report["serving"] and "12 matmuls" in report["serving"]["int8"]
+    model = openvino.Core().read_model(str(folder / "model.xml"))
+    types = weight_types(model)
+    marked = {name for name in types if "/encoder/layer_" in name}
+    assert len(marked) == 12 and {types[name] for name in marked} == {"i8"}
+    assert {name: types[name] for name in set(types) - marked} == {
+        "bert/embeddings/MatMul": "f32",
+        "bert/pooler/dense/MatMul": "f32",
+        "loss/MatMul": "f32",
+    }, "the embeddings, the pooler and the classifier stay f32"
+    fake_quantize = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    fed = {port.get_node().get_friendly_name() for op in fake_quantize for port in op.output(0).get_target_inputs()}
+    assert fed <= marked and bool(fake_quantize) == (activations == "static"), "activations quantized before them only"
+    halves = [
+        op
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Constant" and op.get_element_type() == openvino.Type.f16
+    ]
+    assert len(halves) == (12 if activations == "dynamic" else 0), "f32 weights; compress_weights' scales are f16"
+    batch = synthetic_batches(1, 4, 128, 30522, seed=5)[0]
+    served = serve_with_plain_openvino(folder / "model.xml", batch.feeds(), "probabilities")
+    expected = original_probabilities(tiny_model_dir, batch.feeds())
+    np.testing.assert_allclose(served["probabilities"], expected, atol=0.2)
+
+
+def test_an_int8_build_that_disagrees_is_rejected(tiny_model_dir, tmp_path, monkeypatch):
+    """The classifier's weights negated after quantizing: every argmax flips, and the gate must say so."""
+    pytest.importorskip("nncf", reason="int8 on openvino needs nncf: pip install 'bertc[openvino]'")
+    import openvino
+
+    from bertc.targets import openvino as target
+
+    real = target.quantize
+
+    def sabotaged(model, marked, serving_names, options):
+        quantized, info = real(model, marked, serving_names, options)
+        (classifier,) = [op for op in quantized.get_ordered_ops() if op.get_friendly_name() == "loss/MatMul"]
+        weight = classifier.input_value(1).get_node()
+        classifier.input(1).replace_source_output(openvino.op.Constant(-weight.get_data()).output(0))
+        return quantized, info
+
+    monkeypatch.setattr(target, "quantize", sabotaged)
+    code, report = compile_tiny(tiny_model_dir, tmp_path / "run", "precision=int8", "precision.activations=dynamic")
+    assert code == 1 and report["status"] == "rejected" and report["failed_step"] == "verify"
+    assert "argmax agreement" in report["error"] and "< 0.98" in report["error"]
+    assert report["parity"]["disagreements"], "the report lists the disagreements"
+    assert (tmp_path / "run" / "rejected" / "model.xml").is_file() and not (tmp_path / "run" / "model").exists()
+
+
+def test_int8_without_nncf_stops_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "nncf" else real(name))
+    code, report = compile_tiny(tiny_model_dir, tmp_path / "run", "precision=int8")
+    assert code == 2 and report["failed_step"] == "target"
+    assert "nncf" in report["error"] and "pip install 'bertc[openvino]'" in report["error"]
+    assert not (tmp_path / "run" / "model").exists()

@@ -1,5 +1,6 @@
 """target=openvino: the rewritten graph (every pass applied, the length rewrite included) as an OpenVINO IR,
-compiled for the CPU in f32, served by plain `openvino` with the user's input names.
+compiled for the CPU in f32 (precision=int8: the marked matmuls in int8), served by plain `openvino` with the
+user's input names.
 
 The serving function target=tf would save is converted by `openvino.convert_model` and written as
 `model/model.xml` + `model/model.bin` (weights kept in f32: save_model's default would halve them to f16) plus
@@ -18,9 +19,14 @@ one request at a time wants at batch 1 and batch 8 alike. THROUGHPUT splits the 
 with several requests in flight: on the demo model, 2 cores, one request at a time, it measured 46-50 seq/s at
 batch 8 against LATENCY's 52-56 (batch 1 within noise; a shared host under load, so rough: one thread measured
 69 there, only because other work held the second core).
+precision=int8 quantizes the matmuls the precision map marked with NNCF (bertc/targets/openvino_int8.py): int8
+weights in model.bin, quantized once at build time; `activations=dynamic` adds the CPU plugin's
+DYNAMIC_QUANTIZATION_GROUP_SIZE to the compile config, which bertc_openvino.json records ("compile") with what was
+quantized ("int8"). The attention math, LayerNorm, the embeddings, the pooler and the classifier stay f32.
 The `run_dir/serving/ovms/<name>/1/` folder is OpenVINO Model Server's model-repository layout.
 
-Needs the `openvino` extra (pip install 'bertc[openvino]'); without it the target stops before any work.
+Needs the `openvino` extra (pip install 'bertc[openvino]'; nncf for int8); without it the target stops before any
+work.
 `openvino.convert_model` sends OpenVINO's anonymous usage telemetry by default (about a hundred events a
 conversion); bertc leaves that consent to the user: `opt_in_out --opt_out` stops it.
 """
@@ -42,6 +48,7 @@ from bertc.graph import Graph, GraphError
 from bertc.serving_layout import _link_or_copy, serving_name
 from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
 from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.openvino_int8 import DYNAMIC_GROUP_SIZE, nncf_version, openvino_names, quantize
 
 EXTRA = "pip install 'bertc[openvino]'"
 MODEL_FILE, WEIGHTS_FILE, INFO_FILE = "model.xml", "model.bin", "bertc_openvino.json"
@@ -50,8 +57,8 @@ COMPILE_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENC
 OVMS_VERSION = 1
 
 
-def _missing() -> bool:
-    return importlib.util.find_spec("openvino") is None
+def _missing(module: str = "openvino") -> bool:
+    return importlib.util.find_spec(module) is None
 
 
 class OpenVinoArtifact:
@@ -76,18 +83,20 @@ class OpenVinoArtifact:
 
         names = dict(served.input_names) if served is not None else {}
         outputs = output_names(served) if served is not None else {}
-        threads = int(json.loads((path / INFO_FILE).read_text()).get("threads", 0))
-        return OpenVinoModel(path / MODEL_FILE, names, outputs, threads)
+        info = json.loads((path / INFO_FILE).read_text())
+        config = {**info.get("compile", COMPILE_CONFIG), **_threads(int(info.get("threads", 0)))}
+        return OpenVinoModel(path / MODEL_FILE, names, outputs, config)
 
     def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
         info = json.loads((path / INFO_FILE).read_text())
         base = write_ovms_layout(path, run_dir, label)
-        config = ", ".join(f'"{key}": "{value}"' for key, value in COMPILE_CONFIG.items())
+        config = ", ".join(f'"{key}": "{value}"' for key, value in info.get("compile", COMPILE_CONFIG).items())
         return {
             "engine": f"openvino {info['versions']['openvino']}",
             "files": f"{path / MODEL_FILE}, {path / WEIGHTS_FILE}, {path / INFO_FILE}",
             "inputs": ", ".join(info["inputs"]),
             "outputs": ", ".join(info["outputs"]),
+            **({"int8": _int8_line(info["int8"])} if "int8" in info else {}),
             "how": (
                 f"openvino.Core().compile_model('{path / MODEL_FILE}', 'CPU', {{{config}}})"
                 "({input: int32 [batch, S]})"
@@ -100,17 +109,16 @@ class OpenVinoArtifact:
 
 
 class OpenVinoModel:
-    """model.xml compiled for the CPU in f32, fed under the user's names; outputs read back as probabilities and
-    logits whatever keys the user's signature gave them."""
+    """model.xml compiled for the CPU with the artifact's compile config (f32), fed under the user's names; outputs
+    read back as probabilities and logits whatever keys the user's signature gave them."""
 
-    def __init__(self, model: Path, input_names: Mapping[str, str], output_names: Mapping[str, str], threads: int):
+    def __init__(
+        self, model: Path, input_names: Mapping[str, str], output_names: Mapping[str, str], config: Mapping[str, Any]
+    ):
         import openvino
 
-        config: dict[str, Any] = dict(COMPILE_CONFIG)
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
         core = openvino.Core()
-        self._compiled = core.compile_model(core.read_model(str(model)), "CPU", config)
+        self._compiled = core.compile_model(core.read_model(str(model)), "CPU", dict(config))
         self._request = self._compiled.create_infer_request()
         self._names = dict(input_names)
         self._outputs = {served: name for name, served in output_names.items()}
@@ -129,6 +137,7 @@ class OpenVinoModel:
 
 class OpenVinoTarget(SavedModelTarget):
     name = "openvino"
+    quantizes = True  # precision=int8: NNCF quantizes the marked matmuls (bertc/targets/openvino_int8.py)
     probe_runtime = None  # not a TensorFlow runtime: the precision probe does not apply
 
     def check_available(self, options: TargetOptions) -> None:
@@ -138,15 +147,24 @@ class OpenVinoTarget(SavedModelTarget):
             raise ConfigError("target=openvino runs on the CPU here; use target.device=cpu (or auto).")
         if options.compute_dtype != "float32":
             raise ConfigError(
-                f"target=openvino takes precision=fp32 (this plan computes in {options.compute_dtype}): bertc compiles "
-                "OpenVINO models in f32, and bf16 is slower than f32 on this CPU kind. Use precision=fp32."
+                f"target=openvino takes precision=fp32 or int8 (this plan computes in {options.compute_dtype}): bertc "
+                "compiles OpenVINO models in f32, and bf16 is slower than f32 on this CPU kind. Use precision=fp32 "
+                "or int8."
+            )
+        if options.quantize and _missing("nncf"):
+            raise ConfigError(
+                f"target=openvino quantizes precision=int8 with nncf, which is not installed: {EXTRA}. Nothing was "
+                "compiled."
             )
 
     def serves_on_cpu(self, options: TargetOptions) -> bool:
-        return False  # not in a TensorFlow runtime: the precision probe does not apply (fp32 only, checked above)
+        return False  # not in a TensorFlow runtime: the precision probe does not apply (fp32 or int8, checked above)
 
     def engine_versions(self) -> dict[str, str]:
-        return _versions() if not _missing() else {}
+        if _missing():
+            return {}
+        # NOTE: nncf whenever it is installed: int8 builds depend on it, and this call is not told the precision
+        return {**_versions(), "nncf": nncf_version()} if not _missing("nncf") else _versions()
 
     def lower(self, graph: Graph, options: TargetOptions) -> OpenVinoArtifact:
         import tensorflow as tf
@@ -155,14 +173,34 @@ class OpenVinoTarget(SavedModelTarget):
 
         module = CompiledBert(graph, options.seq_len, Placement(options.host_device, None, jit_compile=False))
         model = _convert(module, graph)
-        info = {
+        int8: dict[str, Any] = {}
+        if options.quantize:
+            model, int8 = _quantize(model, graph, options)
+        info: dict[str, Any] = {
             "inputs": [port.get_any_name() for port in model.inputs],
             "outputs": [port.get_any_name() for port in model.outputs],
             # the plan's target.intra_op_threads, which bertc's pipeline set in TensorFlow (0: every core)
             "threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "versions": _versions(),
+            "compile": compile_config(options),
+            **({"int8": int8} if int8 else {}),
         }
         return OpenVinoArtifact(model, info)
+
+
+def _quantize(model: Any, graph: Graph, options: TargetOptions) -> tuple[Any, dict]:
+    """The converted model with the precision map's matmuls (Graph.quantize, by TensorFlow name) in int8."""
+    int8 = openvino_names(model, graph.quantize)  # TensorFlow name -> OpenVINO friendly name
+    marked = {int8[name]: role for name, role in graph.quantize.items()}
+    return quantize(model, marked, graph.serving_names, options)
+
+
+def compile_config(options: TargetOptions) -> dict[str, str]:
+    """The CPU plugin's config the artifact is served with (recorded in bertc_openvino.json, threads aside)."""
+    if options.quantize and options.activations == "dynamic":
+        # NOTE: explicit: int8-weight matmuls get their activations quantized at run time in groups of this size
+        return {**COMPILE_CONFIG, "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(DYNAMIC_GROUP_SIZE)}
+    return dict(COMPILE_CONFIG)
 
 
 def _convert(module, graph: Graph) -> Any:
@@ -206,6 +244,17 @@ def write_ovms_layout(model_dir: Path, run_dir: Path, label: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final / name
+
+
+def _threads(threads: int) -> dict[str, int]:
+    return {"INFERENCE_NUM_THREADS": threads} if threads else {}
+
+
+def _int8_line(int8: dict) -> str:
+    return (
+        f"{int8['matmuls']} matmuls ({', '.join(f'{role} {count}' for role, count in int8['roles'].items())}), "
+        f"{int8['activations']} activations, {int8['weights']}: {int8['mode']} (nncf {int8['nncf']})"
+    )
 
 
 def _versions() -> dict[str, str]:
