@@ -18,6 +18,7 @@ from rich.console import Console
 
 from bertc.batches import synthetic_batches
 from bertc.cli import CONF_DIR
+from bertc.hardware import cpu_flags
 from bertc.pipeline import compile_run
 from bertc.plan import build_plan
 
@@ -184,6 +185,19 @@ def test_int8_quantizes_the_marked_matmuls_only_passes_its_gate_and_serves(tiny_
     served = serve_with_plain_openvino(folder / "model.xml", batch.feeds(), "probabilities")
     expected = original_probabilities(tiny_model_dir, batch.feeds())
     np.testing.assert_allclose(served["probabilities"], expected, atol=0.2)
+    if activations == "dynamic" and VNNI & cpu_flags():
+        runs = {size: compiled_logits(folder / "model.xml", batch.feeds(), size) for size in ("0", "32")}
+        assert not np.array_equal(runs["0"], runs["32"]), "the CPU plugin quantizes the activations (0: it does not)"
+
+
+VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}  # where the CPU plugin has int8 kernels for dynamic quantization
+
+
+def compiled_logits(model, feeds, group_size: str) -> np.ndarray:
+    import openvino
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": group_size}
+    return openvino.Core().compile_model(str(model), "CPU", config)(feeds)["logits"]
 
 
 def test_an_int8_build_that_disagrees_is_rejected(tiny_model_dir, tmp_path, monkeypatch):
