@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import exporters
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -135,3 +136,25 @@ def test_bertcs_attention_fusion_keeps_the_graphs_scale_and_mask(tiny_model_dir,
             expected, got = (session.run(["probabilities", "logits"], feeds) for session in sessions)
             assert np.abs(expected[1]).max() > 0.05, "the sharpened model's logits are not all near zero"
             np.testing.assert_allclose(got[1], expected[1], atol=2e-5)
+
+
+@pytest.mark.parametrize("exporter", ["google_onehot", pytest.param("hf_tf", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_an_exporter_model_compiles_and_serves_under_its_own_names(exporter, precision, tmp_path):
+    """A model bertc did not make (tests/exporters.py): parity (fp32) or the int8 gate, the user's own keys in the
+    ONNX model, and what fused or quantized on its graph."""
+    missing = exporters.missing_packages(exporter)
+    if missing:
+        pytest.skip(f"{exporter} needs {', '.join(missing)} ({exporters.INSTALL_HINT})")
+    shape = exporters.SHAPES["L3_H48_A3_C3"]
+    (folder,) = exporters.build(exporter, [shape], tmp_path)
+    user = json.loads((folder / "bertc_exporter.json").read_text())
+    code, report = compile_tiny(folder, tmp_path / "run", "length=trim", f"precision={precision}")
+    assert code == 0, report.get("error")
+    assert report["parity"]["passed"]
+    if precision == "fp32":
+        assert report["parity"]["max_abs_diff"] <= 1e-5
+    info = json.loads((tmp_path / "run" / "model" / "bertc_onnx.json").read_text())
+    assert info["inputs"] == user["inputs"] and user["output"] in info["outputs"]
+    if precision == "int8":
+        assert info["int8"]["matmuls"] == 6 * shape.layers, "every dense layer of attention and FFN, by role"
