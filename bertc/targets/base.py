@@ -5,8 +5,9 @@ says how it serves). Nothing here imports TensorFlow: an engine's artifact need 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,3 +105,24 @@ class SavedModelTarget:
 
     def engine_versions(self) -> dict[str, str]:
         return {}  # TensorFlow's version is in every fingerprint already
+
+
+def engine_node_names(marked: Iterable[str], found: list[str], engine: str) -> dict[str, str]:
+    """TensorFlow node name -> the engine's name for that node (int8's marked matmuls): converters keep TensorFlow's
+    names, under the prefix of the function they traced (tf2onnx: StatefulPartitionedCall/...; OpenVINO: none
+    today); the one prefix under which every marked name is among `found` is the engine's."""
+    from bertc.errors import ModelError
+
+    marked = list(marked)
+    prefixes: collections.Counter = collections.Counter()
+    for name in marked:
+        prefixes.update({each[: -len(name)] for each in found if each == name or each.endswith("/" + name)})
+    common = [prefix for prefix, count in prefixes.items() if count == len(marked)]
+    if len(common) != 1:
+        missing = [name for name in marked if not any(each.endswith(name) for each in found)]
+        raise ModelError(
+            f"the {engine} model does not hold the matmuls precision=int8 marked ({len(marked)} marked; not found: "
+            f"{missing[:3]}; {len(common)} common name prefixes). This is a bertc fault: please report it with the "
+            "run's report.json."
+        )
+    return {name: common[0] + name for name in marked}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bertc.errors import ModelError
-from bertc.targets.base import TargetOptions
+from bertc.targets.base import TargetOptions, engine_node_names
 
 MS_DOMAIN = "com.microsoft"
 SERVING_INPUTS = ("input_ids", "input_mask", "segment_ids")
@@ -78,21 +78,8 @@ def quantize(
 
 
 def onnx_names(model: Any, marked: Mapping[str, str]) -> dict[str, str]:
-    """TensorFlow MatMul name -> its ONNX node's name. tf2onnx keeps TensorFlow's node names under the prefix of the
-    function it traced (StatefulPartitionedCall/...): the one prefix under which every marked name is found."""
-    matmuls = [node.name for node in model.graph.node if node.op_type == "MatMul"]
-    prefixes: collections.Counter = collections.Counter()
-    for name in marked:
-        prefixes.update({onnx[: -len(name)] for onnx in matmuls if onnx == name or onnx.endswith("/" + name)})
-    common = [prefix for prefix, count in prefixes.items() if count == len(marked)]
-    if len(common) != 1:
-        missing = [name for name in marked if not any(onnx.endswith(name) for onnx in matmuls)]
-        raise ModelError(
-            f"the ONNX model does not hold the matmuls precision=int8 marked ({len(marked)} marked; not found: "
-            f"{missing[:3]}; {len(common)} common name prefixes). This is a bertc fault: please report it with the "
-            "run's report.json."
-        )
-    return {name: common[0] + name for name in marked}
+    """TensorFlow MatMul name -> its ONNX node's name (tf2onnx keeps the names under its traced function's prefix)."""
+    return engine_node_names(marked, [node.name for node in model.graph.node if node.op_type == "MatMul"], "ONNX")
 
 
 def _declare_ms_domain(model: Any) -> None:

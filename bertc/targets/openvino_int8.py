@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bertc.errors import ModelError
-from bertc.targets.base import TargetOptions
+from bertc.targets.base import TargetOptions, engine_node_names
 
 SERVING_INPUTS = ("input_ids", "input_mask", "segment_ids")
 DYNAMIC_GROUP_SIZE = 32  # the CPU plugin's default where it quantizes activations; set explicitly, recorded
@@ -37,22 +37,9 @@ def nncf_version() -> str:
 
 
 def openvino_names(model: Any, marked: Mapping[str, str]) -> dict[str, str]:
-    """TensorFlow MatMul name -> its OpenVINO op's friendly name. openvino.convert_model keeps TensorFlow's node
-    names (today as they are; a traced function's prefix is accepted): the one prefix under which every marked name
-    is found."""
+    """TensorFlow MatMul name -> its OpenVINO op's friendly name (openvino.convert_model keeps TensorFlow's names)."""
     matmuls = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
-    prefixes: collections.Counter = collections.Counter()
-    for name in marked:
-        prefixes.update({found[: -len(name)] for found in matmuls if found == name or found.endswith("/" + name)})
-    common = [prefix for prefix, count in prefixes.items() if count == len(marked)]
-    if len(common) != 1:
-        missing = [name for name in marked if not any(found.endswith(name) for found in matmuls)]
-        raise ModelError(
-            f"the OpenVINO model does not hold the matmuls precision=int8 marked ({len(marked)} marked; not found: "
-            f"{missing[:3]}; {len(common)} common name prefixes). This is a bertc fault: please report it with the "
-            "run's report.json."
-        )
-    return {name: common[0] + name for name in marked}
+    return engine_node_names(marked, matmuls, "OpenVINO")
 
 
 def quantize(
