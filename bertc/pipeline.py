@@ -154,7 +154,7 @@ def prepare(plan: Plan, log: Callable[[str], None]) -> Source:
     # target.device=auto resolves from them: they change the artifact, so they are in the fingerprint.
     from bertc import targets
 
-    engine = targets.get(plan.target.name).engine_versions()
+    engine = targets.get(plan.target.name).engine_versions(plan.quantize)
     library_versions = {**versions(), **engine, "devices": _device_counts()}
     return Source(path, digest, library_versions, fingerprint(plan, digest, library_versions))
 

@@ -61,7 +61,7 @@ class NumpyTarget:
     def serves_on_cpu(self, options: TargetOptions) -> bool:
         return False
 
-    def engine_versions(self) -> dict[str, str]:
+    def engine_versions(self, quantize: str = "") -> dict[str, str]:
         return {"numpy": np.__version__}
 
     def lower(self, graph, options: TargetOptions) -> NpzArtifact:

@@ -82,8 +82,9 @@ class Target(Protocol):
     def lower(self, graph: Any, options: TargetOptions) -> Artifact:
         """The rewritten Graph -> the artifact (not yet saved)."""
 
-    def engine_versions(self) -> dict[str, str]:
-        """The versions of the engine the artifact is built for, beyond TensorFlow's: in the fingerprint."""
+    def engine_versions(self, quantize: str = "") -> dict[str, str]:
+        """The versions of the engine the artifact is built for, beyond TensorFlow's: in the fingerprint. `quantize`:
+        the plan's ("int8" or ""), where a quantizer of its own builds the artifact too."""
 
 
 class SavedModelTarget:
@@ -103,7 +104,7 @@ class SavedModelTarget:
 
         return self.probe_runtime is not None and resolve_device(options.device) == "/device:CPU:0"
 
-    def engine_versions(self) -> dict[str, str]:
+    def engine_versions(self, quantize: str = "") -> dict[str, str]:
         return {}  # TensorFlow's version is in every fingerprint already
 
 

@@ -135,7 +135,7 @@ class OnnxRuntimeTarget(SavedModelTarget):
     def serves_on_cpu(self, options: TargetOptions) -> bool:
         return False  # not in a TensorFlow runtime: the precision probe does not apply (fp32 only, checked above)
 
-    def engine_versions(self) -> dict[str, str]:
+    def engine_versions(self, quantize: str = "") -> dict[str, str]:
         return _versions() if not _missing() else {}
 
     def lower(self, graph: Graph, options: TargetOptions) -> OnnxArtifact:

@@ -160,11 +160,11 @@ class OpenVinoTarget(SavedModelTarget):
     def serves_on_cpu(self, options: TargetOptions) -> bool:
         return False  # not in a TensorFlow runtime: the precision probe does not apply (fp32 or int8, checked above)
 
-    def engine_versions(self) -> dict[str, str]:
+    def engine_versions(self, quantize: str = "") -> dict[str, str]:
         if _missing():
             return {}
-        # NOTE: nncf whenever it is installed: int8 builds depend on it, and this call is not told the precision
-        return {**_versions(), "nncf": nncf_version()} if not _missing("nncf") else _versions()
+        # nncf builds int8 artifacts only: an fp32 fingerprint does not depend on whether it is installed
+        return {**_versions(), "nncf": nncf_version()} if quantize and not _missing("nncf") else _versions()
 
     def lower(self, graph: Graph, options: TargetOptions) -> OpenVinoArtifact:
         import tensorflow as tf
