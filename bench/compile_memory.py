@@ -5,7 +5,7 @@
     python bench/compile_memory.py -- precision=mixed_bf16 partition=cpu_embed   # other overrides after --
 
 Steps, each in its own process:
-1. export `--size` (bertc.export presets: random weights, seed 0, seq 128, 2 labels) into --workdir, unless
+1. export `--size` (bertc.model.export presets: random weights, seed 0, seq 128, 2 labels) into --workdir, unless
    it is there already (bench/compare.py's export, reused with `--reuse`);
 2. `python -m bertc model.path=<export> length=buckets target=xla precision=fp32 verify=off bench=off
    hydra.run.dir=<workdir>/run overwrite=true <overrides>`, the compile measured: its peak resident set
@@ -129,7 +129,7 @@ def run_measured(command: list[str], log_file: Path, timeout: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="large", help="tiny, mini, base, large (bertc.export presets)")
+    parser.add_argument("--size", default="large", help="tiny, mini, base, large (bertc.model.export presets)")
     parser.add_argument("--workdir", type=Path, default=None, help="default bench/out/compile_memory-<size>")
     parser.add_argument("--model", type=Path, default=None, help="an export to compile instead of exporting one")
     parser.add_argument("--reuse", action="store_true", help="reuse the export in --workdir")

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertc.analysis import ROLE_GROUPS, ROLES, node_roles, role_matches
+from bertc.analysis.structure import ROLE_GROUPS, ROLES, node_roles, role_matches
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.ir.graph import (
     DT_BFLOAT16,
     DT_FLOAT,
     DT_HALF,
@@ -34,12 +34,12 @@ from bertc.graph import (
     split_input,
     tensor_name,
 )
-from bertc.lazy import tf
+from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
 from bertc.schema import Key, choice
 
 if TYPE_CHECKING:
-    from bertc.graph import NodeDef
+    from bertc.ir.graph import NodeDef
 
 DTYPES = ("float32", "float16", "bfloat16")
 SHORT = {DT_FLOAT: "f32", DT_HALF: "f16", DT_BFLOAT16: "bf16"}
@@ -52,7 +52,7 @@ class PrecisionRule:
     scope: str = "*"
     ops: tuple[str, ...] = ()
     dtype: str = choice("float16", DTYPES)
-    # a role the structural analysis gives nodes (bertc/analysis.py: ROLES), or a group of them
+    # a role the structural analysis gives nodes (bertc/analysis/structure.py: ROLES), or a group of them
     # (attention, ffn); empty: any node. Roles mean the same on every exporter's graph; scopes do not.
     role: str = choice("", ("", *ROLES, *ROLE_GROUPS))
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.ir.graph import (
     BUCKET_INDEX,
     LENGTH,
     LENGTH_SCOPE,
@@ -57,13 +57,13 @@ from bertc.graph import (
     static_shapes,
     tensor_name,
 )
-from bertc.lazy import tf
+from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
 from bertc.passes.pack_tokens import pack_matches, pack_tokens
 from bertc.schema import bounded, choice
 
 if TYPE_CHECKING:
-    from bertc.graph import NodeDef
+    from bertc.ir.graph import NodeDef
 
 SCOPE = LENGTH_SCOPE
 MODES = ("trim", "buckets", "pack")
@@ -436,7 +436,7 @@ def _cut_inputs(graph: Graph, params: LengthParams) -> str | None:
 
 def _length_suits_target(facts) -> dict:
     """No derived parameters; the mode is checked against the target, which must be able to run it."""
-    from bertc.lengths import check_length_target
+    from bertc.evaluate.lengths import check_length_target
 
     check_length_target(facts["length"].mode, tuple(facts["length"].sizes), facts["target"])
     return {}

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from bertc.graph import Graph, bucket_sizes_of
+from bertc.ir.graph import Graph, bucket_sizes_of
 
 LENGTH_SIGNATURE = "bertc_length"  # a second signature of the artifact: input_mask -> the length it runs at
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bertc.errors import ConfigError
-from bertc.graph import Graph
+from bertc.ir.graph import Graph
 from bertc.targets.base import SavedModelTarget, TargetOptions
 
 EXTRA = "pip install 'bertc[onnxruntime]'"

@@ -7,7 +7,7 @@ saved with the function, so TensorFlow Serving uses XLA without bertc.
 
 from __future__ import annotations
 
-from bertc.graph import Graph
+from bertc.ir.graph import Graph
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.devices import resolve_device
 from bertc.targets.serving import CompiledBert, Placement, SavedModelArtifact
