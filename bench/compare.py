@@ -78,6 +78,9 @@ PRESETS: dict[str, str] = {
     "fp32_ort": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=onnxruntime",
     "fp32_ort_trim": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=onnxruntime length=trim",
     "fp32_ort_pack": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=onnxruntime length=pack",
+    # issue 25: int8 by role (dense layers of attention and FFN), quantized by ONNX Runtime, dynamic activations
+    "int8_ort_trim": f"precision=int8 {_REWRITES} mask.fold_scale=true target=onnxruntime length=trim",
+    "int8_ort_pack": f"precision=int8 {_REWRITES} mask.fold_scale=true target=onnxruntime length=pack",
 }
 DEFAULT_CANDIDATES = (
     "fp32",
@@ -87,6 +90,8 @@ DEFAULT_CANDIDATES = (
     "fp32_pack",
     "fp32_ort_trim",
     "fp32_ort_pack",
+    "int8_ort_trim",
+    "int8_ort_pack",
 )
 CUT_MODES = ("length=trim", "length=buckets", "length=pack")
 GOALS = {"bf16_vs_original": 2.0, "bf16_vs_ort": 1.7, "fp32_vs_original": 1.15, "bf16_parity": 3e-2}
@@ -102,6 +107,7 @@ LENGTH_GOALS = {
     "parity": 1e-5,
     "full_vs_best": 0.97,
 }
+INT8_GOALS = {"vs_int8_peer": 1.2, "latency_vs_int8_peer": 1.0}  # issue 25, on MRPC lengths
 ORIGINAL, ORT = "original", "onnxruntime"
 DEFAULT_WORDS = set(_REWRITES.split()) | {"target=tf"}
 PEER_PACKAGES = ("onnxruntime", "tf2onnx", "onnx", "openvino", "ctranslate2", "torch", "transformers")
@@ -247,6 +253,7 @@ def load_systems(work: Path, candidates: list[dict], args) -> tuple[dict, dict]:
         if candidate.get("path"):
             engine = peers.OnnxCompiled if (Path(candidate["path"]) / "model.onnx").is_file() else peers.TFCompiled
             system = engine(candidate["path"], describe(candidate["overrides"]))
+            system.precision = "int8" if kind_of(candidate["overrides"]) == "int8" else "fp32"
             system.static_shape = not any(mode in candidate["overrides"] for mode in CUT_MODES)
             systems[candidate["name"]] = system
     return systems, absent
@@ -530,6 +537,8 @@ def onednn_enabled() -> bool | None:
 
 def kind_of(overrides: str) -> str:
     words = set(overrides.split())
+    if "precision=int8" in words:
+        return "int8"
     if "precision=mixed_bf16" in words or "precision.dtype=bfloat16" in words:
         return "bf16"
     if "precision=mixed" in words:
@@ -699,6 +708,29 @@ def length_goals(bench: dict, candidates: list[dict], parities: dict, limits: di
             f"(>= {goal['full_vs_best']}, within noise): {_mark(ratio >= goal['full_vs_best'])}"
         )
     return lines
+
+
+def int8_goals(bench: dict, candidates: list[dict], systems: dict, batch: int) -> list[str]:
+    """Issue 25's int8 goals: bertc's fastest int8 build against the fastest (and the quickest) int8 peer."""
+    mixed = f"mrpc_b{batch}"
+    ours = [c["name"] for c in candidates if c["name"] in bench and kind_of(c["overrides"]) == "int8"]
+    theirs = [name for name in peers_and_original(systems) if systems[name].precision == "int8" and name in bench]
+    if not ours or not theirs:
+        return ["int8 goals not checked: " + ("no int8 candidate ran" if not ours else "no int8 peer ran")]
+    best = max(ours, key=lambda name: bench[name]["workloads"][mixed]["throughput"])
+    peer = max(theirs, key=lambda name: bench[name]["workloads"][mixed]["throughput"])
+    quickest = min(theirs, key=lambda name: bench[name]["workloads"]["mrpc_b1"]["p50_ms"])
+    ratio = bench[best]["workloads"][mixed]["throughput"] / bench[peer]["workloads"][mixed]["throughput"]
+    latency = bench[best]["workloads"]["mrpc_b1"]["p50_ms"] / bench[quickest]["workloads"]["mrpc_b1"]["p50_ms"]
+    return [
+        f"fastest int8 candidate on MRPC b{batch}: {best}",
+        f"x the fastest int8 peer ({peer}): {ratio:.3g} (>= {INT8_GOALS['vs_int8_peer']}): "
+        f"{_mark(ratio >= INT8_GOALS['vs_int8_peer'])}",
+        f"b1 p50 x the quickest int8 peer's ({quickest}): {latency:.3g} (<= {INT8_GOALS['latency_vs_int8_peer']}): "
+        f"{_mark(latency <= INT8_GOALS['latency_vs_int8_peer'])}",
+        "argmax agreement of each int8 row: the table's last column (the gate itself is bertc's verify on real "
+        "data: bertc/evaluate/verify.py AGREEMENT_GATES)",
+    ]
 
 
 def notes_for(payload: dict) -> list[str]:
@@ -977,7 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
         "goals": goals(bench, candidates, parities),
         "lengths": figures["lengths"],
         "length_table": length_table(rows, batch, figures["lengths"]["bounds"]),
-        "length_goals": length_goals(bench, candidates, parities, figures["lengths"]["bounds"], batch),
+        "length_goals": length_goals(bench, candidates, parities, figures["lengths"]["bounds"], batch)
+        + int8_goals(bench, candidates, systems, batch),
         "load_start": load_start,
         "load_end": " ".join(f"{value:.1f}" for value in os.getloadavg()),
         "build_s": round(build_s, 1),

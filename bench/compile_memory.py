@@ -1,13 +1,14 @@
-"""Peak memory and time of one compile, per stage and per length bucket (issue 15: a `large` compile with buckets).
+"""Peak memory and time of one compile, per stage and per length bucket (issues 15, 22: `large`, xla, buckets or pack).
 
     python bench/compile_memory.py                                  # BERT-Large, length=buckets target=xla fp32
     python bench/compile_memory.py --size tiny                      # the smoke test (under a minute)
     python bench/compile_memory.py -- precision=mixed_bf16 partition=cpu_embed   # other overrides after --
+    python bench/compile_memory.py --length pack                    # length=pack target=xla: a function per (L, T)
 
 Steps, each in its own process:
 1. export `--size` (bertc.model.export presets: random weights, seed 0, seq 128, 2 labels) into --workdir, unless
    it is there already (bench/compare.py's export, reused with `--reuse`);
-2. `python -m bertc model.path=<export> length=buckets target=xla precision=fp32 verify=off bench=off
+2. `python -m bertc model.path=<export> length=<--length> target=xla precision=fp32 verify=off bench=off
    hydra.run.dir=<workdir>/run overwrite=true <overrides>`, the compile measured: its peak resident set
    (`ru_maxrss` from `os.wait4`, the kernel's own high-water mark), and, sampled every 0.2 s from
    /proc/<pid>/status, the resident set while each stage the compile prints was running.
@@ -30,10 +31,25 @@ import threading
 import time
 from pathlib import Path
 
-from compare import REPO, export, machine_info  # bench/ is on sys.path when this runs as a script
+from compare import REPO, machine_info, run_logged  # bench/ is on sys.path when this runs as a script
 
-DEFAULT_OVERRIDES = ("length=buckets", "target=xla", "precision=fp32", "verify=off", "bench=off")
+DEFAULT_OVERRIDES = ("target=xla", "precision=fp32", "verify=off", "bench=off")
 GOAL_RATIO = 3.0
+
+
+def export(size: str, out: Path, seq_len: int, reuse: bool, timeout: float) -> None:
+    """bertc.model.export's preset `size` (random weights, seed 0, 2 labels) into `out`, in its own process."""
+    if reuse and (out / "saved_model.pb").is_file():
+        print(f"export: reusing {out}", flush=True)
+        return
+    if out.exists():
+        raise SystemExit(f"{out} exists; pass --reuse to compile it, or remove it")
+    command = [sys.executable, "-m", "bertc.model.export", "--size", size, "--out", str(out), "--seq-len", str(seq_len)]
+    command += ["--num-labels", "2", "--seed", "0"]
+    code, seconds, tail = run_logged(command, out.parent / "export.log", timeout)
+    if code != 0:
+        raise SystemExit(f"exporting {size} failed (exit {code}); see {out.parent / 'export.log'}:\n{tail}")
+    print(f"export: {size} in {seconds:.0f}s", flush=True)
 
 
 def weight_bytes(model: Path) -> int:
@@ -134,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="an export to compile instead of exporting one")
     parser.add_argument("--reuse", action="store_true", help="reuse the export in --workdir")
     parser.add_argument("--timeout", type=float, default=5400, help="seconds for the compile (default 5400)")
+    parser.add_argument("--length", default="buckets", help="the length option: buckets (default) or pack")
     parser.add_argument("overrides", nargs="*", help="bertc overrides after the defaults (after --)")
     args = parser.parse_args(argv)
     work = (args.workdir or REPO / "bench" / "out" / f"compile_memory-{args.size}").resolve()
@@ -146,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "-m",
         "bertc",
         f"model.path={model}",
+        f"length={args.length}",
         *DEFAULT_OVERRIDES,
         *args.overrides,
         f"hydra.run.dir={work / 'run'}",
@@ -196,8 +214,15 @@ def print_summary(result: dict) -> None:
     for mark in result["stage_marks"]:
         print(f"  {mark['at_s']:7.1f}s  {mark['line']}")
     print(f"compile for the target (lowering + warm-up of every bucket): {result['target_compile_seconds']} s")
-    for bucket, seconds in (result["bucket_compile_seconds"] or {}).items():
-        print(f"  bucket {bucket:>4}: {seconds:8.1f} s (its first call, the XLA compile included)")
+    buckets = result["bucket_compile_seconds"] or {}
+    for bucket, seconds in buckets.items():  # length=pack: "LxT", a function per (L bucket, T bucket)
+        print(f"  bucket {bucket:>8}: {seconds:8.1f} s (its first call, the XLA compile included)")
+    if buckets:
+        values = sorted(buckets.values())
+        print(
+            f"  {len(values)} compiled functions: {sum(values):.1f} s in all, median {values[len(values) // 2]:.1f} s, "
+            f"max {values[-1]:.1f} s"
+        )
     for name, seconds in result["steps_seconds"].items():
         print(f"  step {name}: {seconds} s")
 

@@ -51,7 +51,8 @@ def test_compiles_with_parity_and_serves_with_plain_onnxruntime(tiny_model_dir, 
     assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-5
     model = tmp_path / "run" / "model" / "model.onnx"
     info = json.loads((tmp_path / "run" / "model" / "bertc_onnx.json").read_text())
-    assert info["inputs"] == ["input_ids", "input_mask", "segment_ids"] and "FastGelu" in info["fused"]
+    assert info["inputs"] == ["input_ids", "input_mask", "segment_ids"] and info["fused"]["FastGelu"] == 2
+    assert info["fused"]["Attention"] == 2 and info["fused"]["SkipLayerNormalization"] == 4, "bertc's own fusions"
     assert report["serving"]["engine"].startswith("onnxruntime")
     assert "onnxruntime" in report["versions"], "the engine's version is in the fingerprint"
     batch = synthetic_batches(1, 5, 128, 30522, seed=3)[0]
@@ -87,3 +88,45 @@ def test_a_missing_extra_stops_before_any_work(tiny_model_dir, tmp_path, monkeyp
 def test_a_narrow_precision_is_refused_before_any_work(tiny_model_dir, tmp_path):
     code, report = compile_tiny(tiny_model_dir, tmp_path / "run", "precision=mixed")
     assert code == 2 and report["failed_step"] == "target" and "precision=fp32" in report["error"]
+
+
+def test_bertcs_attention_fusion_keeps_the_graphs_scale_and_mask(tiny_model_dir, tmp_path, monkeypatch):
+    """The tiny model's attention is nearly uniform (small random weights), so a wrong scale or mask would hardly
+    show in its outputs: Q and K are sharpened x8 in the graph before fusing, then both graphs run side by side."""
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    from bertc.targets import onnxruntime as target
+    from bertc.targets.onnx_fusion import fuse_attention, fuse_skip_layer_norm
+
+    before = tmp_path / "before.onnx"
+    real = target.fuse_attention
+
+    def keep_a_copy(model, heads, together):
+        onnx.save_model(model, str(before))
+        return real(model, heads, together)
+
+    monkeypatch.setattr(target, "fuse_attention", keep_a_copy)
+    # the scale as a Mul before the mask, or folded into Q; bertc's shared mask bias, or each layer's own [B, L, L]
+    for number, mask in enumerate(("mask.fold_scale=false", "mask.fold_scale=true", "mask=original")):
+        code, report = compile_tiny(tiny_model_dir, tmp_path / f"run_{number}", "length=trim", mask)
+        assert code == 0, report.get("error")
+        plain = onnx.load(str(before))
+        sharpened = {node.input[1] for node in plain.graph.node if node.op_type == "MatMul" and "/query/" in node.name}
+        sharpened |= {node.input[1] for node in plain.graph.node if node.op_type == "MatMul" and "/key/" in node.name}
+        for entry in plain.graph.initializer:
+            if entry.name in sharpened:
+                entry.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(entry) * 8, entry.name))
+        fused = onnx.ModelProto()
+        fused.CopyFrom(plain)
+        assert len(set(fuse_attention(fused, 4).values())) == 2 and fuse_skip_layer_norm(fused) == 4
+        sessions = [
+            onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            for model in (plain, fused)
+        ]
+        for batch in synthetic_batches(4, 4, 128, 30522, seed=11):
+            feeds = {key: value.astype(np.int32) for key, value in batch.feeds().items()}
+            expected, got = (session.run(["probabilities", "logits"], feeds) for session in sessions)
+            assert np.abs(expected[1]).max() > 0.05, "the sharpened model's logits are not all near zero"
+            np.testing.assert_allclose(got[1], expected[1], atol=2e-5)

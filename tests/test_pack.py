@@ -1,6 +1,6 @@
 """length=pack: the packed graph matches the original on batches of mixed real lengths, its layers run on
 exactly the batch's real tokens, it falls back to the full length for masks that are not right-padded, and
-it composes with fold_scale, mixed_bf16, partition=cpu_embed (with the pack mask as a boundary) and target=tf."""
+it composes with fold_scale, mixed_bf16, partition=cpu_embed (the pack mask crossing on its own) and target=tf."""
 
 from __future__ import annotations
 
@@ -151,13 +151,12 @@ def test_mixed_bf16_after_packing_converts_the_packed_layers(loaded, packed):
         assert_matches_original(loaded, result.graph, feeds, atol=2e-2)
 
 
-def test_cpu_embed_needs_the_pack_mask_as_a_boundary(loaded, packed):
-    with pytest.raises(GraphError, match="input_mask"):
-        partition_graph(packed.graph, PartitionParams())
-    parted = partition_graph(packed.graph, PartitionParams((*ALIASES, f"{PACK_MASK}:0"))).graph
+def test_cpu_embed_crosses_the_pack_mask_on_its_own(loaded, packed):
+    parted = partition_graph(packed.graph, PartitionParams()).graph
+    assert partition_graph(packed.graph, PartitionParams((*ALIASES, f"{PACK_MASK}:0"))).matches[f"{PACK_MASK}:0"] == 1
     _, body = split_length(parted)
     host, device = split_partition(body)
-    assert set(device.inputs) == {"embedding_output", "attention_mask", "b2"}  # b2: the pack mask, the third boundary
+    assert set(device.inputs) == {"embedding_output", "attention_mask", "pack_mask"}  # the pack mask, added
     module = CompiledBert(parted, 128, Placement())
     for feeds in mixed_batches(loaded.shape.vocab)[:3]:
         reference = run_graph(loaded.graph, feeds)["probabilities"]
@@ -180,8 +179,9 @@ def length_params(cfg):
 
 def test_config_and_static_shape_targets_refused_before_any_work():
     assert length_params(compose_config(["length=pack"])).mode == "pack"
-    for target in ("xla", "stablehlo", "neuron"):
-        with pytest.raises(ConfigError, match=rf"length=pack needs a target with dynamic shapes.*target={target}"):
+    assert length_params(compose_config(["length=pack", "target=xla"])).static_shapes  # tests/test_pack_static.py
+    for target in ("stablehlo", "neuron"):
+        with pytest.raises(ConfigError, match=rf"length=pack on target={target}: .* use length=buckets"):
             length_params(compose_config(["length=pack", f"target={target}"]))
 
 

@@ -99,5 +99,5 @@ def test_an_unknown_target_lists_the_registered_ones(numpy_target, tmp_path):
 
     field = next(field for field in TargetConf.__dataclass_fields__.values() if field.name == "name")
     assert check_choice("numpy", field.metadata[CHOICES], "target.name") == "numpy"
-    with pytest.raises(ConfigError, match="choose one of: tf, xla, neuron, stablehlo, onnxruntime, numpy"):
+    with pytest.raises(ConfigError, match="choose one of: tf, xla, neuron, stablehlo, onnxruntime, openvino, numpy"):
         check_choice("onnx", field.metadata[CHOICES], "target.name")

@@ -77,6 +77,8 @@ class VerifyConf:
     max_examples: int | None = bounded(None, 1, note="null: every example")
     # max |probability difference|; null: the precision's gate
     tolerance: float | None = bounded(None, 0, 1, above=True, note="null: the precision's gate")
+    # int8's gate: the least argmax agreement with the original (on verify.dataset when given); null: 0.98
+    min_agreement: float | None = bounded(None, 0, 1, above=True, note="null: the int8 gate's default")
     # limit of loading both models and comparing; null: none
     timeout_s: float | None = bounded(3600.0, 0, SECONDS, above=True, note="seconds; null: no limit")
     # before verify and bench: a compiled model whose call is more than this many times the original's is

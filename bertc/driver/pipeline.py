@@ -39,7 +39,7 @@ from bertc.run.faults import (
     received_interruption,
     signals_raise,
 )
-from bertc.run.report import summary_table, write_atomic, write_reports
+from bertc.run.report import gate_failure, gate_rule, summary_table, write_atomic, write_reports
 from bertc.run.rundir import claim_run_folder
 
 EXIT_USER_ERROR = 2
@@ -201,7 +201,14 @@ def check_target(run: Run, plan: Plan):
         0,
         compute_dtype=plan.compute_dtype,
         length_mode=plan.length_mode,
+        quantize=plan.quantize,
     )
+    if plan.quantize and not getattr(target, "quantizes", False):
+        raise ConfigError(
+            f"precision={plan.precision} computes matmuls in {plan.quantize}, which target={plan.target.name} cannot "
+            f"run: the engine targets quantize ({', '.join(targets.quantizing())}). Choose one of them, or a float "
+            "precision (fp32, mixed, mixed_bf16) for this target."
+        )
     target.check_available(options)
     if plan.compute_dtype != "float32" and target.serves_on_cpu(options):
         check_precision_pays(run, plan, target.probe_runtime)
@@ -271,6 +278,7 @@ def target_options(plan: Plan, shape, fingerprint_: str):
     from bertc.targets.base import TargetOptions
 
     partition, mask = plan.step_params("partition"), plan.step_params("mask")
+    precision = plan.step_params("precision")
     return TargetOptions(
         name=plan.target.name,
         device=plan.target.device,
@@ -285,12 +293,15 @@ def target_options(plan: Plan, shape, fingerprint_: str):
         dynamic_batch=plan.target.dynamic_batch,
         batch_sizes=plan.target.batch_sizes,
         precision=plan.precision,
-        gate_tolerance=plan.verify.tolerance or GATES[plan.gate],
+        gate_tolerance=plan.verify.tolerance or GATES.get(plan.gate, 1.0),  # int8: gated on agreement, not |dp|
         fingerprint=fingerprint_,
         seeded_preset=(plan.model.size, plan.model.seed) if plan.model.kind == "preset" else None,
         model_shape=dict(vars(shape)),
         keep_signature=plan.keep_signature,
         length_mode=plan.length_mode,
+        quantize=plan.quantize,
+        activations=precision.activations if precision else "dynamic",
+        calibration_batches=precision.calibration_batches if precision else 8,
     )
 
 
@@ -473,6 +484,12 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
     from bertc.evaluate.verify import compare, read_glue_tsv, tokenize_pairs
 
     settings = plan.verify
+    if plan.quantize and not settings.dataset:
+        run.warn(
+            f"precision={plan.precision} is gated on argmax agreement, here over synthetic batches only: random "
+            "tokens say little about a quantized model. Give verify.dataset=PATH (your task's dev set, GLUE TSV) "
+            "for a gate on real sentences."
+        )
     with run.step("verify against the original", "verify"):
         batches = synthetic_batches(
             settings.batches, settings.batch_size, original.seq_len, original.vocab, settings.seed
@@ -484,7 +501,15 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
             pairs = read_glue_tsv(settings.dataset, settings.max_examples)
             batches += tokenize_pairs(pairs, vocab, original.seq_len, settings.batch_size)
         parity = run_with_limit(
-            functools.partial(compare, models["original"], models["compiled"], batches, plan.gate, settings.tolerance),
+            functools.partial(
+                compare,
+                models["original"],
+                models["compiled"],
+                batches,
+                plan.gate,
+                settings.tolerance,
+                settings.min_agreement,
+            ),
             plan.limits.verify_s,
             "verify.timeout_s",
             "verify",
@@ -492,8 +517,8 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
         record_lengths_ran(run.record, models["compiled"], batches)  # the length step: which widths verify ran
     run.record["parity"] = parity
     run.say(
-        f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples (gate {parity['tolerance']}); "
-        f"argmax agreement {parity['argmax_agreement']:.4f}"
+        f"max |dp| {parity['max_abs_diff']:.3g} over {parity['examples']} examples; "
+        f"argmax agreement {parity['argmax_agreement']:.4f} (gate: {gate_rule(parity)})"
     )
     return bool(parity["passed"])
 
@@ -552,10 +577,7 @@ def publish(run: Run, artifact, path: Path, passed: bool) -> None:
     elif not passed:
         parity = run.record["parity"]
         run.record["failed_step"] = "verify"
-        run.record["error"] = (
-            f"parity gate failed: max |dp| {parity['max_abs_diff']:.3g} > {parity['tolerance']} "
-            f"or {parity['confident_disagreements']} confident disagreements; the model is in rejected/"
-        )
+        run.record["error"] = f"parity gate failed: {gate_failure(parity)}; the model is in rejected/"
 
 
 def compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool = False, overwrite: bool = False) -> int:

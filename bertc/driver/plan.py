@@ -25,6 +25,7 @@ from bertc.schema import check_choice, from_config
 # The canonical step order, read from the passes' own `after` declarations (each with its NOTE).
 STEP_ORDER: tuple[tuple[str, str], ...] = tuple((spec.group, spec.name) for spec in passes())
 PRECISION_GATES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+QUANTIZED_GATE = "int8"  # a precision map with int8 rules: gated on argmax agreement (bertc/evaluate/verify.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,8 @@ class Plan:
     security: SecurityConf
     precision: str = "fp32"  # the precision preset's name, a label for reports
     compute_dtype: str = "float32"  # the narrowest dtype the precision rules use
-    gate: str = "fp32"  # which verify gate applies: that of the compute dtype
+    gate: str = "fp32"  # which verify gate applies: that of the compute dtype, or int8's
+    quantize: str = ""  # "int8": the precision map has int8 rules, for the target's engine to quantize
     keep_signature: bool = False  # removal.keep_signature: the served signature keeps the two training inputs
     limits: RunLimits = dataclasses.field(default_factory=RunLimits)  # time limits: not fingerprinted
 
@@ -126,7 +128,8 @@ class Plan:
             else f"verify   {verify.batches} synthetic batches of {verify.batch_size} (seed {verify.seed})"
             + (f" + {verify.dataset}" if verify.dataset else "")
             + f", gate {self.gate}"
-            + (f" tolerance {verify.tolerance}" if verify.tolerance is not None else "")
+            + (f" tolerance {verify.tolerance}" if verify.tolerance is not None and not self.quantize else "")
+            + (f" agreement >= {verify.min_agreement}" if verify.min_agreement is not None and self.quantize else "")
         )
         bench = self.bench
         lines.append(
@@ -179,6 +182,7 @@ def build_plan(cfg: Any) -> Plan:
     if model.path and model.name == "demo":
         model = dataclasses.replace(model, name="user")
     compute_dtype = _narrowest_dtype(cfg.precision)
+    quantize = "int8" if any(rule.dtype == "int8" for rule in cfg.precision.rules) else ""
     facts = {"compute_dtype": compute_dtype, "target": cfg.target.name, "length": cfg.length}
     steps = []
     for spec in passes():
@@ -201,7 +205,8 @@ def build_plan(cfg: Any) -> Plan:
         security=from_config(SecurityConf, cfg.security, "security"),
         precision=cfg.precision.name,
         compute_dtype=compute_dtype,
-        gate=PRECISION_GATES[compute_dtype],
+        gate=QUANTIZED_GATE if quantize else PRECISION_GATES[compute_dtype],
+        quantize=quantize,
         keep_signature=bool(cfg.removal.keep_signature),
         limits=run_limits(cfg),  # tolerance, threads, boundaries, timeouts
     )

@@ -19,6 +19,12 @@ from bertc.errors import ConfigError
 # implements buckets instead (xla: one compiled function per bucket; stablehlo: one module per batch size and
 # bucket, the length computed by bertc.runtime.stablehlo; neuron: one trace per bucket, Inf2/Trn only).
 STATIC_SHAPE_TARGETS = ("xla", "stablehlo", "neuron")
+# Static-shape targets that do not take length=pack (xla does: bertc/targets/length_dispatch.py), and why.
+PACK_REFUSED_TARGETS = {
+    "stablehlo": "its modules are exported per (batch size, width) and bertc.runtime.stablehlo computes the width in "
+    "NumPy; it does not yet compute the packed row count and the pack indices outside the modules.",
+    "neuron": "a Neuron trace per (width, row count) is untested (no Inf2/Trn machine here).",
+}
 # MRPC dev (408 pairs, uncased WordPiece, [CLS] a [SEP] b [SEP]): token-count quantiles, from
 # bertc.evaluate.verify's tokenizer on the GLUE file. A piecewise-linear inverse CDF through them gives
 # mean 53, p90 70, max 86.
@@ -35,13 +41,29 @@ def check_length_target(mode: str, sizes, target: str) -> None:
             "(one compile per distinct length). Use length=buckets (one compiled function per bucket) "
             "or target=tf."
         )
-    if mode == "pack" and target in STATIC_SHAPE_TARGETS:
+    if mode == "pack" and target in PACK_REFUSED_TARGETS:
         raise ConfigError(
-            f"length=pack needs a target with dynamic shapes, and target={target} compiles static shapes: the "
-            "packed matrix has as many rows as the batch has real tokens, a different count for almost every "
-            "batch, and bertc does not yet bucket that count. On this target use length=buckets (one compiled "
-            "function per bucket of the batch's longest row) or length=full; for length=pack use target=tf."
+            f"length=pack on target={target}: {PACK_REFUSED_TARGETS[target]} On this target use length=buckets "
+            "(one compiled function per bucket of the batch's longest row) or length=full; length=pack runs on "
+            "target=tf, target=onnxruntime (dynamic shapes) and target=xla (its row count and the batch's "
+            "longest row bucketed, one compiled function per pair)."
         )
+
+
+def pack_shapes(sizes, token_step: int, batch_size: int) -> list[tuple[int, int]]:
+    """length=pack at static shapes: the (L bucket, T bucket) pairs a batch of `batch_size` can run at, each a
+    compiled function. L is the smallest of `sizes` holding the longest row; T, the batch's real tokens, is
+    rounded up to a multiple of token_step, at most batch*L (the fallback, every position a row, is batch*S)."""
+    shapes = []
+    below = 0
+    for size in sorted(sizes):
+        fewest = below + 1 + (batch_size - 1)  # one row just longer than the bucket below, the others 1 token
+        buckets = {
+            min(step * token_step, batch_size * size) for step in range(1, -(-batch_size * size // token_step) + 1)
+        }
+        shapes += [(size, tokens) for tokens in sorted(buckets) if tokens >= fewest]
+        below = size
+    return shapes
 
 
 def mrpc_like_lengths(count: int, seq_len: int, seed: int) -> np.ndarray:
@@ -109,7 +131,10 @@ def length_record(plan: Any, warmed: dict[str, float] | None) -> dict:
     if step is None:
         return {}
     entry: dict = {"mode": step.params.mode}
-    if warmed:
+    if warmed and step.params.mode == "pack":  # static shapes: "LxT" keys, a function per (L bucket, T bucket)
+        entry["compiled_shapes"] = list(warmed)
+        entry["compile_seconds"] = dict(warmed)
+    elif warmed:
         entry["buckets" if step.params.mode == "buckets" else "warmed_lengths"] = [int(size) for size in warmed]
         entry["compile_seconds"] = dict(warmed)
     return {"length": entry}

@@ -43,6 +43,7 @@ from bertc.ir.graph import (
     new_graph_def,
     node_of,
     split_input,
+    through_identity,
 )
 from bertc.model.weights import weight_problem
 from bertc.run.artifact import files_digest
@@ -308,13 +309,6 @@ def _to_weight_placeholders(graph_def: GraphDef, weights, inputs, outputs) -> Gr
     return keep_nodes(graph, keep)
 
 
-def _through_identity(nodes, name: str):
-    node = nodes[name]
-    while node.op in ("Identity", "StopGradient"):
-        node = nodes[split_input(node.input[0])[0]]
-    return node
-
-
 def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
     """Read the BERT hyper-parameters from the weights and the graph's structure (the lookup and attention
     patterns of bertc/analysis/structure.py), not from names."""
@@ -344,7 +338,7 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
     if seq_len <= 0:  # a signature of any length (keras-hub's export): the longest the positions allow
         seq_len = max_positions
     # every softmax computed from the ids but the classifier's (a mask bertc cannot read still loads: mask=original)
-    final = _through_identity(index.nodes, node_of(graph.outputs["probabilities"])).name
+    final = through_identity(index.nodes, node_of(graph.outputs["probabilities"])).name
     downstream = descendants(graph.graph_def, [node_of(graph.inputs["input_ids"])])
     softmaxes = [name for name, node in index.nodes.items() if node.op == "Softmax" and name in downstream]
     softmaxes = [name for name in softmaxes if name != final]  # in graph order
@@ -366,7 +360,7 @@ def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:
         max_positions=int(max_positions),
         seq_len=int(seq_len),
         num_labels=int(
-            _num_labels(index.nodes, graph.weights, _through_identity(index.nodes, node_of(graph.outputs["logits"])))
+            _num_labels(index.nodes, graph.weights, through_identity(index.nodes, node_of(graph.outputs["logits"])))
         ),
         epsilon=epsilons[0] if epsilons else 1e-12,
     )
@@ -417,7 +411,7 @@ def _heads_of(nodes, users, softmax) -> int | None:
 
 def _num_labels(nodes, weights, logits_node) -> int:
     for name in logits_node.input:
-        value = weights.get(_through_identity(nodes, split_input(name)[0]).name)
+        value = weights.get(through_identity(nodes, split_input(name)[0]).name)
         if value is not None and value.ndim == 1:
             return value.shape[0]
     return -1

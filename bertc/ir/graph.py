@@ -65,6 +65,8 @@ class Graph:
     serving_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # probabilities / logits -> the key the compiled model returns it under (the user's own); {}: the same
     serving_outputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # MatMul node -> its role, for the nodes an engine target computes in int8 (the precision map's int8 rules)
+    quantize: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes) -> Graph:
         return dataclasses.replace(self, **changes)
@@ -97,6 +99,14 @@ def input_ref(tensor: str) -> str:
 
 def node_of(tensor: str) -> str:
     return split_input(tensor)[0]
+
+
+def through_identity(nodes: Mapping[str, NodeDef], name: str) -> NodeDef:
+    """The node `name` reads, past Identity and StopGradient nodes."""
+    node = nodes[name]
+    while node.op in ("Identity", "StopGradient"):
+        node = nodes[split_input(node.input[0])[0]]
+    return node
 
 
 # ---- indexes -----------------------------------------------------------------------------------

@@ -33,15 +33,20 @@ from bertc.ir.graph import (
     output_dtype,
     split_input,
     tensor_name,
+    through_identity,
 )
 from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
-from bertc.schema import Key, choice
+from bertc.schema import Key, bounded, choice
 
 if TYPE_CHECKING:
     from bertc.ir.graph import NodeDef
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+# int8 is not a TensorFlow rewrite: the matmuls an int8 rule selects stay float32 here and are listed in
+# Graph.quantize; the target's engine quantizes their weights (per channel) at build time and their activations
+# per call (dynamic) or from calibration (static). Only the targets that quantize take such a map.
+QUANTIZED = "int8"
 SHORT = {DT_FLOAT: "f32", DT_HALF: "f16", DT_BFLOAT16: "bf16"}
 MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "_FusedMatMul")
 CAST_SUFFIX = "/bertc_cast_"
@@ -76,6 +81,10 @@ class PrecisionRule:
 @dataclasses.dataclass(frozen=True)
 class PrecisionParams:
     rules: tuple[PrecisionRule, ...] = ()
+    # int8 rules only (read by the quantizing target): activations quantized per call from their own range
+    # (dynamic) or with scales calibrated on seeded batches at build time (static)
+    activations: str = choice("dynamic", ("dynamic", "static"))
+    calibration_batches: int = bounded(8, 1, 1024)  # static: the batches the activation ranges are read from
 
 
 def assign_dtypes(
@@ -141,11 +150,30 @@ def apply_precision_map(graph: Graph, params: PrecisionParams) -> PassResult:
     converted: list[str] = []
     for node in graph_def.node:
         dtype = chosen.get(node.name)
-        if dtype is not None and dtype != tf.float32 and _convert_node(node, dtype, weights):
+        if dtype in (None, tf.float32, tf.int8):
+            continue  # int8: left to the target's engine (Graph.quantize)
+        if _convert_node(node, dtype, weights):
             converted.append(node.name)
     outputs = _insert_casts(graph_def, dict(graph.outputs))
-    result = graph.replace(graph_def=graph_def, weights=weights, outputs=outputs)
-    return PassResult(result, counts, {"converted_roles": _converted_roles(roles, converted, chosen)})
+    int8 = _weight_matmuls(graph, [name for name, dtype in chosen.items() if dtype == tf.int8])
+    quantize = {name: roles.get(name, "none") for name in int8}
+    result = graph.replace(graph_def=graph_def, weights=weights, outputs=outputs, quantize=quantize)
+    details: dict = {"converted_roles": _converted_roles(roles, converted + list(int8), chosen)}
+    if quantize:
+        details["int8"] = f"{len(quantize)} matmuls left to the target's engine ({params.activations} activations)"
+    return PassResult(result, counts, details)
+
+
+def _weight_matmuls(graph: Graph, names: list[str]) -> tuple[str, ...]:
+    """The matmuls among `names` that multiply by a weight (a dense layer): what int8 quantizes. The attention's
+    own products (scores, context) multiply activations and stay float32."""
+    nodes = nodes_by_name(graph.graph_def)
+
+    def weight_operand(node: NodeDef) -> bool:
+        read = (through_identity(nodes, split_input(name)[0]) for name in node.input[:2])
+        return any(source.name in graph.weights or source.op == "Const" for source in read)
+
+    return tuple(name for name in names if nodes[name].op in MATMUL_OPS and weight_operand(nodes[name]))
 
 
 def _converted_roles(roles: Mapping[str, str], converted: list[str], chosen: Mapping) -> dict[str, dict[str, int]]:
@@ -211,7 +239,7 @@ def _no_float32_matmul_in_converted_regions(graph: Graph, params: PrecisionParam
         for node in graph.graph_def.node
         if node.op in MATMUL_OPS
         and node.name in chosen
-        and chosen[node.name] != tf.float32
+        and chosen[node.name] not in (tf.float32, tf.int8)
         and node.attr["T"].type == DT_FLOAT
     ]
     return f"float32 matmul(s) inside converted regions: {left[:4]}" if left else None

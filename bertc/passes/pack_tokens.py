@@ -16,6 +16,15 @@ first token from the packed matrix.
 The indices come from the cut input_mask in the body (not from the length part), through PACK_MASK:
 the cut mask when it is right-padded 0/1 with a real first token in every row, else all ones (trim's
 fallback to the full length: every position is a row, exactly the original computation).
+
+For a target that compiles static shapes (`token_step` > 0; the length step then buckets L as
+length=buckets does), T is rounded up to the next multiple of `token_step`, at most B*L, the flat mask's
+size: PACK_INDEX gets pad entries reading flat row 0 (row 0's [CLS], a real token, so every pad row stays
+finite). No gather reads a pad row back: UNPACK_INDEX and FIRST_TOKENS point at real rows only, and every op
+between them works row by row, so pad rows cannot reach a real one. The target computes PACK_INDEX outside
+its compiled function (bertc/targets/length_dispatch.py), which then sees [T_bucket] as a static shape.
+
+    index [T] --Pad [0, min(ceil(T/step)*step, B*L) - T] with 0--> PACK_INDEX [T_bucket]
 """
 
 from __future__ import annotations
@@ -69,6 +78,9 @@ ROW_OPS = frozenset(
 )
 # From the last layer's output to the pooler's dense layer: the first token taken by a slice, through layout.
 FIRST_TOKEN_OPS = (*LAYOUT_OPS, "StridedSlice", "Slice")
+# static shapes: the packed rows run at the next multiple of this int32 scalar (its node marks the padded build)
+TOKEN_STEP = f"{PACK_SCOPE}/token_step"
+REAL_INDEX = f"{PACK_SCOPE}/real_index"  # int32 [T]: PACK_INDEX before the padding (static shapes only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,15 +94,17 @@ class PackSites:
     last: str  # the last layer's output, [B*L, H]
 
 
-def pack_tokens(graph: Graph) -> PassResult:
-    """Pack a graph that length=trim cut; raises GraphError naming what was not recognised."""
+def pack_tokens(graph: Graph, token_step: int = 0) -> PassResult:
+    """Pack a graph that the length step cut; raises GraphError naming what was not recognised.
+
+    token_step > 0 (static shapes): the packed matrix has T rounded up to a multiple of it (at most B*L) rows."""
     index = Index.of(graph)
     shapes = static_shapes(graph)
     sites = _find_pack_sites(graph, index, shapes)
     graph_def = copy_graph_def(graph.graph_def)
     nodes = nodes_by_name(graph_def)
     dtype = tf.as_dtype(output_dtype(nodes[node_of(sites.entry)], split_input(sites.entry)[1]))
-    graph_def.node.extend(_index_nodes())
+    graph_def.node.extend(_index_nodes(token_step))
     graph_def.node.append(_gather(PACKED, sites.entry, PACK_INDEX, dtype))
     for node in graph_def.node:
         if node.name != PACKED:
@@ -109,6 +123,12 @@ def pack_tokens(graph: Graph) -> PassResult:
     result = prune_to_outputs(graph.replace(graph_def=graph_def))
     _check_packed_region(result)
     return PassResult(result, pack_matches(result))
+
+
+def token_step_of(graph: Graph) -> int:
+    """The token step a packed graph pads T to (static shapes), or 0 (T as it comes)."""
+    node = next((node for node in graph.graph_def.node if node.name == TOKEN_STEP), None)
+    return 0 if node is None else int(const_value(node))
 
 
 def pack_matches(graph: Graph) -> dict[str, int]:
@@ -245,9 +265,10 @@ def _gather(name: str, params: str, indices: str, dtype) -> NodeDef:
     )
 
 
-def _index_nodes() -> list[NodeDef]:
+def _index_nodes(token_step: int) -> list[NodeDef]:
     """PACK_MASK from the cut mask, then the gather indices from PACK_MASK alone."""
-    return _pack_mask_nodes() + _gather_index_nodes()
+    nodes = _pack_mask_nodes() + _gather_index_nodes(REAL_INDEX if token_step else PACK_INDEX)
+    return nodes + (_padded_index_nodes(token_step) if token_step else [])
 
 
 def _const(name: str, value) -> NodeDef:
@@ -293,7 +314,7 @@ def _pack_mask_nodes() -> list[NodeDef]:
     ]
 
 
-def _gather_index_nodes() -> list[NodeDef]:
+def _gather_index_nodes(pack_index: str) -> list[NodeDef]:
     """PACK_INDEX [T], UNPACK_INDEX [B*L] and FIRST_TOKENS [B], from PACK_MASK alone (a partition can cut there)."""
     int32, s = tf.int32, PACK_SCOPE
     return [
@@ -306,7 +327,7 @@ def _gather_index_nodes() -> list[NodeDef]:
         make_node("Cast", f"{s}/flat_real", [f"{s}/flat_mask"], SrcT=int32, DstT=tf.bool, Truncate=False),
         make_node("Where", f"{s}/where", [f"{s}/flat_real"], T=tf.bool),
         make_node("Reshape", f"{s}/where_flat", [f"{s}/where", f"{s}/flat"], T=tf.int64, Tshape=int32),
-        make_node("Cast", PACK_INDEX, [f"{s}/where_flat"], SrcT=tf.int64, DstT=int32, Truncate=False),
+        make_node("Cast", pack_index, [f"{s}/where_flat"], SrcT=tf.int64, DstT=int32, Truncate=False),
         # position l of row b reads packed row first_tokens[b] + min(l, length[b] - 1): padding reads a real token
         *_width("width", PACK_MASK),
         make_node("Range", f"{s}/positions", [f"{s}/zero", f"{s}/width", f"{s}/one"], Tidx=int32),
@@ -317,6 +338,26 @@ def _gather_index_nodes() -> list[NodeDef]:
         make_node("ExpandDims", f"{s}/first_column", [FIRST_TOKENS, f"{s}/one"], T=int32, Tdim=int32),
         make_node("AddV2", f"{s}/unpack_rows", [f"{s}/clamped", f"{s}/first_column"], T=int32),
         make_node("Reshape", UNPACK_INDEX, [f"{s}/unpack_rows", f"{s}/flat"], T=int32, Tshape=int32),
+    ]
+
+
+def _padded_index_nodes(token_step: int) -> list[NodeDef]:
+    """PACK_INDEX: REAL_INDEX padded with 0 (a real token) to min(ceil(T / token_step) * token_step, B*L) entries."""
+    int32, s = tf.int32, PACK_SCOPE
+    return [
+        make_const(TOKEN_STEP, np.asarray(token_step, np.int32)),
+        _const("step_less_one", token_step - 1),
+        make_node("Size", f"{s}/tokens", [REAL_INDEX], T=int32, out_type=int32),
+        make_node("Size", f"{s}/positions_all", [f"{s}/flat_mask"], T=int32, out_type=int32),
+        make_node("AddV2", f"{s}/tokens_up", [f"{s}/tokens", f"{s}/step_less_one"], T=int32),
+        make_node("FloorDiv", f"{s}/token_steps", [f"{s}/tokens_up", TOKEN_STEP], T=int32),
+        make_node("Mul", f"{s}/tokens_rounded", [f"{s}/token_steps", TOKEN_STEP], T=int32),
+        make_node("Minimum", f"{s}/token_bucket", [f"{s}/tokens_rounded", f"{s}/positions_all"], T=int32),
+        make_node("Sub", f"{s}/pad_rows", [f"{s}/token_bucket", f"{s}/tokens"], T=int32),
+        make_node("Pack", f"{s}/pad_pair", [f"{s}/zero", f"{s}/pad_rows"], T=int32, N=2, axis=0),
+        _const("pad_shape", [1, 2]),
+        make_node("Reshape", f"{s}/paddings", [f"{s}/pad_pair", f"{s}/pad_shape"], T=int32, Tshape=int32),
+        make_node("Pad", PACK_INDEX, [REAL_INDEX, f"{s}/paddings"], T=int32, Tpaddings=int32),
     ]
 
 

@@ -2,7 +2,10 @@
 
 A boundary is a tensor name (`node:0`), a node name, or a structural alias: `@embedding_output`
 (the hidden states entering the first layer: the embedding LayerNorm's output) and
-`@attention_mask` (the one tensor every layer's mask operand comes from). Each crossing becomes an
+`@attention_mask` (the one tensor every layer's mask operand comes from). A packed graph (length=pack)
+gets one more crossing of its own, `pack_mask` (bertc/length/pack/mask:0: the mask the pack indices come
+from), unless a boundary already crosses there: the device part computes the indices from it instead of
+reading the serving input_mask. Each crossing becomes an
 Identity node `bertc/boundary/<k>`; every node the boundaries need is placed on `host_device`;
 what the outputs need beyond the boundaries is the device part. `split_partition` cuts the graph
 there for the targets.
@@ -17,12 +20,14 @@ from bertc.analysis.structure import embedding_output, find_attention_sites
 from bertc.errors import ConfigError
 from bertc.ir.graph import (
     BOUNDARY_PREFIX,
+    PACK_MASK,
     Graph,
     GraphError,
     PassResult,
     ancestors,
     copy_graph_def,
     input_ref,
+    is_packed,
     make_node,
     node_of,
     nodes_by_name,
@@ -37,6 +42,7 @@ from bertc.schema import Key, bounded
 
 PREFIX = BOUNDARY_PREFIX
 ALIASES = ("@embedding_output", "@attention_mask")
+PACK_MASK_KEY = "pack_mask"  # the crossing a packed graph gets without asking: its pack mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +97,10 @@ def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
     graph_def = copy_graph_def(graph.graph_def)
     nodes = nodes_by_name(graph_def)
     matches: dict[str, int] = {}
-    for position, spec in enumerate(params.boundaries):
-        key = _boundary_key(spec, position)
+    specs = [(spec, _boundary_key(spec, position)) for position, spec in enumerate(params.boundaries)]
+    if is_packed(graph) and tensor_name(PACK_MASK) not in {resolve_boundary(graph, spec) for spec in params.boundaries}:
+        specs.append((tensor_name(PACK_MASK), PACK_MASK_KEY))  # length=pack: the indices' mask crosses too
+    for spec, key in specs:
         name = PREFIX + key
         if name in existing:
             matches[spec] = 1

@@ -19,6 +19,8 @@ cutting them changes nothing `[CLS]` sees beyond matmul round-off.
 `pack` cuts as `trim` does, then packs the real tokens of all rows into one [T, H] matrix between the
 layers (bertc/passes/pack_tokens.py). It stays this step, not a pass of its own: a config group has
 one pass, and packing needs the cut (the batch's length L for attention, the cut mask for the indices).
+On a target that compiles static shapes (static_shapes, derived from the target) pack buckets L as
+`buckets` does and pads the packed row count to a multiple of `token_step` (bertc/passes/pack_tokens.py).
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ from bertc.ir.graph import (
 )
 from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
-from bertc.passes.pack_tokens import pack_matches, pack_tokens
-from bertc.schema import bounded, choice
+from bertc.passes.pack_tokens import pack_matches, pack_tokens, token_step_of
+from bertc.schema import bounded, choice, derived
 
 if TYPE_CHECKING:
     from bertc.ir.graph import NodeDef
@@ -76,8 +78,11 @@ SHAPE_OPERANDS = {("Reshape", 1), ("Slice", 2), ("Fill", 0), ("BroadcastTo", 1),
 @dataclasses.dataclass(frozen=True)
 class LengthParams:
     mode: str = choice("full", ("full", *MODES))  # full: the step does not run
-    # buckets only; sizes above S are dropped, S is added
+    # buckets, and pack on a static-shape target (the batch's longest row); sizes above S are dropped, S is added
     sizes: tuple[int, ...] = bounded((32, 64, 96, 128), 1, 1 << 16, filled=True, item="size")
+    # pack on a static-shape target: the packed rows T run at the next multiple of token_step (at most B*L)
+    token_step: int = bounded(64, 1, 1 << 16)
+    static_shapes: bool = derived(False)  # the target compiles static shapes (xla): pack buckets L and T
 
 
 def bucket_sizes(sizes: tuple[int, ...], seq_len: int) -> tuple[int, ...]:
@@ -98,9 +103,10 @@ def trim_sequence_length(graph: Graph, params: LengthParams) -> PassResult:
     seq_len = mask_node.attr["shape"].shape.dim[-1].size
     if seq_len < 1:
         raise GraphError(f"length: input_mask ({mask_node.name}) has no static sequence length to cut from.")
-    sizes = bucket_sizes(params.sizes, seq_len) if params.mode == "buckets" else ()
+    static_pack = params.mode == "pack" and params.static_shapes
+    sizes = bucket_sizes(params.sizes, seq_len) if params.mode == "buckets" or static_pack else ()
     if is_length_polymorphic(graph):
-        return _already_applied(graph, nodes, sizes, params.mode)
+        return _already_applied(graph, nodes, sizes, params.mode, params.token_step if static_pack else 0)
     _refuse_ambiguous_length(graph, seq_len)
 
     shapes = static_shapes(graph)
@@ -127,25 +133,32 @@ def trim_sequence_length(graph: Graph, params: LengthParams) -> PassResult:
     result = prune_to_outputs(graph.replace(graph_def=graph_def))
     _check_no_static_length(result, seq_len)
     if params.mode == "pack":
-        packed = pack_tokens(result).graph
-        return PassResult(packed, {**_cut_matches(packed, ()), **pack_matches(packed)})
+        packed = pack_tokens(result, params.token_step if static_pack else 0).graph
+        return PassResult(packed, {**_cut_matches(packed, sizes), **pack_matches(packed)})
     matches = {"sequence_constants": rewired, "inputs_cut": len(cut_refs)}
     if sizes:
         matches["buckets"] = len(sizes)
     return PassResult(result, matches)
 
 
-def _already_applied(graph: Graph, nodes, sizes: tuple[int, ...], mode: str) -> PassResult:
+def _already_applied(graph: Graph, nodes, sizes: tuple[int, ...], mode: str, token_step: int) -> PassResult:
     present = tuple(int(v) for v in const_value(nodes[SIZES]).ravel()) if SIZES in nodes else ()
     packed = is_packed(graph)
-    if present != sizes or packed != (mode == "pack"):
-        was = "pack" if packed else f"buckets {list(present)}" if present else "trim"
-        wanted = f"buckets {list(sizes)}" if sizes else mode
+    step = token_step_of(graph)
+    if present != sizes or packed != (mode == "pack") or step != token_step:
+        was = _mode_label("pack" if packed else "buckets" if present else "trim", present, step)
+        wanted = _mode_label(mode, sizes, token_step)
         raise GraphError(
             f"length: the graph is already length-polymorphic (length={was}); it cannot be cut again to "
             f"length={wanted}. Run the length step once."
         )
     return PassResult(graph, {**_cut_matches(graph, sizes), **(pack_matches(graph) if packed else {})})
+
+
+def _mode_label(mode: str, sizes: tuple[int, ...], token_step: int) -> str:
+    if mode == "pack":
+        return f"pack, buckets {list(sizes)}, token_step {token_step}" if token_step else "pack"
+    return f"buckets {list(sizes)}" if sizes else mode
 
 
 def _cut_matches(graph: Graph, sizes: tuple[int, ...]) -> dict[str, int]:
@@ -435,11 +448,13 @@ def _cut_inputs(graph: Graph, params: LengthParams) -> str | None:
 
 
 def _length_suits_target(facts) -> dict:
-    """No derived parameters; the mode is checked against the target, which must be able to run it."""
-    from bertc.evaluate.lengths import check_length_target
+    """The mode is checked against the target, which must be able to run it; pack on a target that compiles
+    static shapes buckets its lengths (static_shapes)."""
+    from bertc.evaluate.lengths import STATIC_SHAPE_TARGETS, check_length_target
 
-    check_length_target(facts["length"].mode, tuple(facts["length"].sizes), facts["target"])
-    return {}
+    mode = facts["length"].mode
+    check_length_target(mode, tuple(facts["length"].sizes), facts["target"])
+    return {"static_shapes": mode == "pack" and facts["target"] in STATIC_SHAPE_TARGETS}
 
 
 PASS = Pass(

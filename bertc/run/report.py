@@ -102,14 +102,35 @@ def _digest(entry: dict) -> str:
     return f" ({digest[:23]}...)" if digest else ""
 
 
+def gate_rule(parity: dict) -> str:
+    """What the parity gate asked: a bound on max |dp| (float precisions) or on argmax agreement (int8)."""
+    if parity.get("min_agreement") is not None:
+        where = "the dataset's pairs" if parity.get("agreement_on") == "dataset" else "all examples"
+        return f"argmax agreement >= {parity['min_agreement']} on {where}"
+    return f"max |dp| <= {fmt_number(parity['tolerance'])}"
+
+
+def gate_failure(parity: dict) -> str:
+    """Why the parity gate failed, in one clause."""
+    if parity.get("min_agreement") is not None:
+        return (
+            f"argmax agreement {parity['gated_agreement']:.4f} < {parity['min_agreement']} "
+            f"({parity['disagreement_count']} disagreements, max |dp| {parity['max_abs_diff']:.3g})"
+        )
+    return (
+        f"max |dp| {parity['max_abs_diff']:.3g} > {parity['tolerance']} "
+        f"or {parity['confident_disagreements']} confident disagreements"
+    )
+
+
 def _parity_lines(parity: dict) -> list[str]:
     count = parity.get("disagreement_count", len(parity["disagreements"]))
     lines = [
         "",
         "## Parity",
         "",
-        f"- {parity['examples']} examples, gate {parity['gate']} (max |probability difference| "
-        f"{fmt_number(parity['tolerance'])}): **{'passed' if parity['passed'] else 'FAILED'}**",
+        f"- {parity['examples']} examples, gate {parity['gate']} ({gate_rule(parity)}): "
+        f"**{'passed' if parity['passed'] else 'FAILED'}**",
         f"- probabilities: max abs diff {fmt_number(parity['max_abs_diff'])}, "
         f"mean {fmt_number(parity['mean_abs_diff'])}",
         f"- logits: max abs diff {fmt_number(parity['logits_max_abs_diff'])}, "
@@ -326,8 +347,7 @@ def _add_parity_rows(table: Table, parity: dict) -> None:
     verdict = "passed" if parity["passed"] else "[bold red]FAILED[/]"
     table.add_row(
         "parity",
-        f"{verdict} ({parity['examples']} examples; gate {parity['gate']}: "
-        f"max |dp| <= {fmt_number(parity['tolerance'])})",
+        f"{verdict} ({parity['examples']} examples; gate {parity['gate']}: {gate_rule(parity)})",
     )
     table.add_row(
         "probabilities",

@@ -16,6 +16,7 @@ TARGETS: dict[str, object] = {  # name -> its module's import path, or a registe
     "neuron": "bertc.targets.neuron",
     "stablehlo": "bertc.targets.stablehlo",
     "onnxruntime": "bertc.targets.onnxruntime",
+    "openvino": "bertc.targets.openvino",
 }
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -25,6 +26,11 @@ def get(name: str):
         raise KeyError(f"unknown target {name!r}; targets: {', '.join(TARGETS)}")
     found = TARGETS[name]
     return importlib.import_module(found).TARGET if isinstance(found, str) else found
+
+
+def quantizing() -> list[str]:
+    """The targets that take a precision map with int8 rules."""
+    return [name for name in TARGETS if getattr(get(name), "quantizes", False)]
 
 
 def register(target) -> None:

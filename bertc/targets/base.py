@@ -38,6 +38,10 @@ class TargetOptions:
     model_shape: Mapping[str, int | float] | None = None  # the BERT shape read at load, for manifests
     keep_signature: bool = False  # removal.keep_signature: the signature also takes label_ids, is_real_example
     length_mode: str = "full"  # length.mode: full | trim | buckets (a target refuses one it cannot run)
+    # "int8": the precision map's int8 matmuls (Graph.quantize) are quantized by the engine; "": none
+    quantize: str = ""
+    activations: str = "dynamic"  # int8 activations: dynamic (per call) or static (calibrated at build time)
+    calibration_batches: int = 8  # static: seeded batches the activation ranges are read from
 
 
 class Artifact(Protocol):
@@ -64,6 +68,7 @@ class Target(Protocol):
     """One way of compiling the rewritten graph. `check_available` runs before any work."""
 
     name: str
+    quantizes: bool  # whether it takes a precision map with int8 rules (TargetOptions.quantize)
     # The TensorFlow runtime the artifact's math runs in when it serves on a CPU ("tf" or "xla"), for the
     # precision probe (bertc/driver/hardware.py); None where the math runs elsewhere (Inferentia).
     probe_runtime: str | None
@@ -84,6 +89,7 @@ class SavedModelTarget:
     """The common case: a TensorFlow SavedModel served by TensorFlow (bertc.targets.serving.SavedModelArtifact)."""
 
     name = ""
+    quantizes = False  # TensorFlow has no int8 path at speed on CPU: the engine targets quantize
     probe_runtime: str | None = "tf"
 
     def check_available(self, options: TargetOptions) -> None:

@@ -6,6 +6,13 @@ the serving function reads the bucket index the length part computes and `tf.swi
 branch per bucket: each slices the inputs statically to its size and calls the parts, so XLA compiles
 one function per bucket (at build time, by `warm_up_buckets`) and a Neuron build calls the trace made
 for that bucket's width.
+
+length=pack at static shapes (target=xla) dispatches the same way on L, and its packed row count T is
+bucketed in the graph (bertc/passes/pack_tokens.py pads PACK_INDEX to the next multiple of token_step):
+`split_pack_index` takes the pack index's computation (a data-dependent `Where`, then the padding) out of
+the device part, so it runs in plain TensorFlow before the compiled function, which reads the padded index
+as an input: XLA compiles one function per (batch size, L bucket, T bucket), all at build time
+(`warm_up_packed`, the pairs from bertc.evaluate.lengths.pack_shapes).
 """
 
 from __future__ import annotations
@@ -16,7 +23,20 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from bertc.ir.graph import Graph, bucket_sizes_of
+from bertc.evaluate.lengths import pack_shapes
+from bertc.ir.graph import (
+    PACK_INDEX,
+    Graph,
+    GraphError,
+    ancestors,
+    bucket_sizes_of,
+    keep_nodes,
+    make_placeholder,
+    new_graph_def,
+    tensor_name,
+)
+
+PACK_INDEX_KEY = "pack_index"  # the device function's extra input at static shapes: PACK_INDEX, padded
 
 LENGTH_SIGNATURE = "bertc_length"  # a second signature of the artifact: input_mask -> the length it runs at
 
@@ -59,6 +79,9 @@ class LengthStage(tf.Module):
 
 def warm_up_buckets(module, batch_size: int, seq_len: int) -> dict[str, float]:
     """One batch per bucket (rows as long as the bucket): {bucket size: seconds of that first call}."""
+    token_step = getattr(module, "token_step", 0)
+    if token_step and module.length.dispatch:  # length=pack at static shapes: a function per (L, T) pair
+        return warm_up_packed(module, batch_size, seq_len, token_step)
     seconds = {}
     for size in module.length.sizes or (seq_len,):
         zeros = np.zeros((batch_size, seq_len), np.int32)
@@ -67,4 +90,58 @@ def warm_up_buckets(module, batch_size: int, seq_len: int) -> dict[str, float]:
         start = time.perf_counter()
         module.serve(zeros, mask, zeros)
         seconds[str(size)] = round(time.perf_counter() - start, 3)
+    return seconds
+
+
+def split_pack_index(device: Graph) -> tuple[Graph, Graph]:
+    """(index part: the device part's inputs -> PACK_INDEX, the device part reading PACK_INDEX as an input)."""
+    names = {node.name for node in device.graph_def.node}
+    if PACK_INDEX not in names:
+        raise GraphError(f"length=pack at static shapes: the device part has no {PACK_INDEX} to split at.")
+    index = keep_nodes(device, ancestors(device.graph_def, [PACK_INDEX]))
+    index = index.replace(outputs={PACK_INDEX_KEY: tensor_name(PACK_INDEX)})
+    if index.weights:
+        raise GraphError(f"length=pack: the pack index reads weights {sorted(index.weights)[:3]}; it should not.")
+    needed = ancestors(device.graph_def, device.outputs.values(), stops=[PACK_INDEX])
+    rest_def = new_graph_def()
+    rest_def.versions.CopyFrom(device.graph_def.versions)
+    rest_def.library.CopyFrom(device.graph_def.library)
+    for node in device.graph_def.node:
+        if node.name == PACK_INDEX:
+            rest_def.node.append(make_placeholder(PACK_INDEX, tf.int32, [None]))
+        elif node.name in needed:
+            rest_def.node.add().CopyFrom(node)
+    rest = keep_nodes(device.replace(graph_def=rest_def), needed)
+    rest = rest.replace(inputs={**rest.inputs, PACK_INDEX_KEY: tensor_name(PACK_INDEX)})
+    return index, rest
+
+
+def pack_mask(batch_size: int, seq_len: int, size: int, tokens: int, below: int) -> np.ndarray:
+    """A right-padded mask whose longest row is in (below, size] and whose rows hold `tokens` real tokens."""
+    lengths = np.ones(batch_size, np.int64)
+    lengths[0] = min(size, tokens - (batch_size - 1))
+    rest = tokens - int(lengths.sum())
+    for row in range(1, batch_size):
+        extra = min(rest, size - 1)
+        lengths[row] += extra
+        rest -= extra
+    if rest or lengths[0] <= below or lengths.sum() != tokens:
+        raise ValueError(f"no batch of {batch_size} rows has {tokens} tokens with its longest in ({below}, {size}]")
+    mask = np.zeros((batch_size, seq_len), np.int32)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    return mask
+
+
+def warm_up_packed(module, batch_size: int, seq_len: int, token_step: int) -> dict[str, float]:
+    """One batch per (L bucket, T bucket) pair: {"LxT": seconds of that first call, the XLA compile included}."""
+    seconds = {}
+    sizes = module.length.sizes
+    for size, tokens in pack_shapes(sizes, token_step, batch_size):
+        below = max((other for other in sizes if other < size), default=0)
+        mask = pack_mask(batch_size, seq_len, size, tokens, below)
+        zeros = np.zeros_like(mask)
+        start = time.perf_counter()
+        module.serve(zeros, mask, zeros)
+        seconds[f"{size}x{tokens}"] = round(time.perf_counter() - start, 3)
     return seconds

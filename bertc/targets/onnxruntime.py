@@ -2,8 +2,10 @@
 optimized by ONNX Runtime's transformer fusions, served by plain `onnxruntime` with the user's input names.
 
 The serving function target=tf would save is converted by tf2onnx (weights folded in as initializers), then
-`onnxruntime.transformers.optimizer` fuses what it recognises (Attention, SkipLayerNormalization, BiasGelu /
-FastGelu, EmbedLayerNormalization; the counts are recorded in `bertc_onnx.json` and the report). The artifact is
+`onnxruntime.transformers.optimizer` fuses what it recognises (FastGelu, LayerNormalization) and bertc fuses the rest
+by structure (bertc/targets/onnx_fusion.py: one Attention per layer, SkipLayerNormalization at each residual; the
+counts are recorded in `bertc_onnx.json` and the report). precision=int8 then quantizes the marked matmuls
+(bertc/targets/onnx_int8.py). The artifact is
 `model/model.onnx` plus that JSON: nothing of bertc or TensorFlow is needed to serve it:
 
     import onnxruntime, numpy as np
@@ -15,6 +17,7 @@ Needs the `onnxruntime` extra (pip install 'bertc[onnxruntime]'); without it the
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 from collections.abc import Mapping
@@ -26,6 +29,8 @@ import numpy as np
 from bertc.errors import ConfigError
 from bertc.ir.graph import Graph
 from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.onnx_fusion import fuse_attention, fuse_skip_layer_norm
+from bertc.targets.onnx_int8 import onnx_names, quantize
 
 EXTRA = "pip install 'bertc[onnxruntime]'"
 PACKAGES = {"tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "onnx": "onnx"}
@@ -68,6 +73,7 @@ class OnnxArtifact:
             "inputs": ", ".join(info["inputs"]),
             "outputs": ", ".join(info["outputs"]),
             "fused": ", ".join(f"{op} {count}" for op, count in info["fused"].items() if count) or "nothing",
+            **({"int8": _int8_line(info["int8"])} if "int8" in info else {}),
             "how": f"onnxruntime.InferenceSession('{path / MODEL_FILE}').run(None, {{input: int32 [batch, S]}})",
         }
 
@@ -95,6 +101,7 @@ class OnnxSession:
 
 class OnnxRuntimeTarget(SavedModelTarget):
     name = "onnxruntime"
+    quantizes = True  # precision=int8: the marked matmuls become integer matmuls (bertc/targets/onnx_int8.py)
     probe_runtime = None  # not a TensorFlow runtime: the precision probe does not apply
 
     def check_available(self, options: TargetOptions) -> None:
@@ -108,8 +115,8 @@ class OnnxRuntimeTarget(SavedModelTarget):
             raise ConfigError("target=onnxruntime runs on the CPU here; use target.device=cpu (or auto).")
         if options.compute_dtype != "float32":
             raise ConfigError(
-                f"target=onnxruntime takes precision=fp32 (this plan computes in {options.compute_dtype}): ONNX "
-                "Runtime's CPU kernels have no fast float16 or bfloat16 path. Use precision=fp32."
+                f"target=onnxruntime takes precision=fp32 or int8 (this plan computes in {options.compute_dtype}): "
+                "ONNX Runtime's CPU kernels have no fast float16 or bfloat16 path. Use precision=fp32 or int8."
             )
 
     def serves_on_cpu(self, options: TargetOptions) -> bool:
@@ -127,13 +134,20 @@ class OnnxRuntimeTarget(SavedModelTarget):
             (int(options.model_shape[key]) for key in ("heads", "hidden")) if options.model_shape else (0, 0)
         )
         model, fused = _optimize(model, heads, hidden)
-        info = {
+        int8 = onnx_names(model, graph.quantize) if options.quantize else {}  # TensorFlow name -> ONNX node name
+        packed = _fuse(model, heads, fused, set(int8.values()), options)
+        info: dict[str, Any] = {
             "inputs": [entry.name for entry in model.graph.input],
             "outputs": [entry.name for entry in model.graph.output],
             "opset": OPSET,
             "fused": fused,
             "versions": _versions(),
         }
+        if options.quantize:
+            nodes = {packed.get(onnx, onnx): graph.quantize[name] for name, onnx in int8.items()}
+            model, done = quantize(model, nodes, graph.serving_names, options)
+            roles = dict(sorted(collections.Counter(graph.quantize.values()).items()))
+            info["int8"] = {**done, "matmuls": len(int8), "roles": roles}
         return OnnxArtifact(model, info)
 
 
@@ -153,6 +167,25 @@ def _optimize(model: Any, heads: int, hidden: int) -> tuple[Any, dict[str, int]]
     optimized = optimize_model(model, model_type="bert_tf", num_heads=heads, hidden_size=hidden, opt_level=0)
     fused = {key: int(value) for key, value in optimized.get_fused_operator_statistics().items()}
     return optimized.model, fused
+
+
+def _fuse(model: Any, heads: int, fused: dict[str, int], int8: set[str], options: TargetOptions) -> dict[str, str]:
+    """bertc's own fusions where the optimizer's patterns missed (bertc/targets/onnx_fusion.py); counts into `fused`.
+    Returns {Q, K, V MatMul: its Attention}. Static int8 keeps attention unfused: ONNX Runtime's QDQ quantizer has
+    no quantized Attention, and a fused attention would leave its projections in float32."""
+    packed = {}
+    if heads and not (options.quantize and options.activations == "static"):
+        packed = fuse_attention(model, heads, lambda names: len({name in int8 for name in names}) == 1)
+    fused["Attention"] = fused.get("Attention", 0) + len(set(packed.values()))
+    fused["SkipLayerNormalization"] = fused.get("SkipLayerNormalization", 0) + fuse_skip_layer_norm(model)
+    return packed
+
+
+def _int8_line(int8: dict) -> str:
+    return (
+        f"{int8['matmuls']} matmuls ({', '.join(f'{role} {count}' for role, count in int8['roles'].items())}), "
+        f"{int8['activations']} activations, weights per channel, reduce_range {int8['reduce_range']}"
+    )
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,217 @@
+"""target=openvino: the rewritten graph (every pass applied, the length rewrite included) as an OpenVINO IR,
+compiled for the CPU in f32, served by plain `openvino` with the user's input names.
+
+The serving function target=tf would save is converted by `openvino.convert_model` and written as
+`model/model.xml` + `model/model.bin` (weights kept in f32: save_model's default would halve them to f16) plus
+`bertc_openvino.json` (inputs, outputs, versions). Nothing of bertc or TensorFlow is needed to serve it:
+
+    import openvino, numpy as np
+    core = openvino.Core()
+    compiled = core.compile_model("model/model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    outputs = compiled({"input_ids": ids, "input_mask": mask, "segment_ids": segments})  # int32 [batch, S]
+    probabilities = outputs["probabilities"]
+
+Compiled with INFERENCE_PRECISION_HINT f32 set explicitly (OpenVINO's default on a CPU with bf16 instructions is
+bf16, slower on this host's kind and outside the 1e-5 gate) and PERFORMANCE_HINT LATENCY: one stream over the
+plan's threads (target.intra_op_threads, which bertc sets in TensorFlow for the run; 0: every core), which is what
+one request at a time wants at batch 1 and batch 8 alike. THROUGHPUT splits the cores into streams that pay only
+with several requests in flight: on the demo model, 2 cores, one request at a time, it measured 46-50 seq/s at
+batch 8 against LATENCY's 52-56 (batch 1 within noise; a shared host under load, so rough: one thread measured
+69 there, only because other work held the second core).
+The `run_dir/serving/ovms/<name>/1/` folder is OpenVINO Model Server's model-repository layout.
+
+Needs the `openvino` extra (pip install 'bertc[openvino]'); without it the target stops before any work.
+`openvino.convert_model` sends OpenVINO's anonymous usage telemetry by default (about a hundred events a
+conversion); bertc leaves that consent to the user: `opt_in_out --opt_out` stops it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertc.errors import ConfigError
+from bertc.ir.graph import Graph, GraphError
+from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.run.serving_layout import _link_or_copy, serving_name
+from bertc.targets.base import SavedModelTarget, TargetOptions
+
+EXTRA = "pip install 'bertc[openvino]'"
+MODEL_FILE, WEIGHTS_FILE, INFO_FILE = "model.xml", "model.bin", "bertc_openvino.json"
+# NOTE: f32 explicitly: without it a CPU with bf16 instructions computes in bf16 (see the module docstring)
+COMPILE_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+OVMS_VERSION = 1
+
+
+def _missing() -> bool:
+    return importlib.util.find_spec("openvino") is None
+
+
+class OpenVinoArtifact:
+    """An OpenVINO model (in memory until saved) and what its conversion recorded."""
+
+    def __init__(self, model: Any, info: dict):
+        self.model, self.info = model, info
+
+    def warm_up(self, batch_size: int, seq_len: int) -> None:
+        return None  # OpenVINO compiles for the CPU when the model is opened
+
+    def save(self, path: Path) -> None:
+        import openvino
+
+        path.mkdir(parents=True, exist_ok=True)
+        openvino.save_model(self.model, str(path / MODEL_FILE), compress_to_fp16=False)
+        (path / INFO_FILE).write_text(json.dumps(self.info, indent=2) + "\n")
+        self.model = None  # the weights are in model.bin now
+
+    def open(self, path: Path, served=None) -> OpenVinoModel:
+        from bertc.frontends.signature import output_names
+
+        names = dict(served.input_names) if served is not None else {}
+        outputs = output_names(served) if served is not None else {}
+        threads = int(json.loads((path / INFO_FILE).read_text()).get("threads", 0))
+        return OpenVinoModel(path / MODEL_FILE, names, outputs, threads)
+
+    def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
+        info = json.loads((path / INFO_FILE).read_text())
+        base = write_ovms_layout(path, run_dir, label)
+        config = ", ".join(f'"{key}": "{value}"' for key, value in COMPILE_CONFIG.items())
+        return {
+            "engine": f"openvino {info['versions']['openvino']}",
+            "files": f"{path / MODEL_FILE}, {path / WEIGHTS_FILE}, {path / INFO_FILE}",
+            "inputs": ", ".join(info["inputs"]),
+            "outputs": ", ".join(info["outputs"]),
+            "how": (
+                f"openvino.Core().compile_model('{path / MODEL_FILE}', 'CPU', {{{config}}})"
+                "({input: int32 [batch, S]})"
+            ),
+            "ovms": (
+                f"OpenVINO Model Server layout {base}/{OVMS_VERSION}/ (links to model/): "
+                f"ovms --model_name {base.name} --model_path {base} --port 9000"
+            ),
+        }
+
+
+class OpenVinoModel:
+    """model.xml compiled for the CPU in f32, fed under the user's names; outputs read back as probabilities and
+    logits whatever keys the user's signature gave them."""
+
+    def __init__(self, model: Path, input_names: Mapping[str, str], output_names: Mapping[str, str], threads: int):
+        import openvino
+
+        config: dict[str, Any] = dict(COMPILE_CONFIG)
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = openvino.Core()
+        self._compiled = core.compile_model(core.read_model(str(model)), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._names = dict(input_names)
+        self._outputs = {served: name for name, served in output_names.items()}
+        self._expected = {port.get_any_name() for port in self._compiled.inputs}
+        self._keys = [port.get_any_name() for port in self._compiled.outputs]
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        named = {self._names.get(key, key): np.asarray(value, np.int32) for key, value in feeds.items()}
+        missing = sorted(self._expected - set(named))
+        if missing:  # else OpenVINO would run on whatever the request's input tensors held last
+            raise ValueError(f"the OpenVINO model takes {', '.join(missing)}, which the feeds lack: {sorted(named)}")
+        results = self._request.infer({key: value for key, value in named.items() if key in self._expected})
+        # NOTE: copied: the request reuses its output tensors' memory on the next call
+        return {self._outputs.get(key, key): np.array(results[index]) for index, key in enumerate(self._keys)}
+
+
+class OpenVinoTarget(SavedModelTarget):
+    name = "openvino"
+    probe_runtime = None  # not a TensorFlow runtime: the precision probe does not apply
+
+    def check_available(self, options: TargetOptions) -> None:
+        if _missing():
+            raise ConfigError(f"target=openvino needs openvino, which is not installed: {EXTRA}. Nothing was compiled.")
+        if options.device == "gpu":
+            raise ConfigError("target=openvino runs on the CPU here; use target.device=cpu (or auto).")
+        if options.compute_dtype != "float32":
+            raise ConfigError(
+                f"target=openvino takes precision=fp32 (this plan computes in {options.compute_dtype}): bertc compiles "
+                "OpenVINO models in f32, and bf16 is slower than f32 on this CPU kind. Use precision=fp32."
+            )
+
+    def serves_on_cpu(self, options: TargetOptions) -> bool:
+        return False  # not in a TensorFlow runtime: the precision probe does not apply (fp32 only, checked above)
+
+    def engine_versions(self) -> dict[str, str]:
+        return _versions() if not _missing() else {}
+
+    def lower(self, graph: Graph, options: TargetOptions) -> OpenVinoArtifact:
+        import tensorflow as tf
+
+        from bertc.targets.serving import CompiledBert, Placement
+
+        module = CompiledBert(graph, options.seq_len, Placement(options.host_device, None, jit_compile=False))
+        model = _convert(module, graph)
+        info = {
+            "inputs": [port.get_any_name() for port in model.inputs],
+            "outputs": [port.get_any_name() for port in model.outputs],
+            # the plan's target.intra_op_threads, which bertc's pipeline set in TensorFlow (0: every core)
+            "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "versions": _versions(),
+        }
+        return OpenVinoArtifact(model, info)
+
+
+def _convert(module, graph: Graph) -> Any:
+    """The module's serving function -> an openvino.Model whose ports carry the user's input and output keys
+    (`graph.serving_names`, `graph.serving_outputs`). The weights are copied out of the TensorFlow variables
+    (share_weights=False): the model outlives the module."""
+    import openvino
+
+    model = openvino.convert_model(module.serve.get_concrete_function(), share_weights=False)
+    # the module's keys (its TensorSpec and output names) -> the user's
+    inputs = dict(zip(module.input_keys, (graph.serving_names.get(name, name) for name in SERVING_INPUTS)))
+    outputs = {module.output_keys[name]: graph.serving_outputs.get(name, name) for name in SERVING_OUTPUTS}
+    for ports, keys in ((model.inputs, inputs), (model.outputs, outputs)):
+        for port in ports:
+            found = [key for key in keys if key in port.get_names()]
+            if len(found) != 1:
+                raise GraphError(
+                    f"openvino.convert_model gave a port named {sorted(port.get_names())}, expected one of "
+                    f"{sorted(keys)}. This is a bug in bertc: please report it."
+                )
+            port.get_tensor().set_names({keys[found[0]]})
+    return model
+
+
+def write_ovms_layout(model_dir: Path, run_dir: Path, label: str) -> Path:
+    """run_dir/serving/ovms/<name>/1/ with links to (or copies of) model.xml and model.bin: the folder OpenVINO
+    Model Server reads as it is. Written beside its place and moved in complete; returns <name>'s folder."""
+    name = serving_name(label)
+    root = run_dir / "serving"
+    root.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".ovms.partial-", dir=root))
+    try:
+        version = staging / name / str(OVMS_VERSION)
+        version.mkdir(parents=True)
+        for file in (MODEL_FILE, WEIGHTS_FILE):
+            _link_or_copy(str(model_dir / file), str(version / file))
+        final = root / "ovms"
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final / name
+
+
+def _versions() -> dict[str, str]:
+    import openvino
+
+    return {"openvino": openvino.__version__}
+
+
+TARGET = OpenVinoTarget()
