@@ -193,7 +193,8 @@ def test_names_given_by_config_win_and_wrong_ones_are_named():
         canonical(_graph([*names, "extra"], {"logits": ""}, False), "m", given)
 
 
-def test_signature_names_from_config_compile_and_are_served(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("length", ["full", "trim"])  # trim: the served body is split from the length part
+def test_signature_names_from_config_compile_and_are_served(tiny_model_dir, tmp_path, length):
     from test_errors import copy_model, edit_saved_model, run
 
     def rename(meta):
@@ -203,7 +204,7 @@ def test_signature_names_from_config_compile_and_are_served(tiny_model_dir, tmp_
 
     model = copy_model(tiny_model_dir, tmp_path)
     edit_saved_model(model, rename)
-    code, report, output = run(model, tmp_path / "run", "model.inputs.input_ids=word_pieces")
+    code, report, output = run(model, tmp_path / "run", "model.inputs.input_ids=word_pieces", f"length={length}")
     assert code == 0, output
     assert report["parity"]["passed"]
     assert report["input"]["signature"]["input_names"]["input_ids"] == "word_pieces"

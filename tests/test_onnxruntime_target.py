@@ -54,6 +54,11 @@ def test_compiles_with_parity_and_serves_with_plain_onnxruntime(tiny_model_dir, 
     assert info["inputs"] == ["input_ids", "input_mask", "segment_ids"] and info["fused"]["FastGelu"] == 2
     assert info["fused"]["Attention"] == 2 and info["fused"]["SkipLayerNormalization"] == 4, "bertc's own fusions"
     assert report["serving"]["engine"].startswith("onnxruntime")
+    triton = tmp_path / "run" / "serving" / "triton" / "user"  # Triton's model repository, a folder convention
+    assert (triton / "1" / "model.onnx").read_bytes() == model.read_bytes()
+    config = (triton / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in config and '{ name: "input_mask", data_type: TYPE_INT32, dims: [128] }' in config
+    assert '{ name: "probabilities", data_type: TYPE_FP32, dims: [2] }' in config
     assert "onnxruntime" in report["versions"], "the engine's version is in the fingerprint"
     batch = synthetic_batches(1, 5, 128, 30522, seed=3)[0]
     batch.input_mask[:, 40:] = 0  # every row at most 40 tokens: the trimmed graph runs them at 40

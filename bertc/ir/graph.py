@@ -534,11 +534,10 @@ def split_length(graph: Graph) -> tuple[Graph | None, Graph]:
     leaks = sorted(key for key, tensor in graph.inputs.items() if node_of(tensor) in needed)
     if leaks:
         raise GraphError(f"length: the model still reads serving input(s) {leaks} uncut; the cut does not hold.")
-    body = Graph(
-        body_def,
-        {name: value for name, value in graph.weights.items() if name in needed},
-        {key: tensor_name(name) for key, name in cut.items()},
-        dict(graph.outputs),
+    body = graph.replace(  # the user's names and the int8 marks go with the body: it is what serves
+        graph_def=body_def,
+        weights={name: value for name, value in graph.weights.items() if name in needed},
+        inputs={key: tensor_name(name) for key, name in cut.items()},
     )
     return length_part, body
 

@@ -33,6 +33,31 @@ def _link_or_copy(source: str, destination: str) -> None:
         shutil.copy2(source, destination)
 
 
+def write_repository(model_dir: Path, run_dir: Path, server: str, label: str, files: dict[str, str]) -> Path:
+    """run_dir/serving/<server>/<name>/ in a model server's repository layout: `files` maps a path under <name>/ to
+    a file of model_dir (linked or copied), or to its text when the value starts with "text:". Written beside its
+    place and moved in complete; returns <name>'s folder."""
+    name = serving_name(label)
+    root = run_dir / "serving"
+    root.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{server}.partial-", dir=root))
+    try:
+        for relative, source in files.items():
+            destination = staging / name / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if source.startswith("text:"):
+                destination.write_text(source.removeprefix("text:"))
+            else:
+                _link_or_copy(str(model_dir / source), str(destination))
+        final = root / server
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final / name
+
+
 def served_signature(model_dir: Path) -> tuple[list[str], list[str]]:
     """The compiled SavedModel's serving_default (input keys, output keys), read from saved_model.pb."""
     from tensorflow.core.protobuf import saved_model_pb2

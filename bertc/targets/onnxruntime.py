@@ -36,6 +36,7 @@ EXTRA = "pip install 'bertc[onnxruntime]'"
 PACKAGES = {"tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "onnx": "onnx"}
 OPSET = 17
 MODEL_FILE, INFO_FILE = "model.onnx", "bertc_onnx.json"
+TRITON_MAX_BATCH = 64  # config.pbtxt's max_batch_size: Triton's dynamic batcher joins requests up to it
 
 
 def _missing() -> list[str]:
@@ -66,7 +67,16 @@ class OnnxArtifact:
         return OnnxSession(path / MODEL_FILE, names, output_names(served) if served is not None else {})
 
     def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
+        from bertc.run.serving_layout import SERVING_VERSION, write_repository
+
         info = json.loads((path / INFO_FILE).read_text())
+        triton = write_repository(
+            path,
+            run_dir,
+            "triton",
+            label,
+            {f"{SERVING_VERSION}/{MODEL_FILE}": MODEL_FILE, "config.pbtxt": "text:" + _triton_config(path, label)},
+        )
         return {
             "engine": f"onnxruntime {info['versions']['onnxruntime']}",
             "files": f"{path / MODEL_FILE}, {path / INFO_FILE}",
@@ -75,6 +85,7 @@ class OnnxArtifact:
             "fused": ", ".join(f"{op} {count}" for op, count in info["fused"].items() if count) or "nothing",
             **({"int8": _int8_line(info["int8"])} if "int8" in info else {}),
             "how": f"onnxruntime.InferenceSession('{path / MODEL_FILE}').run(None, {{input: int32 [batch, S]}})",
+            "triton": f"{triton} (Triton's model repository: tritonserver --model-repository {triton.parent})",
         }
 
 
@@ -167,6 +178,30 @@ def _optimize(model: Any, heads: int, hidden: int) -> tuple[Any, dict[str, int]]
     optimized = optimize_model(model, model_type="bert_tf", num_heads=heads, hidden_size=hidden, opt_level=0)
     fused = {key: int(value) for key, value in optimized.get_fused_operator_statistics().items()}
     return optimized.model, fused
+
+
+def _triton_config(path: Path, label: str) -> str:
+    """Triton's config.pbtxt for model.onnx: its inputs and outputs with their shapes, batch as Triton's own axis."""
+    import onnx
+
+    from bertc.run.serving_layout import serving_name
+
+    model = onnx.load_model(str(path / MODEL_FILE), load_external_data=False)
+    kinds = {onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.FLOAT: "TYPE_FP32"}
+
+    def entries(values) -> str:
+        lines = []
+        for value in values:
+            dims = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in value.type.tensor_type.shape.dim]
+            kind = kinds.get(value.type.tensor_type.elem_type, "TYPE_FP32")
+            lines.append(f'  {{ name: "{value.name}", data_type: {kind}, dims: {dims[1:]} }}')
+        return ",\n".join(lines)
+
+    return (
+        f'name: "{serving_name(label)}"\nbackend: "onnxruntime"\nmax_batch_size: {TRITON_MAX_BATCH}\n'
+        f"input [\n{entries(model.graph.input)}\n]\noutput [\n{entries(model.graph.output)}\n]\n"
+        "dynamic_batching { }\n"
+    )
 
 
 def _fuse(model: Any, heads: int, fused: dict[str, int], int8: set[str], options: TargetOptions) -> dict[str, str]:
