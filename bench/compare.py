@@ -8,7 +8,7 @@
 
 Steps (each build step in its own process, so the measuring process holds only the models):
 1. one set of weights (bertc's seeded initializer, seed 0) written as a Hugging Face folder, and from
-   it the user's TF SavedModel (bertc.export, inputs [None, S]) and the same graph with a dynamic
+   it the user's TF SavedModel (bertc.model.export, inputs [None, S]) and the same graph with a dynamic
    length (bench/peers.py);
 2. compile each candidate from the user's SavedModel with
    `python -m bertc model.path=<export> <overrides> verify=off bench=off hydra.run.dir=...`;
@@ -285,7 +285,7 @@ def workloads_for(args, vocab: int, vocab_file: Path | None) -> tuple[dict, str]
     """name -> (batch size, [feeds padded to S]): MRPC lengths (file order) at --batch and 1, full-length batches."""
     import numpy as np
 
-    from bertc.lengths import length_mix
+    from bertc.evaluate.lengths import length_mix
 
     mixed, source = length_mix(
         args.seq_len, vocab, args.batch, tsv=args.tsv, vocab_file=vocab_file, batches=args.length_batches, seed=0
@@ -383,7 +383,7 @@ def warmup_indices(feeds: list, calls: int, every_length: bool = True) -> list[i
 def _rounds(systems: dict, prepared: dict, workloads: dict, args) -> tuple[dict, dict]:
     """Interleaved rounds: per workload, each system in turn (the order rotates each round), each continuing
     through the batches in file order where its previous round stopped; (name -> load -> call seconds, per round)."""
-    from bertc.bench import _timed_calls
+    from bertc.evaluate.bench import _timed_calls
 
     names = list(systems)
     times = {name: {load: [] for load in workloads} for name in names}
@@ -502,10 +502,11 @@ def machine_info() -> dict:
 
 
 def versions() -> dict:
-    """bertc's own record of its versions (bertc.plan.versions), each peer's package, and the checkout's commit."""
+    """bertc's own record of its versions (bertc.driver.plan.versions), each peer's package, and the checkout's
+    commit."""
     from importlib import metadata
 
-    from bertc.plan import versions as bertc_versions
+    from bertc.driver.plan import versions as bertc_versions
 
     result = {key: value for key, value in bertc_versions().items() if value != "absent"}
     for package in PEER_PACKAGES:
@@ -728,7 +729,7 @@ def int8_goals(bench: dict, candidates: list[dict], systems: dict, batch: int) -
         f"b1 p50 x the quickest int8 peer's ({quickest}): {latency:.3g} (<= {INT8_GOALS['latency_vs_int8_peer']}): "
         f"{_mark(latency <= INT8_GOALS['latency_vs_int8_peer'])}",
         "argmax agreement of each int8 row: the table's last column (the gate itself is bertc's verify on real "
-        "data: bertc/verify.py AGREEMENT_GATES)",
+        "data: bertc/evaluate/verify.py AGREEMENT_GATES)",
     ]
 
 
@@ -798,7 +799,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"candidate presets:\n{presets}",
     )
-    parser.add_argument("--size", default="base", help="bertc.export preset: tiny, mini, base, large (default base)")
+    parser.add_argument(
+        "--size", default="base", help="bertc.model.export preset: tiny, mini, base, large (default base)"
+    )
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--workdir", type=Path, help="models, logs and results (default bench/out/<size>)")
     parser.add_argument(
@@ -926,7 +929,7 @@ def start_tensorflow(args) -> None:
 
 def run_measurements(args, config: dict, systems: dict) -> dict:
     """Parity, the matmul rate at start and end, the interleaved rounds and both bounds."""
-    from bertc.batches import synthetic_batches
+    from bertc.evaluate.batches import synthetic_batches
 
     vocab = config["vocab_size"]
     vocab_file = args.vocab or (args.workdir / "model" / "vocab.txt")

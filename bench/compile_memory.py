@@ -6,7 +6,7 @@
     python bench/compile_memory.py --length pack                    # length=pack target=xla: a function per (L, T)
 
 Steps, each in its own process:
-1. export `--size` (bertc.export presets: random weights, seed 0, seq 128, 2 labels) into --workdir, unless
+1. export `--size` (bertc.model.export presets: random weights, seed 0, seq 128, 2 labels) into --workdir, unless
    it is there already (bench/compare.py's export, reused with `--reuse`);
 2. `python -m bertc model.path=<export> length=<--length> target=xla precision=fp32 verify=off bench=off
    hydra.run.dir=<workdir>/run overwrite=true <overrides>`, the compile measured: its peak resident set
@@ -38,13 +38,13 @@ GOAL_RATIO = 3.0
 
 
 def export(size: str, out: Path, seq_len: int, reuse: bool, timeout: float) -> None:
-    """bertc.export's preset `size` (random weights, seed 0, 2 labels) into `out`, in its own process."""
+    """bertc.model.export's preset `size` (random weights, seed 0, 2 labels) into `out`, in its own process."""
     if reuse and (out / "saved_model.pb").is_file():
         print(f"export: reusing {out}", flush=True)
         return
     if out.exists():
         raise SystemExit(f"{out} exists; pass --reuse to compile it, or remove it")
-    command = [sys.executable, "-m", "bertc.export", "--size", size, "--out", str(out), "--seq-len", str(seq_len)]
+    command = [sys.executable, "-m", "bertc.model.export", "--size", size, "--out", str(out), "--seq-len", str(seq_len)]
     command += ["--num-labels", "2", "--seed", "0"]
     code, seconds, tail = run_logged(command, out.parent / "export.log", timeout)
     if code != 0:
@@ -145,7 +145,7 @@ def run_measured(command: list[str], log_file: Path, timeout: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="large", help="tiny, mini, base, large (bertc.export presets)")
+    parser.add_argument("--size", default="large", help="tiny, mini, base, large (bertc.model.export presets)")
     parser.add_argument("--workdir", type=Path, default=None, help="default bench/out/compile_memory-<size>")
     parser.add_argument("--model", type=Path, default=None, help="an export to compile instead of exporting one")
     parser.add_argument("--reuse", action="store_true", help="reuse the export in --workdir")

@@ -15,7 +15,7 @@ Both sides do the same work per call: int32 NumPy inputs in, probabilities out a
 inputs (`--workload`): `padded`, one seeded batch per batch size with varied padding, which every
 system runs at all S positions; `mrpc` (the default when every bundle has length buckets, from
 `python bench/prepare_gpu.py --buckets ...`), batches with MRPC's real lengths (mean 53, p90 70,
-max 86; `bertc.lengths.length_mix`, seed 0), cycled through: bertc's runtime runs each at the
+max 86; `bertc.evaluate.lengths.length_mix`, seed 0), cycled through: bertc's runtime runs each at the
 smallest bucket that holds its longest row, and PyTorch runs each twice over, at the padded
 length S (`lengths padded`) and cut to its longest real row (`lengths real`, which
 `torch.compile(dynamic=True)` takes without a recompile per length). PyTorch's model has the
@@ -44,13 +44,13 @@ from statistics import median
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # PyTorch shares the GPU with JAX in this process
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # bertc.runtime and bertc.model.weights: no install (and no TensorFlow) needed
+    sys.path.insert(0, str(ROOT))  # bertc.runtime.stablehlo, bertc.model.weights: no install (no TensorFlow) needed
 
 import numpy as np
 
-from bertc.batches import synthetic_batches
-from bertc.lengths import length_mix
-from bertc.runtime import Runtime, read_manifest, regenerate_weights
+from bertc.evaluate.batches import synthetic_batches
+from bertc.evaluate.lengths import length_mix
+from bertc.runtime.stablehlo import Runtime, read_manifest, regenerate_weights
 
 PRECISIONS = ("fp32", "mixed", "mixed_bf16")
 # bertc precision -> the PyTorch run it is compared with

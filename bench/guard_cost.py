@@ -1,5 +1,5 @@
 """What the runtime input guard costs: the same plan compiled with security.guard_inputs on and off,
-both measured in one process, interleaved (bertc.bench), on the demo model (mini shape) by default.
+both measured in one process, interleaved (bertc.evaluate.bench), on the demo model (mini shape) by default.
 
     python bench/guard_cost.py [--model demo] [--rounds 3] [--seconds 2]
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.bench import benchmark
-from bertc.cli import CONF_DIR
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.evaluate.bench import benchmark
 from bertc.targets.serving import ServedSavedModel
 
 

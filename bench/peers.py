@@ -6,7 +6,7 @@
 
 The weights are drawn once (bertc's seeded initializer) and written as a Hugging Face
 BertForSequenceClassification folder (safetensors, `hidden_act` gelu_new: google-research's tanh GELU).
-Every system starts from that folder: bertc.export writes the user's TF SavedModel from it (S-padded
+Every system starts from that folder: bertc.model.export writes the user's TF SavedModel from it (S-padded
 inputs, the signature bertc's candidates compile), the same TF graph is saved with a dynamic length,
 PyTorch and CTranslate2 load the folder, ONNX Runtime gets PyTorch's export of it (tf2onnx of the
 dynamic SavedModel without PyTorch), OpenVINO converts the dynamic SavedModel.
@@ -158,7 +158,7 @@ def save_dynamic_length(hf_folder: Path, out: Path) -> Path:
 
 def build_weights(size: str, work: Path, seq_len: int) -> dict:
     """WORK/hf (the weights), WORK/model (the user's TF SavedModel, inputs [None, S]), WORK/model_dynamic."""
-    from bertc.export import export_model
+    from bertc.model.export import export_model
 
     hf = write_hf_folder(size, work / "hf")
     summary = export_model("hf", hf, work / "model", seq_len=seq_len, num_labels=None, seed=0)

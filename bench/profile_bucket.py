@@ -120,7 +120,7 @@ def bucket_feeds(sizes: list[int], batch: int, vocab: int, seed: int) -> dict[in
     """Per bucket, a batch whose longest row is the bucket's size and whose other rows fit no smaller bucket."""
     import numpy as np
 
-    from bertc.lengths import synthetic_feeds
+    from bertc.evaluate.lengths import synthetic_feeds
 
     rng = np.random.default_rng(seed)
     result = {}
@@ -269,7 +269,7 @@ def print_result(result: dict, batch: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="base", help="tiny, mini, base, large (bertc.export presets)")
+    parser.add_argument("--size", default="base", help="tiny, mini, base, large (bertc.model.export presets)")
     parser.add_argument("--candidate", default="fp32_xla_buckets", help=f"a preset: {', '.join(PRESETS)}")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bucket", type=int, default=None, help="the bucket to profile (default: the slowest)")

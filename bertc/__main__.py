@@ -1,7 +1,7 @@
 """`bertc [overrides]` / `python -m bertc [overrides]`: compose the config -> build the plan -> print it -> run it.
 
 Help, --version and unknown keys are answered here, before Hydra and without TensorFlow; a compile is a
-thin Hydra entry point over `bertc.cli.run_job`, which tests call directly.
+thin Hydra entry point over `bertc.driver.cli.run_job`, which tests call directly.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from bertc.faults import exit_on_interrupt, install_signal_handlers
+from bertc.run.faults import exit_on_interrupt, install_signal_handlers
 
 EXIT_CONFIG_ERROR = 2
 
@@ -19,7 +19,7 @@ EXIT_CONFIG_ERROR = 2
 def _check_writable(folder: Path) -> str | None:
     """Whether the run folder can be made and written, asked of the closest folder that exists (nothing is
     created here: a run refused afterwards must leave no file anywhere)."""
-    from bertc.rundir import nearest_existing
+    from bertc.run.rundir import nearest_existing
 
     existing = nearest_existing(folder)
     if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
@@ -33,8 +33,8 @@ def _check_writable(folder: Path) -> str | None:
 
 def _answer_before_hydra(argv: list[str]) -> int | None:
     """--help, --version and unknown keys: an exit code, or None to go on to Hydra."""
-    from bertc import usage
-    from bertc.cli import CONF_DIR
+    from bertc.driver import usage
+    from bertc.driver.cli import CONF_DIR
 
     if "--version" in argv or "-V" in argv:
         print(f"bertc {usage.version()}")
@@ -57,13 +57,13 @@ def _claim_before_hydra(argv: list[str], conf_dir: Path):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from bertc.rundir import RunFolderError, claim_from_command_line, folder_from_command_line
+    from bertc.run.rundir import RunFolderError, claim_from_command_line, folder_from_command_line
 
     try:
         folder = folder_from_command_line(argv, conf_dir)
     except (HydraException, OmegaConfBaseException, ValueError):
         return contextlib.nullcontext()  # a config Hydra cannot compose: Hydra says why, and nothing is written
-    try:  # bertc/rundir.py
+    try:  # bertc/run/rundir.py
         claim = claim_from_command_line(argv, folder)
     except RunFolderError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -77,7 +77,7 @@ def _claim_before_hydra(argv: list[str], conf_dir: Path):
 
 
 def main() -> None:
-    # NOTE: first: Ctrl-C, SIGTERM from here on: one line, a record, exit 130/143 (bertc/faults.py). In main, not
+    # NOTE: first: Ctrl-C, SIGTERM from here on: one line, a record, exit 130/143 (bertc/run/faults.py). In main, not
     # at import: a program (or a test) that imports this module keeps its own handlers.
     install_signal_handlers()
     argv = sys.argv[1:]
@@ -87,8 +87,8 @@ def main() -> None:
             sys.exit(code)
         import hydra
 
-        from bertc.cli import CONF_DIR, run_job
-        from bertc.limits import exit_if_work_abandoned
+        from bertc.driver.cli import CONF_DIR, run_job
+        from bertc.driver.limits import exit_if_work_abandoned
 
         claim = _claim_before_hydra(argv, Path(CONF_DIR))
         started: list[bool] = []

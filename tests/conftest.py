@@ -23,7 +23,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Seed 0, sequence length 128, 2 labels; about a second to build. Treat it as read-only: it is
     shared by every test in the session.
     """
-    from bertc.export import export_model
+    from bertc.model.export import export_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     export_model("size", "tiny", out, seq_len=TINY_SEQ_LEN, num_labels=2, seed=TINY_SEED)

@@ -1,4 +1,4 @@
-"""`bertc.reproduce` and `bertc.diff` on broken or foreign folders and files: exit 2, a message, no traceback,
+"""`bertc.run.reproduce` and `bertc.run.diff` on broken or foreign folders and files: exit 2, a message, no traceback,
 and no rebuild started."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc import diff, reproduce
-from bertc.cli import CONF_DIR, run_job
+from bertc.driver.cli import CONF_DIR, run_job
+from bertc.run import diff, reproduce
 
 
 @pytest.fixture(scope="module")

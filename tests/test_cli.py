@@ -195,8 +195,8 @@ def test_shell_completion_offers_groups_and_options_without_schemas(tmp_path):
 
 
 def test_help_fits_an_80_column_terminal():
-    from bertc.cli import CONF_DIR
-    from bertc.usage import help_text
+    from bertc.driver.cli import CONF_DIR
+    from bertc.driver.usage import help_text
 
     text = help_text(Path(CONF_DIR), width=80)
     assert max(len(line) for line in text.splitlines()) <= 80 and "options: cpu_embed" not in text

@@ -18,9 +18,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.cli import CONF_DIR
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
 
 TOLERANCE = {"fp32": 1e-5, "mixed": 5e-3, "mixed_bf16": 3e-2}
 
@@ -114,7 +114,7 @@ def test_compiled_model_serves_in_fresh_process_without_bertc(tiny_model_dir, tm
 def test_the_rewritten_graphs_arrays_are_freed_before_the_target_compiles(tiny_model_dir, tmp_path, monkeypatch):
     """The pipeline hands the graph to the target and keeps no reference: once the module's variables hold the
     weights, XLA compiles beside one copy of them, not two (BERT-Large: 1.3 GB less at the compile's peak)."""
-    from bertc import pipeline
+    from bertc.driver import pipeline
     from bertc.targets import serving
 
     seen: dict = {}

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf.errors import OmegaConfBaseException
 
-from bertc.cli import CONF_DIR
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.plan import Plan, build_plan, fingerprint
 from bertc.errors import UserError
-from bertc.plan import Plan, build_plan, fingerprint
 
 OVERRIDES = [
     # valid choices and values

@@ -15,14 +15,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from bertc.__main__ import _answer_before_hydra
-from bertc.cli import CONF_DIR
-from bertc.config import root_schema
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.config import root_schema
+from bertc.driver.plan import build_plan
+from bertc.driver.usage import options
 from bertc.errors import ConfigError
-from bertc.plan import build_plan
 from bertc.schema import CHOICES, RANGE
-from bertc.usage import options
 
-# Keys no declaration in bertc/config.py bounds, and why. A new key must be declared (bounded, choice) or named
+# Keys no declaration in bertc/driver/config.py bounds, and why. A new key must be declared (bounded, choice) or named
 # here: the walk below fails on a key that is neither.
 UNDECLARED = {
     "model.inputs": "signature keys: checked against the model's signature when it is read",
@@ -77,7 +77,7 @@ def test_every_key_is_declared_or_named_with_a_reason():
         for key, (field, hint) in leaf_keys().items()
         if hint is not bool and RANGE not in field.metadata and CHOICES not in field.metadata
     }
-    assert bare == set(UNDECLARED), "declare a range or choices (bertc/config.py), or name the key in UNDECLARED"
+    assert bare == set(UNDECLARED), "declare a range or choices (bertc/driver/config.py), or name the key in UNDECLARED"
     assert len(probes()) > 60  # the walk reaches every group
 
 

@@ -8,9 +8,9 @@ import json
 from rich.console import Console
 from tokenizers import BertWordPieceTokenizer
 
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
 from bertc.model.vocab import SPECIAL_IDS, synthetic_vocab
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
 from tests.test_compile import compose_config
 
 

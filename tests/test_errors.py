@@ -21,9 +21,9 @@ from rich.console import Console
 from tensorflow.core.framework import node_def_pb2, types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from bertc.cli import CONF_DIR
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
 
 
 def run(model_path, run_dir: Path, *overrides: str) -> tuple[int, dict, str]:
@@ -132,8 +132,9 @@ def test_not_a_bert_is_refused_with_what_was_looked_for(tmp_path):
 def test_sequence_length_above_max_positions(tiny_model_dir, tmp_path):
     code, report, output = run(tiny_model_dir, tmp_path / "run", "shape.seq_len=600")
     assert_clean_failure(code, report, output, tmp_path / "run", "max_position_embeddings=512")
+    command = ["-m", "bertc.model.export", "--size", "tiny", "--seq-len", "600", "--out", str(tmp_path / "x")]
     result = subprocess.run(
-        [sys.executable, "-m", "bertc.export", "--size", "tiny", "--seq-len", "600", "--out", str(tmp_path / "x")],
+        [sys.executable, *command],
         capture_output=True,
         text=True,
         timeout=120,
@@ -240,7 +241,7 @@ def test_killed_mid_save_leaves_no_half_written_model(tiny_model_dir, tmp_path):
             child.kill()
     assert not (run_dir / "model").exists()
     assert list(run_dir.glob(".model.partial-*")), "the partial artifact stays hidden in its staging folder"
-    from bertc.rundir import claim_run_folder
+    from bertc.run.rundir import claim_run_folder
 
     with claim_run_folder(run_dir, tiny_model_dir):  # the next run in the folder: the SIGKILL's staging goes
         assert not list(run_dir.glob(".model.partial-*"))

@@ -18,14 +18,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.batches import synthetic_batches
-from bertc.cli import CONF_DIR
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.evaluate.batches import synthetic_batches
+from bertc.evaluate.verify import OriginalModel
+from bertc.frontends.load import load_saved_model
 from bertc.frontends.signature import BERT_INPUTS
-from bertc.graph import run_graph
-from bertc.load import load_saved_model
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
-from bertc.verify import OriginalModel
+from bertc.ir.graph import run_graph
 
 FAST = ("google_onehot",)
 EXPORTERS = [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in exporters.EXPORTERS]
@@ -133,8 +133,8 @@ def test_exporter_model_compiles_with_parity(exporter_models, exporter, shape, c
 
 
 def test_one_hot_export_multiplies_a_one_hot_of_the_ids_by_the_word_table(tmp_path):
-    from bertc.export import main
-    from bertc.graph import nodes_by_name, split_input
+    from bertc.ir.graph import nodes_by_name, split_input
+    from bertc.model.export import main
 
     out = str(tmp_path / "model")
     assert main(["--size", "tiny", "--seq-len", "16", "--out", out, "--one-hot-embeddings"]) == 0

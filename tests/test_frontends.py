@@ -10,10 +10,10 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from bertc.errors import ModelError
 from bertc.frontends import read_graph
+from bertc.frontends.load import _read_meta_graph, _serving_signature
+from bertc.frontends.security import UnsafeGraphError
 from bertc.frontends.signature import ADDED_SOFTMAX, BERT_INPUTS, canonical
-from bertc.graph import Graph, GraphDef, make_node, make_placeholder, run_graph
-from bertc.load import _read_meta_graph, _serving_signature
-from bertc.security import UnsafeGraphError
+from bertc.ir.graph import Graph, GraphDef, make_node, make_placeholder, run_graph
 
 SEQ = 6
 

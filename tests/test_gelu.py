@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertc.analysis import find_gelus
-from bertc.graph import Graph, copy_graph_def, op_delta, op_histogram, run_graph
-from bertc.load import load_saved_model
+from bertc.analysis.structure import find_gelus
+from bertc.frontends.load import load_saved_model
+from bertc.ir.graph import Graph, copy_graph_def, op_delta, op_histogram, run_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_gelu import GeluParams, rewrite_gelu
 

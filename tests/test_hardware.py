@@ -14,9 +14,9 @@ import pytest
 from rich.console import Console
 
 import bertc
-from bertc import hardware
-from bertc.hardware import Probe, precision_advice
-from bertc.limits import SlowModel, check_call_speed
+from bertc.driver import hardware
+from bertc.driver.hardware import Probe, precision_advice
+from bertc.driver.limits import SlowModel, check_call_speed
 
 
 def quiet() -> Console:
@@ -81,7 +81,7 @@ def test_a_compiled_call_many_times_slower_is_refused_with_figures():
 
 
 def test_a_compiled_call_that_does_not_return_is_abandoned(monkeypatch):
-    import bertc.limits as limits
+    import bertc.driver.limits as limits
 
     monkeypatch.setattr(limits, "FIRST_CALL_FLOOR_S", 0.3)
     start = time.perf_counter()
@@ -147,7 +147,7 @@ SERVE_BOTH = textwrap.dedent(
 def test_a_float16_build_served_under_onednn_stays_near_the_fp32_build(tmp_path):
     """A guard against the oneDNN float16 crawl (not a benchmark): the mixed build of a demo-sized model, served
     by plain TensorFlow with oneDNN on in a fresh process, within a generous multiple of the fp32 build's time."""
-    from bertc.export import export_model
+    from bertc.model.export import export_model
 
     model = tmp_path / "demo"
     export_model("size", "mini", model, seq_len=128, num_labels=2, seed=0)

@@ -21,9 +21,9 @@ from hydra import compose, initialize_config_dir
 from rich.console import Console
 from tensorflow.core.framework import types_pb2
 
-from bertc.cli import CONF_DIR, run_job
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
+from bertc.driver.cli import CONF_DIR, run_job
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
 
 
 def folder_state(path: Path) -> dict:
@@ -246,7 +246,7 @@ def test_function_call_with_pure_body_is_allowed_by_the_op_check(tiny_model_dir)
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from bertc.security import refuse_unsafe_loading
+    from bertc.frontends.security import refuse_unsafe_loading
 
     @tf.function(autograph=False)
     def double(x):
@@ -421,13 +421,13 @@ def test_time_limit_ends_in_a_clean_error(tiny_model_dir, tmp_path, overrides, k
 HANGING_CHILD = textwrap.dedent(
     """
     import sys, threading, time
-    import bertc.verify
+    import bertc.evaluate.verify
     def hang(*args, **kwargs):  # a call that never returns, like a TensorFlow op that cannot be cancelled
         # daemon=False: a normal interpreter exit would wait for it
         blocker = threading.Thread(target=time.sleep, args=(3600,), daemon=False)
         blocker.start()
         blocker.join()
-    bertc.verify.compare = hang
+    bertc.evaluate.verify.compare = hang
     from bertc.__main__ import main
     sys.argv = ["bertc", "model.path=" + sys.argv[1], "bench=off", "verify.batches=1", "verify.timeout_s=2",
                 "hydra.run.dir=" + sys.argv[2]]
@@ -610,7 +610,7 @@ def test_model_path_that_is_a_loop_says_loop(tmp_path):
 
 
 def test_links_inside_the_model_folder_are_followed(model_copy):
-    from bertc.load import model_digest, refuse_outside_links
+    from bertc.frontends.load import model_digest, refuse_outside_links
 
     digest = model_digest(model_copy)
     (model_copy / "variables" / "alias.index").symlink_to(model_copy / "variables" / "variables.index")

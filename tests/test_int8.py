@@ -14,11 +14,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.batches import Batch, synthetic_batches
-from bertc.cli import CONF_DIR
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
-from bertc.verify import compare
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.evaluate.batches import Batch, synthetic_batches
+from bertc.evaluate.verify import compare
 
 ROLES = {"attention_projection": 3, "attention_output": 1, "ffn_in": 1, "ffn_out": 1}  # per layer
 TINY_LAYERS = 2
@@ -35,7 +35,7 @@ def compile_tiny(model, run_dir, *overrides: str) -> tuple[int, dict]:
 
 
 def test_the_map_marks_the_dense_matmuls_of_its_roles_and_changes_nothing_in_tensorflow(tiny_model_dir):
-    from bertc.load import load_saved_model
+    from bertc.frontends.load import load_saved_model
     from bertc.passes.apply_precision_map import apply_precision_map
 
     plan = build_plan(compose_config(tiny_model_dir, "target=onnxruntime"))

@@ -12,7 +12,9 @@ from test_compile import compile_tiny, compose_config
 from test_passes import mixed
 
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.evaluate.lengths import mrpc_like_lengths, synthetic_feeds
+from bertc.frontends.load import load_saved_model
+from bertc.ir.graph import (
     LENGTH,
     GraphError,
     check_graph,
@@ -22,8 +24,6 @@ from bertc.graph import (
     run_graph,
     split_length,
 )
-from bertc.lengths import mrpc_like_lengths, synthetic_feeds
-from bertc.load import load_saved_model
 from bertc.passes.apply_precision_map import apply_precision_map
 from bertc.passes.partition_graph import PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
@@ -135,7 +135,7 @@ def test_mask_original_ones_fill_follows_the_cut(loaded):
 
 
 def test_sequence_length_equal_to_the_hidden_size_is_refused(tmp_path):
-    from bertc.export import export_model
+    from bertc.model.export import export_model
 
     out = tmp_path / "model"
     export_model("size", "tiny", out, seq_len=32, num_labels=2, seed=0)  # tiny: hidden 32
@@ -223,7 +223,7 @@ def test_tf_trim_serves_mixed_lengths(loaded, masked):
 
 
 def length_params(cfg):
-    from bertc.plan import build_plan
+    from bertc.driver.plan import build_plan
 
     return build_plan(cfg).step_params("length")
 
@@ -262,7 +262,7 @@ def test_runner_reports_buckets_and_lengths_ran(tiny_model_dir, tmp_path):
 
 
 def test_bench_step_measures_a_real_length_mix():
-    from bertc.bench import benchmark_lengths
+    from bertc.evaluate.bench import benchmark_lengths
 
     seen: list[int] = []
 

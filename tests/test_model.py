@@ -17,9 +17,9 @@ import tensorflow as tf
 from safetensors.numpy import load_file, save_file
 from tensorflow.core.protobuf import saved_model_pb2, saver_pb2
 
-from bertc.export import export_model, main
 from bertc.model.bert import build_classifier
 from bertc.model.config import preset
+from bertc.model.export import export_model, main
 from bertc.model.sources import minilm_folder, read_checkpoint_folder, read_hf_folder
 
 v1 = tf.compat.v1
@@ -511,7 +511,7 @@ def test_base_op_histogram_matches_golden():
 def test_cli_exports_quietly_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "tiny"
     result = subprocess.run(
-        [sys.executable, "-m", "bertc.export", "--size", "tiny", "--out", str(out), "--seq-len", "32"],
+        [sys.executable, "-m", "bertc.model.export", "--size", "tiny", "--out", str(out), "--seq-len", "32"],
         check=False,
         capture_output=True,
         text=True,

@@ -18,7 +18,7 @@ from test_hostile import assert_refused, folder_state, run_model
 from test_model import google_to_hf, hf_config, saved_variables, write_tf1_checkpoint
 
 from bertc.errors import ModelError
-from bertc.load import load_saved_model
+from bertc.frontends.load import load_saved_model
 from bertc.model.config import preset
 from bertc.model.sources import read_checkpoint_folder, read_hf_folder
 

@@ -15,10 +15,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.batches import synthetic_batches
-from bertc.cli import CONF_DIR
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.evaluate.batches import synthetic_batches
 
 pytest.importorskip("onnxruntime", reason="the onnxruntime extra: pip install 'bertc[onnxruntime]'")
 pytest.importorskip("tf2onnx", reason="the onnxruntime extra: pip install 'bertc[onnxruntime]'")
@@ -63,8 +63,8 @@ def test_compiles_with_parity_and_serves_with_plain_onnxruntime(tiny_model_dir, 
     assert "onnxruntime" in report["versions"], "the engine's version is in the fingerprint"
     batch = synthetic_batches(1, 5, 128, 30522, seed=3)[0]
     batch.input_mask[:, 40:] = 0  # every row at most 40 tokens: the trimmed graph runs them at 40
-    from bertc.load import load_saved_model
-    from bertc.verify import OriginalModel
+    from bertc.evaluate.verify import OriginalModel
+    from bertc.frontends.load import load_saved_model
 
     loaded = load_saved_model(tiny_model_dir)
     outputs = {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")}

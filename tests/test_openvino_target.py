@@ -16,11 +16,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.batches import synthetic_batches
-from bertc.cli import CONF_DIR
-from bertc.hardware import cpu_flags
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.hardware import cpu_flags
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.evaluate.batches import synthetic_batches
 
 pytest.importorskip("openvino", reason="the openvino extra: pip install 'bertc[openvino]'")
 
@@ -33,8 +33,8 @@ def compile_tiny(model, run_dir, *overrides: str) -> tuple[int, dict]:
 
 
 def original_probabilities(model_dir, feeds) -> np.ndarray:
-    from bertc.load import load_saved_model
-    from bertc.verify import OriginalModel
+    from bertc.evaluate.verify import OriginalModel
+    from bertc.frontends.load import load_saved_model
 
     loaded = load_saved_model(model_dir)
     outputs = {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")}

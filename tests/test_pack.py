@@ -13,7 +13,9 @@ from test_length import not_right_padded, serve
 from test_passes import mixed
 
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.evaluate.lengths import synthetic_feeds
+from bertc.frontends.load import load_saved_model
+from bertc.ir.graph import (
     PACK_MASK,
     PACKED,
     GraphError,
@@ -25,8 +27,6 @@ from bertc.graph import (
     split_length,
     split_partition,
 )
-from bertc.lengths import synthetic_feeds
-from bertc.load import load_saved_model
 from bertc.passes.apply_precision_map import apply_precision_map
 from bertc.passes.partition_graph import ALIASES, PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
@@ -172,7 +172,7 @@ def test_tf_target_serves_packed_batches(loaded, packed):
 
 
 def length_params(cfg):
-    from bertc.plan import build_plan
+    from bertc.driver.plan import build_plan
 
     return build_plan(cfg).step_params("length")
 

@@ -11,9 +11,9 @@ from test_compile import compile_tiny, compose_config
 from test_length import not_right_padded, serve
 from test_pack import PACK, assert_matches_original, mixed_batches, with_packed
 
-from bertc.graph import PACK_INDEX, GraphError, run_graph, split_length, split_partition
-from bertc.lengths import pack_shapes, synthetic_feeds
-from bertc.load import load_saved_model
+from bertc.evaluate.lengths import pack_shapes, synthetic_feeds
+from bertc.frontends.load import load_saved_model
+from bertc.ir.graph import PACK_INDEX, GraphError, run_graph, split_length, split_partition
 from bertc.passes.pack_tokens import token_step_of
 from bertc.passes.partition_graph import ALIASES, PACK_MASK_KEY, PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
@@ -140,7 +140,7 @@ def test_xla_refuses_a_pack_graph_built_for_dynamic_shapes(packed):
 
 
 def test_config_buckets_pack_on_xla_only():
-    from bertc.plan import build_plan
+    from bertc.driver.plan import build_plan
 
     params = build_plan(compose_config(["length=pack", "target=xla"])).step_params("length")
     assert params.static_shapes and params.sizes == (64, 128) and params.token_step == 64
@@ -165,7 +165,7 @@ def test_the_graphs_arrays_are_freed_before_the_packed_functions_compile(tiny_mo
     import gc
     import weakref
 
-    from bertc import pipeline
+    from bertc.driver import pipeline
     from bertc.targets import serving
 
     seen: dict = {}

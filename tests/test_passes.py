@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertc.batches import synthetic_batches
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.evaluate.batches import synthetic_batches
+from bertc.frontends.load import load_saved_model
+from bertc.ir.graph import (
     FLOAT_TYPES,
     GraphError,
     boundaries_of,
@@ -24,7 +25,6 @@ from bertc.graph import (
     split_input,
     split_partition,
 )
-from bertc.load import load_saved_model
 from bertc.passes.apply_precision_map import PrecisionParams, PrecisionRule, apply_precision_map
 from bertc.passes.partition_graph import PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
@@ -221,7 +221,7 @@ def test_partition_that_does_not_cut_is_refused(masked):
 def test_removal_entry_ending_in_a_question_mark_may_match_nothing(removed):
     import types
 
-    from bertc.pipeline import StepFailed, run_step
+    from bertc.driver.pipeline import StepFailed, run_step
 
     def step(*ops):
         return types.SimpleNamespace(name="remove_training_ops", group="removal", params=RemovalParams(ops))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertc.analysis import (
+from bertc.analysis.match import Index, PatternNotFound, Variant, constant, first_match, p, require_match
+from bertc.analysis.structure import (
     LOOKUP_VARIANTS,
     POSITION_VARIANTS,
     embedding_output,
@@ -16,8 +17,7 @@ from bertc.analysis import (
     find_attention_sites,
     find_layer_norms,
 )
-from bertc.graph import Graph, GraphError, op_histogram, run_graph
-from bertc.match import Index, PatternNotFound, Variant, constant, first_match, p, require_match
+from bertc.ir.graph import Graph, GraphError, op_histogram, run_graph
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 
 v1 = tf.compat.v1

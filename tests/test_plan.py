@@ -11,9 +11,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from bertc.cli import CONF_DIR
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.plan import STEP_ORDER, build_plan, fingerprint
 from bertc.errors import ConfigError
-from bertc.plan import STEP_ORDER, build_plan, fingerprint
 
 GOLDEN = Path(__file__).parent / "golden" / "plans.txt"
 PRESET_RUNS = [

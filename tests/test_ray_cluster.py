@@ -33,7 +33,7 @@ pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="hydra-ray-launch
 
 START_TIMEOUT_S = 120
 SWEEP_TIMEOUT_S = 600
-TINY = "models/tiny-t128-l2-s0-f3"  # the tiny preset's cache entry (bertc/materialize.py's key)
+TINY = "models/tiny-t128-l2-s0-f3"  # the tiny preset's cache entry (bertc/driver/materialize.py's key)
 
 
 def test_the_ray_launcher_config_is_bertcs_and_composes_without_hydras_schema_warning():
@@ -41,7 +41,7 @@ def test_the_ray_launcher_config_is_bertcs_and_composes_without_hydras_schema_wa
 
     from hydra import compose, initialize_config_dir
 
-    from bertc.cli import CONF_DIR
+    from bertc.driver.cli import CONF_DIR
 
     with warnings.catch_warnings(record=True) as caught, initialize_config_dir(CONF_DIR, version_base="1.3"):
         warnings.simplefilter("always")
@@ -58,7 +58,7 @@ def test_the_ray_launcher_config_is_bertcs_and_composes_without_hydras_schema_wa
 def test_joining_a_cluster_drops_object_store_memory_and_a_local_ray_gets_a_small_one(monkeypatch):
     from omegaconf import OmegaConf
 
-    from bertc import cluster
+    from bertc.run import cluster
 
     calls = []
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
@@ -72,8 +72,8 @@ def test_joining_a_cluster_drops_object_store_memory_and_a_local_ray_gets_a_smal
 
 
 def test_a_job_no_node_can_hold_is_refused_before_it_waits_forever(monkeypatch):
-    from bertc import cluster
     from bertc.errors import ConfigError
+    from bertc.run import cluster
 
     nodes = [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 4e9}}, {"Alive": False, "Resources": {"CPU": 64.0}}]
     monkeypatch.setattr(cluster.ray, "nodes", lambda: nodes)
@@ -83,7 +83,7 @@ def test_a_job_no_node_can_hold_is_refused_before_it_waits_forever(monkeypatch):
 
 
 def test_the_summary_is_written_from_records_alone(tmp_path):
-    from bertc.sweep import FIELDS, summarize
+    from bertc.run.sweep import FIELDS, summarize
 
     records = []
     for job, node in ((1, "b"), (0, "a")):

@@ -15,11 +15,11 @@ from hydra import compose, initialize_config_dir
 from rich.console import Console
 
 from bertc import passes
-from bertc.cli import CONF_DIR
-from bertc.graph import PassResult, copy_graph_def, make_const
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.ir.graph import PassResult, copy_graph_def, make_const
 from bertc.passes import Condition, Pass
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
 from bertc.schema import Key
 
 THROWAWAY = "bertc/throwaway/marker"
@@ -59,7 +59,7 @@ def throwaway(tmp_path):
     (tmp_path / "conf" / "marker" / "on.yaml").write_text("enabled: true\nvalue: 3.0\n")
     (tmp_path / "conf" / "marker" / "off.yaml").write_text("enabled: false\n")
     passes.register(THROWAWAY_PASS)
-    from bertc.config import register_configs
+    from bertc.driver.config import register_configs
 
     register_configs()
     yield tmp_path / "conf"
@@ -124,7 +124,7 @@ def test_canonical_order_follows_after_and_rejects_unknown_names(monkeypatch):
 
 
 def test_each_group_schema_is_derived_from_the_pass_parameters():
-    from bertc.config import root_schema
+    from bertc.driver.config import root_schema
     from bertc.passes.rewrite_attention_mask import MaskParams
 
     groups = {field.name: field.type for field in dataclasses.fields(root_schema())}

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-import bertc.report
-from bertc.batches import Batch, synthetic_batches
-from bertc.bench import benchmark
-from bertc.report import fmt_number, markdown, summary_table, write_reports
-from bertc.sweep import columns, plot_figure, summarize, sweep_size
-from bertc.verify import compare
+import bertc.run.report
+from bertc.evaluate.batches import Batch, synthetic_batches
+from bertc.evaluate.bench import benchmark
+from bertc.evaluate.verify import compare
+from bertc.run.report import fmt_number, markdown, summary_table, write_reports
+from bertc.run.sweep import columns, plot_figure, summarize, sweep_size
 
 
 def model(shift: float = 0.0):
@@ -84,9 +84,9 @@ def test_numbers_read_well(value, text):
 
 
 def test_every_key_in_report_json_is_documented(tmp_path):
-    """The docstring of bertc/report.py is the contract for report.json's keys."""
+    """The docstring of bertc/run/report.py is the contract for report.json's keys."""
     data = record()
-    documented = bertc.report.__doc__
+    documented = bertc.run.report.__doc__
     keys = set(data) | set(data["parity"]) | set(data["parity"]["accuracy"]) | set(data["bench"])
     keys |= set(data["bench"]["compiled"]) | set(data["bench"]["compiled"]["latency_ms"])
     keys |= set(data["parity"]["disagreements"][0]) if data["parity"]["disagreements"] else set()
@@ -97,7 +97,7 @@ def test_every_key_in_report_json_is_documented(tmp_path):
     )
     keys -= {"seq_len", "rounds", "seconds_per_measurement"}  # bench's settings, echoed for the reader
     missing = sorted(key for key in keys if key not in documented)
-    assert not missing, f"report.json keys missing from bertc/report.py's docstring: {missing}"
+    assert not missing, f"report.json keys missing from bertc/run/report.py's docstring: {missing}"
     assert set(data["parity"]["by_source"]) == {"synthetic", "dataset"}
 
 
@@ -198,7 +198,7 @@ def test_bench_reports_each_figures_spread_over_its_rounds():
 
 
 def test_a_noisy_or_busy_benchmark_marks_the_speedup_unreliable(monkeypatch):
-    from bertc import spread
+    from bertc.evaluate import spread
 
     steady = {"throughput": {"8": {"min": 10.0, "max": 10.2, "cv": 0.01, "rounds": 3}}}
     noisy = {"throughput": {"8": {"min": 6.0, "max": 12.0, "cv": 0.3, "rounds": 3}}}

@@ -7,8 +7,8 @@ import collections
 
 import pytest
 
-from bertc.analysis import find_layer_norms, node_roles, role_matches
-from bertc.load import load_saved_model
+from bertc.analysis.structure import find_layer_norms, node_roles, role_matches
+from bertc.frontends.load import load_saved_model
 from bertc.passes.apply_precision_map import PrecisionRule, assign_dtypes
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
@@ -56,7 +56,7 @@ def test_every_layer_gets_each_role(google_graph):
 
 @pytest.mark.parametrize("preset, dtype", [("mixed", "float16"), ("mixed_bf16", "bfloat16")])
 def test_role_presets_convert_what_the_seeds_scoped_map_did(google_graph, preset, dtype):
-    from bertc.plan import build_plan
+    from bertc.driver.plan import build_plan
 
     rules = build_plan(compose_config([f"precision={preset}"])).step_params("precision").rules
     assert all(rule.role for rule in rules), "the shipped presets select by role"

@@ -25,12 +25,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.artifact import artifact_digest
-from bertc.cli import CONF_DIR, run_job
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
-from bertc.report import write_reports
-from bertc.rundir import LOCK_FILE, RunFolderError, claim_from_command_line, folder_from_command_line
+from bertc.driver.cli import CONF_DIR, run_job
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.run.artifact import artifact_digest
+from bertc.run.report import write_reports
+from bertc.run.rundir import LOCK_FILE, RunFolderError, claim_from_command_line, folder_from_command_line
 
 FAST = ["bench=off", "verify=off"]
 
@@ -249,7 +249,7 @@ def test_sigterm_and_sigint_during_verify(tiny_model_dir, tmp_path):
                 sys.executable,
                 "-c",
                 textwrap.dedent(f"""
-            from bertc.rundir import claim_run_folder, RunFolderError
+            from bertc.run.rundir import claim_run_folder, RunFolderError
             try:
                 claim_run_folder({str(runs["term"])!r}, None)
             except RunFolderError as error:
@@ -297,13 +297,13 @@ def test_stale_staging_is_removed_by_the_next_run(tiny_model_dir, tmp_path):
 
 
 def test_sigterm_through_the_api_records_interrupted_and_restores_handlers(tiny_model_dir, tmp_path, monkeypatch):
-    import bertc.verify
+    import bertc.evaluate.verify
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # the handler raises here
 
-    monkeypatch.setattr(bertc.verify, "compare", terminated)
+    monkeypatch.setattr(bertc.evaluate.verify, "compare", terminated)
     before = {each: signal.getsignal(each) for each in (signal.SIGTERM, signal.SIGINT)}
     stream = io.StringIO()
     cfg = config(tiny_model_dir, "bench=off", "verify.batches=1", fast=False)
@@ -319,7 +319,7 @@ def test_sigterm_through_the_api_records_interrupted_and_restores_handlers(tiny_
 def test_a_signal_that_surfaces_as_another_error_is_still_an_interruption(tiny_model_dir, tmp_path, monkeypatch):
     """The handler's exception, raised while TensorFlow iterates in C (tracing a function to save it), can come
     out as `SystemError: ... bad argument to internal function` (seen in CI): the run is still interrupted."""
-    import bertc.pipeline
+    import bertc.driver.pipeline
 
     def terminated_in_c(*args, **kwargs):
         try:
@@ -328,7 +328,7 @@ def test_a_signal_that_surfaces_as_another_error_is_still_an_interruption(tiny_m
         except KeyboardInterrupt:
             raise SystemError("Objects/listobject.c:338: bad argument to internal function") from None
 
-    monkeypatch.setattr(bertc.pipeline, "artifact_digest", terminated_in_c)  # in the main thread, while saving
+    monkeypatch.setattr(bertc.driver.pipeline, "artifact_digest", terminated_in_c)  # in the main thread, while saving
     stream = io.StringIO()
     cfg = config(tiny_model_dir, "bench=off", "verify.batches=1", fast=False)
     with pytest.raises(KeyboardInterrupt, match="interrupted by SIGTERM"):
@@ -341,13 +341,13 @@ def test_a_signal_that_surfaces_as_another_error_is_still_an_interruption(tiny_m
 SWEEP_WITH_A_CRASH = textwrap.dedent(
     """
     import sys
-    import bertc.plan
-    real_build_plan = bertc.plan.build_plan
+    import bertc.driver.plan
+    real_build_plan = bertc.driver.plan.build_plan
     def build_plan(cfg):
         if cfg.mask.bias_value == -9999:
             raise RuntimeError("deliberate crash for the test")
         return real_build_plan(cfg)
-    bertc.plan.build_plan = build_plan
+    bertc.driver.plan.build_plan = build_plan
     from bertc.__main__ import main
     sys.argv = ["bertc", "-m", "model.path=" + sys.argv[1], "dry_run=true", "mask.bias_value=-10000,-9999",
                 "hydra.sweep.dir=" + sys.argv[2]]
@@ -378,7 +378,7 @@ def test_a_sweep_whose_job_crashes_still_writes_its_summary(tiny_model_dir, tmp_
 
 
 def test_guarded_job_records_a_sweep_jobs_crash_once(tmp_path):
-    from bertc.faults import guarded_job, mark_recorded
+    from bertc.run.faults import guarded_job, mark_recorded
 
     def crash():
         raise RuntimeError("boom")
@@ -408,7 +408,7 @@ def test_a_signal_that_lands_in_a_gc_callback_is_asked_again(monkeypatch):
     import gc
     import types
 
-    from bertc import faults
+    from bertc.run import faults
 
     sent = []
     monkeypatch.setattr(

@@ -17,10 +17,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.cli import CONF_DIR
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
-from bertc.rundir import LOCK_FILE
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.run.rundir import LOCK_FILE
 
 
 def tree(path: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""bertc.runtime checks a target=stablehlo artifact before trusting it: weight digests and shapes, file names
+"""bertc.runtime.stablehlo checks a target=stablehlo artifact before trusting it: weight digests and shapes, file names
 inside the artifact, id limits and the self-check's gate from the weights (not editable manifest fields), and
 clean errors (exit 2, no traceback) for broken manifests, weights and inputs."""
 
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from bertc import serve as run_cli
-from bertc.batches import synthetic_batches
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
-from bertc.runtime import ServingError, parity_gate, tensor_digest
-from bertc.verify import GATES
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.evaluate.batches import synthetic_batches
+from bertc.evaluate.verify import GATES
+from bertc.runtime import serve as run_cli
+from bertc.runtime.stablehlo import ServingError, parity_gate, tensor_digest
 from tests.test_compile import compose_config
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
@@ -71,8 +71,8 @@ def cli(*args: str, capsys) -> tuple[int, str, str]:
 
 
 def assert_refused(folder: Path, capsys, *words: str) -> None:
-    """The runtime refuses the artifact; `python -m bertc.serve --check` exits 2 with one error paragraph."""
-    from bertc.runtime import Runtime
+    """The runtime refuses the artifact; `python -m bertc.runtime.serve --check` exits 2 with one error paragraph."""
+    from bertc.runtime.stablehlo import Runtime
 
     with pytest.raises(ServingError) as raised:
         Runtime(folder, platform="cpu")
@@ -129,7 +129,7 @@ def test_parity_gate_follows_the_narrowest_weight_dtype():
 
 
 def test_ids_are_bounded_by_the_tables_without_input_limits(artifact):
-    from bertc.runtime import Runtime
+    from bertc.runtime.stablehlo import Runtime
 
     value = manifest(artifact)
     del value["input_limits"]
@@ -144,7 +144,7 @@ def test_ids_are_bounded_by_the_tables_without_input_limits(artifact):
 
 
 def test_a_manifest_cannot_raise_the_id_limits(artifact):
-    from bertc.runtime import Runtime
+    from bertc.runtime.stablehlo import Runtime
 
     value = manifest(artifact)
     value["input_limits"] = {"input_ids": 10**9, "segment_ids": 1}  # looser for ids, tighter for segments
@@ -262,7 +262,7 @@ def test_broken_weights_file_gives_a_clean_error(artifact, capsys, case):
 
 
 def test_a_module_file_missing_or_broken_is_a_clean_error(artifact, capsys):
-    from bertc.runtime import Runtime
+    from bertc.runtime.stablehlo import Runtime
 
     entry = manifest(artifact)["modules"][0]
     (artifact / entry["bytecode"]).unlink()
@@ -334,7 +334,7 @@ def test_a_manifest_asking_too_much_is_refused_in_one_line(artifact, capsys, cas
 
 
 def test_inputs_beyond_the_memory_available_are_refused_before_allocating(artifact, capsys, monkeypatch):
-    monkeypatch.setattr("bertc.limits.available_memory", lambda: 1 << 20)  # 1 MiB; batch 8 needs 12 KiB
+    monkeypatch.setattr("bertc.driver.limits.available_memory", lambda: 1 << 20)  # 1 MiB; batch 8 needs 12 KiB
     value = manifest(artifact)
     entry = value["modules"][0]
     entry["batch_size"] = 4096  # 4096 x 128 x 3 int32: 6 MiB of inputs
@@ -346,7 +346,7 @@ def test_inputs_beyond_the_memory_available_are_refused_before_allocating(artifa
 @pytest.mark.parametrize("kind", ["bytecode", "text"])
 def test_a_module_relabelled_with_another_batch_size_is_refused_before_compiling(artifact, capsys, kind, monkeypatch):
     """The batch-8 module's files (digests and all) listed as the batch-1 module: its own signature says 8."""
-    from bertc import runtime as runtime_module
+    from bertc.runtime import stablehlo as runtime_module
 
     value = manifest(artifact)
     entry = value["modules"][0]

@@ -10,11 +10,11 @@ import tensorflow as tf
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.batches import synthetic_batches
-from bertc.cli import CONF_DIR
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
-from bertc.verify import OriginalModel
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.evaluate.batches import synthetic_batches
+from bertc.evaluate.verify import OriginalModel
 
 
 def compile_tiny(tiny_model_dir, run_dir, overrides: list[str]) -> tuple[int, dict]:
@@ -29,7 +29,7 @@ def feeds() -> dict[str, np.ndarray]:
 
 
 def original_probabilities(tiny_model_dir) -> np.ndarray:
-    from bertc.load import load_saved_model
+    from bertc.frontends.load import load_saved_model
 
     loaded = load_saved_model(tiny_model_dir)
     outputs = {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bertc.report import write_reports
-from bertc.rundir import claim_run_folder, finished_marks
+from bertc.run.report import write_reports
+from bertc.run.rundir import claim_run_folder, finished_marks
 
 # python -m bertc, with an atexit hook that shows whether the interpreter's shutdown ran after the run
 WITH_EXIT_HOOK = textwrap.dedent("""

@@ -1,4 +1,4 @@
-"""target=stablehlo and bertc.runtime on the tiny model: modules at two batch sizes, the runner on JAX's CPU
+"""target=stablehlo and bertc.runtime.stablehlo on the tiny model: modules at two batch sizes, the runner on JAX's CPU
 against the TensorFlow build (fp32, fp16, bf16), padding to a compiled batch size, the host recipe,
 regenerated weights, and bench/gpu.py's tiny mode. Tests that run modules need JAX (skipped without it)."""
 
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from bertc.batches import synthetic_batches
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
 from bertc.errors import ConfigError
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
+from bertc.evaluate.batches import synthetic_batches
+from bertc.evaluate.verify import GATES
 from bertc.targets.serving import ServedSavedModel
-from bertc.verify import GATES
 from tests.test_compile import compose_config
 
 needs_jax = pytest.mark.skipif(
@@ -105,7 +105,7 @@ def test_partitioned_build_records_the_host_recipe(builds):
 
 @pytest.mark.parametrize("name", list(BUILDS))
 def test_regenerated_weights_are_the_saved_ones(builds, name):
-    from bertc.runtime import load_weights, regenerate_weights
+    from bertc.runtime.stablehlo import load_weights, regenerate_weights
 
     manifest = manifest_of(builds[name])
     regenerated, differ = regenerate_weights(manifest)
@@ -118,7 +118,7 @@ def test_regenerated_weights_are_the_saved_ones(builds, name):
 @needs_jax
 @pytest.mark.parametrize("name", list(BUILDS))
 def test_runtime_on_jax_cpu_matches_the_tensorflow_build(builds, name):
-    from bertc.runtime import Runtime
+    from bertc.runtime.stablehlo import Runtime
 
     gate = GATES[BUILDS[name][1]]
     runtime = Runtime(builds[name], platform="cpu")
@@ -133,7 +133,7 @@ def test_runtime_on_jax_cpu_matches_the_tensorflow_build(builds, name):
 
 @needs_jax
 def test_batch_of_3_runs_on_the_batch_8_module_with_padding(builds):
-    from bertc.runtime import Runtime
+    from bertc.runtime.stablehlo import Runtime
 
     runtime = Runtime(builds["fp32"], platform="cpu")
     assert runtime.plan_chunks(3) == [(0, 3, 8)]
@@ -152,7 +152,7 @@ def test_batch_of_3_runs_on_the_batch_8_module_with_padding(builds):
 
 @needs_jax
 def test_runtime_refuses_bad_inputs(builds):
-    from bertc.runtime import Runtime, ServingError
+    from bertc.runtime.stablehlo import Runtime, ServingError
 
     runtime = Runtime(builds["fp32"], platform="cpu")
     feeds = synthetic_batches(1, 2, 128, 30522, seed=4)[0].feeds()
@@ -209,7 +209,7 @@ def test_gpu_bench_tiny_mode_runs_on_cpu(builds, tmp_path):
 def test_gpu_bench_measures_bucketed_bundles_on_mrpc_lengths(tmp_path):
     """prepare_gpu.py --buckets -> bundles with a module per (batch, bucket); bench/gpu.py then runs the mrpc
     workload and each batch runs the bucket its longest real row picks (the widths it ran say so)."""
-    from bertc.portable import batch_length
+    from bertc.runtime.portable import batch_length
 
     root = Path(__file__).resolve().parent.parent
     prepare = _load(root / "bench" / "prepare_gpu.py", "prepare_gpu")
@@ -293,7 +293,7 @@ def test_run_on_a_platform_this_machine_lacks_says_so_in_one_line(builds):
     if any(device.platform == "gpu" for device in jax.devices()):
         pytest.skip("this machine has a GPU")
     result = subprocess.run(
-        [sys.executable, "-m", "bertc.serve", str(builds["fp32"]), "--check", "--platform", "gpu"],
+        [sys.executable, "-m", "bertc.runtime.serve", str(builds["fp32"]), "--check", "--platform", "gpu"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -308,7 +308,7 @@ def test_an_op_stablehlo_cannot_hold_is_a_clear_error():
     """The exact GELU's erf lowers to mhlo.erf, which no StableHLO portable artifact can hold (MiniLM hit this)."""
     import tensorflow as tf
 
-    from bertc.graph import GraphError
+    from bertc.ir.graph import GraphError
     from bertc.targets.stablehlo import emit_text
 
     function = tf.function(lambda x: (tf.math.erf(x),), jit_compile=True, autograph=False)

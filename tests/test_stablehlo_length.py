@@ -1,5 +1,5 @@
 """target=stablehlo with length=buckets on the tiny model: one module per (batch size, bucket), the batch's length
-computed by bertc.runtime (NumPy, no TensorFlow) as the graph computes it, parity with the original on padded
+computed by bertc.runtime.stablehlo (NumPy, no TensorFlow) as the graph computes it, parity with the original on padded
 batches of mixed lengths, the full-length fallback, each bucket's module used for its lengths, and the runtime's
 checks extended to every bucket module. Tests that run modules need JAX (skipped without it)."""
 
@@ -14,10 +14,10 @@ import pytest
 from test_compile import compile_tiny, compose_config
 from test_length import MIXED_LENGTHS, SIZES, expected_length, mixed_batches, not_right_padded
 
-from bertc.graph import run_graph
-from bertc.lengths import synthetic_feeds
-from bertc.load import load_saved_model
-from bertc.portable import batch_length
+from bertc.evaluate.lengths import synthetic_feeds
+from bertc.frontends.load import load_saved_model
+from bertc.ir.graph import run_graph
+from bertc.runtime.portable import batch_length
 from bertc.targets.serving import ServedSavedModel
 from tests.test_runtime_checks import assert_refused, cli, manifest, write_manifest
 
@@ -51,7 +51,7 @@ def original(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def runtime(build):
-    from bertc.runtime import Runtime
+    from bertc.runtime.stablehlo import Runtime
 
     return Runtime(build[0], platform="cpu")
 
@@ -161,7 +161,7 @@ def _module(value: dict, batch: int, width: int) -> dict:
 
 @needs_jax
 def test_a_changed_bucket_module_is_refused_by_its_digest(artifact):
-    from bertc.runtime import Runtime, ServingError
+    from bertc.runtime.stablehlo import Runtime, ServingError
 
     entry = _module(manifest(artifact), 8, 64)
     other = _module(manifest(artifact), 8, 32)
@@ -232,7 +232,7 @@ def test_check_fails_when_a_reference_width_is_not_the_runtimes(artifact, capsys
 
 
 def test_stablehlo_and_neuron_take_buckets():
-    from bertc.plan import build_plan
+    from bertc.driver.plan import build_plan
 
     for target in ("stablehlo", "neuron"):
         plan = build_plan(compose_config(["length=buckets", f"target={target}"]))

@@ -15,9 +15,9 @@ from numpy_bert import forward, from_google
 from rich.console import Console
 
 from bertc import targets
-from bertc.cli import CONF_DIR
-from bertc.pipeline import compile_run
-from bertc.plan import build_plan
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
 from bertc.targets.base import TargetOptions
 
 
@@ -93,7 +93,7 @@ def test_a_target_in_one_module_with_one_yaml_compiles_verifies_and_benchmarks(n
 
 
 def test_an_unknown_target_lists_the_registered_ones(numpy_target, tmp_path):
-    from bertc.config import TargetConf
+    from bertc.driver.config import TargetConf
     from bertc.errors import ConfigError
     from bertc.schema import CHOICES, check_choice
 

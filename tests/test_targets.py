@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertc.batches import synthetic_batches
 from bertc.errors import ConfigError
-from bertc.graph import run_graph
-from bertc.load import load_saved_model
+from bertc.evaluate.batches import synthetic_batches
+from bertc.frontends.load import load_saved_model
+from bertc.ir.graph import run_graph
 from bertc.passes.partition_graph import PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
@@ -171,9 +171,9 @@ def test_inf1_refuses_buckets_before_any_work(monkeypatch):
     ],
 )
 def test_neuron_cast_flags_follow_the_precision_rules_not_the_preset_name(overrides, kind, flags):
-    from bertc.load import BertShape
-    from bertc.pipeline import target_options
-    from bertc.plan import build_plan
+    from bertc.driver.pipeline import target_options
+    from bertc.driver.plan import build_plan
+    from bertc.frontends.load import BertShape
     from tests.test_plan import compose_config
 
     plan = build_plan(compose_config(["target=neuron", *overrides]))

@@ -9,10 +9,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
-from bertc.cli import CONF_DIR, run_job
-from bertc.pipeline import Run, _finish
-from bertc.plan import build_plan
-from bertc.terminal import op_change_summary
+from bertc.driver.cli import CONF_DIR, run_job
+from bertc.driver.pipeline import Run, _finish
+from bertc.driver.plan import build_plan
+from bertc.driver.terminal import op_change_summary
 
 BRACKETS = "the [batch, seq, heads, head_size] reshape of an attention layer; [B,1,1,T] [bold] [/]"
 
@@ -80,7 +80,7 @@ def test_a_config_error_with_brackets_is_printed_whole(tmp_path):
 
 
 def test_long_paths_in_the_summary_fold_instead_of_ending_in_an_ellipsis():
-    from bertc.report import summary_table
+    from bertc.run.report import summary_table
 
     path = "/tmp/" + "a-long-folder/" * 6 + "model"
     console = terminal()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertc.load import load_saved_model
-from bertc.security import UnsafeGraphError
+from bertc.frontends.load import load_saved_model
+from bertc.frontends.security import UnsafeGraphError
 
 
 class _Writer(tf.saved_model.experimental.TrackableResource):
@@ -75,11 +75,11 @@ def test_a_destroyer_that_writes_is_refused(tmp_path):
 
 def test_a_pure_resource_is_not_refused_by_the_loader_check(tmp_path):
     """A harmless tracked resource passes the loader-path check (the model is then read as any other)."""
-    from bertc.security import refuse_unsafe_tf2_loading
+    from bertc.frontends.security import refuse_unsafe_tf2_loading
 
     model = tmp_path / "model"
     _save(_Served(_Writer(str(tmp_path / "never"), "nowhere")), model)
-    from bertc.load import _read_meta_graph
+    from bertc.frontends.load import _read_meta_graph
 
     run = refuse_unsafe_tf2_loading(_read_meta_graph(model))
     assert len(run["resource functions"]) == 3 and run["init op"]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertc.batches import Batch, synthetic_batches
 from bertc.errors import UserError
-from bertc.verify import GATES, Pair, compare, read_glue_tsv, tokenize_pairs
+from bertc.evaluate.batches import Batch, synthetic_batches
+from bertc.evaluate.verify import GATES, Pair, compare, read_glue_tsv, tokenize_pairs
 
 HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "sat", "on", "mat", "##s", '"', ".", "a", "dog", "ran"]

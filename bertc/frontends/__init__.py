@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bertc.errors import ModelError
-from bertc.graph import Graph, node_of, prune_to_outputs
+from bertc.ir.graph import Graph, node_of, prune_to_outputs
 
 
 def dialect(path: Path, meta_graph, signature) -> str:
@@ -48,8 +48,8 @@ def read_graph(path: Path, meta_graph, signature, allow_ops: Iterable[str] = ())
     """
     kind = dialect(path, meta_graph, signature)
     if kind == "tf2":
+        from bertc.frontends.security import refuse_unsafe_ops
         from bertc.frontends.tf2 import read_tf2
-        from bertc.security import refuse_unsafe_ops
 
         graph = read_tf2(path, meta_graph, signature)
         refuse_unsafe_ops(graph, allow_ops)
@@ -65,8 +65,8 @@ def read_graph(path: Path, meta_graph, signature, allow_ops: Iterable[str] = ())
 def _refuse_unsafe_functions(graph: Graph, library, allow_ops: Iterable[str]) -> None:
     """Every body behind a function-valued attribute (an allowed If's branches, a call left in a TF1
     graph) meets the allowlist too, with its nodes named `<function>/<node>`."""
-    from bertc.graph import GraphDef
-    from bertc.security import refuse_unsafe_ops
+    from bertc.frontends.security import refuse_unsafe_ops
+    from bertc.ir.graph import GraphDef
 
     functions = {function.signature.name: function for function in library.function}
     pending = [name for node in graph.graph_def.node for name in _function_attrs(node)]

@@ -19,7 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from bertc.errors import ModelError
-from bertc.graph import Graph, make_node, node_of, nodes_by_name, split_input, tensor_name
+from bertc.ir.graph import Graph, make_node, node_of, nodes_by_name, split_input, tensor_name
 
 BERT_INPUTS = ("input_ids", "input_mask", "segment_ids")
 # run_classifier's serving signature also takes these; the prediction never reads them.

@@ -1,6 +1,6 @@
 """A TF1 SavedModel's flat serving graph (google-research run_classifier) -> the compiler's Graph.
 
-The reading itself is bertc.load's (variables by node name from a name-keyed checkpoint, their
+The reading itself is bertc.frontends.load's (variables by node name from a name-keyed checkpoint, their
 reads as Identity, the graph cut to what the signature computes); this module is its frontend face.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertc.graph import Graph, node_of
+from bertc.ir.graph import Graph, node_of
 
 CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 
@@ -21,7 +21,7 @@ def is_tf1(meta_graph, signature) -> bool:
 
 
 def read_tf1(path: Path, meta_graph, signature) -> Graph:
-    from bertc.load import _read_weights, _to_weight_placeholders
+    from bertc.frontends.load import _read_weights, _to_weight_placeholders
 
     inputs = {key: value.name for key, value in signature.inputs.items()}
     outputs = {key: value.name for key, value in signature.outputs.items()}

@@ -24,7 +24,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 from tensorflow.python.framework import op_def_registry
 
 from bertc.errors import ModelError
-from bertc.graph import Graph, GraphDef, NodeDef, make_const, make_placeholder, node_of, split_input
+from bertc.ir.graph import Graph, GraphDef, NodeDef, make_const, make_placeholder, node_of, split_input
 
 CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -169,7 +169,7 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def _variable_values(path: Path, meta_graph, bound: list[int], function_name: str) -> dict[int, tuple]:
     """Object-graph node id -> (weight name, value) for each captured variable, from variables/."""
-    from bertc.load import refuse_bad_weight
+    from bertc.frontends.load import refuse_bad_weight
 
     objects = meta_graph.object_graph_def.nodes
     prefix = path / "variables" / "variables"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from bertc.ir.signature import SERVING_INPUTS as BASE_INPUTS
+from bertc.ir.signature import TRAINING_INPUTS
 from bertc.model.bert import build_classifier
 from bertc.model.config import BertConfig
 from bertc.model.weights import Weights, check_weights
-from bertc.signature import SERVING_INPUTS as BASE_INPUTS
-from bertc.signature import TRAINING_INPUTS
 
 v1 = tf.compat.v1
 SERVING_INPUTS = BASE_INPUTS + TRAINING_INPUTS  # run_classifier's five

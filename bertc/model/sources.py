@@ -267,7 +267,7 @@ def _index_shards(index: Path) -> list[str]:
 def _own_files(folder: Path) -> None:
     """Links out of the folder, and hard links shared with files elsewhere, refused before any read. The
     packaged MiniLM is bertc's own choice, not an input: an installer may link its files from a cache."""
-    from bertc.security import refuse_outside_links
+    from bertc.frontends.security import refuse_outside_links
 
     packaged = minilm_folder()
     if packaged is not None and folder.resolve() == packaged.resolve():
@@ -280,7 +280,7 @@ def _own_files(folder: Path) -> None:
 
 def _inside(folder: Path, name: str, what: str) -> Path:
     """A file the folder's metadata names (a shard, the checkpoint) -> its path; refused if it leaves the folder."""
-    from bertc.security import inside_folder
+    from bertc.frontends.security import inside_folder
 
     try:
         return inside_folder(folder, name, what)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertc.analysis import ROLE_GROUPS, ROLES, node_roles, role_matches
+from bertc.analysis.structure import ROLE_GROUPS, ROLES, node_roles, role_matches
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.ir.graph import (
     DT_BFLOAT16,
     DT_FLOAT,
     DT_HALF,
@@ -35,12 +35,12 @@ from bertc.graph import (
     tensor_name,
     through_identity,
 )
-from bertc.lazy import tf
+from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
 from bertc.schema import Key, bounded, choice
 
 if TYPE_CHECKING:
-    from bertc.graph import NodeDef
+    from bertc.ir.graph import NodeDef
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 # int8 is not a TensorFlow rewrite: the matmuls an int8 rule selects stay float32 here and are listed in
@@ -57,7 +57,7 @@ class PrecisionRule:
     scope: str = "*"
     ops: tuple[str, ...] = ()
     dtype: str = choice("float16", DTYPES)
-    # a role the structural analysis gives nodes (bertc/analysis.py: ROLES), or a group of them
+    # a role the structural analysis gives nodes (bertc/analysis/structure.py: ROLES), or a group of them
     # (attention, ffn); empty: any node. Roles mean the same on every exporter's graph; scopes do not.
     role: str = choice("", ("", *ROLES, *ROLE_GROUPS))
 

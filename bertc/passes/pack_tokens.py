@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertc.analysis import embedding_output, find_attention_sites, find_layer_norms
-from bertc.graph import (
+from bertc.analysis.match import LAYOUT_OPS, MATMULS, Index
+from bertc.analysis.structure import embedding_output, find_attention_sites, find_layer_norms
+from bertc.ir.graph import (
     FIRST_TOKENS,
     PACK_INDEX,
     PACK_MASK,
@@ -60,11 +61,10 @@ from bertc.graph import (
     static_shapes,
     tensor_name,
 )
-from bertc.lazy import tf
-from bertc.match import LAYOUT_OPS, MATMULS, Index
+from bertc.ir.lazy import tf
 
 if TYPE_CHECKING:
-    from bertc.graph import NodeDef
+    from bertc.ir.graph import NodeDef
 
 MATMUL_OPS = tuple(MATMULS.split("|"))
 FIRST_TOKEN_ROWS = f"{PACK_SCOPE}/first_token_rows"  # [B, H]: each row's [CLS] hidden state, the pooler's input

@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from bertc.analysis import embedding_output, find_attention_sites
+from bertc.analysis.structure import embedding_output, find_attention_sites
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.ir.graph import (
     BOUNDARY_PREFIX,
     PACK_MASK,
     Graph,
@@ -36,7 +36,7 @@ from bertc.graph import (
     split_partition,
     tensor_name,
 )
-from bertc.lazy import tf
+from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
 from bertc.schema import Key, bounded
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.ir.graph import (
     OPTIONAL_ENTRY,
     Graph,
     PassResult,

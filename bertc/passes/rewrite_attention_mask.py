@@ -1,6 +1,6 @@
 """Graph -> the graph with one additive [B,1,1,T] attention bias, computed once and shared by every layer.
 
-The mask computation is found by structure (bertc/analysis.py: find_attention_sites, the site patterns):
+The mask computation is found by structure (bertc/analysis/structure.py: find_attention_sites, the site patterns):
 at every attention softmax, where a tensor computed from `input_mask` alone (batch sizes read through
 Shape do not count) meets the scores: an Add (google-research, Model Garden, Hugging Face) or a
 SelectV2 on a boolean mask (keras-hub). Each site then adds one shared
@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertc.analysis import PROJECTION_VARIANTS, AttentionSite, find_attention_sites
+from bertc.analysis.match import Index, require_match, weight_behind
+from bertc.analysis.structure import PROJECTION_VARIANTS, AttentionSite, find_attention_sites
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.ir.graph import (
     ATTENTION_BIAS_SCOPE,
     Graph,
     GraphError,
@@ -36,13 +37,12 @@ from bertc.graph import (
     split_input,
     tensor_name,
 )
-from bertc.lazy import tf
-from bertc.match import Index, require_match, weight_behind
+from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
 from bertc.schema import Key, bounded, derived
 
 if TYPE_CHECKING:
-    from bertc.graph import NodeDef
+    from bertc.ir.graph import NodeDef
 
 SCOPE = ATTENTION_BIAS_SCOPE
 

@@ -1,6 +1,6 @@
 """Graph -> the graph with every GELU activation computed in the requested form (tanh, exact, sigmoid).
 
-The activations are found by shape (bertc/analysis.py: find_gelus), in any exporter's spelling. Each is
+The activations are found by shape (bertc/analysis/structure.py: find_gelus), in any exporter's spelling. Each is
 rebuilt from its input x beside the old one, under the same name scope (so precision rules by scope still
 cover it), and the old nodes are pruned:
     tanh     0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))   google-research's form
@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-from bertc.analysis import GeluSite, find_gelus
-from bertc.graph import (
+from bertc.analysis.structure import GeluSite, find_gelus
+from bertc.ir.graph import (
     Graph,
     PassResult,
     copy_graph_def,
@@ -31,7 +31,7 @@ from bertc.graph import (
     split_input,
     tensor_name,
 )
-from bertc.lazy import tf
+from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
 from bertc.schema import choice
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.ir.graph import (
     BUCKET_INDEX,
     LENGTH,
     LENGTH_SCOPE,
@@ -59,13 +59,13 @@ from bertc.graph import (
     static_shapes,
     tensor_name,
 )
-from bertc.lazy import tf
+from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
 from bertc.passes.pack_tokens import pack_matches, pack_tokens, token_step_of
 from bertc.schema import bounded, choice, derived
 
 if TYPE_CHECKING:
-    from bertc.graph import NodeDef
+    from bertc.ir.graph import NodeDef
 
 SCOPE = LENGTH_SCOPE
 MODES = ("trim", "buckets", "pack")
@@ -450,7 +450,7 @@ def _cut_inputs(graph: Graph, params: LengthParams) -> str | None:
 def _length_suits_target(facts) -> dict:
     """The mode is checked against the target, which must be able to run it; pack on a target that compiles
     static shapes buckets its lengths (static_shapes)."""
-    from bertc.lengths import STATIC_SHAPE_TARGETS, check_length_target
+    from bertc.evaluate.lengths import STATIC_SHAPE_TARGETS, check_length_target
 
     mode = facts["length"].mode
     check_length_target(mode, tuple(facts["length"].sizes), facts["target"])

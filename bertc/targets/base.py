@@ -71,7 +71,7 @@ class Target(Protocol):
     name: str
     quantizes: bool  # whether it takes a precision map with int8 rules (TargetOptions.quantize)
     # The TensorFlow runtime the artifact's math runs in when it serves on a CPU ("tf" or "xla"), for the
-    # precision probe (bertc/hardware.py); None where the math runs elsewhere (Inferentia).
+    # precision probe (bertc/driver/hardware.py); None where the math runs elsewhere (Inferentia).
     probe_runtime: str | None
 
     def check_available(self, options: TargetOptions) -> None: ...

@@ -12,7 +12,7 @@ bucketed in the graph (bertc/passes/pack_tokens.py pads PACK_INDEX to the next m
 `split_pack_index` takes the pack index's computation (a data-dependent `Where`, then the padding) out of
 the device part, so it runs in plain TensorFlow before the compiled function, which reads the padded index
 as an input: XLA compiles one function per (batch size, L bucket, T bucket), all at build time
-(`warm_up_packed`, the pairs from bertc.lengths.pack_shapes).
+(`warm_up_packed`, the pairs from bertc.evaluate.lengths.pack_shapes).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from bertc.graph import (
+from bertc.evaluate.lengths import pack_shapes
+from bertc.ir.graph import (
     PACK_INDEX,
     Graph,
     GraphError,
@@ -34,7 +35,6 @@ from bertc.graph import (
     new_graph_def,
     tensor_name,
 )
-from bertc.lengths import pack_shapes
 
 PACK_INDEX_KEY = "pack_index"  # the device function's extra input at static shapes: PACK_INDEX, padded
 

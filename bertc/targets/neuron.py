@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from bertc.errors import ConfigError
-from bertc.graph import Graph
-from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.ir.graph import Graph
+from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.serving import CompiledBert, Placement, SavedModelArtifact, served_outputs
 

@@ -101,17 +101,17 @@ def _with_types(model: Any) -> Any:
 
 
 def _cpu_flags() -> set[str]:
-    from bertc.hardware import cpu_flags
+    from bertc.driver.hardware import cpu_flags
 
     return cpu_flags()
 
 
 class _CalibrationReader:
-    """ONNX Runtime's CalibrationDataReader over seeded synthetic batches (bertc/batches.py): every quarter of the
-    sequence length, both segments, the compiled batch size."""
+    """ONNX Runtime's CalibrationDataReader over seeded synthetic batches (bertc/evaluate/batches.py): every quarter
+    of the sequence length, both segments, the compiled batch size."""
 
     def __init__(self, options: TargetOptions, names: Mapping[str, str], inputs: set[str]):
-        from bertc.batches import synthetic_batches
+        from bertc.evaluate.batches import synthetic_batches
 
         shape = options.model_shape or {}
         vocab, seq_len = int(shape.get("vocab", 30522)), options.seq_len

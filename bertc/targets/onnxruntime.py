@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from bertc.errors import ConfigError
-from bertc.graph import Graph
+from bertc.ir.graph import Graph
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.onnx_fusion import fuse_attention, fuse_multi_head_attention, fuse_skip_layer_norm
 from bertc.targets.onnx_int8 import onnx_names, quantize
@@ -69,7 +69,7 @@ class OnnxArtifact:
         return OnnxSession(path / MODEL_FILE, names, output_names(served) if served is not None else {})
 
     def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
-        from bertc.serving_layout import SERVING_VERSION, write_repository
+        from bertc.run.serving_layout import SERVING_VERSION, write_repository
 
         info = json.loads((path / INFO_FILE).read_text())
         triton = write_repository(
@@ -225,7 +225,7 @@ def _triton_config(path: Path, label: str) -> str:
     """Triton's config.pbtxt for model.onnx: its inputs and outputs with their shapes, batch as Triton's own axis."""
     import onnx
 
-    from bertc.serving_layout import serving_name
+    from bertc.run.serving_layout import serving_name
 
     model = onnx.load_model(str(path / MODEL_FILE), load_external_data=False)
     kinds = {onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.FLOAT: "TYPE_FP32"}

@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from bertc.errors import ConfigError
-from bertc.graph import Graph, GraphError
-from bertc.serving_layout import _link_or_copy, serving_name
-from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.ir.graph import Graph, GraphError
+from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.run.serving_layout import _link_or_copy, serving_name
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.openvino_int8 import DYNAMIC_GROUP_SIZE, nncf_version, openvino_names, quantize
 

@@ -136,9 +136,9 @@ def weight_precision(matmul: Any) -> str:
 def calibration_feeds(
     options: TargetOptions, serving_names: Mapping[str, str], inputs: set[str]
 ) -> list[dict[str, np.ndarray]]:
-    """Seeded synthetic batches (bertc/batches.py: every quarter of the sequence length, both segments, the compiled
-    batch size) fed under the model's input names."""
-    from bertc.batches import synthetic_batches
+    """Seeded synthetic batches (bertc/evaluate/batches.py: every quarter of the sequence length, both segments,
+    the compiled batch size) fed under the model's input names."""
+    from bertc.evaluate.batches import synthetic_batches
 
     shape = options.model_shape or {}
     vocab = int(shape.get("vocab", 30522))

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertc.graph import Graph, GraphError, pruned_function, split_length, split_partition
-from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS, TRAINING_INPUTS
+from bertc.ir.graph import Graph, GraphError, pruned_function, split_length, split_partition
+from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS, TRAINING_INPUTS
 from bertc.targets.base import TargetOptions
 from bertc.targets.length_dispatch import LENGTH_SIGNATURE, LengthStage, warm_up_buckets
 
@@ -218,7 +218,7 @@ class SavedModelArtifact:
         return ServedSavedModel(path, names, output_names(served) if served is not None else None)
 
     def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
-        from bertc.serving_layout import write_serving_layout
+        from bertc.run.serving_layout import write_serving_layout
 
         return write_serving_layout(path, run_dir, label, dict(user))
 

@@ -9,11 +9,11 @@ portable artifact (versioned bytecode) for each `target.batch_sizes`. Beside the
 `weights.safetensors` and `manifest.json`: the parameter order, shapes and dtypes, the outputs,
 the host part as a NumPy recipe (checked here against TensorFlow's host part), how to regenerate
 seeded weights, a reference batch with TensorFlow's outputs, and the plan's fingerprint.
-`bertc.runtime` serves it with JAX on any PJRT device, without TensorFlow.
+`bertc.runtime.stablehlo` serves it with JAX on any PJRT device, without TensorFlow.
 
 With length=buckets the graph is length-polymorphic: its length part (the batch's real length from
 input_mask, the fallback to the full length) is not exported; the runtime computes it in NumPy
-(`bertc.portable.batch_length`, checked here against the graph's own length part), and the body is
+(`bertc.runtime.portable.batch_length`, checked here against the graph's own length part), and the body is
 exported once per (batch size, bucket) at the static shape [batch, bucket]. The manifest lists the
 buckets, each module's width and input shapes, and reference batches that run every bucket.
 
@@ -35,10 +35,12 @@ import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
-from bertc.analysis import POSITION_VARIANTS, embedding_tables, layer_norm_epsilons
-from bertc.batches import synthetic_batches
+from bertc.analysis.match import Index, weight_behind
+from bertc.analysis.structure import POSITION_VARIANTS, embedding_tables, layer_norm_epsilons
 from bertc.errors import ConfigError
-from bertc.graph import (
+from bertc.evaluate.batches import synthetic_batches
+from bertc.evaluate.lengths import synthetic_feeds
+from bertc.ir.graph import (
     ATTENTION_BIAS_SCOPE,
     Graph,
     GraphError,
@@ -54,9 +56,8 @@ from bertc.graph import (
     split_partition,
     static_shapes,
 )
-from bertc.lengths import synthetic_feeds
-from bertc.match import Index, weight_behind
-from bertc.portable import (
+from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.runtime.portable import (
     BUCKETS_FORMAT,
     FORMAT,
     LENGTH_RULE,
@@ -66,7 +67,6 @@ from bertc.portable import (
     file_digest,
     tensor_digest,
 )
-from bertc.signature import SERVING_INPUTS, SERVING_OUTPUTS
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.serving import CompiledBert, SavedModelArtifact
 from bertc.targets.xla import xla_module
@@ -325,7 +325,7 @@ def portable_artifact(text: str) -> tuple[bytes, str]:
 
 
 def host_recipe(host: Graph, seq_len: int) -> dict:
-    """The host part (embedding lookups + LayerNorm, the mask) -> the recipe bertc.runtime computes it from,
+    """The host part (embedding lookups + LayerNorm, the mask) -> the recipe bertc.runtime.stablehlo computes it from,
     checked against TensorFlow running the host part on seeded batches."""
     if set(host.outputs) != set(HOST_KEYS):
         raise ConfigError(
@@ -358,7 +358,7 @@ def host_recipe(host: Graph, seq_len: int) -> dict:
 
 def _embedding_weights(host: Graph) -> dict[str, list]:
     """What the embedding is made of -> the weights found (empty where none): the lookups by the shape reader's
-    own patterns (bertc/analysis.py: LOOKUP_VARIANTS, POSITION_VARIANTS), the LayerNorm's parameters."""
+    own patterns (bertc/analysis/structure.py: LOOKUP_VARIANTS, POSITION_VARIANTS), the LayerNorm's parameters."""
     index = Index.of(host)
 
     def read_by(op_types: tuple[str, ...], position: int) -> list[str]:

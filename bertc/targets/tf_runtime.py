@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bertc.graph import Graph
+from bertc.ir.graph import Graph
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.devices import resolve_device
 from bertc.targets.serving import CompiledBert, Placement, SavedModelArtifact

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from bertc.graph import Graph, GraphError, is_packed, pruned_function, split_length, split_partition
+from bertc.ir.graph import Graph, GraphError, is_packed, pruned_function, split_length, split_partition
 from bertc.passes.pack_tokens import token_step_of
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.devices import resolve_device

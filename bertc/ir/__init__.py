@@ -1,0 +1,1 @@
+"""The IR: a weight-free GraphDef + weights (graph), TensorFlow imported quietly (lazy), the serving names."""
