@@ -140,7 +140,7 @@ def test_help_is_bertcs_own_fast_and_names_no_schema(tmp_path):
     assert "powered by Hydra" not in text and "base_" not in text
     for group in ("model", "removal", "mask", "precision", "partition", "target", "verify", "bench"):
         assert f"\n  {group} " in text, group
-    assert "options: fp32, mixed, mixed_bf16" in text and "exit codes" in text and "bertc -m precision=" in text
+    assert "options: fp32, int8, mixed, mixed_bf16" in text and "exit codes" in text and "bertc -m precision=" in text
 
 
 def test_version_prints_bertcs_version(tmp_path):
