@@ -191,7 +191,7 @@ def test_shell_completion_offers_groups_and_options_without_schemas(tmp_path):
         "precision=" in groups and "mask." in groups and not any("base_" in word or "schema" in word for word in groups)
     )
     options = _completion("bertc precision=", tmp_path)
-    assert options == ["precision=fp32", "precision=mixed", "precision=mixed_bf16"]
+    assert options == ["precision=fp32", "precision=int8", "precision=mixed", "precision=mixed_bf16"]
 
 
 def test_help_fits_an_80_column_terminal():
