@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,7 @@ import numpy as np
 from bertc.errors import ConfigError
 from bertc.ir.graph import Graph, GraphError
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
-from bertc.run.serving_layout import _link_or_copy, serving_name
+from bertc.run.serving_layout import SERVING_VERSION, write_repository
 from bertc.targets.base import SavedModelTarget, TargetOptions
 from bertc.targets.openvino_int8 import DYNAMIC_GROUP_SIZE, nncf_version, openvino_names, quantize
 
@@ -54,7 +52,6 @@ EXTRA = "pip install 'bertc[openvino]'"
 MODEL_FILE, WEIGHTS_FILE, INFO_FILE = "model.xml", "model.bin", "bertc_openvino.json"
 # NOTE: f32 explicitly: without it a CPU with bf16 instructions computes in bf16 (see the module docstring)
 COMPILE_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-OVMS_VERSION = 1
 
 
 def _missing(module: str = "openvino") -> bool:
@@ -89,7 +86,10 @@ class OpenVinoArtifact:
 
     def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
         info = json.loads((path / INFO_FILE).read_text())
-        base = write_ovms_layout(path, run_dir, label)
+        # OpenVINO Model Server's repository: <name>/1/model.xml|bin, links to (or copies of) model/'s files
+        base = write_repository(
+            path, run_dir, "ovms", label, {f"{SERVING_VERSION}/{file}": file for file in (MODEL_FILE, WEIGHTS_FILE)}
+        )
         config = ", ".join(f'"{key}": "{value}"' for key, value in info.get("compile", COMPILE_CONFIG).items())
         return {
             "engine": f"openvino {info['versions']['openvino']}",
@@ -102,7 +102,7 @@ class OpenVinoArtifact:
                 "({input: int32 [batch, S]})"
             ),
             "ovms": (
-                f"OpenVINO Model Server layout {base}/{OVMS_VERSION}/ (links to model/): "
+                f"OpenVINO Model Server layout {base}/{SERVING_VERSION}/ (links to model/): "
                 f"ovms --model_name {base.name} --model_path {base} --port 9000"
             ),
         }
@@ -223,27 +223,6 @@ def _convert(module, graph: Graph) -> Any:
                 )
             port.get_tensor().set_names({keys[found[0]]})
     return model
-
-
-def write_ovms_layout(model_dir: Path, run_dir: Path, label: str) -> Path:
-    """run_dir/serving/ovms/<name>/1/ with links to (or copies of) model.xml and model.bin: the folder OpenVINO
-    Model Server reads as it is. Written beside its place and moved in complete; returns <name>'s folder."""
-    name = serving_name(label)
-    root = run_dir / "serving"
-    root.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".ovms.partial-", dir=root))
-    try:
-        version = staging / name / str(OVMS_VERSION)
-        version.mkdir(parents=True)
-        for file in (MODEL_FILE, WEIGHTS_FILE):
-            _link_or_copy(str(model_dir / file), str(version / file))
-        final = root / "ovms"
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final / name
 
 
 def _threads(threads: int) -> dict[str, int]:
