@@ -73,6 +73,15 @@ def missing_packages(exporter: str) -> list[str]:
     return [name for name in EXPORTERS[exporter][0] if importlib.util.find_spec(name) is None]
 
 
+def skip_unless_installed(exporter: str) -> None:
+    """For a test: skip, naming the packages and how to get them, where `exporter` cannot run here."""
+    missing = missing_packages(exporter)
+    if missing:
+        import pytest
+
+        pytest.skip(f"{exporter} needs {', '.join(missing)} ({INSTALL_HINT})")
+
+
 def build(exporter: str, shapes: list[Shape], out_root: Path) -> list[Path]:
     """Build `exporter`'s models in one subprocess into out_root/<exporter>-<shape>/; returns those.
 

@@ -38,9 +38,7 @@ def exporter_models(tmp_path_factory):
     built: dict[str, dict[str, object]] = {}
 
     def get(exporter: str) -> dict:
-        missing = exporters.missing_packages(exporter)
-        if missing:
-            pytest.skip(f"{exporter} needs {', '.join(missing)} ({exporters.INSTALL_HINT})")
+        exporters.skip_unless_installed(exporter)
         if exporter not in built:
             root = tmp_path_factory.mktemp(exporter)
             folders = exporters.build(exporter, list(exporters.SHAPES.values()), root)

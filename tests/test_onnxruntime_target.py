@@ -143,9 +143,7 @@ def test_bertcs_attention_fusion_keeps_the_graphs_scale_and_mask(tiny_model_dir,
 def test_an_exporter_model_compiles_and_serves_under_its_own_names(exporter, precision, tmp_path):
     """A model bertc did not make (tests/exporters.py): parity (fp32) or the int8 gate, the user's own keys in the
     ONNX model, and what fused or quantized on its graph."""
-    missing = exporters.missing_packages(exporter)
-    if missing:
-        pytest.skip(f"{exporter} needs {', '.join(missing)} ({exporters.INSTALL_HINT})")
+    exporters.skip_unless_installed(exporter)
     shape = exporters.SHAPES["L3_H48_A3_C3"]
     (folder,) = exporters.build(exporter, [shape], tmp_path)
     user = json.loads((folder / "bertc_exporter.json").read_text())

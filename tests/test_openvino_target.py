@@ -95,9 +95,7 @@ def test_compiles_with_parity_and_serves_with_plain_openvino(tiny_model_dir, tmp
 def test_an_exporter_model_serves_under_its_own_names(exporter, tmp_path):
     """Hugging Face's attention_mask / token_type_ids and logits-only output: the IR takes and returns the
     user's keys (plus bertc's probabilities), with parity."""
-    missing = exporters.missing_packages(exporter)
-    if missing:
-        pytest.skip(f"{exporter} needs {', '.join(missing)} ({exporters.INSTALL_HINT})")
+    exporters.skip_unless_installed(exporter)
     shape = exporters.SHAPES["L3_H48_A3_C3"]
     (folder,) = exporters.build(exporter, [shape], tmp_path)
     user = json.loads((folder / "bertc_exporter.json").read_text())

@@ -200,8 +200,7 @@ def test_exporter_dialects_pack_or_are_refused_naming_the_layout(exporter, tmp_p
     refused, naming the layer input that stays [B, S, H]: never a silent no-op."""
     import exporters
 
-    if exporters.missing_packages(exporter):
-        pytest.skip(f"{exporter} needs {exporters.missing_packages(exporter)} ({exporters.INSTALL_HINT})")
+    exporters.skip_unless_installed(exporter)
     shape = exporters.SHAPES["L3_H48_A3_C3"]  # intermediate 96: no dimension equals the sequence length 128
     folder = exporters.build(exporter, [shape], tmp_path)[0]
     loaded = load_saved_model(folder)

@@ -162,27 +162,9 @@ def test_runner_compiles_packed_on_xla(tiny_model_dir, tmp_path):
 def test_the_graphs_arrays_are_freed_before_the_packed_functions_compile(tiny_model_dir, tmp_path, monkeypatch):
     """PackedXlaBert splits the graph again for the pack index and keeps no weight array: XLA compiles its (L, T)
     functions beside the variables alone (as tests/test_compile.py checks for the other builds)."""
-    import gc
-    import weakref
+    from test_compile import watch_weights_at_compile
 
-    from bertc.driver import pipeline
-    from bertc.targets import serving
-
-    seen: dict = {}
-    rewrite, warm_up = pipeline.rewrite, serving.warm_up
-
-    def rewrite_and_watch(run, plan, graph):
-        result = rewrite(run, plan, graph)
-        seen["arrays"] = [weakref.ref(value) for value in result.weights.values()]
-        return result
-
-    def warm_up_and_count(*args):
-        gc.collect()
-        seen["alive_at_compile"] = sum(ref() is not None for ref in seen["arrays"])
-        return warm_up(*args)
-
-    monkeypatch.setattr(pipeline, "rewrite", rewrite_and_watch)
-    monkeypatch.setattr(serving, "warm_up", warm_up_and_count)
+    seen = watch_weights_at_compile(monkeypatch)
     overrides = ["length=pack", "target=xla", "length.sizes=[128]", "length.token_step=1024", "verify=off"]
     report = compile_tiny(tiny_model_dir, tmp_path / "run", overrides)
     assert report["length"]["compiled_shapes"] == ["128x1024"]
