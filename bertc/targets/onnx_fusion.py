@@ -90,17 +90,21 @@ class _Graph:
 
 
 def _drop_dead(graph) -> None:
-    """Remove the nodes whose outputs nothing reads (not a graph output), and initializers nothing reads."""
+    """Remove the nodes whose outputs nothing reads (not a graph output), and initializers nothing reads. Deleted
+    by index: remove() finds an entry by comparing messages, weights included."""
     while True:
         read = {name for node in graph.node for name in node.input} | {entry.name for entry in graph.output}
-        dead = [node for node in graph.node if not any(output in read for output in node.output)]
+        dead = [index for index, node in enumerate(graph.node) if not any(output in read for output in node.output)]
         if not dead:
             break
-        for node in dead:
-            graph.node.remove(node)
+        _delete(graph.node, dead)
     read = {name for node in graph.node for name in node.input}
-    for entry in [entry for entry in graph.initializer if entry.name not in read]:
-        graph.initializer.remove(entry)
+    _delete(graph.initializer, [index for index, entry in enumerate(graph.initializer) if entry.name not in read])
+
+
+def _delete(field, indices: list[int]) -> None:
+    for index in reversed(indices):
+        del field[index]
 
 
 def _sort_topologically(graph) -> None:
@@ -108,13 +112,14 @@ def _sort_topologically(graph) -> None:
     available = {entry.name for entry in graph.input} | {entry.name for entry in graph.initializer} | {""}
     pending, ordered = list(graph.node), []
     while pending:
-        ready = [node for node in pending if all(name in available for name in node.input)]
-        if not ready:
+        ready = [all(name in available for name in node.input) for node in pending]
+        if not any(ready):
             raise ValueError(f"ONNX graph has a cycle or a dangling input near {pending[0].name}")
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        pending = [node for node in pending if node not in ready]
+        for node, now in zip(pending, ready):
+            if now:
+                ordered.append(node)
+                available.update(node.output)
+        pending = [node for node, now in zip(pending, ready) if not now]
     del graph.node[:]
     graph.node.extend(ordered)
 
