@@ -215,7 +215,7 @@ def _wait_for(condition, seconds: float, what: str) -> None:
 
 
 def test_sigterm_and_sigint_during_verify(tiny_model_dir, tmp_path):
-    """Two compiles at once, each signalled once its artifact is staged (saving it or verifying).
+    """Two compiles at once, each signalled once its artifact is staged (saving it, timing one call or verifying).
     (A SIGKILL's staging folder: tests/test_errors.py::test_killed_mid_save_leaves_no_half_written_model.)"""
     signals = {"term": signal.SIGTERM, "int": signal.SIGINT}
     logs = {name: tmp_path / f"{name}.log" for name in signals}
@@ -274,7 +274,8 @@ def test_sigterm_and_sigint_during_verify(tiny_model_dir, tmp_path):
         log = logs[name].read_text()
         assert processes[name].returncode == code, log[-3000:]
         report = json.loads((runs[name] / "report.json").read_text())
-        assert report["status"] == "interrupted" and report["failed_step"] in ("compile", "verify"), report
+        # after compile the artifact stays staged through the speed check and verify: a signal in any of them
+        assert report["status"] == "interrupted" and report["failed_step"] in ("compile", "speed", "verify"), report
         assert label in report["error"]
         assert (
             not staging(runs[name]) and not (runs[name] / "model").exists() and not (runs[name] / "rejected").exists()
