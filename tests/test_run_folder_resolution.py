@@ -126,3 +126,31 @@ def test_a_failed_run_under_overwrite_leaves_no_servable_model_of_the_previous_r
     rejected = compile_with("precision=mixed", "verify.tolerance=1e-9")
     assert rejected["status"] == "rejected" and (tmp_path / "run" / "rejected").is_dir()
     assert not (tmp_path / "run" / "serving").exists() and not (tmp_path / "run" / "model").exists()
+
+
+FULL_DISK = """
+import errno, os, runpy, sys
+def full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+os.pwrite = full  # the lock file's first write: as on a filesystem with no room left
+sys.argv = ["bertc", *sys.argv[1:]]
+runpy.run_module("bertc", run_name="__main__")
+"""
+
+
+def test_a_run_folder_on_a_full_disk_is_one_line_and_leaves_nothing(model, tmp_path):
+    run = tmp_path / "full" / "run"
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, f"model.path={model}", f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot be written (No space left on device)" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "full").exists(), "the folders the claim created are removed again"

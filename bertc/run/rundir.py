@@ -123,14 +123,12 @@ def claim_run_folder(run_dir: str | Path, model_path: str | Path | None, overwri
     if run in _held:
         return Claim(run, owner=False)
     check_not_finished(run, overwrite)  # before the lock file is created; again once it is held
+    created = [folder for folder in (run, *run.parents) if not folder.exists()]
     try:
         run.mkdir(parents=True, exist_ok=True)
         handle = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
-        raise RunFolderError(
-            f"the run folder {run} cannot be written ({error.strerror or error}); choose one you can "
-            "write to with hydra.run.dir=..."
-        ) from None
+        raise _unwritable(run, error, created) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -140,8 +138,13 @@ def claim_run_folder(run_dir: str | Path, model_path: str | Path | None, overwri
             f"another bertc run{f' (process {holder})' if holder else ''} is writing into {run}; "
             "wait for it to end, or choose another run folder with hydra.run.dir=..."
         ) from None
-    os.ftruncate(handle, 0)
-    os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
+    except OSError as error:  # a full disk: nothing of this claim is left behind
+        os.close(handle)
+        (run / LOCK_FILE).unlink(missing_ok=True)
+        raise _unwritable(run, error, created) from None
     try:
         check_not_finished(run, overwrite)
     except RunFolderError:
@@ -150,6 +153,19 @@ def claim_run_folder(run_dir: str | Path, model_path: str | Path | None, overwri
     _held[run] = handle
     remove_stale_staging(run)
     return Claim(run, owner=True)
+
+
+def _unwritable(run: Path, error: OSError, created: list[Path]) -> RunFolderError:
+    """The folders this claim created removed again (while empty); the error that says what to do."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+    return RunFolderError(
+        f"the run folder {run} cannot be written ({error.strerror or error}); free space there or choose a "
+        "folder you can write to with hydra.run.dir=..."
+    )
 
 
 def remove_stale_staging(run_dir: Path) -> list[Path]:
