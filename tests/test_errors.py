@@ -245,3 +245,69 @@ def test_killed_mid_save_leaves_no_half_written_model(tiny_model_dir, tmp_path):
 
     with claim_run_folder(run_dir, tiny_model_dir):  # the next run in the folder: the SIGKILL's staging goes
         assert not list(run_dir.glob(".model.partial-*"))
+
+
+def test_out_of_memory_in_verify_is_a_failed_report_and_no_staging(tiny_model_dir, tmp_path, monkeypatch):
+    import bertc.evaluate.verify
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(bertc.evaluate.verify, "compare", exhausted)
+    code, report, output = run(tiny_model_dir, tmp_path / "run")
+    assert code == 1, output
+    assert report["status"] == "failed" and report["failed_step"] == "verify", report
+    assert "out of memory" in report["error"] and "verify.batch_size" in report["error"], report["error"]
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "rejected").exists()
+    assert not list((tmp_path / "run").glob(".model.partial-*")), "a staging folder was left behind"
+    assert "Traceback" not in output
+
+
+def test_seeded_verify_batches_are_made_one_at_a_time():
+    import tracemalloc
+
+    from bertc.evaluate.batches import SeededBatches, synthetic_batches
+
+    batches = SeededBatches(400, 64, 128, 30522, seed=3)
+    assert len(batches) == 400
+    first = [batch.input_ids for batch in synthetic_batches(5, 64, 128, 30522, seed=3)]
+    again = [batch.input_ids for _, batch in zip(range(5), batches)]
+    assert all((a == b).all() for a, b in zip(first, again)), "each pass makes the same batches"
+    tracemalloc.start()
+    rows = sum(len(batch.input_ids) for batch in batches)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert rows == 400 * 64
+    assert peak < 4 * 64 * 128 * 4 * 3, f"{peak} bytes: more than a few batches were alive at once (a list: 39 MB)"
+
+
+ADDRESS_SPACE_LIMITED = textwrap.dedent(
+    """
+    import resource, runpy, sys
+    import tensorflow  # what TensorFlow maps counts: the limit leaves 0.4 GiB beyond it
+    status = open("/proc/self/status").read()
+    used = int(status.split("VmSize:", 1)[1].split()[0]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (used + 2**30 * 4 // 10, resource.RLIM_INFINITY))
+    sys.argv = ["bertc", *sys.argv[1:]]
+    runpy.run_module("bertc", run_name="__main__")
+    """
+)
+
+
+def test_an_address_space_limit_too_small_is_refused_before_any_work(tiny_model_dir, tmp_path):
+    """Under ulimit -v glibc aborts mid-compile when a new thread finds no address space (exit 127 or 134, no
+    report): bertc refuses such a run at load, with the figures, a failed report and nothing staged."""
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", ADDRESS_SPACE_LIMITED, f"model.path={tiny_model_dir}", f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=300,
+    )
+    report = json.loads((run_dir / "report.json").read_text())
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert report["status"] == "failed" and report["failed_step"] == "load", report
+    assert "address-space limit (ulimit -v" in report["error"] and "ulimit -v unlimited" in report["error"]
+    assert not (run_dir / "model").exists() and not list(run_dir.glob(".model.partial-*"))
+    assert "Traceback" not in done.stdout + done.stderr

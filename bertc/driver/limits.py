@@ -32,6 +32,9 @@ from bertc.errors import ConfigError, ModelError, UserError
 TENSOR_MARGIN = 2  # a tensor may be this many times the largest one a BERT of this shape needs
 WORK_MARGIN = 4  # the graph may cost this many times a BERT forward pass of this shape
 MEMORY_FRACTION = 0.8  # of the memory available, what a run's estimated peak may take
+# Address space the threads TensorFlow and XLA start later reserve (stacks, glibc's per-thread malloc arenas of
+# 64 MiB): under an address-space limit (ulimit -v) glibc aborts the process when it runs out, with no report.
+THREAD_RESERVE = 2**30
 
 Result = TypeVar("Result")
 _abandoned: list[threading.Thread] = []
@@ -546,6 +549,40 @@ def refuse_unrecognised_compute(
         )
 
 
+def address_space_left() -> tuple[int, int] | None:
+    """(the address-space limit, what is left of it) under ulimit -v (RLIMIT_AS); None without one."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        status = Path("/proc/self/status").read_text()
+        used = int(status.split("VmSize:", 1)[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        return None
+    return limit, limit - used
+
+
+def refuse_beyond_address_space(shape: Any, plan: Any) -> None:
+    """Refused before any work, with the figures, where the estimated peak and the threads' reservations do
+    not fit in what an address-space limit leaves (past it glibc aborts the process mid-compile)."""
+    space = address_space_left()
+    if space is None:
+        return
+    limit, left = space
+    batch, key = largest_batch(plan)
+    needed = estimated_peak_bytes(shape, batch) + THREAD_RESERVE
+    if needed > left:
+        raise ConfigError(
+            f"the process's address-space limit (ulimit -v, RLIMIT_AS) is {limit / 2**30:.1f} GiB and leaves "
+            f"{max(left, 0) / 2**30:.2f} GiB now that TensorFlow and the model are loaded; this run needs about "
+            f"{needed / 2**30:.1f} GiB of it ({key}={batch}, and about {THREAD_RESERVE / 2**30:.0f} GiB that "
+            "TensorFlow's and XLA's threads reserve). Raise the limit (ulimit -v unlimited) or choose a smaller "
+            "batch size."
+        )
+
+
 def check_before_running(plan: Any, loaded: Any, roles: Mapping[str, str], unread: str) -> dict:
     """Everything that can be refused from the loaded model and the plan before a graph runs: the
     verify inputs, the batch against memory, the static cost of all that loading and serving runs, heavy
@@ -555,6 +592,7 @@ def check_before_running(plan: Any, loaded: Any, roles: Mapping[str, str], unrea
     if plan.verify.enabled:
         check_verify_inputs(plan.verify, loaded.path, loaded.shape.vocab)
     refuse_batch_beyond_memory(loaded.shape, plan)
+    refuse_beyond_address_space(loaded.shape, plan)
     bounds = _static_bound(plan, loaded)
     refuse_unrecognised_compute(loaded.graph, roles, unread, plan.security.allow_unrecognised, loaded.path)
     return bounds

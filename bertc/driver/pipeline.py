@@ -480,7 +480,7 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
     if not plan.verify.enabled:
         return True
     from bertc.driver.limits import run_with_limit
-    from bertc.evaluate.batches import synthetic_batches
+    from bertc.evaluate.batches import Chained, SeededBatches
     from bertc.evaluate.verify import compare, read_glue_tsv, tokenize_pairs
 
     settings = plan.verify
@@ -491,15 +491,16 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
             "for a gate on real sentences."
         )
     with run.step("verify against the original", "verify"):
-        batches = synthetic_batches(
-            settings.batches, settings.batch_size, original.seq_len, original.vocab, settings.seed
-        )
+        # made one at a time on each pass (compare, then the widths ran): memory stays one batch's
+        seeded = SeededBatches(settings.batches, settings.batch_size, original.seq_len, original.vocab, settings.seed)
+        dataset = []
         if settings.dataset:
             vocab = original.path / "vocab.txt"
             if not vocab.is_file():
                 raise ConfigError(f"verify.dataset needs the model's vocab.txt, and {original.path} has none.")
             pairs = read_glue_tsv(settings.dataset, settings.max_examples)
-            batches += tokenize_pairs(pairs, vocab, original.seq_len, settings.batch_size)
+            dataset = tokenize_pairs(pairs, vocab, original.seq_len, settings.batch_size)
+        batches = Chained(seeded, dataset)
         parity = run_with_limit(
             functools.partial(
                 compare,
@@ -611,6 +612,9 @@ def _compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool) -> in
         # A pass that broke (not the user's input) keeps its traceback in report.json for the bug report.
         _fail(run, failure, traceback.format_exc() if debug or not user_fault else None)
         return EXIT_USER_ERROR if user_fault else 1
+    except MemoryError:  # whatever the step held is gone by now: a report can still be written
+        _fail(run, MemoryError(out_of_memory(run.stage)))
+        return 1
     except KeyboardInterrupt as error:  # SIGINT or SIGTERM (bertc/run/faults.py): recorded with its stage
         _interrupted(run, as_interrupted(error))
         mark_recorded(error)
@@ -624,6 +628,13 @@ def _compile_run(plan: Plan, run_dir: Path, console: Console, debug: bool) -> in
             shutil.rmtree(run.staging, ignore_errors=True)
         _finish(run)
     return 0 if run.record["status"] == "passed" else 1
+
+
+def out_of_memory(stage: str) -> str:
+    return (
+        f"out of memory during {stage}: the process could not allocate what the step needed. Free memory, lower "
+        "verify.batch_size or the bench.batch_sizes, or run where more memory is available; nothing was published"
+    )
 
 
 def _fail(run: Run, error: BaseException, trace: str | None = None) -> None:
