@@ -1,11 +1,13 @@
 """The package's shape holds: the stages are packages, no import cycle between bertc's modules nor between its
-packages, and the portable runtime (bertc/runtime/, python -m bertc.runtime.serve) loads no TensorFlow."""
+packages (imports inside functions count: they run when called), and the portable runtime (bertc/runtime/,
+python -m bertc.runtime.serve) loads no TensorFlow."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import bertc
@@ -18,12 +20,24 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _import_statements(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement, at module level or inside a function (it runs when the function is called), but
+    none under `if TYPE_CHECKING:` (it never runs)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            for branch in node.orelse:
+                yield from _import_statements(ast.Module([branch], []))
+        else:
+            yield from _import_statements(node)
+
+
 def _imported(name: str, path: Path, modules: set[str]) -> set[str]:
-    """The bertc modules `path` imports when it is imported: module-level statements (imports inside functions
-    run later, and `if TYPE_CHECKING:` blocks never)."""
+    """The bertc modules `path` imports, when it is imported or when one of its functions runs."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    for statement in ast.parse(path.read_text()).body:
+    for statement in _import_statements(ast.parse(path.read_text())):
         if isinstance(statement, ast.Import):
             found |= {alias.name for alias in statement.names}
         elif isinstance(statement, ast.ImportFrom):
@@ -85,6 +99,16 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     return packages
 
 
+# Package edges that close a cycle today, each with why it is there; they are left out of the cycle check, so
+# that a cycle through any other edge fails. Each is an import inside a function, except frontends -> run.
+KNOWN_EDGES = {
+    ("bertc.run", "bertc.driver"): "run.cluster materializes the input model and run.reproduce reads the config schema",
+    ("bertc.frontends", "bertc.run"): "frontends.load digests the model folder with run.artifact.files_digest",
+    ("bertc.targets", "bertc.driver"): "targets.onnx_int8 reads the CPU's instruction sets from driver.hardware",
+    ("bertc.runtime", "bertc.driver"): "runtime.stablehlo bounds its inputs by driver.limits.available_memory",
+}
+
+
 def test_the_stages_are_packages():
     assert {path.name for path in PACKAGE.glob("*.py")} == TOP_LEVEL, "a new module belongs in a stage's package"
     assert {path.parent.name for path in PACKAGE.glob("*/__init__.py")} == STAGES
@@ -93,6 +117,10 @@ def test_the_stages_are_packages():
 def test_no_import_cycle_between_bertc_packages():
     packages = package_graph(import_graph())
     assert {f"bertc.{stage}" for stage in STAGES} <= set(packages) and packages["bertc.driver"]
+    stale = [edge for edge in KNOWN_EDGES if edge[1] not in packages[edge[0]]]
+    assert not stale, f"no longer imported, remove from KNOWN_EDGES: {stale}"
+    for source, target in KNOWN_EDGES:
+        packages[source].discard(target)
     assert cycles(packages) == [], "\n".join(" -> ".join(cycle) for cycle in cycles(packages))
 
 
@@ -100,6 +128,15 @@ def test_the_package_graph_sees_a_cycle_through_modules():
     graph = {"bertc.ir.graph": {"bertc.run.report"}, "bertc.run.report": {"bertc.errors"}, "bertc.errors": set()}
     graph["bertc.run.faults"] = {"bertc.ir.graph"}
     assert cycles(package_graph(graph)) == [["bertc.ir", "bertc.run", "bertc.ir"]]
+
+
+def test_the_reader_counts_imports_in_functions_but_not_type_checking_ones():
+    source = "import a\nif TYPE_CHECKING:\n    import b\nelse:\n    import c\ndef f():\n    from d import e\n"
+    assert [ast.unparse(statement) for statement in _import_statements(ast.parse(source))] == [
+        "import a",
+        "import c",
+        "from d import e",
+    ]
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -6,8 +6,8 @@ a list of named variants (as ONNX Runtime's `match_parent_paths` and tf2onnx's `
 not another loop:
 
     SCORES = [
-        Variant("scaled_scores", p("Mul|RealDiv", p(MATMULS, as_="matmul"), constant(), swap=True)),
-        Variant("scores", p(MATMULS, as_="matmul")),
+        Variant("scaled_scores", p("Mul|RealDiv", p(MATMUL_OPS, as_="matmul"), constant(), swap=True)),
+        Variant("scores", p(MATMUL_OPS, as_="matmul")),
     ]
     found = first_match(index, node_name, SCORES, "attention scores")
 
@@ -23,11 +23,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from bertc.ir.graph import Graph, GraphError, consumers, nodes_by_name, split_input
-
-PASS_THROUGH_OPS = ("Identity", "StopGradient", "Snapshot", "ReadVariableOp", "CheckNumerics", "PreventGradient")
-LAYOUT_OPS = ("Reshape", "Transpose", "Identity", "Cast", "ExpandDims", "Squeeze")
-CONSTANT_PRESERVING_OPS = PASS_THROUGH_OPS + ("Reshape", "Cast", "ExpandDims", "Squeeze", "Transpose")
-MATMULS = "MatMul|BatchMatMul|BatchMatMulV2|BatchMatMulV3|Einsum|_FusedMatMul"
+from bertc.ir.ops import CONSTANT_PRESERVING_OPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +87,7 @@ class Pattern:
 
 
 def p(
-    ops: str = "",
+    ops: str | Sequence[str] = "",
     *inputs: Pattern | None,
     as_: str = "",
     swap: bool = False,
@@ -99,8 +95,9 @@ def p(
     when: Test | None = None,
     describe: str = "",
 ) -> Pattern:
-    """A pattern node: `ops` is 'A|B' (alternatives) or '' (any op)."""
-    return Pattern(frozenset(filter(None, ops.split("|"))), tuple(inputs), as_, swap, tuple(skip), when, describe)
+    """A pattern node: `ops` is 'A|B' or a group of bertc.ir.ops (alternatives), or '' (any op)."""
+    alternatives = ops.split("|") if isinstance(ops, str) else ops
+    return Pattern(frozenset(filter(None, alternatives)), tuple(inputs), as_, swap, tuple(skip), when, describe)
 
 
 def constant(as_: str = "") -> Pattern:

@@ -7,8 +7,6 @@ import collections
 import dataclasses
 
 from bertc.analysis.match import (
-    LAYOUT_OPS,
-    MATMULS,
     Index,
     Match,
     Pattern,
@@ -33,7 +31,9 @@ from bertc.ir.graph import (
     nodes_by_name,
     split_input,
     tensor_name,
+    through_identity,
 )
+from bertc.ir.ops import IDENTITY_OPS, LAYOUT_OPS, MATMUL_OPS
 
 SHAPE_ONLY_OPS = ("Shape", "ShapeN", "Size", "Rank")
 # What a mask computation may consist of; anything else on the mask side means it is not a mask.
@@ -154,15 +154,15 @@ def _site_variants(mask_input: str, sources) -> tuple[list[Variant], list[Varian
 SCORE_VARIANTS = [
     Variant(
         "QK^T times a constant (google-research)",
-        p("Mul", p(MATMULS, as_="matmul", skip=LAYOUT_OPS), constant(), swap=True, as_="scale", skip=LAYOUT_OPS),
+        p("Mul", p(MATMUL_OPS, as_="matmul", skip=LAYOUT_OPS), constant(), swap=True, as_="scale", skip=LAYOUT_OPS),
     ),
     Variant(
         "QK^T over a constant (Hugging Face)",
-        p("RealDiv", p(MATMULS, as_="matmul", skip=LAYOUT_OPS), constant(), as_="scale", skip=LAYOUT_OPS),
+        p("RealDiv", p(MATMUL_OPS, as_="matmul", skip=LAYOUT_OPS), constant(), as_="scale", skip=LAYOUT_OPS),
     ),
     Variant(
         "QK^T, the query scaled before it or not at all (keras-hub, Model Garden)",
-        p(MATMULS, as_="matmul", skip=LAYOUT_OPS),
+        p(MATMUL_OPS, as_="matmul", skip=LAYOUT_OPS),
     ),
 ]
 # The query projection a folded scale goes into, reached from the query (layout ops skipped).
@@ -398,7 +398,7 @@ def embedding_output(graph: Graph, index: Index | None = None) -> str:
     )
 
 
-_MEAN = p("Mean", skip=("StopGradient", "Identity"))
+_MEAN = p("Mean", skip=IDENTITY_OPS)
 
 
 def _variance_plus_epsilon(spread: Pattern) -> Pattern:
@@ -542,7 +542,6 @@ ROLE_GROUPS = {
     ),
     "ffn": ("ffn_in", "gelu", "ffn_out"),
 }
-MATMUL_OPS = tuple(MATMULS.split("|"))
 
 
 def role_matches(role: str | None, wanted: str) -> bool:
@@ -653,9 +652,7 @@ def _tag_attention(site: AttentionSite, index: Index, tag) -> None:
 
 def _tag_head(graph: Graph, index: Index, layer_norms: list[Region], tag) -> None:
     nodes = index.nodes
-    probabilities = node_of(graph.outputs["probabilities"])
-    while nodes[probabilities].op in ("Identity", "Cast"):
-        probabilities = index.inputs(probabilities)[0]
+    probabilities = through_identity(nodes, node_of(graph.outputs["probabilities"]), ("Identity", "Cast")).name
     if nodes[probabilities].op != "Softmax":
         return
     tag([probabilities], "final_softmax")

@@ -3,7 +3,8 @@
 `read_graph` picks the dialect from the file's structure, never by running it: a signature whose
 outputs come from calls of library functions is TF2 (`tf2.py`), one whose outputs are ordinary
 nodes of a graph with variables is TF1 (`tf1.py`). Either way the Graph has weights as Placeholders
-and inputs/outputs keyed by the signature's own keys; `signature.py` maps those to bertc's names.
+and inputs/outputs keyed by the signature's own keys; `signature.py` maps those to bertc's names. Each
+weight read is checked by `weights.py` (dtype, NaN, Inf) before any work.
 """
 
 from __future__ import annotations

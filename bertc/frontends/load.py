@@ -1,9 +1,8 @@
 """A SavedModel folder -> the compiler's Graph (weights read from variables/), its BERT shape, its digest.
 
 Nothing of the input graph is executed here: the graph comes from the protobuf, the weights from
-the checkpoint files. Variables become weight Placeholders; the graph keeps the model computation
-(everything downstream of the serving inputs and what that needs) and drops the saver and the
-initialisers. The loss branch is kept: dropping it is the removal step's job.
+the checkpoint files, read by the dialect's frontend (bertc.frontends: tf1, tf2); what TensorFlow's
+loader would run is checked first (bertc.frontends.security).
 """
 
 from __future__ import annotations
@@ -13,14 +12,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
 from bertc.analysis.match import Index
 from bertc.analysis.structure import POSITION_VARIANTS, embedding_tables, layer_norm_epsilons
-from bertc.errors import ModelError, first_line
+from bertc.errors import ModelError
+from bertc.frontends import read_graph
 from bertc.frontends.security import (
     check_allow_ops_known,
     refuse_outside_assets,
@@ -29,26 +28,19 @@ from bertc.frontends.security import (
     refuse_unsafe_ops,
     refuse_unsafe_tf2_loading,
 )
-from bertc.frontends.signature import ServedSignature
+from bertc.frontends.signature import ServedSignature, canonical
 from bertc.ir.graph import (
     Graph,
     GraphDef,
-    ancestors,
     const_value,
     consumers,
     descendants,
     drop_control_edges,
-    keep_nodes,
-    make_placeholder,
-    new_graph_def,
     node_of,
     split_input,
     through_identity,
 )
-from bertc.model.weights import weight_problem
 from bertc.run.artifact import files_digest
-
-VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +99,6 @@ def load_saved_model(
     refuse_outside_assets(meta_graph, path)  # NOTE: before the frontend: nothing reads an asset path yet
     signature = _serving_signature(meta_graph, path)
     # the dialect's frontend (a TF1 graph, or a TF2 model's functions inlined) and the signature's names
-    from bertc.frontends import read_graph
-    from bertc.frontends.signature import canonical
-
     dialect, graph = read_graph(path, meta_graph, signature, allow_ops)
     if dialect == "tf2":
         _drop_inlined_call_leftovers(graph.graph_def)
@@ -226,87 +215,6 @@ def _serving_signature(meta_graph, path: Path):
         f"{path}: no 'serving_default' signature; found {sorted(signatures) or 'none'}. Export with "
         "a serving input receiver so the model has a serving signature."
     )
-
-
-def _read_weights(path: Path, graph_def: GraphDef) -> dict[str, np.ndarray]:
-    names = [node.name for node in graph_def.node if node.op in VARIABLE_OPS]
-    prefix = path / "variables" / "variables"
-    if not names:
-        return {}
-    try:
-        reader = tf.train.load_checkpoint(str(prefix))
-        available = reader.get_variable_to_shape_map()
-    except Exception as error:  # TF raises several types for a missing or broken index
-        raise ModelError(
-            f"{path}/variables cannot be read as a checkpoint ({first_line(error)}); the variable "
-            "files are missing, truncated or corrupted: export the model again."
-        ) from None
-    shapes = {node.name: node.attr["shape"].shape for node in graph_def.node if node.op in VARIABLE_OPS}
-    dtypes = {
-        node.name: tf.as_dtype(node.attr["dtype"].type).as_numpy_dtype
-        for node in graph_def.node
-        if node.op in VARIABLE_OPS and node.attr["dtype"].type
-    }
-    weights = {}
-    for name in names:
-        if name not in available:
-            if name == "global_step" or name.endswith(("/adam_m", "/adam_v")):
-                continue
-            raise ModelError(f"{path}/variables has no value for variable {name}: the checkpoint is incomplete.")
-        try:
-            weights[name] = reader.get_tensor(name)
-        except Exception as error:
-            raise ModelError(
-                f"{path}/variables: reading {name} failed ({first_line(error)}); a variable shard is "
-                "missing or short: export the model again."
-            ) from None
-        _check_weight(path, name, weights[name], shapes[name], dtypes.get(name))
-    return weights
-
-
-def _check_weight(path: Path, name: str, value: np.ndarray, graph_shape, dtype=None) -> None:
-    """The checkpoint's value must have the graph's shape and dtype and finite numbers: bad weights stop here."""
-    if not graph_shape.unknown_rank:
-        expected = [dim.size for dim in graph_shape.dim]
-        differs = any(want >= 0 and want != got for want, got in zip(expected, value.shape))
-        if len(expected) != value.ndim or differs:
-            raise ModelError(
-                f"{path}/variables: variable {name} has shape {list(value.shape)} in the checkpoint but "
-                f"{expected} in the graph; the checkpoint belongs to another model: export the model again."
-            )
-    refuse_bad_weight(path, name, value, dtype)
-
-
-def refuse_bad_weight(path: Path, name: str, value: np.ndarray, dtype=None) -> None:
-    """A weight of another dtype than the model declares, or with a NaN or Inf, named before any work."""
-    problem = weight_problem(name, value, dtype)
-    if problem:
-        raise ModelError(
-            f"{path}/variables: variable {problem}. Fix the training run or the checkpoint, then export again."
-        )
-
-
-def _to_weight_placeholders(graph_def: GraphDef, weights, inputs, outputs) -> Graph:
-    """Variables -> weight Placeholders, their reads -> Identity; keep only the model computation."""
-    result = new_graph_def()
-    result.versions.CopyFrom(graph_def.versions)
-    result.library.CopyFrom(graph_def.library)  # function calls stay callable (their bodies passed the check)
-    for node in graph_def.node:
-        if node.op in VARIABLE_OPS and node.name in weights:
-            value = weights[node.name]
-            result.node.append(make_placeholder(node.name, tf.as_dtype(value.dtype), value.shape))
-        elif node.op == "ReadVariableOp":
-            read = result.node.add()
-            read.CopyFrom(node)
-            read.op = "Identity"
-            read.attr["T"].type = node.attr["dtype"].type
-            del read.attr["dtype"]
-        else:
-            result.node.add().CopyFrom(node)
-    graph = Graph(result, weights, inputs, outputs)
-    computation = descendants(result, [node_of(tensor) for tensor in inputs.values()])
-    keep = ancestors(result, computation | {node_of(tensor) for tensor in outputs.values()})
-    return keep_nodes(graph, keep)
 
 
 def read_bert_shape(graph: Graph, path: Path | str = "model") -> BertShape:

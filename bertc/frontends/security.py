@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from bertc.errors import ConfigError, ModelError, UserError
-from bertc.ir.graph import Graph, GraphDef, NodeDef, ancestors, nodes_by_name, split_input
+from bertc.ir.graph import Graph, GraphDef, NodeDef, ancestors, node_of, nodes_by_name, split_input, through_identity
+from bertc.ir.ops import CALL_OPS
 
 # Pure tensor ops: arithmetic, shapes, casts, control-free indexing and the ops of BERT exporters.
 PURE_OPS = frozenset(
@@ -45,10 +46,8 @@ PURE_OPS = frozenset(
     Erfc Expm1 Softsign Atan Tan Div DivNoNan Xlogy Xdivy IsFinite IsNan IsInf ClipByValue ReverseV2
     """.split()
 )
-CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})  # checked by the body they call
 RESTORE_READ_OPS = frozenset({"RestoreV2", "Restore", "RestoreSlice"})
 RESTORE_ASSIGN_OPS = frozenset({"Assign", "AssignVariableOp"})
-PASS_THROUGH_OPS = ("Identity",)
 
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
@@ -199,27 +198,17 @@ def _asset_nodes(meta_graph, nodes: Mapping[str, NodeDef]) -> set[str]:
     return {split_input(name)[0] for name in names if split_input(name)[0] in nodes}
 
 
-def _through_identity(nodes: Mapping[str, NodeDef], reference: str) -> tuple[NodeDef | None, int]:
-    name, index, _ = split_input(reference)
-    node = nodes.get(name)
-    while node is not None and node.op in PASS_THROUGH_OPS and node.input:
-        name, index, _ = split_input(node.input[0])
-        node = nodes.get(name)
-    return node, index
-
-
 def _is_restore_machinery(node: NodeDef, nodes: Mapping[str, NodeDef], filename: str | None) -> bool:
     """RestoreV2 reading the fed filename, or an assignment of what RestoreV2 read: what restoring needs."""
     if node.op in RESTORE_READ_OPS:
         return bool(node.input) and split_input(node.input[0])[0] == filename
     if node.op in RESTORE_ASSIGN_OPS and len(node.input) >= 2:
-        source, _ = _through_identity(nodes, node.input[1])
-        target, _ = _through_identity(nodes, node.input[0])
+        # the restore reads through Identity only (loader_executed_nodes refused a graph with a dangling input)
+        source = through_identity(nodes, node_of(node.input[1]), ("Identity",))
+        target = through_identity(nodes, node_of(node.input[0]), ("Identity",))
         return (
-            source is not None
-            and source.op in RESTORE_READ_OPS
+            source.op in RESTORE_READ_OPS
             and _is_restore_machinery(source, nodes, filename)
-            and target is not None
             and target.op in ("VariableV2", "VarHandleOp")
         )
     return False
@@ -253,6 +242,7 @@ def _node_problems(
     chain += f", called by node {caller}" if caller else ""
     context = f", in the {where}" if where else ""  # no square brackets: the console reads them as markup
     problems = []
+    # a call, or a function used as an op, is checked by the body it runs
     if node.op not in allowed and node.op not in CALL_OPS and node.op not in library:
         problems.append(f"{node.name} ({node.op}){chain}{context}")
     for name in called:

@@ -19,17 +19,24 @@ from pathlib import Path
 import tensorflow as tf
 
 from bertc.errors import ModelError
-from bertc.ir.graph import Graph, make_node, node_of, nodes_by_name, split_input, tensor_name
+from bertc.ir.graph import (
+    Graph,
+    input_ref,
+    make_node,
+    node_of,
+    nodes_by_name,
+    split_input,
+    tensor_name,
+    through_identity,
+)
+from bertc.ir.signature import SERVING_INPUTS as BERT_INPUTS
+from bertc.ir.signature import SERVING_OUTPUTS, TRAINING_INPUTS
 
-BERT_INPUTS = ("input_ids", "input_mask", "segment_ids")
-# run_classifier's serving signature also takes these; the prediction never reads them.
-UNREAD_INPUTS = ("label_ids", "is_real_example")
 INPUT_ALIASES = {
     "input_ids": ("input_ids", "token_ids", "input_word_ids", "word_ids"),
     "input_mask": ("input_mask", "attention_mask", "padding_mask"),
     "segment_ids": ("segment_ids", "token_type_ids", "input_type_ids", "type_ids"),
 }
-OUTPUT_PREFERENCE = ("probabilities", "logits")
 ADDED_SOFTMAX = "bertc/probabilities"
 
 
@@ -52,16 +59,14 @@ def canonical(
     user_outputs = list(graph.outputs)
     nodes = nodes_by_name(graph.graph_def)
     tensor = graph.outputs[key]
-    producer = _through_identity(nodes, node_of(tensor))
+    producer = through_identity(nodes, node_of(tensor))
     if producer.op == "Softmax":
         source, index, _ = split_input(producer.input[0])
         outputs, kind = {"probabilities": tensor, "logits": tensor_name(source, index)}, "probabilities"
     else:
         graph_def = type(graph.graph_def)()
         graph_def.CopyFrom(graph.graph_def)
-        source, index, _ = split_input(tensor)
-        reference = source if index == 0 else f"{source}:{index}"
-        graph_def.node.append(make_node("Softmax", ADDED_SOFTMAX, [reference], T=tf.float32))
+        graph_def.node.append(make_node("Softmax", ADDED_SOFTMAX, [input_ref(tensor)], T=tf.float32))
         graph = graph.replace(graph_def=graph_def)
         outputs, kind = {"probabilities": tensor_name(ADDED_SOFTMAX), "logits": tensor}, "logits"
     served = ServedSignature(names, key, kind, tuple(sorted(user_outputs)))
@@ -109,7 +114,7 @@ def _input_names(graph: Graph, path, given: dict[str, str]) -> dict[str, str]:
                 f"model.inputs.{name}=<signature key>."
             )
         names[name] = found[0]
-    extra = sorted(set(available) - set(names.values()) - set(UNREAD_INPUTS))
+    extra = sorted(set(available) - set(names.values()) - set(TRAINING_INPUTS))
     if extra:
         raise ModelError(
             f"{path}: the serving signature also takes {extra}, which bertc does not know how to feed; it "
@@ -125,7 +130,7 @@ def _output_key(graph: Graph, path, output: str | None) -> str:
         if output not in graph.outputs:
             raise ModelError(f"model.output={output}: {path}'s serving signature has outputs {outputs}; choose one.")
         return output
-    for key in OUTPUT_PREFERENCE:
+    for key in SERVING_OUTPUTS:  # in order of preference
         if key in graph.outputs:
             return key
     if len(outputs) == 1:
@@ -134,10 +139,3 @@ def _output_key(graph: Graph, path, output: str | None) -> str:
         f"{path}: the serving signature has outputs {outputs}, none named probabilities or logits; "
         "choose the classifier's output with model.output=<key>."
     )
-
-
-def _through_identity(nodes, name: str):
-    node = nodes[name]
-    while node.op in ("Identity", "StopGradient") and node.input:
-        node = nodes[split_input(node.input[0])[0]]
-    return node

@@ -1,16 +1,30 @@
 """A TF1 SavedModel's flat serving graph (google-research run_classifier) -> the compiler's Graph.
 
-The reading itself is bertc.frontends.load's (variables by node name from a name-keyed checkpoint, their
-reads as Identity, the graph cut to what the signature computes); this module is its frontend face.
+Variables are read by node name from the name-keyed checkpoint and become weight Placeholders, their reads
+Identity; the graph is cut to what the signature computes (everything downstream of the serving inputs and
+what that needs), dropping the saver and the initialisers. The loss branch stays: the removal step drops it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bertc.ir.graph import Graph, node_of
+import numpy as np
+import tensorflow as tf
 
-CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
+from bertc.errors import ModelError, first_line
+from bertc.frontends.weights import refuse_bad_weight
+from bertc.ir.graph import (
+    Graph,
+    GraphDef,
+    ancestors,
+    descendants,
+    keep_nodes,
+    make_placeholder,
+    new_graph_def,
+    node_of,
+)
+from bertc.ir.ops import CALL_OPS, VARIABLE_OPS
 
 
 def is_tf1(meta_graph, signature) -> bool:
@@ -21,9 +35,79 @@ def is_tf1(meta_graph, signature) -> bool:
 
 
 def read_tf1(path: Path, meta_graph, signature) -> Graph:
-    from bertc.frontends.load import _read_weights, _to_weight_placeholders
-
     inputs = {key: value.name for key, value in signature.inputs.items()}
     outputs = {key: value.name for key, value in signature.outputs.items()}
     weights = _read_weights(path, meta_graph.graph_def)
     return _to_weight_placeholders(meta_graph.graph_def, weights, inputs, outputs)
+
+
+def _read_weights(path: Path, graph_def: GraphDef) -> dict[str, np.ndarray]:
+    names = [node.name for node in graph_def.node if node.op in VARIABLE_OPS]
+    prefix = path / "variables" / "variables"
+    if not names:
+        return {}
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+        available = reader.get_variable_to_shape_map()
+    except Exception as error:  # TF raises several types for a missing or broken index
+        raise ModelError(
+            f"{path}/variables cannot be read as a checkpoint ({first_line(error)}); the variable "
+            "files are missing, truncated or corrupted: export the model again."
+        ) from None
+    shapes = {node.name: node.attr["shape"].shape for node in graph_def.node if node.op in VARIABLE_OPS}
+    dtypes = {
+        node.name: tf.as_dtype(node.attr["dtype"].type).as_numpy_dtype
+        for node in graph_def.node
+        if node.op in VARIABLE_OPS and node.attr["dtype"].type
+    }
+    weights = {}
+    for name in names:
+        if name not in available:
+            if name == "global_step" or name.endswith(("/adam_m", "/adam_v")):
+                continue
+            raise ModelError(f"{path}/variables has no value for variable {name}: the checkpoint is incomplete.")
+        try:
+            weights[name] = reader.get_tensor(name)
+        except Exception as error:
+            raise ModelError(
+                f"{path}/variables: reading {name} failed ({first_line(error)}); a variable shard is "
+                "missing or short: export the model again."
+            ) from None
+        _check_weight(path, name, weights[name], shapes[name], dtypes.get(name))
+    return weights
+
+
+def _check_weight(path: Path, name: str, value: np.ndarray, graph_shape, dtype=None) -> None:
+    """The checkpoint's value must have the graph's shape and dtype and finite numbers: bad weights stop here."""
+    if not graph_shape.unknown_rank:
+        expected = [dim.size for dim in graph_shape.dim]
+        differs = any(want >= 0 and want != got for want, got in zip(expected, value.shape))
+        if len(expected) != value.ndim or differs:
+            raise ModelError(
+                f"{path}/variables: variable {name} has shape {list(value.shape)} in the checkpoint but "
+                f"{expected} in the graph; the checkpoint belongs to another model: export the model again."
+            )
+    refuse_bad_weight(path, name, value, dtype)
+
+
+def _to_weight_placeholders(graph_def: GraphDef, weights, inputs, outputs) -> Graph:
+    """Variables -> weight Placeholders, their reads -> Identity; keep only the model computation."""
+    result = new_graph_def()
+    result.versions.CopyFrom(graph_def.versions)
+    result.library.CopyFrom(graph_def.library)  # function calls stay callable (their bodies passed the check)
+    for node in graph_def.node:
+        if node.op in VARIABLE_OPS and node.name in weights:
+            value = weights[node.name]
+            result.node.append(make_placeholder(node.name, tf.as_dtype(value.dtype), value.shape))
+        elif node.op == "ReadVariableOp":
+            read = result.node.add()
+            read.CopyFrom(node)
+            read.op = "Identity"
+            read.attr["T"].type = node.attr["dtype"].type
+            del read.attr["dtype"]
+        else:
+            result.node.add().CopyFrom(node)
+    graph = Graph(result, weights, inputs, outputs)
+    computation = descendants(result, [node_of(tensor) for tensor in inputs.values()])
+    keep = ancestors(result, computation | {node_of(tensor) for tensor in outputs.values()})
+    return keep_nodes(graph, keep)

@@ -23,10 +23,11 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 from tensorflow.python.framework import op_def_registry
 
-from bertc.errors import ModelError
+from bertc.errors import ModelError, first_line
+from bertc.frontends.weights import refuse_bad_weight
 from bertc.ir.graph import Graph, GraphDef, NodeDef, make_const, make_placeholder, node_of, split_input
+from bertc.ir.ops import CALL_OPS
 
-CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VALUE_ATTRIBUTE = "VARIABLE_VALUE"
 
@@ -169,8 +170,6 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def _variable_values(path: Path, meta_graph, bound: list[int], function_name: str) -> dict[int, tuple]:
     """Object-graph node id -> (weight name, value) for each captured variable, from variables/."""
-    from bertc.frontends.load import refuse_bad_weight
-
     objects = meta_graph.object_graph_def.nodes
     prefix = path / "variables" / "variables"
     try:
@@ -178,9 +177,8 @@ def _variable_values(path: Path, meta_graph, bound: list[int], function_name: st
         checkpoint_graph = trackable_object_graph_pb2.TrackableObjectGraph()
         checkpoint_graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
     except Exception as error:  # TF raises several types for a missing or broken index
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ModelError(
-            f"{path}/variables cannot be read as an object-based checkpoint ({first}); the variable "
+            f"{path}/variables cannot be read as an object-based checkpoint ({first_line(error)}); the variable "
             "files are missing, truncated or corrupted: save the model again."
         ) from None
     # The checkpoint's object graph has ids of its own: match the two graphs by child names from the root.

@@ -1,1 +1,2 @@
-"""The IR: a weight-free GraphDef + weights (graph), TensorFlow imported quietly (lazy), the serving names."""
+"""The IR: a weight-free GraphDef + weights (graph), the op vocabulary (ops), TensorFlow imported quietly (lazy),
+the serving names (signature)."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bertc.errors import UserError
 from bertc.ir.lazy import tf
+from bertc.ir.ops import IDENTITY_OPS
 
 if TYPE_CHECKING:
     from tensorflow.core.framework.graph_pb2 import GraphDef
@@ -101,10 +102,10 @@ def node_of(tensor: str) -> str:
     return split_input(tensor)[0]
 
 
-def through_identity(nodes: Mapping[str, NodeDef], name: str) -> NodeDef:
-    """The node `name` reads, past Identity and StopGradient nodes."""
+def through_identity(nodes: Mapping[str, NodeDef], name: str, ops: Collection[str] = IDENTITY_OPS) -> NodeDef:
+    """The node `name` reads, past nodes of the `ops` types (each hands its first input on)."""
     node = nodes[name]
-    while node.op in ("Identity", "StopGradient"):
+    while node.op in ops and node.input:
         node = nodes[split_input(node.input[0])[0]]
     return node
 
@@ -150,7 +151,8 @@ def match_scope(name: str, pattern: str) -> bool:
 # ---- reachability ------------------------------------------------------------------------------
 
 
-def _reach(roots: Iterable[str], neighbours, stops: set[str]) -> set[str]:
+def reach(roots: Iterable[str], neighbours: Callable[[str], Iterable[str]], stops: set[str]) -> set[str]:
+    """The nodes reached from the roots by `neighbours` (a node's producers, or readers), not past the stops."""
     seen: set[str] = set()
     stack = [node_of(root) for root in roots]
     while stack:
@@ -166,13 +168,13 @@ def _reach(roots: Iterable[str], neighbours, stops: set[str]) -> set[str]:
 def ancestors(graph_def: GraphDef, roots: Iterable[str], stops: Iterable[str] = ()) -> set[str]:
     """Nodes the roots need (data and control edges), not looking past the `stops` nodes."""
     nodes = nodes_by_name(graph_def)
-    return _reach(roots, lambda name: [split_input(source)[0] for source in nodes[name].input], set(stops))
+    return reach(roots, lambda name: [split_input(source)[0] for source in nodes[name].input], set(stops))
 
 
 def descendants(graph_def: GraphDef, roots: Iterable[str]) -> set[str]:
     """Nodes that read the roots, directly or not (data and control edges)."""
     users = consumers(graph_def)
-    return _reach(roots, lambda name: [user.name for user, _ in users.get(name, ())], set())
+    return reach(roots, lambda name: [user.name for user, _ in users.get(name, ())], set())
 
 
 def keep_nodes(graph: Graph, keep: set[str]) -> Graph:

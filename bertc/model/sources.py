@@ -22,8 +22,10 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from bertc.errors import ModelError
+from bertc.frontends.security import inside_folder, refuse_outside_links
+from bertc.frontends.weights import weight_problem
 from bertc.model.config import BertConfig
-from bertc.model.weights import Weights, check_weights, random_weight, variable_shapes, weight_problem
+from bertc.model.weights import Weights, check_weights, random_weight, variable_shapes
 
 HEAD_NAMES = ("output_weights", "output_bias")
 POOLER_NAMES = ("bert/pooler/dense/kernel", "bert/pooler/dense/bias")
@@ -267,8 +269,6 @@ def _index_shards(index: Path) -> list[str]:
 def _own_files(folder: Path) -> None:
     """Links out of the folder, and hard links shared with files elsewhere, refused before any read. The
     packaged MiniLM is bertc's own choice, not an input: an installer may link its files from a cache."""
-    from bertc.frontends.security import refuse_outside_links
-
     packaged = minilm_folder()
     if packaged is not None and folder.resolve() == packaged.resolve():
         return
@@ -280,8 +280,6 @@ def _own_files(folder: Path) -> None:
 
 def _inside(folder: Path, name: str, what: str) -> Path:
     """A file the folder's metadata names (a shard, the checkpoint) -> its path; refused if it leaves the folder."""
-    from bertc.frontends.security import inside_folder
-
     try:
         return inside_folder(folder, name, what)
     except ModelError as error:

@@ -83,26 +83,6 @@ def random_weights(config: BertConfig, num_labels: int, seed: int) -> Weights:
     }
 
 
-def weight_problem(name: str, value: np.ndarray, dtype: np.dtype | None = None) -> str | None:
-    """What makes a weight wrong in any model, as a phrase naming it: a dtype other than the declared one
-    (`dtype`; None: any floating type), or a NaN or Inf value. None when the weight is fine."""
-    value = np.asarray(value)
-    if dtype is not None and value.dtype != np.dtype(dtype):
-        return f"{name} is {value.dtype} in the checkpoint but declared {np.dtype(dtype)} by the model"
-    floating = value.dtype.kind in "fc" or value.dtype.name.startswith(("bfloat16", "float8"))
-    if dtype is None and not floating:
-        return f"{name} is {value.dtype}, not a floating-point weight"
-    if floating:
-        bad = ~np.isfinite(value.astype(np.complex64 if value.dtype.kind == "c" else np.float32))
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            return (
-                f"{name} holds {int(bad.sum())} NaN or Inf value(s) (the first at index {list(first)}: "
-                f"{value[first]}); a model with them serves NaN"
-            )
-    return None
-
-
 def check_weights(weights: Weights, config: BertConfig, num_labels: int, source: str) -> None:
     """Raise a clear error when a weight set does not fit the config (missing, extra or misshapen)."""
     expected = variable_shapes(config, num_labels)

@@ -36,6 +36,7 @@ from bertc.ir.graph import (
     through_identity,
 )
 from bertc.ir.lazy import tf
+from bertc.ir.ops import MATMUL_OPS
 from bertc.passes import Condition, Pass
 from bertc.schema import Key, bounded, choice
 
@@ -48,7 +49,6 @@ DTYPES = ("float32", "float16", "bfloat16", "int8")
 # per call (dynamic) or from calibration (static). Only the targets that quantize take such a map.
 QUANTIZED = "int8"
 SHORT = {DT_FLOAT: "f32", DT_HALF: "f16", DT_BFLOAT16: "bf16"}
-MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "_FusedMatMul")
 CAST_SUFFIX = "/bertc_cast_"
 
 

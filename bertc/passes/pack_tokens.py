@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bertc.analysis.match import LAYOUT_OPS, MATMULS, Index
+from bertc.analysis.match import Index
 from bertc.analysis.structure import embedding_output, find_attention_sites, find_layer_norms
 from bertc.ir.graph import (
     FIRST_TOKENS,
@@ -57,16 +57,17 @@ from bertc.ir.graph import (
     nodes_by_name,
     output_dtype,
     prune_to_outputs,
+    reach,
     split_input,
     static_shapes,
     tensor_name,
 )
 from bertc.ir.lazy import tf
+from bertc.ir.ops import LAYOUT_OPS, MATMUL_OPS
 
 if TYPE_CHECKING:
     from bertc.ir.graph import NodeDef
 
-MATMUL_OPS = tuple(MATMULS.split("|"))
 FIRST_TOKEN_ROWS = f"{PACK_SCOPE}/first_token_rows"  # [B, H]: each row's [CLS] hidden state, the pooler's input
 # What may run on the packed [T, H] matrix: ops that compute each row from that row alone.
 ROW_OPS = frozenset(
@@ -368,14 +369,7 @@ def _check_packed_region(graph: Graph) -> None:
     nodes = index.nodes
     entries = [PACKED, *(name for name in nodes if name.startswith(f"{PACK_SCOPE}/pack/"))]
     exits = {name for name in nodes if name.startswith(f"{PACK_SCOPE}/unpack/")} | {FIRST_TOKEN_ROWS}
-    region, stack = set(), list(entries)
-    while stack:
-        name = stack.pop()
-        if name in region:
-            continue
-        region.add(name)
-        if name not in exits:
-            stack.extend(index.readers(name))
+    region = reach(entries, index.readers, exits)
     outputs = {node_of(tensor) for tensor in graph.outputs.values()}
     for name in sorted(region - set(entries) - exits):
         node = nodes[name]

@@ -29,12 +29,11 @@ from bertc.ir.graph import (
     static_shapes,
     tensor_name,
 )
+from bertc.ir.ops import PASS_THROUGH_OPS, RESHAPE_OPS
 from bertc.passes import Condition, Pass
 from bertc.schema import Key
 
-PASS_THROUGH_OPS = ("Identity", "StopGradient", "CheckNumerics", "Snapshot", "PreventGradient")
 PATTERNS = ("Assert", "ReshapeChain")
-RESHAPE_OPS = ("Reshape", "ExpandDims", "Squeeze")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,7 @@ from bertc.ir.graph import (
     split_input,
     static_shapes,
     tensor_name,
+    through_identity,
 )
 from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
@@ -182,10 +183,8 @@ def _refuse_ambiguous_length(graph: Graph, seq_len: int) -> None:
     tables = set()
     for node in graph.graph_def.node:
         if node.op in ("GatherV2", "Slice"):
-            table = nodes[split_input(node.input[0])[0]]
-            while table.op == "Identity":  # a training export reads weights through Identity
-                table = nodes[split_input(table.input[0])[0]]
-            tables.add(table.name)
+            # a training export reads weights through Identity
+            tables.add(through_identity(nodes, node_of(node.input[0]), ("Identity",)).name)
     dims = {int(graph.weights[name].shape[-1]) for name in tables if name in graph.weights}  # the hidden size
     for node in graph.graph_def.node:
         if node.op == "Reshape":
