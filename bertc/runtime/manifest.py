@@ -142,7 +142,9 @@ class ReferenceBatch:
     input_ids: list | None = field(omitted=True)
     input_mask: list | None = field(omitted=True)
     segment_ids: list | None = field(omitted=True)
-    width: int | None = field(omitted=True)  # length=buckets: the width the TensorFlow build ran the batch at
+    # length=buckets: the width the TensorFlow build ran the batch at; checked by the self-check (--check), so that
+    # a damaged reference refuses the check, not the serving
+    width: Any = field(omitted=True)
     probabilities: list | None = field(omitted=True)
     logits: list | None = field(omitted=True)
 

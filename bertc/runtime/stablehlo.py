@@ -811,6 +811,7 @@ class Runtime:
             lacks = [name for name, value in arrays.items() if value is None]
             lacks += ["width"] if self.bucketed and batch.width is None else []
             _need(not lacks, file, f"the reference batch is incomplete: it lacks {', '.join(lacks)}")
+            _need(not self.bucketed or isinstance(batch.width, int), file, f"a reference width is {batch.width!r}")
             try:
                 feeds = {name: np.asarray(arrays[name], np.int32) for name in SERVING_INPUTS}
                 expected = {key: np.asarray(arrays[key], np.float32) for key in ("probabilities", "logits")}
