@@ -66,7 +66,7 @@ PLAN_BREAKERS = {
     "corrupted report.json": (_write("report.json", b"{"), "report.json cannot be read as JSON"),
     "report.json artifact of the wrong type": (
         _edit_json("report.json", lambda report: report.update(artifact="model/")),
-        "is not a report bertc wrote",
+        'is not a report bertc wrote: report.artifact: expected an object, got "model/"',
     ),
 }
 RESOLVED_BREAKERS = {

@@ -14,6 +14,7 @@ from bertc.evaluate.batches import Batch, synthetic_batches
 from bertc.evaluate.bench import benchmark
 from bertc.evaluate.verify import compare
 from bertc.run.report import fmt_number, markdown, summary_table, write_reports
+from bertc.run.schema import BadReport, read_report
 from bertc.run.sweep import columns, plot_figure, summarize, sweep_size
 
 
@@ -289,3 +290,52 @@ def test_sweep_size_counts_the_jobs():
     assert sweep_size(["precision=fp32,mixed,mixed_bf16", "partition=none,cpu_embed", "bench=quick"]) == 6
     assert sweep_size(["x=range(0,4)"], {"y": "a,b"}) == 8
     assert sweep_size(["model=glob(*)"]) is None
+
+
+def test_a_written_report_reads_back_as_the_typed_report(tmp_path):
+    data = record()
+    write_reports(tmp_path, data)
+    report = read_report(tmp_path / "report.json")
+    assert report.status == "passed" and report.artifact is not None and report.artifact.path == "/runs/x/model"
+    assert report.parity is not None and report.parity.max_abs_diff == data["parity"]["max_abs_diff"]
+    assert report.parity.accuracy is not None and set(report.parity.by_source) == {"synthetic", "dataset"}
+    assert report.bench is not None and report.bench.speedup_batch == 4 and report.bench.speedup_spread is not None
+    assert report.steps[0].op_delta == {"Identity": -3}
+
+
+def test_an_int8_or_nonfinite_parity_reads_back(tmp_path):
+    data = record(bench=False)
+    data["parity"] = compare(model(), model(0.3), [labelled_batch()], "int8", None)
+    write_reports(tmp_path, data)
+    assert read_report(tmp_path / "report.json").parity.agreement_on == "dataset"
+
+    def broken(feeds):
+        return {key: value * np.nan for key, value in model()(feeds).items()}
+
+    data["parity"] = compare(model(), broken, [labelled_batch()], "fp32", None)
+    write_reports(tmp_path, data)
+    assert read_report(tmp_path / "report.json").parity.max_abs_diff is None
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda data: data.update(status=3), 'report.status: expected one of "running", "passed"'),
+        (
+            lambda data: data["parity"].update(max_abs_diff="0.1"),
+            'report.parity.max_abs_diff: expected a number, got "0.1"',
+        ),
+        (
+            lambda data: data["bench"]["original"].update(throughput=[]),
+            "report.bench.original.throughput: expected an object, got a list",
+        ),
+        (lambda data: data["steps"][0].pop("name"), "report.steps[0].name: missing"),
+    ],
+)
+def test_a_bad_report_field_is_named(tmp_path, edit, message):
+    data = record()
+    edit(data)
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    with pytest.raises(BadReport) as raised:
+        read_report(tmp_path / "report.json")
+    assert message in str(raised.value) and str(tmp_path / "report.json") in str(raised.value)

@@ -4,11 +4,14 @@ clean errors (exit 2, no traceback) for broken manifests, weights and inputs."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -208,11 +211,11 @@ BROKEN_MANIFESTS = {
     ),
     "no modules": (
         lambda folder: write_manifest(folder, _drop("modules")(manifest(folder))),
-        ["modules is not a non-empty list"],
+        ["manifest.modules: missing"],
     ),
     "bad batch size": (
         lambda folder: write_manifest(folder, _set("modules.0.batch_size", "8")(manifest(folder))),
-        ["batch_size"],
+        ['manifest.modules[0].batch_size: expected an integer from 1 to 1048576, got "8"'],
     ),
     "bad seq_len": (
         lambda folder: write_manifest(folder, _set("seq_len", 64)(manifest(folder))),
@@ -220,13 +223,13 @@ BROKEN_MANIFESTS = {
     ),
     "parameter without shape": (
         lambda folder: write_manifest(folder, _set("parameters.3.shape", "big")(manifest(folder))),
-        ["lacks kind", "shape"],
+        ['manifest.parameters[3].shape: expected a list, got "big"'],
     ),
     "weight without digest": (
         lambda folder: write_manifest(
             folder, _set(f"weights.tensors.{WORD}", {"shape": [1], "dtype": "float32"})(manifest(folder))
         ),
-        ["lacks shape, dtype or sha256"],
+        [f'manifest.weights.tensors["{WORD}"].sha256: missing'],
     ),
     "parameter not the listed weight": (
         lambda folder: write_manifest(folder, _set("parameters.3.dtype", "float16")(manifest(folder))),
@@ -234,7 +237,7 @@ BROKEN_MANIFESTS = {
     ),
     "no weights entry": (
         lambda folder: write_manifest(folder, _drop("weights")(manifest(folder))),
-        ["weights lacks"],
+        ["manifest.weights: missing"],
     ),
 }
 
@@ -319,7 +322,7 @@ def _oversized(folder: Path) -> None:
 
 
 MANIFEST_BOMBS = {
-    "batch of 10**12": (_huge_batch, ["batch_size from 1 to 1048576"]),
+    "batch of 10**12": (_huge_batch, ["batch_size: expected an integer from 1 to 1048576"]),
     "nested 100000 deep": (_nested, ["nested too deeply"]),
     "nested 40 deep in an object": (_nested_inside, ["nested deeper than 32 levels"]),
     "65 MiB": (_oversized, ["over the 67108864 a manifest may be"]),
@@ -334,7 +337,7 @@ def test_a_manifest_asking_too_much_is_refused_in_one_line(artifact, capsys, cas
 
 
 def test_inputs_beyond_the_memory_available_are_refused_before_allocating(artifact, capsys, monkeypatch):
-    monkeypatch.setattr("bertc.driver.limits.available_memory", lambda: 1 << 20)  # 1 MiB; batch 8 needs 12 KiB
+    monkeypatch.setattr("bertc.runtime.stablehlo.available_memory", lambda: 1 << 20)  # 1 MiB; batch 8 needs 12 KiB
     value = manifest(artifact)
     entry = value["modules"][0]
     entry["batch_size"] = 4096  # 4096 x 128 x 3 int32: 6 MiB of inputs
@@ -362,3 +365,68 @@ def test_a_module_relabelled_with_another_batch_size_is_refused_before_compiling
     assert code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert "is not the batch-1 module the manifest lists" in err and "tensor<8x128xi32>, not tensor<1x128xi32>" in err
     assert compiled == []
+
+
+# ---- issue 24, item 3: the manifest is a typed record; the runtime loads no TensorFlow ------------------------
+
+
+def test_the_manifest_record_reads_back_to_the_same_json(artifact):
+    """manifest.json -> Manifest -> JSON: the same keys and values in the same order (the writer builds the record)."""
+    from bertc.runtime.manifest import manifest_json, parse_manifest
+
+    value = manifest(artifact)
+    assert json.dumps(manifest_json(parse_manifest(value))) == json.dumps(value)
+
+
+@pytest.mark.parametrize(
+    "path, item, message",
+    [
+        ("seq_len", True, "manifest.seq_len: expected an integer of at least 1, got true"),
+        ("modules.0.inputs.1", [8, -1], "manifest.modules[0].inputs[1][1]: expected an integer of at least 0, got -1"),
+        ("parameters.0.kind", "output", 'manifest.parameters[0].kind: expected one of "input", "weight", got "output"'),
+        ("reference.tolerance", "1e-5", 'manifest.reference.tolerance: expected a number, got "1e-5"'),
+        ("weights.regenerate", [], "manifest.weights.regenerate: expected an object, got a list"),
+    ],
+)
+def test_a_bad_manifest_field_is_named(artifact, path, item, message):
+    from bertc.runtime.manifest import parse_manifest
+    from bertc.runtime.records import RecordError
+
+    with pytest.raises(RecordError) as raised:
+        parse_manifest(_set(path, item)(manifest(artifact)))
+    assert str(raised.value) == message
+
+
+def test_the_runtime_gates_are_verifys():
+    from bertc.runtime.portable import PARITY_GATES
+
+    assert PARITY_GATES == GATES
+
+
+def test_the_runtime_serving_an_artifact_loads_no_tensorflow(artifact):
+    """bertc.runtime's modules imported, and an artifact loaded, checked and self-checked, in a fresh process:
+    neither TensorFlow nor any bertc module that imports it (even inside a function) is loaded."""
+    code = (
+        "import sys, bertc.runtime, bertc.runtime.portable, bertc.runtime.serve, bertc.runtime.stablehlo as runtime; "
+        f"model = runtime.Runtime({str(artifact)!r}, platform='cpu'); "
+        "runtime.regenerate_weights(model.manifest); assert model.self_check()['passed']; "
+        "print(' '.join(sorted(name for name in sys.modules if name.split('.')[0] in ('tensorflow', 'bertc'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = done.stdout.split()
+    assert "bertc.runtime.stablehlo" in loaded and not [name for name in loaded if name.startswith("tensorflow")]
+    assert [name for name in loaded if _imports_tensorflow(name)] == []
+    assert [name for name in loaded if name.split(".")[1:2] in (["driver"], ["evaluate"])] == []
+
+
+def _imports_tensorflow(module: str) -> bool:
+    """Whether a bertc module's source imports TensorFlow anywhere (at the top or inside a function)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    for node in ast.walk(ast.parse(Path(spec.origin).read_text())):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if any(name.split(".")[0] == "tensorflow" for name in names):
+            return True
+    return False

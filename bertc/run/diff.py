@@ -19,6 +19,7 @@ from typing import Any
 
 from bertc.errors import UserError
 from bertc.jsonfile import read_json_object
+from bertc.run.schema import Report, read_report
 
 EXIT_DIFFERENT, EXIT_BAD_FOLDER = 1, 2
 # plan.json sections outside the fingerprint: they change how a run is checked, not the artifact.
@@ -33,11 +34,16 @@ class BadRunFolder(UserError):
 class RunRecord:
     path: Path
     plan: dict  # plan.json: fingerprint, input {path, digest}, versions, plan
-    report: dict  # report.json, or {} when there is none
+    report: Report | None  # report.json, None when there is none
+
+    @property
+    def status(self) -> str | None:
+        return self.report.status if self.report is not None else None
 
     @property
     def artifact_digest(self) -> str | None:
-        return (self.report.get("artifact") or {}).get("digest")
+        artifact = self.report.artifact if self.report is not None else None
+        return artifact.digest if artifact is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +68,7 @@ def read_run(path: str | Path) -> RunRecord:
         raise BadRunFolder(f"{plan_file} lacks fingerprint, input, versions or plan: it was not written by bertc.")
     _check_plan(plan, plan_file)
     report_file = path / "report.json"
-    report = _read_json(report_file) if report_file.exists() else {}
-    _check_report(report, report_file)
+    report = read_report(report_file, BadRunFolder) if report_file.exists() else None
     return RunRecord(path, plan, report)
 
 
@@ -90,11 +95,6 @@ def _check_plan(plan: dict, file: Path) -> None:
     ]
     if problems:
         raise BadRunFolder(f"{file} is not a plan bertc wrote: {'; '.join(problems)}.")
-
-
-def _check_report(report: dict, file: Path) -> None:
-    if not isinstance(report.get("artifact") or {}, dict) or not isinstance(report.get("status", ""), str):
-        raise BadRunFolder(f"{file} is not a report bertc wrote: its artifact or status has the wrong type.")
 
 
 def _read_json(file: Path) -> dict:

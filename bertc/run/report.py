@@ -26,7 +26,8 @@ included), ran {width: verify batches run at it}} (length=trim|buckets), serving
 compiled signature's: the user's names), dropped_inputs (the user's inputs it no longer takes), outputs,
 added_outputs (outputs the user's signature lacks: probabilities beside logits-only models)}, a passed model
 only. A key whose part did not run is
-absent. NaN and infinity, which JSON lacks, are written as null.
+absent. NaN and infinity, which JSON lacks, are written as null. The keys' types: bertc/run/schema.py (Report),
+through which bertc reads a report back (`read_report`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ Exit 0: identical; 1: not identical (or the rebuild failed); 2: RUN is not a usa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bertc.run.diff import BadRunFolder, Difference, RunRecord, compare, read_run
+from bertc.run.schema import BadReport, Report, read_report
 
 EXIT_IDENTICAL, EXIT_DIFFERENT, EXIT_BAD_FOLDER = 0, 1, 2
 COMPLETED = ("passed", "rejected", "planned")  # a run that got as far as its artifact (or a dry run's plan)
@@ -50,9 +50,11 @@ def check_run_folder(run: Path) -> RunRecord:
     if not (run / "resolved.yaml").is_file():
         raise BadRunFolder(f"{run} has no resolved.yaml: the run's configuration is missing; it cannot be rebuilt.")
     read_resolved(run / "resolved.yaml")
-    status = record.report.get("status")
+    status = record.status
     if status not in COMPLETED:
-        where = f" at {record.report.get('failed_step')}: {record.report.get('error')}" if status == "failed" else ""
+        where = ""
+        if record.report is not None and status == "failed":
+            where = f" at {record.report.failed_step}: {record.report.error}"
         raise BadRunFolder(
             f"{run} holds a run with status {status or 'unknown'}{where}; there is no model to compare a rebuild with. "
             "Reproduce a run that passed or was rejected by verify (or a dry run)."
@@ -107,7 +109,7 @@ def rebuild(run: Path, out: Path) -> subprocess.CompletedProcess:
 
 def artifact_folder(run: Path, record: RunRecord) -> Path | None:
     """Where the run's model is now: model/ or rejected/ inside the folder (the folder may have moved)."""
-    recorded = (record.report.get("artifact") or {}).get("path")
+    recorded = record.report.artifact.path if record.report is not None and record.report.artifact else None
     for name in ([Path(recorded).name] if recorded else []) + ["model", "rejected"]:
         if (run / name / "saved_model.pb").is_file():
             return run / name
@@ -162,12 +164,10 @@ def explain(run: Path, original: RunRecord, out: Path) -> tuple[bool, list[str]]
     """(identical?, the lines that say so or say what differs)."""
     if not (out / "plan.json").is_file():
         report = _read_report(out / "report.json")
-        if report.get("failed_step") == "input":
-            cause = f"input changed: the input model cannot be read any more: {report.get('error')}"
+        if report.failed_step == "input":
+            cause = f"input changed: the input model cannot be read any more: {report.error}"
         else:
-            cause = (
-                f"the rebuild failed at {report.get('failed_step', 'start')}: {report.get('error', 'see its output')}"
-            )
+            cause = f"the rebuild failed at {report.failed_step or 'start'}: {report.error or 'see its output'}"
         return False, ["NOT identical:", f"  - {cause}"]
     rebuilt = read_run(out)
     differences = compare(original, rebuilt)
@@ -175,9 +175,9 @@ def explain(run: Path, original: RunRecord, out: Path) -> tuple[bool, list[str]]
     same_fingerprint = original.plan["fingerprint"] == rebuilt.plan["fingerprint"]
     lines = [f"fingerprint  run {original.plan['fingerprint']}", f"             now {rebuilt.plan['fingerprint']}"]
     identical = same_fingerprint
-    if original.report.get("status") != "planned":
-        if rebuilt.report.get("status") == "failed":
-            causes.append(f"the rebuild failed at {rebuilt.report.get('failed_step')}: {rebuilt.report.get('error')}")
+    if original.status != "planned":
+        if rebuilt.report is not None and rebuilt.report.status == "failed":
+            causes.append(f"the rebuild failed at {rebuilt.report.failed_step}: {rebuilt.report.error}")
             identical = False
         else:
             before, after, note, changed = compare_artifacts(run, original, out, rebuilt, same_fingerprint)
@@ -200,7 +200,7 @@ def explain(run: Path, original: RunRecord, out: Path) -> tuple[bool, list[str]]
     others = [f"{d.where} {d.what}" for d in differences if not d.in_fingerprint and d.where != "bench"]
     if others:
         lines.append("also differs, outside the fingerprint: " + "; ".join(others))
-    if identical and original.report.get("status") == "planned":
+    if identical and original.status == "planned":
         return True, lines + ["identical: the rebuild has the same fingerprint (a dry run: no artifact to compare)"]
     if identical:
         return True, lines + ["identical: the rebuild has the same fingerprint and the same artifact digest"]
@@ -231,11 +231,12 @@ def _causes(original: RunRecord, rebuilt: RunRecord, differences: list[Differenc
     return causes
 
 
-def _read_report(report_file: Path) -> dict:
+def _read_report(report_file: Path) -> Report:
+    """The rebuild's report; an empty failed one when it left none bertc can read (its output says why)."""
     try:
-        return json.loads(report_file.read_text())
-    except (OSError, ValueError):
-        return {}
+        return read_report(report_file)
+    except BadReport:
+        return Report(status="failed")
 
 
 def _changed_files(before: Path | None, after: Path | None) -> list[str] | None:
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rebuilding {run}\n        into {out} (bench off: it cannot change the artifact)", flush=True)
     result = rebuild(run, out)
     identical, lines = explain(run, original, out)
-    if result.returncode and _read_report(out / "report.json").get("failed_step") not in ("input", "verify"):
+    if result.returncode and _read_report(out / "report.json").failed_step not in ("input", "verify"):
         tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
         lines.append("rebuild output (last lines):\n" + "\n".join(tail))
     print("\n".join(lines))

@@ -11,7 +11,6 @@ that ran in parallel (joblib, ray) disturbed each other's timings; the summary s
 from __future__ import annotations
 
 import csv
-import json
 import socket
 import sys
 import textwrap
@@ -21,6 +20,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from bertc.run.schema import Bench, ModelBench, read_report
 
 # Every bench column names its batch size and unit; the speedup batch is the benchmark's largest.
 LEADING_COLUMNS = ("job", "overrides", "status", "max_abs_diff", "argmax_agreement", "accuracy")
@@ -69,38 +70,44 @@ def job_record(job_dir: Path, overrides: list[str] | None = None) -> dict[str, A
     if not report_file.is_file():
         row.update(status="failed", reason="no report.json: the job died before writing it")
         return row
-    report = json.loads(report_file.read_text())
-    row["status"] = report.get("status", "?")
-    parity, bench = report.get("parity") or {}, report.get("bench") or {}
-    if parity:
+    report = read_report(report_file)
+    row["status"] = report.status
+    parity = report.parity
+    if parity is not None:
         # null: the compiled model gave NaN or infinity (report.json has no NaN); the cell stays empty
-        row["max_abs_diff"] = "" if parity["max_abs_diff"] is None else f"{parity['max_abs_diff']:.3g}"
-        row["argmax_agreement"] = f"{parity['argmax_agreement']:.4f}"
-        if parity.get("accuracy"):
-            row["accuracy"] = f"{parity['accuracy']['original']:.4f} -> {parity['accuracy']['compiled']:.4f}"
-    if bench:
-        _bench_cells(row, bench)
-    if report.get("error"):
-        row["reason"] = f"{report.get('failed_step')}: {report['error']}"[:300]
+        row["max_abs_diff"] = "" if parity.max_abs_diff is None else f"{parity.max_abs_diff:.3g}"
+        row["argmax_agreement"] = f"{parity.argmax_agreement:.4f}"
+        if parity.accuracy:
+            row["accuracy"] = f"{parity.accuracy.original:.4f} -> {parity.accuracy.compiled:.4f}"
+    if report.bench is not None:
+        _bench_cells(row, report.bench)
+    if report.error:
+        row["reason"] = f"{report.failed_step}: {report.error}"[:300]
     return row
 
 
-def _bench_cells(row: dict[str, Any], bench: dict) -> None:
-    size = str(bench["speedup_batch"])
+def _bench_cells(row: dict[str, Any], bench: Bench) -> None:
+    size = str(bench.speedup_batch)
     row["batch"] = int(size)
-    row["throughput_original"] = f"{bench['original']['throughput'][size]:.2f}"
-    row["throughput_compiled"] = f"{bench['compiled']['throughput'][size]:.2f}"
-    row["speedup"] = f"{bench['speedup']:.3f}"
-    for name in ("original", "compiled"):
-        if "latency_ms" in bench[name]:
-            row[f"{name}_latency_b1_p50_ms"] = f"{bench[name]['latency_ms']['p50']:.2f}"
-    if "speedup_spread" in bench:
-        row["speedup_min"] = f"{bench['speedup_spread']['min']:.3f}"
-        row["speedup_max"] = f"{bench['speedup_spread']['max']:.3f}"
-        cvs = [bench[name]["spread"]["throughput"][size]["cv"] for name in ("original", "compiled")]
-        row["throughput_cv"] = "" if None in cvs else f"{100 * max(cvs):.1f}"
-        row["reliable"] = "yes" if bench["reliable"] else "no"
-        row["unreliable_reasons"] = "; ".join(bench["unreliable_reasons"])
+    row["throughput_original"] = f"{bench.original.throughput[size]:.2f}"
+    row["throughput_compiled"] = f"{bench.compiled.throughput[size]:.2f}"
+    row["speedup"] = f"{bench.speedup:.3f}"
+    for name, figures in (("original", bench.original), ("compiled", bench.compiled)):
+        if figures.latency_ms is not None:
+            row[f"{name}_latency_b1_p50_ms"] = f"{figures.latency_ms['p50']:.2f}"
+    if bench.speedup_spread is not None:
+        row["speedup_min"] = f"{bench.speedup_spread.min:.3f}"
+        row["speedup_max"] = f"{bench.speedup_spread.max:.3f}"
+        cvs = [cv for figures in (bench.original, bench.compiled) if (cv := _throughput_cv(figures, size)) is not None]
+        row["throughput_cv"] = f"{100 * max(cvs):.1f}" if len(cvs) == 2 else ""  # one round: no cv
+        row["reliable"] = "yes" if bench.reliable else "no"
+        row["unreliable_reasons"] = "; ".join(bench.unreliable_reasons)
+
+
+def _throughput_cv(figures: ModelBench, size: str) -> float | None:
+    """The coefficient of variation of a model's throughput at batch `size` over the rounds."""
+    assert figures.spread is not None, "a benchmark with a speedup spread has each model's spread"
+    return figures.spread.throughput[size].cv
 
 
 def folder_records(sweep_dir: Path) -> list[dict[str, Any]]:

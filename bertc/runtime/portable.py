@@ -9,11 +9,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from bertc.errors import UserError
+from bertc.runtime.manifest import HostRecipe
 
 FORMAT = "bertc-stablehlo-1"
 BUCKETS_FORMAT = "bertc-stablehlo-2"  # with length buckets: one module per (batch size, bucket); see `batch_length`
 FORMATS = (FORMAT, BUCKETS_FORMAT)
 MANIFEST = "manifest.json"
+# The self-check's gate on max |probability difference| per weight dtype: verify's gates (bertc/evaluate/verify.py
+# GATES, where they are measured), here so that the runtime needs no bertc stage that a TensorFlow build uses.
+PARITY_GATES = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 3e-2}
 
 
 class ServingError(UserError):
@@ -49,32 +53,29 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
 
 
 def compute_host(
-    host: Mapping, weights: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]
+    host: HostRecipe, weights: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """The manifest's host recipe on a batch of serving inputs -> the boundary tensors the device part reads."""
     result = {}
-    embedding = host["embedding_output"]
+    embedding = host.embedding_output
     ids, segments = feeds["input_ids"], feeds["segment_ids"]
     seq_len = ids.shape[1]
     # NOTE: the order of the sums is the graph's: (words + token types) + positions.
-    x = (
-        _float32(weights, embedding["word_embeddings"])[ids]
-        + _float32(weights, embedding["token_type_embeddings"])[segments]
-    )
-    x = x + _float32(weights, embedding["position_embeddings"])[:seq_len][None]
-    norm = embedding["layer_norm"]
-    x = layer_norm(x, _float32(weights, norm["gamma"]), _float32(weights, norm["beta"]), norm["epsilon"])
-    result["embedding_output"] = x.astype(numpy_dtype(embedding["dtype"]))
+    x = _float32(weights, embedding.word_embeddings)[ids] + _float32(weights, embedding.token_type_embeddings)[segments]
+    x = x + _float32(weights, embedding.position_embeddings)[:seq_len][None]
+    norm = embedding.layer_norm
+    x = layer_norm(x, _float32(weights, norm.gamma), _float32(weights, norm.beta), norm.epsilon)
+    result["embedding_output"] = x.astype(numpy_dtype(embedding.dtype))
 
-    mask = host["attention_mask"]
+    mask = host.attention_mask
     present = feeds["input_mask"].astype(np.float32)
-    if mask["form"] == "bias":  # mask=reimpl: one additive [B,1,1,T] bias shared by every layer
-        value = (np.float32(1.0) - present[:, None, None, :]) * np.float32(mask["bias_value"])
-    elif mask["form"] == "mask":  # mask=original: google's [B,F,T] float mask, ones broadcast over F
+    if mask.form == "bias":  # mask=reimpl: one additive [B,1,1,T] bias shared by every layer
+        value = (np.float32(1.0) - present[:, None, None, :]) * np.float32(mask.bias_value)
+    elif mask.form == "mask":  # mask=original: google's [B,F,T] float mask, ones broadcast over F
         value = np.broadcast_to(present[:, None, :], (len(present), seq_len, seq_len))
     else:
-        raise ServingError(f"unknown attention mask form {mask['form']!r} in the manifest; upgrade bertc's runtime.")
-    result["attention_mask"] = np.ascontiguousarray(value).astype(numpy_dtype(mask["dtype"]))
+        raise ServingError(f"unknown attention mask form {mask.form!r} in the manifest; upgrade bertc's runtime.")
+    result["attention_mask"] = np.ascontiguousarray(value).astype(numpy_dtype(mask.dtype))
     return result
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bertc.errors import UserError
-from bertc.runtime.stablehlo import SERVING_INPUTS, Runtime, read_manifest, regenerate_weights
+from bertc.runtime.stablehlo import SERVING_INPUTS, Runtime, load_manifest, regenerate_weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         weights = None
         if args.regenerate:
-            weights, differ = regenerate_weights(read_manifest(args.model))
+            weights, differ = regenerate_weights(load_manifest(args.model))
             if differ:
                 print(
                     f"warning: {len(differ)} regenerated weight(s) differ from the build's digests "

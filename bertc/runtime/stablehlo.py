@@ -33,11 +33,14 @@ import numpy as np
 
 from bertc.ir.signature import SERVING_INPUTS
 from bertc.jsonfile import read_json_object
+from bertc.runtime.manifest import HostRecipe, Manifest, Module, Parameter, manifest_json, parse_manifest
+from bertc.runtime.memory import available_memory
 from bertc.runtime.portable import (  # the artifact's format, shared with the target that writes it
     BUCKETS_FORMAT,
     FORMAT,
     FORMATS,
     MANIFEST,
+    PARITY_GATES,
     ServingError,
     batch_length,
     compute_host,
@@ -45,6 +48,7 @@ from bertc.runtime.portable import (  # the artifact's format, shared with the t
     numpy_dtype,
     tensor_digest,
 )
+from bertc.runtime.records import RecordError
 
 __all__ = [
     "FORMAT",
@@ -73,37 +77,46 @@ def stablehlo_folder(path: str | Path) -> Path:
     )
 
 
-def read_manifest(path: str | Path) -> dict:
-    """manifest.json, its structure checked (a damaged or foreign file: a ServingError, not a KeyError)."""
+def load_manifest(path: str | Path) -> Manifest:
+    """manifest.json -> the Manifest, bounded, typed and checked (a damaged or foreign file: a ServingError naming
+    what is wrong, not a KeyError)."""
     file = stablehlo_folder(path) / MANIFEST
     size = file.stat().st_size
     _need(size <= MAX_MANIFEST_BYTES, file, f"it is {size} bytes, over the {MAX_MANIFEST_BYTES} a manifest may be")
     try:
-        manifest = read_json_object(file, ServingError, f"; {REBUILD}")
+        value = read_json_object(file, ServingError, f"; {REBUILD}")
     except RecursionError:  # a JSON nested thousands deep: Python's parser gives up, as this runtime does
         raise ServingError(f"{file} is nested too deeply to be a manifest; {REBUILD}") from None
-    _need(_depth(manifest) <= MAX_MANIFEST_DEPTH, file, f"it is nested deeper than {MAX_MANIFEST_DEPTH} levels")
-    if manifest.get("format") not in FORMATS:
+    _need(_depth(value) <= MAX_MANIFEST_DEPTH, file, f"it is nested deeper than {MAX_MANIFEST_DEPTH} levels")
+    if value.get("format") not in FORMATS:
         raise ServingError(
-            f"{path}: manifest format {manifest.get('format')!r}, this runtime reads "
-            f"{' and '.join(map(repr, FORMATS))}."
+            f"{path}: manifest format {value.get('format')!r}, this runtime reads {' and '.join(map(repr, FORMATS))}."
         )
+    try:
+        manifest = parse_manifest(value)
+    except RecordError as error:
+        raise ServingError(f"{file}: {error}; {REBUILD}") from None
     check_manifest(manifest, file)
     return manifest
+
+
+def read_manifest(path: str | Path) -> dict:
+    """manifest.json as JSON, checked as `load_manifest` checks it: for scripts that read it as a dict."""
+    return manifest_json(load_manifest(path))
 
 
 # ---- checking the artifact before it is trusted ------------------------------------------------
 # The manifest is the root of trust: the weights file must match its digests and shapes, every file
 # it names must lie inside the artifact's folder, and what bounds the inputs and the self-check (id
 # limits, parity gate) comes from the checked weights themselves, so an edited manifest field can
-# only tighten them.
+# only tighten them. Each field's type and range is the record's (bertc/runtime/manifest.py); here, how
+# the fields fit together.
 
 REBUILD = "the artifact is damaged or was edited: compile it again (python -m bertc target=stablehlo ...)."
 # What a manifest may ask, bounded before anything is allocated or compiled: bertc writes a few hundred KiB,
-# nested about six deep, batch sizes as target.batch_sizes allows (bertc/driver/config.py: BATCH).
+# nested about six deep (batch sizes: bertc/runtime/manifest.py MAX_BATCH_SIZE).
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_MANIFEST_DEPTH = 32
-MAX_BATCH_SIZE = 1 << 20
 WORD_TABLE, TOKEN_TYPE_TABLE, POSITION_TABLE = (
     "word_embeddings",
     "token_type_embeddings",
@@ -126,111 +139,60 @@ def _depth(value, limit: int = MAX_MANIFEST_DEPTH + 1) -> int:
     return depth
 
 
-def _is_shape(value) -> bool:
-    return isinstance(value, list) and all(dim is None or (isinstance(dim, int) and dim >= 0) for dim in value)
-
-
-def check_manifest(manifest: dict, file: Path) -> None:
-    """The keys and types the runtime reads, before it reads them."""
-    _need(
-        isinstance(manifest.get("seq_len"), int) and manifest["seq_len"] > 0,
-        file,
-        "seq_len is not a positive integer",
-    )
+def check_manifest(manifest: Manifest, file: Path) -> None:
+    """How the manifest's fields fit together, before the runtime relies on them."""
     widths = _check_length(manifest, file)
-    parameters = _check_parameters(manifest, file)
-    _check_modules(manifest, widths, [entry for entry in parameters if entry["kind"] == "input"], file)
-    outputs = manifest.get("outputs")
+    _check_modules(manifest, widths, file)
     _need(
-        isinstance(outputs, list)
-        and [entry.get("name") for entry in outputs if isinstance(entry, dict)] == ["probabilities", "logits"]
-        and all(_is_shape(entry.get("shape")) for entry in outputs),
+        [entry.name for entry in manifest.outputs] == ["probabilities", "logits"],
         file,
-        "outputs are not probabilities and logits with shapes",
+        "outputs are not probabilities and logits",
     )
-    _check_weight_entries(manifest, parameters, file)
+    _check_weight_entries(manifest, file)
     _check_host(manifest, file)
 
 
-def _check_length(manifest: Mapping, file: Path) -> list[int]:
+def _check_length(manifest: Manifest, file: Path) -> list[int]:
     """The widths the modules run at: the buckets of a length=buckets artifact (its own format), else seq_len."""
-    length, seq_len = manifest.get("length"), manifest["seq_len"]
-    bucketed = manifest.get("format") == BUCKETS_FORMAT
+    length, seq_len = manifest.length, manifest.seq_len
+    bucketed = manifest.format == BUCKETS_FORMAT
     _need(
         (length is None) != bucketed,
         file,
-        f"format {manifest.get('format')} {'needs' if bucketed else 'has no'} a length section",
+        f"format {manifest.format} {'needs' if bucketed else 'has no'} a length section",
     )
-    if not bucketed:
+    if length is None:
         return [seq_len]
-    sizes = length.get("sizes") if isinstance(length, dict) else None
+    sizes = length.sizes
     _need(
-        isinstance(length, dict)
-        and length.get("mode") == "buckets"
-        and isinstance(sizes, list)
-        and sizes
-        and all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in sizes)
-        and sizes == sorted(set(sizes))
-        and sizes[-1] == seq_len,
+        sizes == sorted(set(sizes)) and sizes[-1] == seq_len,
         file,
-        f"the length buckets {str(sizes)[:80]} are not ascending positive sizes ending at seq_len {seq_len}",
+        f"the length buckets {str(sizes)[:80]} are not ascending sizes ending at seq_len {seq_len}",
     )
     return sizes
 
 
-def _check_parameters(manifest: Mapping, file: Path) -> list[dict]:
-    parameters = manifest.get("parameters")
-    _need(isinstance(parameters, list) and parameters, file, "parameters is not a non-empty list")
-    for entry in parameters:
-        _need(
-            isinstance(entry, dict)
-            and entry.get("kind") in ("input", "weight")
-            and isinstance(entry.get("name"), str)
-            and _is_shape(entry.get("shape"))
-            and isinstance(entry.get("dtype"), str),
-            file,
-            f"the parameter {str(entry)[:80]} lacks kind (input | weight), name, shape or dtype",
-        )
-    return parameters
-
-
-def _check_modules(manifest: Mapping, widths: list[int], inputs: list[dict], file: Path) -> None:
-    """Each module: its batch size and width, a digest for each file it names, its input shapes; and one module
-    for every (batch size, width), so that every batch finds its module."""
-    modules = manifest.get("modules")
-    _need(isinstance(modules, list) and modules, file, "modules is not a non-empty list")
+def _check_modules(manifest: Manifest, widths: list[int], file: Path) -> None:
+    """Each module: its width, a digest for each file it names, its input shapes; and one module for every
+    (batch size, width), so that every batch finds its module."""
     keys = []
-    for entry in modules:
-        _need(
-            isinstance(entry, dict)
-            and isinstance(entry.get("batch_size"), int)
-            and not isinstance(entry["batch_size"], bool)
-            and 0 < entry["batch_size"] <= MAX_BATCH_SIZE,
-            file,
-            f"a module entry {str(entry)[:80]} has no batch_size from 1 to {MAX_BATCH_SIZE}",
-        )
-        label = module_label(entry, len(widths) > 1)
-        _need(
-            any(isinstance(entry.get(key), str) for key in ("bytecode", "text")),
-            file,
-            f"the {label} module names no bytecode or text file",
-        )
-        for key in ("bytecode", "text"):
+    for entry in manifest.modules:
+        label = module_label(entry.batch_size, entry.seq_len, len(widths) > 1)
+        _need(entry.bytecode or entry.text, file, f"the {label} module names no bytecode or text file")
+        for kind in ("bytecode", "text"):
             _need(
-                entry.get(key) is None or str(entry.get(f"{key}_sha256", "")).startswith("sha256:"),
+                getattr(entry, kind) is None or str(getattr(entry, f"{kind}_sha256")).startswith("sha256:"),
                 file,
-                f"the {label} module's {key} file has no sha256",
+                f"the {label} module's {kind} file has no sha256",
             )
         _need(
-            isinstance(entry.get("seq_len"), int)
-            and not isinstance(entry["seq_len"], bool)
-            and entry["seq_len"] in widths,
+            entry.seq_len in widths,
             file,
-            f"seq_len {manifest['seq_len']} is not the length the {label} module takes ({entry.get('seq_len')}); "
+            f"seq_len {manifest.seq_len} is not the length the {label} module takes ({entry.seq_len}); "
             f"its width must be one of {widths}",
         )
-        _check_module_inputs(entry, inputs, label, file)
-        keys.append((entry["batch_size"], entry["seq_len"]))
+        _check_module_inputs(entry, manifest.inputs(), label, file)
+        keys.append((entry.batch_size, entry.seq_len))
     batch_sizes = sorted({batch for batch, _ in keys})
     _need(
         len(keys) == len(set(keys)) and set(keys) == {(batch, width) for batch in batch_sizes for width in widths},
@@ -239,73 +201,64 @@ def _check_modules(manifest: Mapping, widths: list[int], inputs: list[dict], fil
     )
 
 
-def _check_module_inputs(entry: Mapping, inputs: list[dict], label: str, file: Path) -> None:
+def _check_module_inputs(entry: Module, inputs: list[Parameter], label: str, file: Path) -> None:
     """A module's input shapes: its batch size, the parameters' static dimensions, its width where they vary."""
-    shapes = entry.get("inputs")
     _need(
-        isinstance(shapes, list) and len(shapes) == len(inputs),
+        len(entry.inputs) == len(inputs),
         file,
         f"the {label} module lists no shape for each of its {len(inputs)} inputs",
     )
-    for shape, parameter in zip(shapes, inputs):
-        declared = parameter["shape"]
-        expected = [entry["batch_size"]] + [entry["seq_len"] if dim is None else dim for dim in declared[1:]]
+    for shape, parameter in zip(entry.inputs, inputs):
+        declared = parameter.shape
+        expected = [entry.batch_size] + [entry.seq_len if dim is None else dim for dim in declared[1:]]
         _need(
             shape == expected,
             file,
-            f"the {label} module's input {parameter['name']} is {shape}, not {expected} "
+            f"the {label} module's input {parameter.name} is {shape}, not {expected} "
             f"(the parameter's {declared} at its batch size and width)",
         )
 
 
-def module_label(entry: Mapping, bucketed: bool) -> str:
+def module_label(batch_size: int, width: int, bucketed: bool) -> str:
     """How messages name a module: batch-8, or batch-8 length-32 when the artifact has buckets."""
-    return f"batch-{entry['batch_size']}" + (f" length-{entry.get('seq_len')}" if bucketed else "")
+    return f"batch-{batch_size}" + (f" length-{width}" if bucketed else "")
 
 
-def _check_weight_entries(manifest: Mapping, parameters: list[dict], file: Path) -> None:
-    """The weights section lists each weight with shape, dtype and digest; the modules' weights are those."""
-    weights = manifest.get("weights")
-    _need(
-        isinstance(weights, dict) and isinstance(weights.get("file"), str) and isinstance(weights.get("tensors"), dict),
-        file,
-        "weights lacks its file name or its tensors",
-    )
-    for name, entry in weights["tensors"].items():
-        _need(
-            isinstance(entry, dict)
-            and _is_shape(entry.get("shape"))
-            and isinstance(entry.get("dtype"), str)
-            and isinstance(entry.get("sha256"), str),
-            file,
-            f"the weight {name} lacks shape, dtype or sha256",
-        )
-    for entry in parameters:
-        if entry["kind"] == "weight":
-            listed = weights["tensors"].get(entry["name"])
+def _check_weight_entries(manifest: Manifest, file: Path) -> None:
+    """The modules' weight parameters are the weights the manifest lists, with their shapes and dtypes."""
+    listed = manifest.weights.tensors
+    for entry in manifest.parameters:
+        if entry.kind == "weight":
+            tensor = listed.get(entry.name)
             _need(
-                listed is not None and listed["shape"] == entry["shape"] and listed["dtype"] == entry["dtype"],
+                tensor is not None and tensor.shape == entry.shape and tensor.dtype == entry.dtype,
                 file,
-                f"the module's weight parameter {entry['name']} is not the weight the manifest lists",
+                f"the module's weight parameter {entry.name} is not the weight the manifest lists",
             )
 
 
-def _check_host(manifest: Mapping, file: Path) -> None:
-    """The host recipe, when there is one: complete, and reading only listed weights."""
-    host = manifest.get("host")
+def _check_host(manifest: Manifest, file: Path) -> None:
+    """The host recipe, when there is one: dtypes NumPy knows, and reading only listed weights."""
+    host = manifest.host
     if host is None:
         return
-    try:
-        names = _host_weight_names(host)
-        float(host["embedding_output"]["layer_norm"]["epsilon"])
-        numpy_dtype(host["embedding_output"]["dtype"]), numpy_dtype(host["attention_mask"]["dtype"])
-        host["attention_mask"]["form"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise ServingError(
-            f"{file}: the host recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}"
-        ) from None
+    for where, dtype in (
+        ("embedding_output", host.embedding_output.dtype),
+        ("attention_mask", host.attention_mask.dtype),
+    ):
+        try:
+            numpy_dtype(dtype)
+        except TypeError:
+            raise ServingError(
+                f"{file}: the host recipe's {where} dtype {dtype!r} is no NumPy dtype; {REBUILD}"
+            ) from None
     _need(
-        all(name in manifest["weights"]["tensors"] for name in names),
+        host.attention_mask.form != "bias" or host.attention_mask.bias_value is not None,
+        file,
+        "the host recipe's bias mask has no bias_value",
+    )
+    _need(
+        all(name in manifest.weights.tensors for name in host.weight_names()),
         file,
         "the host recipe reads weights the manifest does not list",
     )
@@ -323,9 +276,9 @@ def artifact_file(folder: Path, name, what: str) -> Path:
     return path
 
 
-def check_weights(manifest: Mapping, weights: Mapping[str, np.ndarray], digests: bool, where: str) -> None:
+def check_weights(manifest: Manifest, weights: Mapping[str, np.ndarray], digests: bool, where: str) -> None:
     """Every weight the manifest lists: present, its shape and dtype, and (digests=True) its sha256."""
-    listed = manifest["weights"]["tensors"]
+    listed = manifest.weights.tensors
     missing = [name for name in listed if name not in weights]
     if missing:
         raise ServingError(
@@ -333,12 +286,12 @@ def check_weights(manifest: Mapping, weights: Mapping[str, np.ndarray], digests:
         )
     for name, entry in listed.items():
         value = np.asarray(weights[name])
-        if list(value.shape) != entry["shape"] or value.dtype.name != entry["dtype"]:
+        if list(value.shape) != entry.shape or value.dtype.name != entry.dtype:
             raise ServingError(
                 f"the weight {name} in {where} is {value.dtype.name} {list(value.shape)}, the manifest says "
-                f"{entry['dtype']} {entry['shape']}; the weights are not this artifact's."
+                f"{entry.dtype} {entry.shape}; the weights are not this artifact's."
             )
-        if digests and tensor_digest(value) != entry["sha256"]:
+        if digests and tensor_digest(value) != entry.sha256:
             raise ServingError(
                 f"the weight {name} in {where} does not match its sha256 in the manifest: the file was "
                 "modified or "
@@ -346,11 +299,11 @@ def check_weights(manifest: Mapping, weights: Mapping[str, np.ndarray], digests:
             )
 
 
-def _table(weights: Mapping[str, np.ndarray], suffix: str, host: Mapping | None, host_key: str | None) -> str | None:
+def _table(weights: Mapping[str, np.ndarray], suffix: str, host: HostRecipe | None, host_key: str | None) -> str | None:
     """The 2-D embedding table whose name ends in `suffix`; where a host recipe reads one, it must be that."""
     found = [name for name, value in weights.items() if name.split("/")[-1] == suffix and np.ndim(value) == 2]
     if host is not None and host_key is not None:
-        named = host["embedding_output"][host_key]
+        named = getattr(host.embedding_output, host_key)
         if found and named not in found:
             raise ServingError(
                 f"the host recipe reads {named} as the {suffix} table, but the artifact's is {found[0]}; {REBUILD}"
@@ -359,9 +312,9 @@ def _table(weights: Mapping[str, np.ndarray], suffix: str, host: Mapping | None,
     return found[0] if len(found) == 1 else None
 
 
-def input_limits(manifest: Mapping, weights: Mapping[str, np.ndarray]) -> dict[str, int]:
+def input_limits(manifest: Manifest, weights: Mapping[str, np.ndarray]) -> dict[str, int]:
     """The id limits from the embedding tables' own rows (a manifest's input_limits may only lower them)."""
-    host = manifest.get("host")
+    host = manifest.host
     limits = {}
     for key, suffix, host_key in (
         ("input_ids", WORD_TABLE, "word_embeddings"),
@@ -373,9 +326,8 @@ def input_limits(manifest: Mapping, weights: Mapping[str, np.ndarray]) -> dict[s
                 f"the artifact has no {suffix} table the runtime can recognise, so {key} cannot be bounded; {REBUILD}"
             )
         limits[key] = int(np.shape(weights[table])[0])
-    recorded = manifest.get("input_limits")
-    for key, limit in recorded.items() if isinstance(recorded, dict) else []:
-        if key in limits and isinstance(limit, int) and 0 < limit < limits[key]:
+    for key, limit in (manifest.input_limits or {}).items():
+        if key in limits and 0 < limit < limits[key]:
             limits[key] = limit
     return limits
 
@@ -383,23 +335,22 @@ def input_limits(manifest: Mapping, weights: Mapping[str, np.ndarray]) -> dict[s
 def parity_gate(weights: Mapping[str, np.ndarray], recorded=None) -> float:
     """The self-check's gate from the narrowest float dtype of the (checked) weights, as verify gates that
     precision; a gate recorded in the manifest may only be tighter."""
-    from bertc.evaluate.verify import GATES
-
     dtypes = {np.asarray(value).dtype.name for value in weights.values()}
-    gate = GATES["bf16"] if "bfloat16" in dtypes else GATES["fp16"] if "float16" in dtypes else GATES["fp32"]
+    gates = PARITY_GATES
+    gate = gates["bf16"] if "bfloat16" in dtypes else gates["fp16"] if "float16" in dtypes else gates["fp32"]
     if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and 0 <= recorded < gate:
         return float(recorded)
     return gate
 
 
-def load_weights(path: str | Path, manifest: Mapping | None = None) -> dict[str, np.ndarray]:
+def load_weights(path: str | Path, manifest: Manifest | None = None) -> dict[str, np.ndarray]:
     """The weights the manifest lists, from weights.safetensors (bf16 is stored as safetensors' BF16)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     folder = stablehlo_folder(path)
-    manifest = manifest or read_manifest(folder)
-    file = artifact_file(folder, manifest["weights"]["file"], "the weights file")
+    manifest = manifest or load_manifest(folder)
+    file = artifact_file(folder, manifest.weights.file, "the weights file")
     if not file.is_file():
         raise ServingError(
             f"{file} is missing. The benchmark bundles leave the weights out: "
@@ -416,49 +367,44 @@ def load_weights(path: str | Path, manifest: Mapping | None = None) -> dict[str,
 
 
 def regenerate_weights(
-    manifest: Mapping, check: bool = True, drawn: dict[tuple, np.ndarray] | None = None
+    manifest: Manifest | Mapping, check: bool = True, drawn: dict[tuple, np.ndarray] | None = None
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """The weights remade with NumPy from the seed in the manifest, with bertc's transforms replayed
     (fold_scale's query scaling, the precision map's dtype); returns (weights, names whose digest differs).
 
     Only for models made from a preset's seeded random weights (bertc.model.weights); a digest that
     differs means another NumPy draws other numbers: timings still hold, parity does not. `drawn`
-    keeps the float32 draws between calls (several precisions of one model draw the same numbers).
+    keeps the float32 draws between calls (several precisions of one model draw the same numbers). A manifest
+    given as JSON (a dict) is read as `load_manifest` reads one.
     """
-    try:
-        return _regenerate(manifest, check, drawn)
-    except (KeyError, TypeError, ValueError) as error:
-        raise ServingError(
-            f"the manifest's regeneration recipe is incomplete ({type(error).__name__}: {error}); {REBUILD}"
-        ) from None
-
-
-def _regenerate(
-    manifest: Mapping, check: bool, drawn: dict[tuple, np.ndarray] | None
-) -> tuple[dict[str, np.ndarray], list[str]]:
     from bertc.model.config import BertConfig
     from bertc.model.weights import random_weight
 
-    recipe = manifest["weights"].get("regenerate")
-    if not recipe:
+    if not isinstance(manifest, Manifest):
+        try:
+            manifest = parse_manifest(manifest)
+        except RecordError as error:
+            raise ServingError(f"{error}; {REBUILD}") from None
+    recipe = manifest.weights.regenerate
+    if recipe is None:
         raise ServingError(
             "this artifact's weights cannot be regenerated (they are not a preset's seeded random weights); "
             "keep weights.safetensors beside the manifest."
         )
-    config = BertConfig(initializer_range=recipe["initializer_range"])
+    config = BertConfig(initializer_range=recipe.initializer_range)
     weights, differ = {}, []
-    for name, entry in manifest["weights"]["tensors"].items():
-        key = (entry["source"], tuple(entry["shape"]), recipe["initializer_range"], recipe["seed"])
+    for name, entry in manifest.weights.tensors.items():
+        key = (entry.source, tuple(entry.shape), recipe.initializer_range, recipe.seed)
         if drawn is not None and key in drawn:
             value = drawn[key]
         else:
-            value = random_weight(entry["source"], tuple(entry["shape"]), config, recipe["seed"])
+            value = random_weight(entry.source, tuple(entry.shape), config, recipe.seed)
             if drawn is not None:
                 drawn[key] = value
-        if entry.get("scale") is not None:
-            value = (value * np.float32(entry["scale"])).astype(np.float32)
-        value = value.astype(numpy_dtype(entry["dtype"]))
-        if check and tensor_digest(value) != entry["sha256"]:
+        if entry.scale is not None:
+            value = (value * np.float32(entry.scale)).astype(np.float32)
+        value = value.astype(numpy_dtype(entry.dtype))
+        if check and tensor_digest(value) != entry.sha256:
             differ.append(name)
         weights[name] = value
     return weights, differ
@@ -496,32 +442,30 @@ def module_parameters(content: bytes | str) -> list[str] | None:
     return []
 
 
-def expected_parameters(manifest: Mapping, entry: Mapping) -> list[str]:
+def expected_parameters(manifest: Manifest, entry: Module) -> list[str]:
     """The parameter types a module entry promises: its inputs at its batch size and width, then the weights."""
-    inputs = iter(entry["inputs"])
+    inputs = iter(entry.inputs)
     expected = []
-    for parameter in manifest["parameters"]:
-        shape = next(inputs) if parameter["kind"] == "input" else parameter["shape"]
-        element = _ELEMENT_TYPES.get(parameter["dtype"], parameter["dtype"])
+    for parameter in manifest.parameters:
+        shape = next(inputs) if parameter.kind == "input" else parameter.shape
+        element = _ELEMENT_TYPES.get(parameter.dtype, parameter.dtype)
         expected.append("x".join([*map(str, shape), element]))
     return expected
 
 
-def _check_input_memory(manifest: Mapping, file: Path) -> None:
+def _check_input_memory(manifest: Manifest, file: Path) -> None:
     """The inputs of the largest module (the rows a chunk is padded to) must fit in this machine's memory."""
-    from bertc.driver.limits import available_memory
-
     available = available_memory()
-    inputs = [parameter for parameter in manifest["parameters"] if parameter["kind"] == "input"]
-    for entry in manifest["modules"]:
+    for entry in manifest.modules:
         needed = sum(
-            int(np.prod(shape, dtype=np.float64)) * numpy_dtype(parameter["dtype"]).itemsize
-            for shape, parameter in zip(entry["inputs"], inputs)
+            int(np.prod(shape, dtype=np.float64)) * numpy_dtype(parameter.dtype).itemsize
+            for shape, parameter in zip(entry.inputs, manifest.inputs())
         )
         _need(
             available is None or needed <= available,
             file,
-            f"the {module_label(entry, manifest.get('length') is not None)} module's inputs alone take "
+            f"the {module_label(entry.batch_size, entry.seq_len, manifest.length is not None)} module's inputs "
+            "alone take "
             f"{needed / 2**30:.1f} GiB, more than the {(available or 0) / 2**30:.1f} GiB of memory available",
         )
 
@@ -581,18 +525,19 @@ class Runtime:
         from jax.extend import backend
 
         self.folder = stablehlo_folder(path)
-        self.manifest = read_manifest(self.folder)
+        self.manifest = load_manifest(self.folder)
         _check_input_memory(self.manifest, self.folder / MANIFEST)  # NOTE: before anything is allocated
-        self.seq_len = int(self.manifest["seq_len"])
-        length = self.manifest.get("length")
-        self.widths = list(length["sizes"]) if length else [self.seq_len]  # ascending; the last is seq_len
+        self.seq_len = self.manifest.seq_len
+        length = self.manifest.length
+        self.widths = list(length.sizes) if length else [self.seq_len]  # ascending; the last is seq_len
         self.bucketed = length is not None
-        self._modules = {(entry["batch_size"], entry["seq_len"]): entry for entry in self.manifest["modules"]}
+        self.host = self.manifest.host
+        self._modules = {(entry.batch_size, entry.seq_len): entry for entry in self.manifest.modules}
         self.batch_sizes = sorted({batch for batch, _ in self._modules})
         for key, entry in self._modules.items():  # every file the modules name, before anything is compiled
             for kind in ("bytecode", "text"):
-                if entry.get(kind):
-                    artifact_file(self.folder, entry[kind], f"the {self._label(*key)} module")
+                if getattr(entry, kind):
+                    artifact_file(self.folder, getattr(entry, kind), f"the {self._label(*key)} module")
         # Weights read from the artifact are checked against the manifest's digests; weights passed in
         # (regenerate_weights, which reports digests itself) by shape and dtype.
         if weights is not None:
@@ -601,7 +546,7 @@ class Runtime:
         else:
             weights = load_weights(self.folder, self.manifest)
         self.input_limits = input_limits(self.manifest, weights)
-        self.gate = parity_gate(weights, (self.manifest.get("reference") or {}).get("tolerance"))
+        self.gate = parity_gate(weights, self.manifest.reference and self.manifest.reference.tolerance)
         self._check_seq_len(weights)
         self.client = _backend(backend, platform)
         devices = self.client.local_devices()
@@ -616,43 +561,39 @@ class Runtime:
     def _place_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         import jax
 
-        parameters = self.manifest["parameters"]
-        self.input_names = [entry["name"] for entry in parameters if entry["kind"] == "input"]
-        self.host = self.manifest.get("host")
-        host_names = set(_host_weight_names(self.host)) if self.host else set()
+        parameters = self.manifest.parameters
+        self.input_names = [entry.name for entry in self.manifest.inputs()]
+        host_names = set(self.host.weight_names()) if self.host else set()
         self.host_weights = {name: weights[name] for name in host_names}
         # NOTE: the weights go to the device once; every call passes the same device buffers.
         self.device_weights = [
-            jax.device_put(weights[entry["name"]], self.device) for entry in parameters if entry["kind"] == "weight"
+            jax.device_put(weights[entry.name], self.device) for entry in parameters if entry.kind == "weight"
         ]
 
     def _label(self, batch_size: int, width: int) -> str:
-        return module_label({"batch_size": batch_size, "seq_len": width}, self.bucketed)
+        return module_label(batch_size, width, self.bucketed)
 
     def _check_seq_len(self, weights: Mapping[str, np.ndarray]) -> None:
         """seq_len is what the modules take (their first input's dimension 1 is their width, the largest width
         seq_len) and what the position table holds."""
-        inputs = [entry["name"] for entry in self.manifest["parameters"] if entry["kind"] == "input"]
-        first = "embedding_output" if self.host_recipe() else "input_ids"
+        inputs = [entry.name for entry in self.manifest.inputs()]
+        first = "embedding_output" if self.host else "input_ids"
         file = self.folder / MANIFEST
         _need(first in inputs, file, f"the modules take no {first}")
         for (batch_size, width), entry in self._modules.items():
-            shape = entry["inputs"][inputs.index(first)]
+            shape = entry.inputs[inputs.index(first)]
             _need(
                 len(shape) >= 2 and shape[1] == width,
                 file,
                 f"the {self._label(batch_size, width)} module's {first} is {shape}, not {width} tokens long",
             )
-        table = _table(weights, POSITION_TABLE, self.host_recipe(), "position_embeddings")
+        table = _table(weights, POSITION_TABLE, self.host, "position_embeddings")
         if table is not None:
             _need(
                 np.shape(weights[table])[0] >= self.seq_len,
                 file,
                 f"seq_len {self.seq_len} exceeds the {np.shape(weights[table])[0]} rows of {table}",
             )
-
-    def host_recipe(self) -> Mapping | None:
-        return self.manifest.get("host")
 
     @property
     def platform(self) -> str:
@@ -680,7 +621,7 @@ class Runtime:
             start = time.perf_counter()
             errors = []
             for kind in ("bytecode", "text"):
-                if not entry.get(kind):
+                if not getattr(entry, kind):
                     continue
                 try:
                     module = self._read_module(entry, kind, self._label(*key))
@@ -693,7 +634,7 @@ class Runtime:
                     break
                 except Exception as error:  # an older consumer may not read the producer's bytecode: try the text
                     errors.append(
-                        f"{entry[kind]}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                        f"{getattr(entry, kind)}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
                     )
             else:
                 raise ServingError(
@@ -702,7 +643,7 @@ class Runtime:
             self.compile_seconds[key if self.bucketed else batch_size] = time.perf_counter() - start
         return self._executables[key]
 
-    def _check_parameters(self, entry: Mapping, kind: str, module: bytes | str, label: str) -> None:
+    def _check_parameters(self, entry: Module, kind: str, module: bytes | str, label: str) -> None:
         """The module takes what its manifest entry promises (a relabelled module is refused, not compiled)."""
         found, expected = module_parameters(module), expected_parameters(self.manifest, entry)
         if found is not None and found != expected:
@@ -712,25 +653,27 @@ class Runtime:
                 if differ is not None
                 else f"it takes {len(found)} parameters, not {len(expected)}"
             )
-            raise ServingError(f"{entry[kind]} is not the {label} module the manifest lists: {where}; {REBUILD}")
+            name = getattr(entry, kind)
+            raise ServingError(f"{name} is not the {label} module the manifest lists: {where}; {REBUILD}")
 
-    def _read_module(self, entry: Mapping, kind: str, label: str) -> bytes | str:
+    def _read_module(self, entry: Module, kind: str, label: str) -> bytes | str:
         """A module file's content, checked against its sha256 in the manifest."""
-        file = artifact_file(self.folder, entry[kind], f"the {label} module")
+        name = getattr(entry, kind)
+        file = artifact_file(self.folder, name, f"the {label} module")
         try:
             content = file.read_bytes()
         except OSError as error:
-            raise ServingError(f"{entry[kind]}: cannot be read ({error})") from None
-        if file_digest(content) != entry[f"{kind}_sha256"]:
+            raise ServingError(f"{name}: cannot be read ({error})") from None
+        if file_digest(content) != getattr(entry, f"{kind}_sha256"):
             raise ServingError(
-                f"{entry[kind]}: does not match its sha256 in the manifest (modified or damaged after the build)"
+                f"{name}: does not match its sha256 in the manifest (modified or damaged after the build)"
             )
         if kind == "bytecode":
             return content
         try:
             return content.decode()
         except UnicodeDecodeError as error:
-            raise ServingError(f"{entry[kind]}: cannot be read ({error})") from None
+            raise ServingError(f"{name}: cannot be read ({error})") from None
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in SERVING_INPUTS if name not in feeds]
@@ -794,7 +737,7 @@ class Runtime:
             }
         inputs = self.device_inputs(feeds)
         entry = self._modules[batch_size, width]
-        for name, shape in zip(self.input_names, entry["inputs"]):
+        for name, shape in zip(self.input_names, entry.inputs):
             if list(inputs[name].shape) != shape:  # a runtime bug, not the caller's: say which module and input
                 raise ServingError(
                     f"the {self._label(batch_size, width)} module takes {name} {shape}; the runtime made "
@@ -812,16 +755,16 @@ class Runtime:
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = self.check_feeds(feeds)
-        names = [entry["name"] for entry in self.manifest["outputs"]]
+        names = [entry.name for entry in self.manifest.outputs]
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for start, stop, size in self.plan_chunks(len(feeds["input_ids"])):
             outputs = self.run_chunk({name: array[start:stop] for name, array in feeds.items()}, size)
             for name, value in zip(names, outputs):
                 parts[name].append(np.asarray(value)[: stop - start])
         if not parts[names[0]]:
-            return {
-                name: np.zeros((0, *entry["shape"][1:]), np.float32)
-                for name, entry in zip(names, self.manifest["outputs"])
+            return {  # an output's dimensions after the batch are static
+                name: np.zeros((0, *(int(dim or 0) for dim in entry.shape[1:])), np.float32)
+                for name, entry in zip(names, self.manifest.outputs)
             }
         return {name: np.concatenate(values) for name, values in parts.items()}
 
@@ -859,31 +802,22 @@ class Runtime:
 
     def _reference_batches(self, file: Path) -> list[tuple[dict, dict, int | None]]:
         """[(feeds, expected outputs, the width TensorFlow ran it at or None)] from the manifest's reference."""
-        reference = self.manifest.get("reference")
-        try:
-            batches = reference["batches"] if self.bucketed else [reference]
-            result = []
-            for batch in batches:
-                feeds = {name: np.asarray(batch[name], np.int32) for name in SERVING_INPUTS}
-                expected = {key: np.asarray(batch[key], np.float32) for key in ("probabilities", "logits")}
-                width = batch["width"] if self.bucketed else None
-                _need(width is None or isinstance(width, int), file, f"a reference width is {width!r}")
-                result.append((feeds, expected, width))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ServingError(
-                f"{file}: the reference batch is incomplete ({type(error).__name__}: {error}); {REBUILD}"
-            ) from None
-        _need(result, file, "the reference has no batches")
+        reference = self.manifest.reference
+        batches = reference.batch_list(self.bucketed) if reference is not None else []
+        _need(batches, file, "the reference batch is incomplete: the manifest lists none")
+        result = []
+        for batch in batches:
+            arrays = {name: getattr(batch, name) for name in (*SERVING_INPUTS, "probabilities", "logits")}
+            lacks = [name for name, value in arrays.items() if value is None]
+            lacks += ["width"] if self.bucketed and batch.width is None else []
+            _need(not lacks, file, f"the reference batch is incomplete: it lacks {', '.join(lacks)}")
+            _need(not self.bucketed or isinstance(batch.width, int), file, f"a reference width is {batch.width!r}")
+            try:
+                feeds = {name: np.asarray(arrays[name], np.int32) for name in SERVING_INPUTS}
+                expected = {key: np.asarray(arrays[key], np.float32) for key in ("probabilities", "logits")}
+            except (TypeError, ValueError) as error:
+                raise ServingError(
+                    f"{file}: the reference batch is incomplete ({type(error).__name__}: {error}); {REBUILD}"
+                ) from None
+            result.append((feeds, expected, batch.width if self.bucketed else None))
         return result
-
-
-def _host_weight_names(host: Mapping) -> list[str]:
-    embedding = host["embedding_output"]
-    norm = embedding["layer_norm"]
-    return [
-        embedding["word_embeddings"],
-        embedding["token_type_embeddings"],
-        embedding["position_embeddings"],
-        norm["gamma"],
-        norm["beta"],
-    ]

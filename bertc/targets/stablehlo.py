@@ -57,6 +57,23 @@ from bertc.ir.graph import (
     static_shapes,
 )
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.runtime.manifest import (
+    EmbeddingRecipe,
+    HostRecipe,
+    LayerNormRecipe,
+    Length,
+    Manifest,
+    MaskRecipe,
+    Module,
+    Parameter,
+    Reference,
+    ReferenceBatch,
+    Regeneration,
+    Tensor,
+    Weights,
+    WeightTensor,
+    manifest_json,
+)
 from bertc.runtime.portable import (
     BUCKETS_FORMAT,
     FORMAT,
@@ -99,7 +116,7 @@ class PortableBuild:
     inputs: list[dict]  # the modules' leading parameters: name, shape (batch and bucketed lengths null), dtype
     weight_names: list[str]  # then its weights, in this order
     outputs: list[dict]
-    host: dict | None  # the NumPy recipe of the host part; None: the module takes the serving inputs
+    host: HostRecipe | None  # the NumPy recipe of the host part; None: the module takes the serving inputs
     modules: tuple[Emitted, ...]
     input_limits: Mapping[str, int] | None
     model_shape: dict | None  # layers, hidden, heads, ...: what a benchmark needs to build the same model elsewhere
@@ -324,7 +341,7 @@ def portable_artifact(text: str) -> tuple[bytes, str]:
 # ---- the host part as a NumPy recipe -------------------------------------------------------------
 
 
-def host_recipe(host: Graph, seq_len: int) -> dict:
+def host_recipe(host: Graph, seq_len: int) -> HostRecipe:
     """The host part (embedding lookups + LayerNorm, the mask) -> the recipe bertc.runtime.stablehlo computes it from,
     checked against TensorFlow running the host part on seeded batches."""
     if set(host.outputs) != set(HOST_KEYS):
@@ -341,17 +358,17 @@ def host_recipe(host: Graph, seq_len: int) -> dict:
             f"target=stablehlo: the host part has no {', '.join(absent)} where BERT's embedding has one; "
             "use partition=none."
         )
-    recipe = {
-        "embedding_output": {
-            "word_embeddings": found["word"][0],
-            "token_type_embeddings": found["token type"][0],
-            "position_embeddings": found["position"][0],
-            "layer_norm": {"gamma": found["gamma"][0], "beta": found["beta"][0], "epsilon": found["epsilon"][0]},
-            "dtype": shapes["embedding_output"][1],
-            "formula": "LayerNorm((word[input_ids] + token_type[segment_ids]) + position[:seq_len]), float32",
-        },
-        "attention_mask": _mask_recipe(nodes_by_name(host.graph_def), shapes["attention_mask"], seq_len),
-    }
+    recipe = HostRecipe(
+        embedding_output=EmbeddingRecipe(
+            word_embeddings=found["word"][0],
+            token_type_embeddings=found["token type"][0],
+            position_embeddings=found["position"][0],
+            layer_norm=LayerNormRecipe(gamma=found["gamma"][0], beta=found["beta"][0], epsilon=found["epsilon"][0]),
+            dtype=shapes["embedding_output"][1],
+            formula="LayerNorm((word[input_ids] + token_type[segment_ids]) + position[:seq_len]), float32",
+        ),
+        attention_mask=_mask_recipe(nodes_by_name(host.graph_def), shapes["attention_mask"], seq_len),
+    )
     _check_recipe(host, recipe, seq_len)
     return recipe
 
@@ -394,32 +411,32 @@ def _output_specs(part: Graph) -> dict[str, tuple[list, str]]:
     return result
 
 
-def _mask_recipe(nodes, spec: tuple[list, str], seq_len: int) -> dict:
+def _mask_recipe(nodes, spec: tuple[list, str], seq_len: int) -> MaskRecipe:
     shape, dtype = spec
     if shape[1:] == [1, 1, seq_len] and f"{ATTENTION_BIAS_SCOPE}/value" in nodes:
         value = float(const_value(nodes[f"{ATTENTION_BIAS_SCOPE}/value"]))
-        return {
-            "form": "bias",
-            "bias_value": value,
-            "dtype": dtype,
-            "shape": [None, 1, 1, seq_len],
-            "formula": "(1 - float32(input_mask))[:, None, None, :] * bias_value",
-        }
+        return MaskRecipe(
+            form="bias",
+            bias_value=value,
+            dtype=dtype,
+            shape=[None, 1, 1, seq_len],
+            formula="(1 - float32(input_mask))[:, None, None, :] * bias_value",
+        )
     if shape[1:] == [seq_len, seq_len]:
-        return {
-            "form": "mask",
-            "dtype": dtype,
-            "shape": [None, seq_len, seq_len],
-            "formula": "float32(input_mask)[:, None, :] broadcast over the from axis (mask=original)",
-        }
+        return MaskRecipe(
+            form="mask",
+            dtype=dtype,
+            shape=[None, seq_len, seq_len],
+            formula="float32(input_mask)[:, None, :] broadcast over the from axis (mask=original)",
+        )
     raise GraphError(
         f"target=stablehlo: the attention mask boundary is {shape} {dtype}; "
         "the runtime knows [B,1,1,T] biases and [B,F,T] masks."
     )
 
 
-def _check_recipe(host: Graph, recipe: dict, seq_len: int) -> None:
-    vocab = host.weights[recipe["embedding_output"]["word_embeddings"]].shape[0]
+def _check_recipe(host: Graph, recipe: HostRecipe, seq_len: int) -> None:
+    vocab = host.weights[recipe.embedding_output.word_embeddings].shape[0]
     for batch in synthetic_batches(2, 3, seq_len, vocab, seed=7):
         feeds = batch.feeds()
         expected = run_graph(host, feeds)
@@ -456,37 +473,32 @@ def write_portable(module: CompiledBert, build: PortableBuild, artifact: Path, o
     save_file({name: np.ascontiguousarray(weights[name]) for name in sorted(weights)}, str(folder / WEIGHTS_FILE))
     length = None
     if build.buckets:
-        length = {"mode": "buckets", "sizes": list(build.buckets), "rule": LENGTH_RULE, "computed_by": "the runtime"}
-    manifest = {
-        "format": BUCKETS_FORMAT if build.buckets else FORMAT,
-        "fingerprint": options.fingerprint,
-        "precision": options.precision,
-        "seq_len": build.seq_len,
-        "length": length,
-        "model_shape": build.model_shape,
-        "tensorflow": tf.__version__,
-        "serving_inputs": [{"name": name, "dtype": "int32", "shape": [None, build.seq_len]} for name in SERVING_INPUTS],
-        "input_limits": build.input_limits,
-        "host": build.host,
-        "modules": modules,
-        "parameters": [{"kind": "input", **entry} for entry in build.inputs]
+        length = Length(mode="buckets", sizes=list(build.buckets), rule=LENGTH_RULE, computed_by="the runtime")
+    manifest = Manifest(
+        format=BUCKETS_FORMAT if build.buckets else FORMAT,
+        fingerprint=options.fingerprint,
+        precision=options.precision,
+        seq_len=build.seq_len,
+        length=length,
+        model_shape=build.model_shape,
+        tensorflow=tf.__version__,
+        serving_inputs=[Tensor(name=name, dtype="int32", shape=[None, build.seq_len]) for name in SERVING_INPUTS],
+        input_limits=dict(build.input_limits) if build.input_limits is not None else None,
+        host=build.host,
+        modules=modules,
+        parameters=[Parameter(kind="input", **entry) for entry in build.inputs]
         + [
-            {
-                "kind": "weight",
-                "name": name,
-                "shape": list(weights[name].shape),
-                "dtype": weights[name].dtype.name,
-            }
+            Parameter(kind="weight", name=name, shape=list(weights[name].shape), dtype=weights[name].dtype.name)
             for name in build.weight_names
         ],
-        "outputs": build.outputs,
-        "weights": {"file": WEIGHTS_FILE, **_regeneration(weights, options)},
-        "reference": _reference(module, options, build),
-    }
-    (folder / MANIFEST).write_text(_json(manifest) + "\n")
+        outputs=[Tensor(**entry) for entry in build.outputs],
+        weights=_regeneration(weights, options),
+        reference=_reference(module, options, build),
+    )
+    (folder / MANIFEST).write_text(_json(manifest_json(manifest)) + "\n")
 
 
-def _write_modules(folder: Path, build: PortableBuild) -> list[dict]:
+def _write_modules(folder: Path, build: PortableBuild) -> list[Module]:
     """Each module as text and bytecode -> its manifest entry: batch size, width, input shapes, files, digests."""
     entries = []
     for emitted in build.modules:
@@ -494,16 +506,16 @@ def _write_modules(folder: Path, build: PortableBuild) -> list[dict]:
         (folder / text_name).write_text(emitted.text)
         (folder / bytecode_name).write_bytes(emitted.bytecode)
         entries.append(
-            {
-                "batch_size": emitted.batch_size,
-                "seq_len": emitted.width,
-                "inputs": [list(shape) for shape in emitted.inputs],
-                "text": text_name,
-                "text_sha256": file_digest(emitted.text.encode()),
-                "bytecode": bytecode_name,
-                "bytecode_sha256": file_digest(emitted.bytecode),
-                "stablehlo_version": emitted.version,
-            }
+            Module(
+                batch_size=emitted.batch_size,
+                seq_len=emitted.width,
+                inputs=[list(shape) for shape in emitted.inputs],
+                text=text_name,
+                text_sha256=file_digest(emitted.text.encode()),
+                bytecode=bytecode_name,
+                bytecode_sha256=file_digest(emitted.bytecode),
+                stablehlo_version=emitted.version,
+            )
         )
     return entries
 
@@ -519,53 +531,65 @@ def _json(value, indent: str = "") -> str:
     return json.dumps(value)
 
 
-def _regeneration(weights: Mapping[str, np.ndarray], options: TargetOptions) -> dict:
+def _regeneration(weights: Mapping[str, np.ndarray], options: TargetOptions) -> Weights:
     """Per weight: digest, dtype, and (for a preset's seeded weights) how to remake it with NumPy, each
     recipe checked here by remaking the weight and comparing bytes."""
-    tensors: dict[str, dict[str, Any]] = {
-        name: {
-            "shape": list(value.shape),
-            "dtype": value.dtype.name,
-            "sha256": tensor_digest(value),
-            "source": name,
-            "scale": None,
-        }
-        for name, value in sorted(weights.items())
+    digests = {name: tensor_digest(value) for name, value in sorted(weights.items())}
+    scales: dict[str, float | None] = {}
+    recipe: Regeneration | None = None
+    note = None
+    if options.seeded_preset is not None:
+        recipe, note = _seeded_recipe(weights, digests, scales, options.seeded_preset, options.scale_folded)
+    tensors = {
+        name: WeightTensor(
+            shape=list(weights[name].shape),
+            dtype=weights[name].dtype.name,
+            sha256=digest,
+            source=name,
+            scale=scales.get(name),
+        )
+        for name, digest in digests.items()
     }
-    if options.seeded_preset is None:
-        return {"regenerate": None, "tensors": tensors}
+    return Weights(file=WEIGHTS_FILE, regenerate=recipe, regenerate_note=note, tensors=tensors)
+
+
+def _seeded_recipe(
+    weights: Mapping[str, np.ndarray],
+    digests: Mapping[str, str],
+    scales: dict[str, float | None],
+    seeded_preset: tuple[str, int],
+    scale_folded: bool,
+) -> tuple[Regeneration | None, str | None]:
+    """How to remake a preset's seeded weights -> (the recipe, or None and why not); `scales` gets the factor
+    each weight was found to be drawn with (fold_scale's query scaling), in order, up to the first it cannot remake."""
     from bertc.model.config import preset
     from bertc.model.weights import random_weight
 
-    size, seed = options.seeded_preset
+    size, seed = seeded_preset
     config = preset(size)
-    scales = [None] + ([float(np.float32(1.0 / math.sqrt(float(config.head_size))))] if options.scale_folded else [])
-    for name, entry in tensors.items():
-        base = random_weight(name, tuple(entry["shape"]), config, seed)
-        for scale in scales:
+    candidates = [None] + ([float(np.float32(1.0 / math.sqrt(float(config.head_size))))] if scale_folded else [])
+    for name, digest in digests.items():
+        base = random_weight(name, tuple(weights[name].shape), config, seed)
+        for scale in candidates:
             value = base if scale is None else (base * np.float32(scale)).astype(np.float32)
-            if tensor_digest(value.astype(weights[name].dtype)) == entry["sha256"]:
-                entry["scale"] = scale
+            if tensor_digest(value.astype(weights[name].dtype)) == digest:
+                scales[name] = scale
                 break
         else:
-            return {
-                "regenerate": None,
-                "regenerate_note": f"{name} is not a transform bertc knows of its seeded value",
-                "tensors": tensors,
-            }
-    recipe = {
-        "generator": "bertc.model.weights.random_weight",
-        "size": size,
-        "seed": seed,
-        "initializer_range": config.initializer_range,
-        "steps": (
+            return None, f"{name} is not a transform bertc knows of its seeded value"
+    recipe = Regeneration(
+        generator="bertc.model.weights.random_weight",
+        size=size,
+        seed=seed,
+        initializer_range=config.initializer_range,
+        steps=(
             "random_weight(source, shape) [* float32(scale), in float32] -> astype(dtype); digest sha256 of the bytes"
         ),
-    }
-    return {"regenerate": recipe, "tensors": tensors}
+    )
+    return recipe, None
 
 
-def _reference(module: CompiledBert, options: TargetOptions, build: PortableBuild) -> dict:
+def _reference(module: CompiledBert, options: TargetOptions, build: PortableBuild) -> Reference:
     """Seeded batches and what the TensorFlow build computes for them: the runtime's self-check, anywhere.
 
     Without buckets, one batch. With buckets, one batch per bucket (its longest row the bucket's size,
@@ -576,11 +600,7 @@ def _reference(module: CompiledBert, options: TargetOptions, build: PortableBuil
     note = "outputs of model/ (TensorFlow, XLA on the build machine's CPU) for these inputs"
     if not buckets:
         batch = synthetic_batches(1, options.batch_size, options.seq_len, vocab, seed=11)[0]
-        return {
-            **_reference_batch(module, batch.feeds()),
-            "tolerance": options.gate_tolerance,
-            "note": note,
-        }
+        return Reference(**_reference_batch(module, batch.feeds()), tolerance=options.gate_tolerance, note=note)
     rng = np.random.default_rng(11)
     batches = []
     for index, size in enumerate(buckets):
@@ -591,14 +611,15 @@ def _reference(module: CompiledBert, options: TargetOptions, build: PortableBuil
     fallback = synthetic_feeds(rng.integers(1, buckets[0] + 1, options.batch_size), options.seq_len, vocab, seed=10)
     fallback["input_mask"][-1, options.seq_len - 1] = 1  # a 1 after a 0: not right-padded, the full length
     batches.append(fallback)
-    return {
-        "batches": [_reference_batch(module, feeds) for feeds in batches],
-        "tolerance": options.gate_tolerance,
-        "note": note + "; width: the sequence length that build ran each batch at",
-    }
+    return Reference(
+        batches=[ReferenceBatch(**_reference_batch(module, feeds)) for feeds in batches],
+        tolerance=options.gate_tolerance,
+        note=note + "; width: the sequence length that build ran each batch at",
+    )
 
 
-def _reference_batch(module: CompiledBert, feeds: Mapping[str, np.ndarray]) -> dict:
+def _reference_batch(module: CompiledBert, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A ReferenceBatch's fields: the feeds, (with buckets) the width the build ran them at, its outputs."""
     outputs = module.serve(**{key: tf.constant(value) for key, value in feeds.items()})
     entry = {key: value.tolist() for key, value in feeds.items()}
     if module.length is not None:
