@@ -37,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-from compare import PRESETS, REPO, compile_candidate, export, log, machine_info, matmul_rate, useful_flops
+from compare import PRESETS, REPO, compile_candidate, log, machine_info, matmul_rate, useful_flops
+from compile_memory import export
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+) = (.+?) ([a-z][\w\-]*)\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+) .*\{\s*$")
