@@ -37,7 +37,6 @@ per-round figures, to `<workdir>/results.md` and `results.json`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -49,68 +48,21 @@ import time
 from pathlib import Path
 
 import peers  # bench/peers.py: the script's folder is on sys.path
+from omegaconf import OmegaConf
+
+from bertc.evaluate.bench import interleaved_rounds, warm_up
+from bertc.evaluate.spread import throughput_per_round
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> bertc overrides. removal=training and mask=reimpl are bertc's defaults, spelled out so that
-# a change of default does not silently change what a row means.
-_REWRITES = "removal=training mask=reimpl partition=none"
-PRESETS: dict[str, str] = {
-    "fp32_none": "precision=fp32 removal=none mask=original partition=none target=tf",
-    "fp32": f"precision=fp32 {_REWRITES} target=tf",
-    "fp32_fold": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=tf",
-    "fp32_xla": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla",
-    "bf16_tf": f"precision=mixed_bf16 {_REWRITES} target=tf",
-    "bf16_xla": f"precision=mixed_bf16 {_REWRITES} target=xla",
-    "bf16_fold_tf": f"precision=mixed_bf16 {_REWRITES} mask.fold_scale=true target=tf",
-    "bf16_fold_xla": f"precision=mixed_bf16 {_REWRITES} mask.fold_scale=true target=xla",
-    # issue 15: compute only the real tokens
-    "fp32_trim": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=tf length=trim",
-    "fp32_xla_buckets": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla length=buckets",
-    "fp32_xla_buckets16": (
-        f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla length=buckets "
-        "length.sizes=[16,32,48,64,80,96,112,128]"
-    ),
-    # issue 22: the real tokens of the whole batch in one [T, H] matrix
-    "fp32_pack": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=tf length=pack",
-    "fp32_xla_pack": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=xla length=pack",
-    # issue 25: ONNX Runtime as bertc's target, with bertc's in-graph length rewrites
-    "fp32_ort": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=onnxruntime",
-    "fp32_ort_trim": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=onnxruntime length=trim",
-    "fp32_ort_pack": f"precision=fp32 {_REWRITES} mask.fold_scale=true target=onnxruntime length=pack",
-    # issue 25: int8 by role (dense layers of attention and FFN), quantized by ONNX Runtime, dynamic activations
-    "int8_ort_trim": f"precision=int8 {_REWRITES} mask.fold_scale=true target=onnxruntime length=trim",
-    "int8_ort_pack": f"precision=int8 {_REWRITES} mask.fold_scale=true target=onnxruntime length=pack",
-}
-DEFAULT_CANDIDATES = (
-    "fp32",
-    "fp32_xla",
-    "fp32_trim",
-    "fp32_xla_buckets16",
-    "fp32_pack",
-    "fp32_ort_trim",
-    "fp32_ort_pack",
-    "int8_ort_trim",
-    "int8_ort_pack",
-)
+# The candidate presets (name -> bertc overrides), the default candidates and the goals: data, in compare.yaml.
+SETUP = OmegaConf.to_container(OmegaConf.load(Path(__file__).with_name("compare.yaml")), resolve=True)
+PRESETS: dict[str, str] = SETUP["presets"]
+DEFAULT_CANDIDATES: list[str] = SETUP["default_candidates"]
+GOALS: dict[str, dict[str, float]] = SETUP["goals"]  # full_length, real_lengths, int8: goal -> its ratio
+DEFAULT_WORDS = set(SETUP["rewrites"].split()) | {"target=tf"}  # bertc's defaults, left out of a row's `how`
 CUT_MODES = ("length=trim", "length=buckets", "length=pack")
-GOALS = {"bf16_vs_original": 2.0, "bf16_vs_ort": 1.7, "fp32_vs_original": 1.15, "bf16_parity": 3e-2}
-# On MRPC lengths at fp32: issue 15 (vs the user's model, the batch-max bound) and issue 22 (vs the best
-# fp32 peer fed its best way, the real-token bound).
-LENGTH_GOALS = {
-    "vs_original": 1.6,
-    "vs_peer": 1.2,
-    "latency_vs_original": 0.55,
-    "latency_vs_peer": 1.0,
-    "batch_max_fraction": 0.85,
-    "real_token_fraction": 0.85,
-    "parity": 1e-5,
-    "full_vs_best": 0.97,
-}
-INT8_GOALS = {"vs_int8_peer": 1.2, "latency_vs_int8_peer": 1.0}  # issue 25, on MRPC lengths
 ORIGINAL, ORT = "original", "onnxruntime"
-DEFAULT_WORDS = set(_REWRITES.split()) | {"target=tf"}
-PEER_PACKAGES = ("onnxruntime", "tf2onnx", "onnx", "openvino", "ctranslate2", "torch", "transformers")
 
 
 def log(message: str) -> None:
@@ -185,34 +137,18 @@ def compile_candidate(name: str, overrides: str, model: Path, runs: Path, reuse:
 
 
 def build_peer_formats(work: Path, args, heads: int, hidden: int) -> dict:
-    """The ONNX model and the CTranslate2 folder, each in its own process; step -> status."""
-    found = {name: importlib.util.find_spec(name) is not None for name in PEER_PACKAGES}
-    exporter = {"auto": "auto", "bert": "torch", "bert_tf": "tf2onnx"}[args.ort_model_type]
-    steps = {
-        "onnx": (
-            ["onnx", str(work), str(heads), str(hidden), str(args.opset), exporter],
-            work / "onnx" / "fusion.json",
-            not args.no_onnx
-            and found["onnxruntime"]
-            and found["onnx"]
-            and (found["tf2onnx"] or (found["torch"] and found["transformers"])),
-        ),
-        "ct2": (
-            ["ct2", str(work)],
-            work / "ct2" / "model.bin",
-            found["ctranslate2"] and found["torch"] and found["transformers"],
-        ),
-    }
+    """The peers' own formats of the weights (bench/peers.py build_steps), each in its own process; step -> status."""
+    steps = peers.build_steps(work, heads, hidden, args.opset, peers.ORT_EXPORTERS[args.ort_model_type])
     status = {}
-    for step, (arguments, product, wanted) in steps.items():
-        if not wanted:
+    for step, spec in steps.items():
+        if not spec["installed"] or set(spec["peers"]) <= set(args.skip_peers):
             status[step] = "skipped (left out, or its packages are not installed)"
-        elif args.reuse and product.is_file():
+        elif args.reuse and spec["product"].is_file():
             status[step] = "reused"
         else:
-            shutil.rmtree(product.parent, ignore_errors=True)
+            shutil.rmtree(spec["product"].parent, ignore_errors=True)
             log(f"{step}: converting the HF weights")
-            command = [sys.executable, str(Path(peers.__file__)), *arguments]
+            command = [sys.executable, str(Path(peers.__file__)), *spec["arguments"]]
             code, seconds, tail = run_logged(command, work / f"{step}.log", args.timeout)
             status[step] = f"built in {seconds:.0f}s" if code == 0 else f"failed (exit {code}): {tail[-300:]}"
             log(f"{step}: {status[step]}")
@@ -230,11 +166,7 @@ def load_systems(work: Path, candidates: list[dict], args) -> tuple[dict, dict]:
     }
     absent: dict = {}
     for name, loader in peers.PEERS.items():
-        if (
-            (name.startswith(ORT) and args.no_onnx)
-            or (name == "openvino" and args.no_openvino)
-            or name in args.skip_peers
-        ):
+        if name in args.skip_peers:
             absent[name] = "left out on the command line"
             continue
         start = time.perf_counter()
@@ -251,8 +183,7 @@ def load_systems(work: Path, candidates: list[dict], args) -> tuple[dict, dict]:
         log(f"{name}: loaded in {time.perf_counter() - start:.0f}s ({systems[name].how})")
     for candidate in candidates:
         if candidate.get("path"):
-            engine = peers.OnnxCompiled if (Path(candidate["path"]) / "model.onnx").is_file() else peers.TFCompiled
-            system = engine(candidate["path"], describe(candidate["overrides"]))
+            system = peers.load_compiled(candidate["path"], describe(candidate["overrides"]))
             system.precision = "int8" if kind_of(candidate["overrides"]) == "int8" else "fp32"
             system.static_shape = not any(mode in candidate["overrides"] for mode in CUT_MODES)
             systems[candidate["name"]] = system
@@ -370,76 +301,71 @@ def bounds(config: dict, workloads: dict, rate_gflops: float) -> dict:
 # ---- measuring ------------------------------------------------------------------------------------
 
 
-def warmup_indices(feeds: list, calls: int, every_length: bool = True) -> list[int]:
-    """`calls` batches, then (every_length) the first batch of each distinct longest row: a system that takes
-    a variable length builds its kernels for a shape on its first call (oneDNN primitives, OpenVINO's
-    dynamic-shape kernels, an XLA build's per-bucket compile), and that must not land in a timed round."""
+def first_of_each_length(feeds: list) -> list[int]:
+    """The index of the first batch of each distinct longest row: a system that takes a variable length builds its
+    kernels for a shape on its first call (oneDNN primitives, OpenVINO's dynamic-shape kernels, an XLA build's
+    per-bucket compile), and that must not land in a timed round."""
     first: dict[int, int] = {}
-    for index, batch in enumerate(feeds if every_length else []):
+    for index, batch in enumerate(feeds):
         first.setdefault(int(batch["input_mask"].sum(1).max()), index)
-    return [index % len(feeds) for index in range(calls)] + list(first.values())
+    return list(first.values())
 
 
-def _rounds(systems: dict, prepared: dict, workloads: dict, args) -> tuple[dict, dict]:
-    """Interleaved rounds: per workload, each system in turn (the order rotates each round), each continuing
-    through the batches in file order where its previous round stopped; (name -> load -> call seconds, per round)."""
-    from bertc.evaluate.bench import _timed_calls
-
-    names = list(systems)
-    times = {name: {load: [] for load in workloads} for name in names}
-    per_round = {name: {load: [] for load in workloads} for name in names}
-    cursors = {name: dict.fromkeys(workloads, 0) for name in names}
-    for number in range(args.rounds):
-        shift = number % len(names)
-        for load, (size, _) in workloads.items():
-            seconds = args.seconds if size > 1 else args.latency_seconds
-            for name in names[shift:] + names[:shift]:
-                batches, cursor = prepared[name][load], cursors[name][load] % len(prepared[name][load])
-                durations = _timed_calls(systems[name], batches[cursor:] + batches[:cursor], seconds)
-                cursors[name][load] += len(durations)
-                times[name][load] += durations
-                per_round[name][load].append(size * len(durations) / sum(durations))
-        first = next(iter(workloads))
-        log(
-            f"round {number + 1}/{args.rounds} ({first} seq/s): "
-            + ", ".join(f"{name} {per_round[name][first][-1]:.2f}" for name in names)
-        )
-    return times, per_round
+def warm_up_systems(systems: dict, prepared: dict, workloads: dict, calls: int) -> None:
+    """`calls` calls of every system on each workload, then, where it takes a variable length, one on each length."""
+    for name, system in systems.items():
+        for load, (_, feeds) in workloads.items():
+            warm_up(system, prepared[name][load], calls)
+            for index in [] if system.static_shape else first_of_each_length(feeds):
+                system(prepared[name][load][index])
 
 
 def measure(systems: dict, workloads: dict, args) -> dict:
-    """Each system's figures per workload: throughput, p50 and p90, per-round throughput."""
-    import numpy as np
-
+    """Each system's figures per workload, timed by bertc's loop (bertc/evaluate/bench.py interleaved_rounds): the
+    order rotates each round, and each system goes on through a workload's batches where its last round stopped."""
     prepared = {
         name: {load: [system.prepare(batch) for batch in feeds] for load, (_, feeds) in workloads.items()}
         for name, system in systems.items()
     }
-    for name, system in systems.items():
-        for load, (_, feeds) in workloads.items():
-            for index in warmup_indices(feeds, args.warmup, every_length=not system.static_shape):
-                system(prepared[name][load][index])
-    times, per_round = _rounds(systems, prepared, workloads, args)
-    result = {}
-    for name in systems:
-        entry = {"workloads": {}}
-        for load, (size, _) in workloads.items():
-            ms = np.array(times[name][load]) * 1000
-            entry["workloads"][load] = {
-                "throughput": size * len(ms) / (ms.sum() / 1000),
-                "calls": len(ms),
-                "round_throughput": [round(value, 3) for value in per_round[name][load]],
-                "p50_ms": float(np.percentile(ms, 50)),
-                "p90_ms": float(np.percentile(ms, 90)),
-            }
-        full_batch, full_one = entry["workloads"][f"full_b{args.batch}"], entry["workloads"]["full_b1"]
-        # The keys issue 7's goals read: full-length batches, as before.
-        entry["throughput"] = full_batch["throughput"]
-        entry["round_throughput"] = full_batch["round_throughput"]
-        entry["latency_ms"] = {"p50": full_one["p50_ms"], "p90": full_one["p90_ms"], "calls": full_one["calls"]}
-        result[name] = entry
+    warm_up_systems(systems, prepared, workloads, args.warmup)
+    seconds = {load: args.seconds if size > 1 else args.latency_seconds for load, (size, _) in workloads.items()}
+    durations = interleaved_rounds(systems, prepared, seconds, args.rounds, round_logger(workloads, args.rounds))
+    result = {name: figures_of(durations[name], workloads, args.batch) for name in systems}
     add_ratios(result, systems)
     return result
+
+
+def round_logger(workloads: dict, rounds: int):
+    """After each round: every system's throughput on the first workload in that round."""
+    first, (size, _) = next(iter(workloads.items()))
+
+    def after_round(number: int, durations: dict) -> None:
+        rates = {name: throughput_per_round(by_load[first][-1:], size)[0] for name, by_load in durations.items()}
+        log(f"round {number + 1}/{rounds} ({first} seq/s): " + ", ".join(f"{n} {r:.2f}" for n, r in rates.items()))
+
+    return after_round
+
+
+def figures_of(durations: dict, workloads: dict, batch: int) -> dict:
+    """One system's call durations (workload -> one list per round) -> throughput, p50, p90 and each round's
+    throughput per workload, and the full-length figures the full-length table and goals read."""
+    import numpy as np
+
+    entry: dict = {"workloads": {}}
+    for load, (size, _) in workloads.items():
+        ms = np.array([call for calls in durations[load] for call in calls]) * 1000
+        entry["workloads"][load] = {
+            "throughput": size * len(ms) / (ms.sum() / 1000),
+            "calls": len(ms),
+            "round_throughput": [round(value, 3) for value in throughput_per_round(durations[load], size)],
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p90_ms": float(np.percentile(ms, 90)),
+        }
+    full_batch, full_one = entry["workloads"][f"full_b{batch}"], entry["workloads"]["full_b1"]
+    entry["throughput"] = full_batch["throughput"]
+    entry["round_throughput"] = full_batch["round_throughput"]
+    entry["latency_ms"] = {"p50": full_one["p50_ms"], "p90": full_one["p90_ms"], "calls": full_one["calls"]}
+    return entry
 
 
 def best_fp32_peer(result: dict, systems: dict, load: str, key: str = "throughput") -> str | None:
@@ -454,11 +380,12 @@ def best_fp32_peer(result: dict, systems: dict, load: str, key: str = "throughpu
 
 
 def peers_and_original(systems: dict) -> list[str]:
-    return [name for name, system in systems.items() if not isinstance(system, (peers.TFCompiled, peers.OnnxCompiled))]
+    return [name for name, system in systems.items() if not system.bertc]
 
 
 def add_ratios(result: dict, systems: dict) -> None:
-    """Each figure against the user's model, ONNX Runtime (issue 7's table) and the best fp32 peer per workload."""
+    """Each figure against the user's model, ONNX Runtime (the full-length table) and the best fp32 peer per
+    workload."""
     for name in result:
         for base in (ORIGINAL, ORT):
             if base in result:
@@ -480,23 +407,15 @@ def add_ratios(result: dict, systems: dict) -> None:
 
 
 def machine_info() -> dict:
-    flags, cpu = set(), platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == platform.machine():
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    interesting = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The CPU, its cores and SIMD flags (bertc.driver.hardware's, as bertc's reports give them), and Python."""
+    from bertc.driver.hardware import cpu_name, simd_flags
+
+    flags = simd_flags()
     return {
-        "cpu": cpu,
-        "cores": cores,
-        "flags": [flag for flag in interesting if flag in flags],
-        "bf16_hardware": bool({"avx512_bf16", "amx_bf16"} & flags),
+        "cpu": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "flags": flags,
+        "bf16_hardware": bool({"avx512_bf16", "amx_bf16"} & set(flags)),
         "python": platform.python_version(),
     }
 
@@ -509,7 +428,7 @@ def versions() -> dict:
     from bertc.driver.plan import versions as bertc_versions
 
     result = {key: value for key, value in bertc_versions().items() if value != "absent"}
-    for package in PEER_PACKAGES:
+    for package in peers.PACKAGES:
         try:
             result[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -553,45 +472,44 @@ def describe(overrides: str) -> str:
     return " ".join(word for word in overrides.split() if word not in DEFAULT_WORDS) or "bertc defaults"
 
 
-def goals(bench: dict, candidates: list[dict], parities: dict) -> list[str]:
+def full_length_goals(bench: dict, candidates: list[dict], parities: dict) -> list[str]:
+    """The goals at full length, for the fastest bf16 and the fastest fp32 candidate."""
+
     def best(kind):
         rows = [c["name"] for c in candidates if c["name"] in bench and kind_of(c["overrides"]) == kind]
         return max(rows, key=lambda name: bench[name]["throughput"]) if rows else None
 
-    def mark(ok):
-        return "met" if ok else "NOT met"
-
-    lines = []
+    lines, goal = [], GOALS["full_length"]
     bf16 = best("bf16")
     if bf16:
         ratio = bench[bf16]["vs_original"]
         lines.append(
-            f"bf16 >= {GOALS['bf16_vs_original']}x original: {mark(ratio >= GOALS['bf16_vs_original'])} "
+            f"bf16 >= {goal['bf16_vs_original']}x original: {_mark(ratio >= goal['bf16_vs_original'])} "
             f"(fastest bf16 row, {bf16}: {ratio:.2f}x)"
         )
         if ORT in bench:
             ratio = bench[bf16][f"vs_{ORT}"]
             lines.append(
-                f"bf16 >= {GOALS['bf16_vs_ort']}x ONNX Runtime: {mark(ratio >= GOALS['bf16_vs_ort'])} "
+                f"bf16 >= {goal['bf16_vs_ort']}x ONNX Runtime: {_mark(ratio >= goal['bf16_vs_ort'])} "
                 f"({bf16}: {ratio:.2f}x)"
             )
         diff = parities[bf16]["max_abs_diff"]
         lines.append(
-            f"bf16 parity within {GOALS['bf16_parity']} on the synthetic batches: "
-            f"{mark(diff <= GOALS['bf16_parity'])} ({bf16}: {diff:.2g}; the MRPC/minilm check is "
+            f"bf16 parity within {goal['bf16_parity']} on the synthetic batches: "
+            f"{_mark(diff <= goal['bf16_parity'])} ({bf16}: {diff:.2g}; the MRPC/minilm check is "
             "bertc's verify step)"
         )
     fp32 = best("fp32")
     if fp32:
         ratio = bench[fp32]["vs_original"]
         lines.append(
-            f"fp32 with removal+mask >= {GOALS['fp32_vs_original']}x original: "
-            f"{mark(ratio >= GOALS['fp32_vs_original'])} (fastest fp32 row, {fp32}: {ratio:.2f}x)"
+            f"fp32 with removal+mask >= {goal['fp32_vs_original']}x original: "
+            f"{_mark(ratio >= goal['fp32_vs_original'])} (fastest fp32 row, {fp32}: {ratio:.2f}x)"
         )
     for name in filter(None, (bf16, fp32)):
         ratio = bench[name]["latency_vs_original"]
         lines.append(
-            f"batch-1 p50 of {name} not worse than the original's: {mark(ratio <= 1.0)} ({ratio:.2f}x the original's)"
+            f"batch-1 p50 of {name} not worse than the original's: {_mark(ratio <= 1.0)} ({ratio:.2f}x the original's)"
         )
     return lines
 
@@ -607,7 +525,7 @@ def _agreement(row: dict, key: str = "argmax_agreement") -> str:
 
 
 def table(rows: list[dict], batch: int) -> str:
-    """Issue 7's table: full-length batches (every row S real tokens), synthetic parity."""
+    """The full-length table: full-length batches (every row S real tokens), synthetic parity."""
     lines = [
         f"| system | fed | how | seq/s b{batch} | x original | x ORT | p50 ms b1 | p50 vs original | max abs dp "
         "| argmax |",
@@ -667,14 +585,14 @@ def _mark(ok: bool) -> str:
 
 
 def length_goals(bench: dict, candidates: list[dict], parities: dict, limits: dict, batch: int) -> list[str]:
-    """Issues 15 and 22's goals, for the fastest fp32 candidate that cuts or packs, on MRPC lengths at `batch`."""
+    """The goals on real lengths, for the fastest fp32 candidate that cuts or packs, on MRPC lengths at `batch`."""
     mixed, full = f"mrpc_b{batch}", f"full_b{batch}"
     fp32 = [c["name"] for c in candidates if c["name"] in bench and kind_of(c["overrides"]) == "fp32"]
     cut = [c["name"] for c in candidates if c["name"] in fp32 and any(mode in c["overrides"] for mode in CUT_MODES)]
     if not cut:
         return [f"no fp32 candidate with {' or '.join(CUT_MODES)} ran: the length goals are not checked"]
     best = max(cut, key=lambda name: bench[name]["workloads"][mixed]["throughput"])
-    loads, goal = bench[best]["workloads"], LENGTH_GOALS
+    loads, goal = bench[best]["workloads"], GOALS["real_lengths"]
     mrpc, single = loads[mixed], loads["mrpc_b1"]
     checks = [
         ("x the user's model", mrpc["vs_original"], goal["vs_original"], True),
@@ -711,7 +629,7 @@ def length_goals(bench: dict, candidates: list[dict], parities: dict, limits: di
 
 
 def int8_goals(bench: dict, candidates: list[dict], systems: dict, batch: int) -> list[str]:
-    """Issue 25's int8 goals: bertc's fastest int8 build against the fastest (and the quickest) int8 peer."""
+    """The int8 goals: bertc's fastest int8 build against the fastest (and the quickest) int8 peer."""
     mixed = f"mrpc_b{batch}"
     ours = [c["name"] for c in candidates if c["name"] in bench and kind_of(c["overrides"]) == "int8"]
     theirs = [name for name in peers_and_original(systems) if systems[name].precision == "int8" and name in bench]
@@ -721,13 +639,14 @@ def int8_goals(bench: dict, candidates: list[dict], systems: dict, batch: int) -
     peer = max(theirs, key=lambda name: bench[name]["workloads"][mixed]["throughput"])
     quickest = min(theirs, key=lambda name: bench[name]["workloads"]["mrpc_b1"]["p50_ms"])
     ratio = bench[best]["workloads"][mixed]["throughput"] / bench[peer]["workloads"][mixed]["throughput"]
+    goal = GOALS["int8"]
     latency = bench[best]["workloads"]["mrpc_b1"]["p50_ms"] / bench[quickest]["workloads"]["mrpc_b1"]["p50_ms"]
     return [
         f"fastest int8 candidate on MRPC b{batch}: {best}",
-        f"x the fastest int8 peer ({peer}): {ratio:.3g} (>= {INT8_GOALS['vs_int8_peer']}): "
-        f"{_mark(ratio >= INT8_GOALS['vs_int8_peer'])}",
-        f"b1 p50 x the quickest int8 peer's ({quickest}): {latency:.3g} (<= {INT8_GOALS['latency_vs_int8_peer']}): "
-        f"{_mark(latency <= INT8_GOALS['latency_vs_int8_peer'])}",
+        f"x the fastest int8 peer ({peer}): {ratio:.3g} (>= {goal['vs_int8_peer']}): "
+        f"{_mark(ratio >= goal['vs_int8_peer'])}",
+        f"b1 p50 x the quickest int8 peer's ({quickest}): {latency:.3g} (<= {goal['latency_vs_int8_peer']}): "
+        f"{_mark(latency <= goal['latency_vs_int8_peer'])}",
         "argmax agreement of each int8 row: the table's last column (the gate itself is bertc's verify on real "
         "data: bertc/evaluate/verify.py AGREEMENT_GATES)",
     ]
@@ -738,7 +657,7 @@ def notes_for(payload: dict) -> list[str]:
     bf16 = "yes" if info["bf16_hardware"] else "NO (bf16 matmuls run emulated here: no bf16 speedup is possible)"
     lengths = payload["lengths"]
     mixed = lengths["bounds"][f"mrpc_b{setup['batch']}"]
-    installed = ", ".join(f"{package} {found[package]}" for package in PEER_PACKAGES if package in found)
+    installed = ", ".join(f"{package} {found[package]}" for package in peers.PACKAGES if package in found)
     notes = [
         (
             f"Machine: {info['cpu']}, {info['cores']} cores; flags: {' '.join(info['flags']) or 'none of interest'}; "
@@ -755,11 +674,7 @@ def notes_for(payload: dict) -> list[str]:
             f"per system at batch {setup['batch']} and {setup['latency_seconds']} s at batch 1, after "
             f"{setup['warmup']} warm-up calls; threads: {setup['threads'] or 'library defaults'}."
         ),
-        (
-            f"Fed: '{peers.FED_CUT}' each batch cut to its longest real row (dynamic padding); '{peers.FED_PADDED}' "
-            f"the batch as the tokenizer padded it (the user's SavedModel takes only S; bertc's builds cut or pack "
-            f"inside); '{peers.FED_ROWS}' one id list per row (CTranslate2 removes the padding inside the batch)."
-        ),
+        "Fed: " + "; ".join(f"'{fed}' {meaning}" for fed, meaning in peers.FED_MEANING.items()) + ".",
         (
             f"Lengths: {lengths['source']}; batches of {setup['batch']} average {mixed['mean_length_real']:.1f} real "
             f"tokens a row and run at their longest row, {mixed['mean_length_run']:.1f} on average. Matmul rate "
@@ -779,10 +694,10 @@ def notes_for(payload: dict) -> list[str]:
 
 def write_report(work: Path, payload: dict, markdown: str) -> None:
     text = ["# bertc vs the user's model and its peers", "", "    " + payload["command"], ""]
-    text += ["## Real lengths (issues 15 and 22)", "", payload["length_table"], ""]
-    text += ["Goals (issues 15 and 22):", ""] + [f"- {line}" for line in payload["length_goals"]] + [""]
-    text += ["## Full length (issue 7)", "", markdown, ""]
-    text += ["Goals (issue 7):", ""] + [f"- {line}" for line in payload["goals"]] + [""]
+    text += ["## Real lengths", "", payload["length_table"], ""]
+    text += ["Goals on real lengths:", ""] + [f"- {line}" for line in payload["length_goals"]] + [""]
+    text += ["## Full length", "", markdown, ""]
+    text += ["Goals at full length:", ""] + [f"- {line}" for line in payload["goals"]] + [""]
     text += [f"- {line}" for line in payload["notes"]]
     (work / "results.md").write_text("\n".join(text) + "\n")
     (work / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -834,7 +749,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--ort-model-type",
         default="auto",
-        choices=("auto", "bert", "bert_tf"),
+        choices=tuple(peers.ORT_EXPORTERS),
         help="bert: PyTorch's ONNX export of the HF model; bert_tf: tf2onnx of the dynamic SavedModel; "
         "auto: bert when PyTorch and transformers are installed",
     )
@@ -900,6 +815,12 @@ def checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
     args.skip_peers = [name for name in args.skip_peers.split(",") if name]
     if set(args.skip_peers) - set(peers.PEERS):
         parser.error(f"--skip-peers {args.skip_peers}: peers are {', '.join(peers.PEERS)}")
+    args.skip_peers += [
+        name
+        for name in peers.PEERS
+        if name not in args.skip_peers
+        and ((args.no_onnx and name.startswith(ORT)) or (args.no_openvino and name == "openvino"))
+    ]
     args.workdir = (args.workdir or REPO / "bench" / "out" / args.size).resolve()
     return args
 
@@ -1006,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
         "candidates": candidates,
         "peer_builds": peer_builds,
         "rows": rows,
-        "goals": goals(bench, candidates, parities),
+        "goals": full_length_goals(bench, candidates, parities),
         "lengths": figures["lengths"],
         "length_table": length_table(rows, batch, figures["lengths"]["bounds"]),
         "length_goals": length_goals(bench, candidates, parities, figures["lengths"]["bounds"], batch)

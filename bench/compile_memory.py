@@ -1,4 +1,4 @@
-"""Peak memory and time of one compile, per stage and per length bucket (issues 15, 22: `large`, xla, buckets or pack).
+"""Peak memory and time of one compile, per stage and per length bucket (`large`, xla, buckets or pack).
 
     python bench/compile_memory.py                                  # BERT-Large, length=buckets target=xla fp32
     python bench/compile_memory.py --size tiny                      # the smoke test (under a minute)
@@ -7,7 +7,7 @@
 
 Steps, each in its own process:
 1. export `--size` (bertc.model.export presets: random weights, seed 0, seq 128, 2 labels) into --workdir, unless
-   it is there already (bench/compare.py's export, reused with `--reuse`);
+   it is there already (reused with `--reuse`);
 2. `python -m bertc model.path=<export> length=<--length> target=xla precision=fp32 verify=off bench=off
    hydra.run.dir=<workdir>/run overwrite=true <overrides>`, the compile measured: its peak resident set
    (`ru_maxrss` from `os.wait4`, the kernel's own high-water mark), and, sampled every 0.2 s from

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import itertools
 import json
 import os
 import platform
@@ -49,6 +48,7 @@ if str(ROOT) not in sys.path:
 import numpy as np
 
 from bertc.evaluate.batches import synthetic_batches
+from bertc.evaluate.bench import timed_calls, warm_up
 from bertc.evaluate.lengths import length_mix
 from bertc.runtime.stablehlo import Runtime, read_manifest, regenerate_weights
 
@@ -75,22 +75,6 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def measure(call, rows: int, seconds: float, warmup: int, min_calls: int) -> dict:
-    for _ in range(warmup):
-        call()
-    durations = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(durations) < min_calls:
-        start = time.perf_counter()
-        call()
-        durations.append(time.perf_counter() - start)
-    return {
-        "throughput": rows * len(durations) / sum(durations),
-        "p50_ms": 1000 * median(durations),
-        "calls": len(durations),
-    }
-
-
 def feeds_for(workload: str, batch_sizes, seq_len: int, vocab: int) -> dict[int, list[dict[str, np.ndarray]]]:
     """Per batch size, the batches one measurement cycles through (see the module doc)."""
     if workload == "padded":
@@ -106,16 +90,18 @@ def cut_to_longest(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: value[:, :longest] for key, value in batch.items()}
 
 
-def cycling(call, batches: list):
-    """A call with no arguments that runs `call` on the next of `batches`, round and round."""
-    turns = itertools.cycle(batches)
-    return lambda: call(next(turns))
-
-
 def measure_cycling(call, batches: list, rows: int, args) -> dict:
-    """`measure` over `batches` in turn; the warm-up goes round them once at least, so that each width's first
-    call (a bucket's first use, a dynamic-shape recompile) is not timed."""
-    return measure(cycling(call, batches), rows, args.seconds, max(args.warmup, len(batches)), args.min_calls)
+    """Throughput, p50 and calls of `call` over `batches` in turn, timed by bertc's loop (bertc/evaluate/bench.py);
+    the warm-up goes round them once at least, so that each width's first call (a bucket's first use, a
+    dynamic-shape recompile) is not timed."""
+    calls = max(args.warmup, len(batches))
+    warm_up(call, batches, calls)
+    durations = timed_calls(call, batches, args.seconds, start=calls, min_calls=args.min_calls)
+    return {
+        "throughput": rows * len(durations) / sum(durations),
+        "p50_ms": 1000 * median(durations),
+        "calls": len(durations),
+    }
 
 
 # ---- bertc: the StableHLO modules on a PJRT device -----------------------------------------------

@@ -30,6 +30,18 @@ import numpy as np
 FED_PADDED = "padded to S"
 FED_CUT = "[:, :L]"
 FED_ROWS = "each row's own length"
+# how a system is fed -> what that means, for the report's notes
+FED_MEANING = {
+    FED_CUT: "each batch cut to its longest real row (dynamic padding)",
+    FED_PADDED: (
+        "the batch as the tokenizer padded it (the user's SavedModel takes only S; bertc's builds cut or pack inside)"
+    ),
+    FED_ROWS: "one id list per row (CTranslate2 removes the padding inside the batch)",
+}
+# the packages the peers' builds and loaders import (their versions go in the report)
+PACKAGES = ("onnxruntime", "tf2onnx", "onnx", "openvino", "ctranslate2", "torch", "transformers")
+# onnxruntime's optimizer model type (--ort-model-type) -> the exporter that makes its ONNX model (build_onnx)
+ORT_EXPORTERS = {"auto": "auto", "bert": "torch", "bert_tf": "tf2onnx"}
 HF_ACTIVATION = "gelu_new"  # Hugging Face's name for google-research's tanh GELU, which the TF export builds
 # The three inputs each system reads, by the names a system may give them.
 INPUT_ALIASES = {
@@ -246,6 +258,27 @@ def build_ct2(work: Path) -> None:
     ctranslate2.converters.TransformersConverter(str(work / "hf")).convert(str(work / "ct2"), quantization="float32")
 
 
+def build_steps(work: Path, heads: int, hidden: int, opset: int, exporter: str) -> dict[str, dict]:
+    """step -> how `python bench/peers.py` runs it (arguments), the file it leaves (product), the peers that load
+    that file (peers) and whether the packages it needs are installed (installed)."""
+    found = {name: importlib.util.find_spec(name) is not None for name in PACKAGES}
+    torch = found["torch"] and found["transformers"]
+    return {
+        "onnx": {
+            "arguments": ["onnx", str(work), str(heads), str(hidden), str(opset), exporter],
+            "product": work / "onnx" / "fusion.json",
+            "peers": ("onnxruntime", "onnxruntime_int8"),
+            "installed": found["onnxruntime"] and found["onnx"] and (found["tf2onnx"] or torch),
+        },
+        "ct2": {
+            "arguments": ["ct2", str(work)],
+            "product": work / "ct2" / "model.bin",
+            "peers": ("ctranslate2", "ctranslate2_int8"),
+            "installed": found["ctranslate2"] and torch,
+        },
+    }
+
+
 # ---- the systems, in the measuring process -------------------------------------------------------
 
 
@@ -256,6 +289,7 @@ class System:
     precision = "fp32"
     how = ""
     static_shape = False  # True: every call has the same shape, so one warm-up call warms them all
+    bertc = False  # True: a bertc build, not a peer
 
     def prepare(self, feeds: dict):
         return cut_to_longest(feeds) if self.fed == FED_CUT else feeds
@@ -297,6 +331,8 @@ class TFSignature(System):
 class TFCompiled(System):
     """A bertc artifact through its serving signature, as it serves without bertc: a drop-in, fed padded to S."""
 
+    bertc = True
+
     def __init__(self, path: str, how: str):
         import tensorflow as tf
 
@@ -312,6 +348,8 @@ class TFCompiled(System):
 class OnnxCompiled(System):
     """A bertc target=onnxruntime artifact (model/model.onnx) in a plain onnxruntime CPU session with default
     options, as it serves without bertc: a drop-in, fed padded to S (its length rewrite cuts inside the graph)."""
+
+    bertc = True
 
     def __init__(self, path: str, how: str):
         import onnxruntime as ort
@@ -443,7 +481,13 @@ class TorchModel(System):
             return self._torch.softmax(self._model(**prepared).logits, dim=-1).numpy()
 
 
-# ---- loading each peer in the measuring process ------------------------------------------------------
+# ---- loading each system in the measuring process ----------------------------------------------------
+
+
+def load_compiled(path: str, how: str) -> System:
+    """A bertc artifact: model.onnx (target=onnxruntime) in onnxruntime, else the SavedModel in TensorFlow."""
+    engine = OnnxCompiled if (Path(path) / "model.onnx").is_file() else TFCompiled
+    return engine(path, how)
 
 
 def _tf_dynamic(work: Path, settings: dict) -> System:

@@ -1,4 +1,4 @@
-"""Where the time of one length bucket goes: every bucket timed, then one profiled op by op (issue 15's note).
+"""Where the time of one length bucket goes: every bucket timed, then one profiled op by op.
 
     python bench/profile_bucket.py                        # BERT-Base, fp32_xla_buckets, batch 8: the slowest bucket
     python bench/profile_bucket.py --bucket 96 --top 30   # a given bucket
@@ -37,7 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-from compare import PRESETS, REPO, compile_candidate, export, log, machine_info, matmul_rate, useful_flops
+from compare import PRESETS, REPO, compile_candidate, log, machine_info, matmul_rate, useful_flops
+from compile_memory import export
+
+from bertc.evaluate.bench import timed_calls
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+) = (.+?) ([a-z][\w\-]*)\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+) .*\{\s*$")
@@ -147,11 +150,7 @@ def time_buckets(serve, feeds: dict[int, dict], calls: int, dump: Path) -> dict[
         serve(**tensors)
         first = time.perf_counter() - start
         serve(**tensors)
-        seconds = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            serve(**tensors)
-            seconds.append(time.perf_counter() - start)
+        seconds = timed_calls(lambda feeds: serve(**feeds), [tensors], 0.0, min_calls=calls)
         dumps = new_dumps(dump, before)
         result[size] = {"first_call_s": round(first, 3), "ms": statistics.median(seconds) * 1e3, "dumps": dumps}
     return result

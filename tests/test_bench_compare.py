@@ -1,5 +1,5 @@
-"""bench/compare.py and bench/peers.py's pure logic: the per-batch cut, the two bounds, the warm-up batches, and the
-Hugging Face folder every peer reads. No peer package is needed."""
+"""bench/compare.py and bench/peers.py's pure logic: the per-batch cut, the two bounds, the warm-up batches, the
+timed rounds, the presets and goals, and the Hugging Face folder every peer reads. No peer package is needed."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import compare  # noqa: E402  (bench/ is a folder of scripts, put on sys.path above)
 import peers  # noqa: E402
+
+from bertc.evaluate.bench import interleaved_rounds  # noqa: E402
 
 CONFIG = {"hidden_size": 8, "intermediate_size": 32, "num_hidden_layers": 2}
 
@@ -78,8 +80,47 @@ def test_bounds_per_workload_reads_the_lengths_from_the_masks():
 
 def test_warmup_takes_each_distinct_longest_row_once():
     feeds = [batch([3, 5]), batch([5, 1]), batch([7, 2]), batch([4, 7])]
-    assert compare.warmup_indices(feeds, 1) == [0, 0, 2]
-    assert compare.warmup_indices(feeds, 2, every_length=False) == [0, 1]
+    assert compare.first_of_each_length(feeds) == [0, 2]
+
+
+class Recorder:
+    """A system that records which batch each call got."""
+
+    def __init__(self, name: str, calls: list, static_shape: bool = False):
+        self.name, self.calls, self.static_shape = name, calls, static_shape
+
+    def __call__(self, batch) -> None:
+        self.calls.append((self.name, batch))
+
+
+def test_warm_up_calls_each_length_of_a_system_that_takes_a_variable_length():
+    calls: list = []
+    systems = {"cut": Recorder("cut", calls), "padded": Recorder("padded", calls, static_shape=True)}
+    workloads = {"mix": (2, [batch([3, 5]), batch([5, 1]), batch([7, 2])])}
+    prepared = {name: {"mix": ["b0", "b1", "b2"]} for name in systems}
+    compare.warm_up_systems(systems, prepared, workloads, 1)
+    assert calls == [("cut", "b0"), ("cut", "b0"), ("cut", "b2"), ("padded", "b0")]
+
+
+def test_rounds_rotate_the_order_and_go_on_where_the_last_round_stopped():
+    """compare.py times through bertc's loop: with no time set, each (workload, system) gets its 3 calls a round."""
+    calls: list = []
+    systems = {name: Recorder(name, calls) for name in ("a", "b")}
+    feeds = {name: {"mix": [0, 1, 2, 3, 4], "one": [9]} for name in systems}
+    logged: list = []
+    durations = interleaved_rounds(systems, feeds, {"mix": 0.0, "one": 0.0}, 2, lambda n, d: logged.append(n))
+    assert [name for name, _ in calls] == list("aaabbb" * 2 + "bbbaaa" * 2)
+    assert [batch for name, batch in calls if name == "a" and batch != 9] == [0, 1, 2, 3, 4, 0]
+    assert logged == [0, 1]
+    assert [len(calls) for calls in durations["b"]["one"]] == [3, 3]
+
+
+def test_presets_and_goals_are_data():
+    assert set(compare.DEFAULT_CANDIDATES) <= set(compare.PRESETS)
+    assert all(overrides.startswith("precision=") and "${" not in overrides for overrides in compare.PRESETS.values())
+    assert compare.describe(compare.PRESETS["fp32_pack"]) == "precision=fp32 mask.fold_scale=true length=pack"
+    assert set(compare.GOALS) == {"full_length", "real_lengths", "int8"}
+    assert all(isinstance(value, float) for goals in compare.GOALS.values() for value in goals.values())
 
 
 def test_hf_folder_holds_the_seeded_weights_under_hugging_face_names(tmp_path):
