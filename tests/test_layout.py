@@ -82,7 +82,14 @@ def test_no_import_cycle_between_bertc_modules():
 
 
 STAGES = {"ir", "analysis", "frontends", "passes", "targets", "runtime", "driver", "run", "evaluate", "model"}
-TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "jsonfile.py", "schema.py"}  # entry points, shared leaves
+TOP_LEVEL = {
+    "__init__.py",
+    "__main__.py",
+    "digest.py",
+    "errors.py",
+    "jsonfile.py",
+    "schema.py",
+}  # entry points, shared leaves
 
 
 def package_of(module: str) -> str:
@@ -103,9 +110,7 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 # that a cycle through any other edge fails. Each is an import inside a function, except frontends -> run.
 KNOWN_EDGES = {
     ("bertc.run", "bertc.driver"): "run.cluster materializes the input model and run.reproduce reads the config schema",
-    ("bertc.frontends", "bertc.run"): "frontends.load digests the model folder with run.artifact.files_digest",
     ("bertc.targets", "bertc.driver"): "targets.onnx_int8 reads the CPU's instruction sets from driver.hardware",
-    ("bertc.runtime", "bertc.driver"): "runtime.stablehlo bounds its inputs by driver.limits.available_memory",
 }
 
 

@@ -397,12 +397,6 @@ def test_a_bad_manifest_field_is_named(artifact, path, item, message):
     assert str(raised.value) == message
 
 
-def test_the_runtime_gates_are_verifys():
-    from bertc.runtime.portable import PARITY_GATES
-
-    assert PARITY_GATES == GATES
-
-
 def test_the_runtime_serving_an_artifact_loads_no_tensorflow(artifact):
     """bertc.runtime's modules imported, and an artifact loaded, checked and self-checked, in a fresh process:
     neither TensorFlow nor any bertc module that imports it (even inside a function) is loaded."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bertc.errors import ConfigError, ModelError, UserError
+from bertc.runtime.memory import available_memory
 
 TENSOR_MARGIN = 2  # a tensor may be this many times the largest one a BERT of this shape needs
 WORK_MARGIN = 4  # the graph may cost this many times a BERT forward pass of this shape
@@ -108,28 +109,6 @@ def largest_batch(plan: Any) -> tuple[int, str]:
 
 
 # ---- memory --------------------------------------------------------------------------------------
-
-
-def available_memory() -> int | None:
-    """Bytes this process may still use: MemAvailable, capped by a cgroup limit; None when unknown."""
-    limits = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                limits.append(int(line.split()[1]) * 1024)
-    except OSError:
-        try:
-            limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            pass
-    try:
-        maximum = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if maximum != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-            limits.append(int(maximum) - used)
-    except (OSError, ValueError):
-        pass
-    return min(limits) if limits else None
 
 
 def estimated_peak_bytes(shape: Any, batch: int) -> int:
@@ -527,8 +506,8 @@ def refuse_unrecognised_compute(
     """Refuse (before anything runs) a matmul or convolution on the way to the outputs that is not part of the BERT
     structure bertc recognised (`roles`; `unread`: why none were found), unless the user named it: such work is
     bounded by nothing bertc understands."""
-    from bertc.analysis.structure import MATMUL_OPS
     from bertc.ir.graph import ancestors, match_scope
+    from bertc.ir.ops import MATMUL_OPS
 
     why = f" bertc could not find that structure: {unread}" if unread else ""
     needed = ancestors(graph.graph_def, graph.outputs.values())

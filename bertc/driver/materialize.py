@@ -12,9 +12,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from bertc.digest import files_digest
 from bertc.driver.config import ModelInput
 from bertc.errors import ModelError
-from bertc.run.artifact import files_digest
 
 EXPORT_FORMAT = "3"  # bump when bertc.model's export changes (2: presets get a vocab.txt; 3: HF gelu is erf)
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from bertc.errors import ModelError, UserError
 from bertc.evaluate.batches import Batch
+from bertc.runtime.portable import PARITY_GATES
 
 # Max |probability difference| per precision, set from the largest difference measured over the
 # 408 MRPC dev pairs + 32 synthetic rows (2-core CPU, TF 2.21, target tf unless said):
@@ -26,7 +27,7 @@ from bertc.evaluate.batches import Batch
 #   mixed_bf16: 1.45e-2, mean 2.4e-3 (logits 5.6e-2), 1 flip, at a near-tie (margin 3.5e-4): gate ~2x.
 # bf16 rounds ~16x coarser than fp16, hence its figure. Measured on 6 layers: a deeper model adds
 # error with depth; measure it and set verify.tolerance rather than trust this gate blindly.
-GATES = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 3e-2}
+GATES = PARITY_GATES  # defined in the runtime, whose self-check applies them with no bertc stage imported
 # int8 moves probabilities by far more than any float gate, so its gate is the share of examples whose argmax
 # agrees with the original's (on verify.dataset's pairs when given). Set on all-MiniLM-L6-v2's real encoder weights
 # over the 408 MRPC dev pairs, target=onnxruntime length=trim, AMD Zen 4 with VNNI (2026-12-03):

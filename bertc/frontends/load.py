@@ -18,6 +18,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from bertc.analysis.match import Index
 from bertc.analysis.structure import POSITION_VARIANTS, embedding_tables, layer_norm_epsilons
+from bertc.digest import files_digest
 from bertc.errors import ModelError
 from bertc.frontends import read_graph
 from bertc.frontends.security import (
@@ -40,7 +41,6 @@ from bertc.ir.graph import (
     split_input,
     through_identity,
 )
-from bertc.run.artifact import files_digest
 
 
 @dataclasses.dataclass(frozen=True)

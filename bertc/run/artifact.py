@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
 from pathlib import Path
+
+from bertc.digest import hash_file
 
 DIGEST_NOTE = (
     "sha256 over every file but fingerprint.pb (random UUID per save); saved_model.pb with TensorFlow's "
@@ -42,7 +43,7 @@ def artifact_digest(path: str | Path) -> str:
         if name == "saved_model.pb":
             digest.update(canonical_saved_model(file.read_bytes()))
         else:
-            _hash_file(digest, file)
+            hash_file(digest, file)
     return "sha256:" + digest.hexdigest()
 
 
@@ -50,26 +51,10 @@ def file_digests(path: str | Path) -> dict[str, str]:
     """Plain sha256 of every file of the folder (fingerprint.pb included): for byte-level comparisons."""
     path = Path(path)
     return {
-        file.relative_to(path).as_posix(): _hash_file(hashlib.sha256(), file).hexdigest()
+        file.relative_to(path).as_posix(): hash_file(hashlib.sha256(), file).hexdigest()
         for file in sorted(path.rglob("*"))
         if file.is_file()
     }
-
-
-def files_digest(root: Path, files: Iterable[Path]) -> str:
-    """sha256 over each file's name (relative to root) and bytes, in the given order: "sha256:<hex>"."""
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
-        _hash_file(digest, file)
-    return "sha256:" + digest.hexdigest()
-
-
-def _hash_file(digest, file: Path):
-    with open(file, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest
 
 
 def canonical_saved_model(data: bytes) -> bytes:

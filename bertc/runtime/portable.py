@@ -15,8 +15,8 @@ FORMAT = "bertc-stablehlo-1"
 BUCKETS_FORMAT = "bertc-stablehlo-2"  # with length buckets: one module per (batch size, bucket); see `batch_length`
 FORMATS = (FORMAT, BUCKETS_FORMAT)
 MANIFEST = "manifest.json"
-# The self-check's gate on max |probability difference| per weight dtype: verify's gates (bertc/evaluate/verify.py
-# GATES, where they are measured), here so that the runtime needs no bertc stage that a TensorFlow build uses.
+# The gate on max |probability difference| per weight dtype, of verify (bertc/evaluate/verify.py GATES, where the
+# figures behind it are) and of this runtime's self-check: here so that the runtime needs no bertc stage.
 PARITY_GATES = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 3e-2}
 
 
