@@ -35,6 +35,14 @@ def test_a_narrow_dtype_slower_than_fp32_is_announced_with_the_figures():
     assert "meant for accelerators" in advice and "precision=fp32" in advice
 
 
+def test_the_advice_names_the_narrow_precision_the_probe_measured_paying():
+    advice = precision_advice("float16", made_up({"float32": 64.0, "float16": 59.0, "bfloat16": 100.0}), "mixed")
+    assert advice is not None and "bf16 measured 100 GFLOP/s: use precision=mixed_bf16 instead" in advice
+    assert "precision=fp32" not in advice and "precision=int8" in advice
+    slow_both = precision_advice("float16", made_up({"float32": 64.0, "float16": 59.0, "bfloat16": 66.0}), "mixed")
+    assert slow_both is not None and "use precision=fp32" in slow_both and "mixed_bf16" not in slow_both
+
+
 def test_a_stalled_dtype_is_announced_as_stalled():
     probe = made_up({"float32": 200.0, "float16": None}, {"float16": "stalled (no result in 45 s)"})
     advice = precision_advice("float16", probe, "mixed")

@@ -233,8 +233,29 @@ def precision_advice(compute_dtype: str, measured: Probe, precision: str) -> str
     )
     return (
         f"precision={precision} computes attention and the FFN in {short}, which will not pay here: {figures}.{meant} "
-        "On this CPU use precision=fp32 (with target=xla length=buckets mask.fold_scale=true for real lengths)."
+        f"{_what_pays(compute_dtype, measured)}"
     )
+
+
+# The precision preset whose attention and FFN compute in each narrow dtype (conf/precision/)
+PRESETS = {"bfloat16": "mixed_bf16", "float16": "mixed"}
+
+
+def _what_pays(refused: str, measured: Probe) -> str:
+    """The other narrow precision where the probe measured it paying, else fp32; and the engines' int8."""
+    fp32 = measured.rates.get("float32")
+    paying = [
+        dtype
+        for dtype in PRESETS
+        if dtype != refused and fp32 and (measured.rates.get(dtype) or 0.0) >= PAYS_MARGIN * fp32
+    ]
+    int8 = "; for more speed on a CPU, precision=int8 with target=onnxruntime or target=openvino (gated on agreement)"
+    if paying:
+        short = {"float16": "fp16", "bfloat16": "bf16"}[paying[0]]
+        return (
+            f"Here {short} measured {measured.describe(paying[0])}: use precision={PRESETS[paying[0]]} instead{int8}."
+        )
+    return f"On this CPU use precision=fp32 (with length=trim or length=pack for real lengths){int8}."
 
 
 if __name__ == "__main__":  # the probe's child process: python -m bertc.driver.hardware RUNTIME DTYPE...
