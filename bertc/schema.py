@@ -213,11 +213,16 @@ _BOOLEANS.update({"false": False, "no": False, "n": False, "off": False, "0": Fa
 def check_override(field: dataclasses.Field, hint: Any, key: str, text: str) -> str | None:
     """A problem with `key=text` for a schema field (its type, its Range), or None. Values Hydra computes
     (interpolations, sweeps, functions) and lists are left to Hydra and to the plan's check."""
-    if typing.get_origin(hint) in (list, tuple, dict) or dataclasses.is_dataclass(hint):
+    if dataclasses.is_dataclass(hint):
         return None
+    collection = _without_none(hint)
+    if typing.get_origin(collection) in (list, tuple, dict):
+        return _not_a_collection(collection, key, text.strip())
     text, kind = text.strip(), _scalar(hint)
     if not text:
         return _empty(field, key, kind)
+    if text.startswith(("[", "{")) and kind in (bool, int, float, str):
+        return f"{key}={text} is a {'list' if text[0] == '[' else 'mapping'}: allowed is {_kind_name(kind)}."
     if text.startswith(("${", "[", "{")) or "," in text or "(" in text:
         return None
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
@@ -248,6 +253,23 @@ def check_override(field: dataclasses.Field, hint: Any, key: str, text: str) -> 
     return None
 
 
+def _without_none(hint: Any) -> Any:
+    """`X` for `X | None`; the hint itself otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
+        return arguments[0] if len(arguments) == 1 else hint
+    return hint
+
+
+def _not_a_collection(hint: Any, key: str, text: str) -> str | None:
+    """A plain value where a list or a mapping goes (Hydra's own message is a multi-line schema dump)."""
+    if not text or text.startswith(("${", "[", "{")) or "," in text or "(" in text or text.lower() == "null":
+        return None  # interpolations, sweeps and functions: Hydra resolves them; the plan checks the result
+    if typing.get_origin(hint) is dict:
+        return f"{key}={text} is not a mapping: set one entry with {key}.NAME=VALUE, or give {{NAME: VALUE, ...}}."
+    return f"{key}={text} is not a list: give [{text}] or [a, b, ...]."
+
+
 def _empty(field: dataclasses.Field, key: str, kind: Any) -> str | None:
     """`key=` gives Hydra an empty string: a problem for a number, a switch and a string that must be filled."""
     bounds = field.metadata.get(RANGE)
@@ -258,4 +280,4 @@ def _empty(field: dataclasses.Field, key: str, kind: Any) -> str | None:
 
 
 def _kind_name(kind: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a value")
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, "a value")

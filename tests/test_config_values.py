@@ -8,6 +8,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -108,6 +109,30 @@ def test_a_bad_value_is_refused_in_one_line_before_hydra(key, value, capsys, tmp
 IN_TYPE = [(key, value) for key, value in probes() if value not in ("abc", "1.5", "maybe")]
 
 
+def wrong_shapes() -> list[tuple[str, str]]:
+    """A list or a mapping for each scalar key, a plain value for each list or mapping key."""
+    shapes = []
+    for key, (_, hint) in leaf_keys().items():
+        arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
+        plain = arguments[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+        if typing.get_origin(plain) in (list, tuple, dict):
+            shapes.append((key, "5"))
+        elif plain in (bool, int, float, str):
+            shapes += [(key, "[1]"), (key, "{a: 1}")]
+    return shapes
+
+
+@pytest.mark.parametrize("key, value", wrong_shapes())
+def test_a_value_of_the_wrong_shape_is_refused_in_one_line_before_hydra(key, value, capsys, tmp_path, monkeypatch):
+    """Hydra's own message for these is a schema dump with its HYDRA_FULL_ERROR hint."""
+    monkeypatch.chdir(tmp_path)
+    code = _answer_before_hydra([f"{key}={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{key}={value}" in err and ("allowed is" in err or "is not a list" in err or "is not a mapping" in err)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("key, value", [probe for probe in IN_TYPE if not probe[1].startswith("[")])
 def test_a_value_out_of_range_is_refused_at_the_plan_too(key, value):
     """What the API and YAML files give (no command line to check) is refused when the plan is built."""
@@ -131,6 +156,8 @@ ISSUE_CASES = [
     # Hydra's own message before, with its HYDRA_FULL_ERROR hint:
     (["overwrite=maybe"], "overwrite='maybe' is not a valid bool: allowed is true or false"),
     (["verify.batches=four"], "verify.batches='four' is not a valid integer: allowed is an integer from 1"),
+    (["verify.batch_size=[1]"], "verify.batch_size=[1] is a list: allowed is an integer"),
+    (["model.inputs=5"], "model.inputs=5 is not a mapping"),
 ]
 
 
