@@ -30,7 +30,7 @@ class StableHloTarget(SavedModelTarget):
     name = "stablehlo"
     params = StableHloParams
     probe_runtime = "xla"
-    static_shapes = True  # the modules are exported per (batch size, width)
+    static_shapes = True  # one module per batch size and length bucket; bertc.runtime.stablehlo computes the length
     pack_refused = (
         "its modules are exported per (batch size, width) and bertc.runtime.stablehlo computes the width in NumPy; "
         "it does not yet compute the packed row count and the pack indices outside the modules."
