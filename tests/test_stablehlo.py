@@ -168,7 +168,7 @@ def test_stablehlo_target_needs_batch_sizes():
     with pytest.raises(ConfigError, match="target.batch_sizes"):
         build_plan(compose_config(["target=stablehlo", "target.batch_sizes=[]"]))
     plan = build_plan(compose_config(["target=stablehlo", "target.batch_sizes=[64,1,8,8]"]))
-    assert plan.target.batch_sizes == (1, 8, 64)
+    assert plan.target.params.batch_sizes == (1, 8, 64)
     assert "StableHLO modules for batch sizes [1, 8, 64]" in plan.describe()[-3]
 
 

@@ -3,8 +3,11 @@ NumPy forward pass (tests/numpy_bert.py, no TensorFlow) compiles, verifies and b
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,23 +19,25 @@ from rich.console import Console
 
 from bertc import targets
 from bertc.driver.cli import CONF_DIR
+from bertc.driver.config import register_configs
 from bertc.driver.pipeline import compile_run
 from bertc.driver.plan import build_plan
-from bertc.targets.base import TargetOptions
+from bertc.targets.base import BaseTarget, TargetOptions
 
 
 class NpzArtifact:
     """The rewritten graph's weights in weights.npz and the head count in shape.json; served by NumPy."""
 
-    def __init__(self, weights: Mapping[str, np.ndarray], heads: int):
-        self.weights, self.heads = dict(weights), heads
+    def __init__(self, weights: Mapping[str, np.ndarray], heads: int, compress: bool):
+        self.weights, self.heads, self.compress = dict(weights), heads, compress
 
     def warm_up(self, batch_size: int, seq_len: int) -> None:
         return None  # nothing to compile
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True)
-        np.savez(path / "weights.npz", **{name.replace("/", "|"): value for name, value in self.weights.items()})
+        write = np.savez_compressed if self.compress else np.savez
+        write(path / "weights.npz", **{name.replace("/", "|"): value for name, value in self.weights.items()})
         (path / "shape.json").write_text(json.dumps({"heads": self.heads}))
         self.weights = {}
 
@@ -51,40 +56,44 @@ class NpzArtifact:
         return {"files": sorted(file.name for file in path.iterdir()), "how": "numpy_bert.forward over weights.npz"}
 
 
-class NumpyTarget:
+@dataclasses.dataclass(frozen=True)
+class NumpyParams:
+    compress: bool = False  # target.compress: weights.npz compressed
+
+
+class NumpyTarget(BaseTarget):
     name = "numpy"
-    probe_runtime = None  # not a TensorFlow runtime: the precision probe does not apply
-
-    def check_available(self, options: TargetOptions) -> None:
-        pass
-
-    def serves_on_cpu(self, options: TargetOptions) -> bool:
-        return False
+    params = NumpyParams
 
     def engine_versions(self, quantize: str = "") -> dict[str, str]:
         return {"numpy": np.__version__}
 
     def lower(self, graph, options: TargetOptions) -> NpzArtifact:
-        return NpzArtifact(graph.weights, int(options.model_shape["heads"]))
+        return NpzArtifact(graph.weights, int(options.model_shape["heads"]), options.params.compress)
 
 
 @pytest.fixture
 def numpy_target(tmp_path):
     """The target registered, and its one YAML option in a config folder of its own on Hydra's search path."""
     (tmp_path / "conf" / "target").mkdir(parents=True)
-    (tmp_path / "conf" / "target" / "numpy.yaml").write_text("name: numpy\ndevice: cpu\n")
+    (tmp_path / "conf" / "target" / "numpy.yaml").write_text("name: numpy\ndevice: cpu\ncompress: true\n")
     targets.register(NumpyTarget())
+    register_configs()  # its key joins the target group's schema
     yield tmp_path / "conf"
     targets.unregister("numpy")
+    register_configs()
 
 
 def test_a_target_in_one_module_with_one_yaml_compiles_verifies_and_benchmarks(numpy_target, tiny_model_dir, tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         overrides = [f"hydra.searchpath=[file://{numpy_target}]", f"model.path={tiny_model_dir}", "target=numpy"]
         cfg = compose("config", overrides=[*overrides, "bench=quick", "bench.batch_sizes=[1,2]"])
-    code = compile_run(build_plan(cfg), tmp_path / "run", Console(file=io.StringIO()))
+    plan = build_plan(cfg)
+    assert plan.target.params == NumpyParams(compress=True)  # from its YAML
+    code = compile_run(plan, tmp_path / "run", Console(file=io.StringIO()))
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert code == 0, report.get("error")
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["plan"]["target"]["compress"] is True
     assert report["target"]["name"] == "numpy" and report["parity"]["passed"]
     assert report["parity"]["max_abs_diff"] < 1e-5 and report["parity"]["examples"] == 32
     assert report["bench"]["speedup"] > 0  # measured against the original in the same process
@@ -101,3 +110,15 @@ def test_an_unknown_target_lists_the_registered_ones(numpy_target, tmp_path):
     assert check_choice("numpy", field.metadata[CHOICES], "target.name") == "numpy"
     with pytest.raises(ConfigError, match="choose one of: tf, xla, neuron, stablehlo, onnxruntime, openvino, numpy"):
         check_choice("onnx", field.metadata[CHOICES], "target.name")
+
+
+def test_every_target_is_read_without_tensorflow():
+    """The plan reads the targets' declarations (their keys, the length modes they take) before anything compiles,
+    and `bertc --help` builds the config schema from them: their modules leave TensorFlow to the compile."""
+    code = (
+        "import sys; from bertc import targets; [targets.get(name) for name in targets.TARGETS]; "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'tensorflow'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -19,6 +19,8 @@ from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.targets import neuron
 from bertc.targets.base import TargetOptions
+from bertc.targets.neuron_target import TARGET as NEURON
+from bertc.targets.neuron_target import NeuronParams
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_neuron_missing_is_a_clear_error_before_any_work(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", None)
     monkeypatch.setitem(sys.modules, "tensorflow.neuron", None)
     with pytest.raises(ConfigError, match="Neuron package repository") as error:
-        neuron.TARGET.check_available(TargetOptions("neuron", "auto", 8, 128))
+        NEURON.check_available(TargetOptions("neuron", "auto", 8, 128))
     assert "placeholder" in str(error.value) and "target=xla" in str(error.value)
 
 
@@ -68,7 +70,8 @@ def test_neuron_inf1_contract_partition_decides_what_goes_to_neuron(partitioned,
     tracer = RecordingTracer("tensorflow.neuron")
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", None)
     monkeypatch.setitem(sys.modules, "tensorflow.neuron", tracer)
-    module = neuron.TARGET.lower(partitioned, TargetOptions("neuron", "auto", 4, 128, compute_dtype="bfloat16")).module
+    options = TargetOptions("neuron", "auto", 4, 128, compute_dtype="bfloat16", params=NeuronParams())
+    module = NEURON.lower(partitioned, options).module
     (call,) = tracer.calls
     assert call["flags"] == "--fp32-cast=matmult-bf16 --dynamic-batch-size"
     assert call["shapes"] == [(4, 128)] * 3
@@ -83,8 +86,8 @@ def test_neuron_inf1_contract_partition_decides_what_goes_to_neuron(partitioned,
 def test_neuronx_contract_traces_device_part_at_static_shape(partitioned, monkeypatch, dynamic_batch, tmp_path):
     tracer = RecordingTracer("tensorflow_neuronx")
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", tracer)
-    options = TargetOptions("neuron", "auto", 4, 128, compute_dtype="float16", dynamic_batch=dynamic_batch)
-    module = neuron.TARGET.lower(partitioned, options).module
+    options = TargetOptions("neuron", "auto", 4, 128, compute_dtype="float16", params=NeuronParams(dynamic_batch))
+    module = NEURON.lower(partitioned, options).module
     (call,) = tracer.calls
     assert call["flags"] == "--auto-cast=matmult --auto-cast-type=fp16"
     assert sorted(call["shapes"]) == sorted([(4, 1, 1, 128), (4, 128, 32)]), "the boundary tensors, at the static batch"
@@ -132,9 +135,9 @@ def test_neuronx_buckets_trace_once_per_bucket_and_each_length_runs_its_own(
 ):
     tracer = StaticShapeTracer("tensorflow_neuronx")
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", tracer)
-    options = TargetOptions("neuron", "auto", 4, 128, dynamic_batch=dynamic_batch, length_mode="buckets")
-    neuron.TARGET.check_available(options)
-    module = neuron.TARGET.lower(bucketed, options).module
+    options = TargetOptions("neuron", "auto", 4, 128, length_mode="buckets", params=NeuronParams(dynamic_batch))
+    NEURON.check_available(options)
+    module = NEURON.lower(bucketed, options).module
     assert [sorted(call["shapes"]) for call in tracer.calls] == [
         sorted([(4, 1, 1, width), (4, width, 32)]) for width in (32, 64, 128)
     ], "one trace per bucket, the boundary tensors at the bucket's width and the static batch"
@@ -156,9 +159,9 @@ def test_inf1_refuses_buckets_before_any_work(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_neuronx", None)
     monkeypatch.setitem(sys.modules, "tensorflow.neuron", RecordingTracer("tensorflow.neuron"))
     with pytest.raises(ConfigError, match="needs tensorflow-neuronx") as error:
-        neuron.TARGET.check_available(TargetOptions("neuron", "auto", 8, 128, length_mode="buckets"))
+        NEURON.check_available(TargetOptions("neuron", "auto", 8, 128, length_mode="buckets"))
     assert "length=full" in str(error.value)
-    neuron.TARGET.check_available(TargetOptions("neuron", "auto", 8, 128, length_mode="full"))
+    NEURON.check_available(TargetOptions("neuron", "auto", 8, 128, length_mode="full"))
 
 
 @pytest.mark.parametrize(
@@ -179,7 +182,7 @@ def test_neuron_cast_flags_follow_the_precision_rules_not_the_preset_name(overri
     plan = build_plan(compose_config(["target=neuron", *overrides]))
     shape = BertShape(2, 32, 4, 8, 64, 30522, 2, 512, 128, 2, 1e-12)
     options = target_options(plan, shape, "sha256:x")
-    assert " ".join(neuron.compiler_flags(kind, options.compute_dtype, options.dynamic_batch)) == flags
+    assert " ".join(neuron.compiler_flags(kind, options.compute_dtype, options.params.dynamic_batch)) == flags
 
 
 def test_wrong_sequence_length_names_the_expected_length(partitioned, tmp_path):

@@ -4,9 +4,12 @@ Hydra schema derived from all of them, registered so every YAML value and overri
 from __future__ import annotations
 
 import dataclasses
+import typing
+from typing import Any
 
+from bertc import targets
 from bertc.model.config import PRESETS
-from bertc.schema import Key, bounded, choice, schema_of
+from bertc.schema import Key, bounded, choice, config_fields, derived, schema_of
 from bertc.targets import DEVICES, TARGETS
 
 SCHEMA_NAME = "bertc_schema"  # the root schema's name in Hydra's ConfigStore (config.yaml's first default)
@@ -54,11 +57,11 @@ class TargetConf:
     device: str = choice("auto", DEVICES)
     intra_op_threads: int = bounded(0, 0, THREADS, note="0: TensorFlow's choice, all cores")
     inter_op_threads: int = bounded(0, 0, THREADS, note="0: TensorFlow's choice")
-    dynamic_batch: bool = True  # neuron: accept any batch by splitting and padding
-    # stablehlo only: a StableHLO module per static batch size (bertc.runtime.stablehlo pads a batch up to the next one)
-    batch_sizes: tuple[int, ...] = bounded((1, 8), 1, BATCH, filled=True, item="size")
     # wall-clock limit of compile + warm-up; null: none (not fingerprinted)
     timeout_s: float | None = bounded(1800.0, 0, SECONDS, above=True, note="seconds; null: no limit")
+    # the target's own keys (its `params` dataclass: target.batch_sizes for stablehlo, ...), read by the plan from
+    # the same group
+    params: Any = derived(None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,13 +125,35 @@ TOP_LEVEL = (
 )
 
 
+def target_keys() -> type:
+    """The `target` group's keys: TargetConf's, then every registered target's own (its `params`), so one schema
+    takes the keys of whichever target a config picks. A key two targets declare must be declared alike."""
+    declared: dict[str, tuple[type, tuple[str, Any, dataclasses.Field]]] = {}
+    for cls in (TargetConf, *(params for name in TARGETS if (params := targets.get(name).params))):
+        hints = typing.get_type_hints(cls)
+        for field in config_fields(cls):
+            entry = (field.name, hints[field.name], _copy(field))
+            owner, seen = declared.setdefault(field.name, (cls, entry))
+            if (seen[1], seen[2].default, seen[2].metadata) != (entry[1], entry[2].default, entry[2].metadata):
+                raise ValueError(f"target.{field.name} is declared differently by {owner.__name__} and {cls.__name__}")
+    return dataclasses.make_dataclass("TargetKeys", [entry for _, entry in declared.values()])
+
+
+def _copy(field: dataclasses.Field) -> Any:
+    """A field's declaration, unbound from its class, for another dataclass."""
+    if field.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=field.default_factory, metadata=field.metadata)
+    return dataclasses.field(default=field.default, metadata=field.metadata)
+
+
 def root_schema() -> type:
-    """The whole config's schema: every pass's group (its parameters plus its own keys), the other groups,
-    the top-level switches."""
+    """The whole config's schema: every pass's group (its parameters plus its own keys), the other groups (the
+    target's with every target's own keys), the top-level switches."""
     from bertc.passes import passes
 
     groups = {spec.group: schema_of(spec.params, spec.config_keys, f"{spec.group}_schema") for spec in passes()}
-    groups.update({group: schema_of(cls, (), f"{group}_schema") for group, cls in GROUPS.items()})
+    with_targets = {**GROUPS, "target": target_keys()}
+    groups.update({group: schema_of(cls, (), f"{group}_schema") for group, cls in with_targets.items()})
     fields = [(group, schema, dataclasses.field(default_factory=schema)) for group, schema in groups.items()]
     fields += [(key.name, key.type, dataclasses.field(default=key.default)) for key in TOP_LEVEL]
     return dataclasses.make_dataclass("Config", fields)

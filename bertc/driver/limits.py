@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bertc import targets
 from bertc.errors import ConfigError, ModelError, UserError
 from bertc.runtime.memory import available_memory
 
@@ -103,9 +104,7 @@ def largest_batch(plan: Any) -> tuple[int, str]:
         candidates.append((plan.verify.batch_size, "verify.batch_size"))
     if plan.bench.enabled:
         candidates += [(size, "bench.batch_sizes") for size in plan.bench.batch_sizes]
-    if plan.target.name == "stablehlo":
-        candidates += [(size, "target.batch_sizes") for size in plan.target.batch_sizes]
-    return max(candidates)
+    return max(candidates + targets.get(plan.target.name).batches(plan.target.params))
 
 
 # ---- memory --------------------------------------------------------------------------------------

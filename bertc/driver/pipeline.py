@@ -202,8 +202,9 @@ def check_target(run: Run, plan: Plan):
         compute_dtype=plan.compute_dtype,
         length_mode=plan.length_mode,
         quantize=plan.quantize,
+        params=plan.target.params,
     )
-    if plan.quantize and not getattr(target, "quantizes", False):
+    if plan.quantize and not target.quantizes:
         raise ConfigError(
             f"precision={plan.precision} computes matmuls in {plan.quantize}, which target={plan.target.name} cannot "
             f"run: the engine targets quantize ({', '.join(targets.quantizing())}). Choose one of them, or a float "
@@ -278,7 +279,6 @@ def target_options(plan: Plan, shape, fingerprint_: str):
     from bertc.targets.base import TargetOptions
 
     partition, mask = plan.step_params("partition"), plan.step_params("mask")
-    precision = plan.step_params("precision")
     return TargetOptions(
         name=plan.target.name,
         device=plan.target.device,
@@ -290,8 +290,6 @@ def target_options(plan: Plan, shape, fingerprint_: str):
         input_limits={"input_ids": shape.vocab, "segment_ids": shape.type_vocab}
         if plan.security.guard_inputs
         else None,
-        dynamic_batch=plan.target.dynamic_batch,
-        batch_sizes=plan.target.batch_sizes,
         precision=plan.precision,
         gate_tolerance=plan.verify.tolerance or GATES.get(plan.gate, 1.0),  # int8: gated on agreement, not |dp|
         fingerprint=fingerprint_,
@@ -300,8 +298,7 @@ def target_options(plan: Plan, shape, fingerprint_: str):
         keep_signature=plan.keep_signature,
         length_mode=plan.length_mode,
         quantize=plan.quantize,
-        activations=precision.activations if precision else "dynamic",
-        calibration_batches=precision.calibration_batches if precision else 8,
+        params=plan.target.params,
     )
 
 

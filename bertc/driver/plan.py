@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
+from bertc import targets
 from bertc.driver.config import BenchConf, ModelInput, SecurityConf, ShapeConf, TargetConf, VerifyConf
 from bertc.driver.limits import RunLimits, run_limits  # value checks and time limits
 from bertc.errors import ConfigError
 from bertc.passes import passes
-from bertc.schema import check_choice, from_config
+from bertc.schema import check_choice, config_fields, from_config
 
 # The canonical step order, read from the passes' own `after` declarations (each with its NOTE).
 STEP_ORDER: tuple[tuple[str, str], ...] = tuple((spec.group, spec.name) for spec in passes())
@@ -70,7 +71,8 @@ class Plan:
             "steps": [{"name": step.name, "params": _plain(step.params)} for step in self.steps],
             # NOTE: the time limit never changes the artifact: it stays out of the fingerprint.
             "target": {
-                **{key: value for key, value in _plain(self.target).items() if key != "timeout_s"},
+                **{key: value for key, value in _plain(self.target).items() if key not in ("timeout_s", "params")},
+                **_own_keys(self.target.params),
                 **_plain(self.shape),
                 "guard_inputs": self.security.guard_inputs,
                 "keep_signature": self.keep_signature,
@@ -118,7 +120,7 @@ class Plan:
                 if target.intra_op_threads or target.inter_op_threads
                 else ""
             )
-            + (f", StableHLO modules for batch sizes {list(target.batch_sizes)}" if target.name == "stablehlo" else "")
+            + (f", {line}" if (line := targets.get(target.name).describe(target.params)) else "")
             + (", signature keeps label_ids and is_real_example" if self.keep_signature else "")
         )
         verify = self.verify
@@ -139,6 +141,11 @@ class Plan:
             f"{bench.rounds} interleaved rounds of {bench.seconds}s"
         )
         return lines
+
+
+def _own_keys(params: Any) -> dict:
+    """A target's own keys as the config gives them (what it derives from other groups is theirs)."""
+    return {field.name: _plain(getattr(params, field.name)) for field in config_fields(type(params))} if params else {}
 
 
 def _describe_params(params: Any) -> str:
@@ -183,8 +190,10 @@ def build_plan(cfg: Any) -> Plan:
         model = dataclasses.replace(model, name="user")
     compute_dtype = _narrowest_dtype(cfg.precision)
     quantize = "int8" if any(rule.dtype == "int8" for rule in cfg.precision.rules) else ""
-    facts = {"compute_dtype": compute_dtype, "target": cfg.target.name, "length": cfg.length}
-    steps = []
+    target = from_config(TargetConf, cfg.target, "target")
+    facts = {"compute_dtype": compute_dtype, "target": targets.get(target.name), "length": cfg.length}
+    steps: list[Step] = []
+    built: dict[str, Any] = {}  # every group's parameters, of the steps that do not run too
     for spec in passes():
         node = cfg[spec.group]
         for key in spec.config_keys:
@@ -192,13 +201,14 @@ def build_plan(cfg: Any) -> Plan:
                 check_choice(node[key.name], key.choices, f"{spec.group}.{key.name}")
         # NOTE: every group's values are checked, the steps that do not run included: a bad value is refused
         # where it enters, not later when the step is switched on
-        params = from_config(spec.params, node, spec.group, **spec.derive(facts))
+        params = built[spec.group] = from_config(spec.params, node, spec.group, **spec.derive(facts))
         if spec.runs(node):
             steps.append(Step(spec.group, spec.name, params))
     plan = Plan(
         model=model,
         steps=tuple(steps),
-        target=from_config(TargetConf, cfg.target, "target"),
+        # the precision step's parameters: the int8 settings a quantizing target derives its own from
+        target=dataclasses.replace(target, params=_target_params(cfg.target, target.name, built["precision"])),
         shape=from_config(ShapeConf, cfg.shape, "shape"),
         verify=from_config(VerifyConf, cfg.verify, "verify"),
         bench=from_config(BenchConf, cfg.bench, "bench"),
@@ -211,18 +221,25 @@ def build_plan(cfg: Any) -> Plan:
         limits=run_limits(cfg),  # tolerance, threads, boundaries, timeouts
     )
     _check_values(plan)
-    return dataclasses.replace(
-        plan, target=dataclasses.replace(plan.target, batch_sizes=tuple(sorted(set(plan.target.batch_sizes))))
-    )
+    return plan
+
+
+def _target_params(node: Any, chosen: str, precision: Any) -> Any:
+    """The chosen target's own parameters, read from the `target` group. NOTE: every target's keys are checked, the
+    targets not chosen included: a bad value is refused where it enters, as a pass's are."""
+    found = {}
+    for name in targets.TARGETS:
+        target = targets.get(name)
+        if target.params is not None:
+            found[name] = from_config(target.params, node, "target", **target.derive({"precision": precision}))
+    return found.get(chosen)
 
 
 def _check_values(plan: Plan) -> None:
     """What a type cannot say: sizes at least 1, lists not empty."""
-    target, shape, verify, bench = plan.target, plan.shape, plan.verify, plan.bench
+    shape, verify, bench = plan.shape, plan.verify, plan.bench
     if shape.batch_size < 1:
         raise ConfigError(f"shape.batch_size={shape.batch_size} must be at least 1.")
-    if target.name == "stablehlo" and (not target.batch_sizes or min(target.batch_sizes) < 1):
-        raise ConfigError(f"target.batch_sizes={list(target.batch_sizes)} needs at least one size, each >= 1.")
     if shape.seq_len is not None and shape.seq_len < 1:
         raise ConfigError(f"shape.seq_len={shape.seq_len} must be positive.")
     if bench.enabled and (not bench.batch_sizes or min(bench.batch_sizes) < 1):

@@ -9,41 +9,34 @@ lengths with MRPC's distribution (mean 53, p90 70, max 86), capped at the model'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bertc.errors import ConfigError
 
-# Targets whose compiled functions have static shapes: `trim` would compile once per distinct length. Each
-# implements buckets instead (xla: one compiled function per bucket; stablehlo: one module per batch size and
-# bucket, the length computed by bertc.runtime.stablehlo; neuron: one trace per bucket, Inf2/Trn only).
-STATIC_SHAPE_TARGETS = ("xla", "stablehlo", "neuron")
-# Static-shape targets that do not take length=pack (xla does: bertc/targets/length_dispatch.py), and why.
-PACK_REFUSED_TARGETS = {
-    "stablehlo": "its modules are exported per (batch size, width) and bertc.runtime.stablehlo computes the width in "
-    "NumPy; it does not yet compute the packed row count and the pack indices outside the modules.",
-    "neuron": "a Neuron trace per (width, row count) is untested (no Inf2/Trn machine here).",
-}
+if TYPE_CHECKING:
+    from bertc.targets.base import Target
+
 # MRPC dev (408 pairs, uncased WordPiece, [CLS] a [SEP] b [SEP]): token-count quantiles, from
 # bertc.evaluate.verify's tokenizer on the GLUE file. A piecewise-linear inverse CDF through them gives
 # mean 53, p90 70, max 86.
 MRPC_QUANTILES = ((0.0, 26), (0.1, 37), (0.25, 44), (0.5, 53), (0.75, 63), (0.9, 70), (0.97, 78), (1.0, 86))
 
 
-def check_length_target(mode: str, sizes, target: str) -> None:
+def check_length_target(mode: str, sizes, target: Target) -> None:
     """A length mode the target cannot run, or buckets without sizes, is a config error before anything runs."""
     if mode == "buckets" and (not sizes or min(sizes) < 1):
         raise ConfigError(f"length.sizes={list(sizes)} needs at least one size, each >= 1.")
-    if mode == "trim" and target in STATIC_SHAPE_TARGETS:
+    if mode == "trim" and target.static_shapes:
         raise ConfigError(
-            f"length=trim needs a target with dynamic shapes, and target={target} compiles static shapes "
+            f"length=trim needs a target with dynamic shapes, and target={target.name} compiles static shapes "
             "(one compile per distinct length). Use length=buckets (one compiled function per bucket) "
             "or target=tf."
         )
-    if mode == "pack" and target in PACK_REFUSED_TARGETS:
+    if mode == "pack" and target.pack_refused:
         raise ConfigError(
-            f"length=pack on target={target}: {PACK_REFUSED_TARGETS[target]} On this target use length=buckets "
+            f"length=pack on target={target.name}: {target.pack_refused} On this target use length=buckets "
             "(one compiled function per bucket of the batch's longest row) or length=full; length=pack runs on "
             "target=tf, target=onnxruntime (dynamic shapes) and target=xla (its row count and the batch's "
             "longest row bucketed, one compiled function per pair)."

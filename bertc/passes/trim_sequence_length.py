@@ -447,13 +447,13 @@ def _cut_inputs(graph: Graph, params: LengthParams) -> str | None:
 
 
 def _length_suits_target(facts) -> dict:
-    """The mode is checked against the target, which must be able to run it; pack on a target that compiles
-    static shapes buckets its lengths (static_shapes)."""
-    from bertc.evaluate.lengths import STATIC_SHAPE_TARGETS, check_length_target
+    """The mode is checked against the target (bertc/targets/base.py: Target), which must be able to run it; pack on
+    a target that compiles static shapes buckets its lengths (static_shapes)."""
+    from bertc.evaluate.lengths import check_length_target
 
     mode = facts["length"].mode
     check_length_target(mode, tuple(facts["length"].sizes), facts["target"])
-    return {"static_shapes": mode == "pack" and facts["target"] in STATIC_SHAPE_TARGETS}
+    return {"static_shapes": mode == "pack" and facts["target"].static_shapes}
 
 
 PASS = Pass(

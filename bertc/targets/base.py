@@ -1,7 +1,9 @@
 """The target interface: what the pipeline hands a target (`TargetOptions`, derived by the plan from the
-config and the model's shape), what a target does with it (`Target.lower`) and what that gives (`Artifact`:
-it warms up, saves itself, opens its saved files with its engine's own runtime for verify and bench, and
-says how it serves). Nothing here imports TensorFlow: an engine's artifact need not be a SavedModel."""
+config and the model's shape, with the target's own `params`), what a target does with it (`Target.lower`) and
+what that gives (`Artifact`: it warms up, saves itself, opens its saved files with its engine's own runtime for
+verify and bench, and says how it serves). A target also declares what the plan checks before anything runs: its
+parameters (conf/target/<name>.yaml), the length modes it takes, the batches it builds, its line in the plan.
+Nothing here imports TensorFlow: an engine's artifact need not be a SavedModel."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from bertc.schema import derived
 
 # What verify and bench call: bertc's serving inputs (input_ids, input_mask, segment_ids: int32 [batch, seq_len])
 # -> {"probabilities", "logits"} (float32 [batch, labels]), computed by the engine that serves the artifact.
@@ -29,8 +33,6 @@ class TargetOptions:
     scale_folded: bool = False  # mask.fold_scale: 1/sqrt(head_size) lives in the query weights
     # {"input_ids": vocab size, "segment_ids": type vocab size}: ids outside [0, limit) are refused; None: no guard
     input_limits: Mapping[str, int] | None = None
-    dynamic_batch: bool = True  # neuron: serve any batch from a static-batch compile
-    batch_sizes: tuple[int, ...] = (1, 8)  # stablehlo: one module per static batch size
     precision: str = "fp32"  # the precision preset's label, for manifests
     gate_tolerance: float = 1e-5  # the verify gate the artifact's own self-check uses
     fingerprint: str = ""  # the plan's fingerprint, for manifests
@@ -41,8 +43,7 @@ class TargetOptions:
     length_mode: str = "full"  # length.mode: full | trim | buckets (a target refuses one it cannot run)
     # "int8": the precision map's int8 matmuls (Graph.quantize) are quantized by the engine; "": none
     quantize: str = ""
-    activations: str = "dynamic"  # int8 activations: dynamic (per call) or static (calibrated at build time)
-    calibration_batches: int = 8  # static: seeded batches the activation ranges are read from
+    params: Any = None  # the target's own parameters: an instance of its `params` dataclass; None: it declares none
 
 
 class Artifact(Protocol):
@@ -66,13 +67,30 @@ class Artifact(Protocol):
 
 
 class Target(Protocol):
-    """One way of compiling the rewritten graph. `check_available` runs before any work."""
+    """One way of compiling the rewritten graph. `check_available` runs before any work. The registry imports the
+    module that defines it without TensorFlow (bertc/targets/__init__.py): the plan reads the declarations."""
 
     name: str
+    # A frozen dataclass of the target's own config keys, read from the `target` group (conf/target/<name>.yaml)
+    # like a pass's params (bertc/schema.py: bounded, choice; `derived` fields come from `derive`); None: no keys.
+    params: type | None
     quantizes: bool  # whether it takes a precision map with int8 rules (TargetOptions.quantize)
     # The TensorFlow runtime the artifact's math runs in when it serves on a CPU ("tf" or "xla"), for the
     # precision probe (bertc/driver/hardware.py); None where the math runs elsewhere (Inferentia).
     probe_runtime: str | None
+    # Its compiled functions have static shapes: length=trim is refused (a compile per distinct length) and
+    # length=pack buckets its row count (bertc/evaluate/lengths.py).
+    static_shapes: bool
+    pack_refused: str  # why it cannot run length=pack, as a sentence; "" where it can
+
+    def derive(self, facts: Mapping[str, Any]) -> dict:
+        """The `derived` fields of `params`, from the plan's facts (the precision step's parameters, ...)."""
+
+    def describe(self, params: Any) -> str:
+        """What its parameters add to the plan's target line; "" for nothing."""
+
+    def batches(self, params: Any) -> list[tuple[int, str]]:
+        """(size, config key) of each batch it builds beyond shape.batch_size, for the memory check."""
 
     def check_available(self, options: TargetOptions) -> None: ...
 
@@ -87,10 +105,39 @@ class Target(Protocol):
         the plan's ("int8" or ""), where a quantizer of its own builds the artifact too."""
 
 
-class SavedModelTarget:
-    """The common case: a TensorFlow SavedModel served by TensorFlow (bertc.targets.serving.SavedModelArtifact)."""
+class BaseTarget:
+    """What a target declares unless it says otherwise: no keys of its own, no int8, no TensorFlow runtime to probe,
+    dynamic shapes (every length mode), nothing to add to the plan, no batch beyond the plan's, nothing to check."""
 
     name = ""
+    params: type | None = None
+    quantizes = False
+    probe_runtime: str | None = None
+    static_shapes = False
+    pack_refused = ""
+
+    def derive(self, facts: Mapping[str, Any]) -> dict:
+        return {}
+
+    def describe(self, params: Any) -> str:
+        return ""
+
+    def batches(self, params: Any) -> list[tuple[int, str]]:
+        return []
+
+    def check_available(self, options: TargetOptions) -> None:
+        pass
+
+    def serves_on_cpu(self, options: TargetOptions) -> bool:
+        return False
+
+    def engine_versions(self, quantize: str = "") -> dict[str, str]:
+        return {}
+
+
+class SavedModelTarget(BaseTarget):
+    """The common case: a TensorFlow SavedModel served by TensorFlow (bertc.targets.serving.SavedModelArtifact)."""
+
     quantizes = False  # TensorFlow has no int8 path at speed on CPU: the engine targets quantize
     probe_runtime: str | None = "tf"
 
@@ -106,6 +153,27 @@ class SavedModelTarget:
 
     def engine_versions(self, quantize: str = "") -> dict[str, str]:
         return {}  # TensorFlow's version is in every fingerprint already
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Params:
+    """What a quantizing target reads of the precision step's int8 settings; the plan derives them (they stay keys
+    of the precision group: precision.activations, precision.calibration_batches)."""
+
+    activations: str = derived("dynamic")  # dynamic (per call) or static (calibrated at build time)
+    calibration_batches: int = derived(8)  # static: seeded batches the activation ranges are read from
+
+
+class QuantizingTarget(BaseTarget):
+    """An engine that quantizes the precision map's int8 matmuls itself (ONNX Runtime, OpenVINO): its math runs
+    outside TensorFlow, so the precision probe does not apply."""
+
+    params: type | None = Int8Params
+    quantizes = True
+
+    def derive(self, facts: Mapping[str, Any]) -> dict:
+        precision = facts["precision"]
+        return {"activations": precision.activations, "calibration_batches": precision.calibration_batches}
 
 
 def engine_node_names(marked: Iterable[str], found: list[str], engine: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""target=neuron: the device part compiled for AWS Inferentia/Trainium by tensorflow-neuron(x), when installed.
+"""target=neuron's compile (declared in bertc/targets/neuron_target.py): the device part compiled for AWS
+Inferentia/Trainium by tensorflow-neuron(x), when installed.
 
 Inferentia 1 (`tensorflow.neuron`): the whole serving function is traced with a
 `subgraph_builder_function` built from the partition: a node pinned to the host device by the
@@ -26,7 +27,7 @@ import tensorflow as tf
 from bertc.errors import ConfigError
 from bertc.ir.graph import Graph
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
-from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.base import TargetOptions
 from bertc.targets.serving import CompiledBert, Placement, SavedModelArtifact, served_outputs
 
 NOT_INSTALLED = (
@@ -152,9 +153,8 @@ def _chunked(device, batch_size: int):
     return run
 
 
-class NeuronTarget(SavedModelTarget):
-    name = "neuron"
-    probe_runtime = None
+class NeuronCompiler:
+    """target=neuron's compile (declared in bertc/targets/neuron_target.py)."""
 
     def check_available(self, options: TargetOptions) -> None:
         _usable_compiler(options)
@@ -167,7 +167,7 @@ class NeuronTarget(SavedModelTarget):
         module = CompiledBert(graph, options.seq_len, placement)
         zeros = np.zeros((options.batch_size, options.seq_len), np.int32)
         example = (tf.constant(zeros), tf.constant(np.ones_like(zeros)), tf.constant(zeros))
-        with _neuron_cc_flags(compiler_flags(kind, options.compute_dtype, options.dynamic_batch)):
+        with _neuron_cc_flags(compiler_flags(kind, options.compute_dtype, options.params.dynamic_batch)):
             if kind == "neuron":
                 traced = compiler.trace(
                     module.serve, example, subgraph_builder_function=runs_on_neuron(options.host_device)
@@ -192,7 +192,7 @@ def _trace_device_part(compiler, module: CompiledBert, example, options: TargetO
         traced = compiler.trace(device_call, tuple(boundary[key] for key in keys))
         traces[f"s{width}"] = traced
         call = functools.partial(_call_traced, traced, keys)
-        call = _chunked(call, options.batch_size) if options.dynamic_batch else call
+        call = _chunked(call, options.batch_size) if options.params.dynamic_batch else call
         if widths:
             module.device_by_width[width] = call
         else:  # length=full: the one trace serves every call
@@ -204,6 +204,3 @@ def _trace_device_part(compiler, module: CompiledBert, example, options: TargetO
 
 def _call_traced(traced, keys: tuple[str, ...], parts: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return traced(*[parts[key] for key in keys])
-
-
-TARGET = NeuronTarget()

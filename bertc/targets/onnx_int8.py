@@ -59,7 +59,7 @@ def quantize(
     with tempfile.TemporaryDirectory(prefix="bertc-int8-") as work:
         source, target = Path(work) / "float.onnx", Path(work) / "int8.onnx"
         onnx.save_model(model, str(source))
-        if options.activations == "static":
+        if options.params.activations == "static":
             inputs = {entry.name for entry in model.graph.input}
             reader = _CalibrationReader(options, {key: serving_names.get(key, key) for key in SERVING_INPUTS}, inputs)
             quantize_static(str(source), str(target), reader, activation_type=QuantType.QUInt8, **common)
@@ -70,7 +70,7 @@ def quantize(
     info = {
         "matmuls": len(marked),
         "roles": dict(sorted(collections.Counter(marked.values()).items())),
-        "activations": options.activations,
+        "activations": options.params.activations,
         "reduce_range": reduce_range,
         "integer_ops": {op: done[op] for op in INTEGER_OPS if done[op]},
     }
@@ -115,7 +115,7 @@ class _CalibrationReader:
 
         shape = options.model_shape or {}
         vocab, seq_len = int(shape.get("vocab", 30522)), options.seq_len
-        batches = synthetic_batches(options.calibration_batches, options.batch_size, seq_len, vocab, seed=1234)
+        batches = synthetic_batches(options.params.calibration_batches, options.batch_size, seq_len, vocab, seed=1234)
         feeds = [{names[key]: np.asarray(value, np.int32) for key, value in batch.feeds().items()} for batch in batches]
         self._feeds = iter([{key: value for key, value in feed.items() if key in inputs} for feed in feeds])
 

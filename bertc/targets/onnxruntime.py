@@ -30,7 +30,7 @@ import numpy as np
 
 from bertc.errors import ConfigError
 from bertc.ir.graph import Graph
-from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.base import QuantizingTarget, TargetOptions
 from bertc.targets.onnx_fusion import fuse_attention, fuse_multi_head_attention, fuse_skip_layer_norm
 from bertc.targets.onnx_int8 import onnx_names, quantize
 
@@ -112,10 +112,8 @@ class OnnxSession:
         return {self._outputs.get(key, key): value for key, value in zip(keys, self._session.run(keys, fed))}
 
 
-class OnnxRuntimeTarget(SavedModelTarget):
-    name = "onnxruntime"
-    quantizes = True  # precision=int8: the marked matmuls become integer matmuls (bertc/targets/onnx_int8.py)
-    probe_runtime = None  # not a TensorFlow runtime: the precision probe does not apply
+class OnnxRuntimeTarget(QuantizingTarget):
+    name = "onnxruntime"  # precision=int8: the marked matmuls become integer matmuls (bertc/targets/onnx_int8.py)
 
     def check_available(self, options: TargetOptions) -> None:
         missing = _missing()
@@ -131,9 +129,6 @@ class OnnxRuntimeTarget(SavedModelTarget):
                 f"target=onnxruntime takes precision=fp32 or int8 (this plan computes in {options.compute_dtype}): "
                 "ONNX Runtime's CPU kernels have no fast float16 or bfloat16 path. Use precision=fp32 or int8."
             )
-
-    def serves_on_cpu(self, options: TargetOptions) -> bool:
-        return False  # not in a TensorFlow runtime: the precision probe does not apply (fp32 only, checked above)
 
     def engine_versions(self, quantize: str = "") -> dict[str, str]:
         return _versions() if not _missing() else {}
@@ -250,7 +245,7 @@ def _fuse(model: Any, heads: int, fused: dict[str, int], int8: set[str], options
     Returns {Q, K, V MatMul: its Attention}. Static int8 keeps the projections apart (ONNX Runtime's QDQ quantizer has
     no quantized Attention): MultiHeadAttention then takes the attention after them, as it does for length=pack."""
     packed = {}
-    if heads and not (options.quantize and options.activations == "static"):
+    if heads and not (options.quantize and options.params.activations == "static"):
         packed = fuse_attention(model, heads, lambda names: len({name in int8 for name in names}) == 1)
     fused["Attention"] = fused.get("Attention", 0) + len(set(packed.values()))
     if heads:  # what Attention could not take (length=pack's gathered Q, K, V; static int8's projections)

@@ -45,7 +45,7 @@ from bertc.errors import ConfigError
 from bertc.ir.graph import Graph, GraphError
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
 from bertc.run.serving_layout import SERVING_VERSION, write_repository
-from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.base import QuantizingTarget, TargetOptions
 from bertc.targets.openvino_int8 import DYNAMIC_GROUP_SIZE, nncf_version, openvino_names, quantize
 
 EXTRA = "pip install 'bertc[openvino]'"
@@ -135,10 +135,8 @@ class OpenVinoModel:
         return {self._outputs.get(key, key): np.array(results[index]) for index, key in enumerate(self._keys)}
 
 
-class OpenVinoTarget(SavedModelTarget):
-    name = "openvino"
-    quantizes = True  # precision=int8: NNCF quantizes the marked matmuls (bertc/targets/openvino_int8.py)
-    probe_runtime = None  # not a TensorFlow runtime: the precision probe does not apply
+class OpenVinoTarget(QuantizingTarget):
+    name = "openvino"  # precision=int8: NNCF quantizes the marked matmuls (bertc/targets/openvino_int8.py)
 
     def check_available(self, options: TargetOptions) -> None:
         if _missing():
@@ -156,9 +154,6 @@ class OpenVinoTarget(SavedModelTarget):
                 f"target=openvino quantizes precision=int8 with nncf, which is not installed: {EXTRA}. Nothing was "
                 "compiled."
             )
-
-    def serves_on_cpu(self, options: TargetOptions) -> bool:
-        return False  # not in a TensorFlow runtime: the precision probe does not apply (fp32 or int8, checked above)
 
     def engine_versions(self, quantize: str = "") -> dict[str, str]:
         if _missing():
@@ -197,7 +192,7 @@ def _quantize(model: Any, graph: Graph, options: TargetOptions) -> tuple[Any, di
 
 def compile_config(options: TargetOptions) -> dict[str, str]:
     """The CPU plugin's config the artifact is served with (recorded in bertc_openvino.json, threads aside)."""
-    if options.quantize and options.activations == "dynamic":
+    if options.quantize and options.params.activations == "dynamic":
         # NOTE: explicit: int8-weight matmuls get their activations quantized at run time in groups of this size
         return {**COMPILE_CONFIG, "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(DYNAMIC_GROUP_SIZE)}
     return dict(COMPILE_CONFIG)

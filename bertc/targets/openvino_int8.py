@@ -63,7 +63,7 @@ def quantize(
     info = {
         "matmuls": len(marked),
         "roles": dict(sorted(collections.Counter(marked.values()).items())),
-        "activations": options.activations,
+        "activations": options.params.activations,
         "weights": "int8 per output channel, symmetric",
         "mode": mode,
         "nncf": nncf_version(),
@@ -80,7 +80,7 @@ def _run_nncf(model: Any, ignored: Any, serving_names: Mapping[str, str], option
     # NOTE: SmoothQuant off: its scales come from the calibration batches, random tokens here; on MiniLM over MRPC
     # dev it moved argmax agreement from 0.989 (5 of 440 examples differ) without it to 0.977 (10) with it (NNCF 3.4)
     no_smooth_quant = AdvancedSmoothQuantParameters(matmul=-1)
-    if options.activations == "static":
+    if options.params.activations == "static":
         feeds = calibration_feeds(options, serving_names, {port.get_any_name() for port in model.inputs})
         model = nncf.quantize(
             model,
@@ -141,8 +141,8 @@ def calibration_feeds(
     from bertc.evaluate.batches import synthetic_batches
 
     shape = options.model_shape or {}
-    vocab = int(shape.get("vocab", 30522))
-    batches = synthetic_batches(options.calibration_batches, options.batch_size, options.seq_len, vocab, seed=1234)
+    vocab, count = int(shape.get("vocab", 30522)), options.params.calibration_batches
+    batches = synthetic_batches(count, options.batch_size, options.seq_len, vocab, seed=1234)
     names = {key: serving_names.get(key, key) for key in SERVING_INPUTS}
     feeds = [{names[key]: np.asarray(value, np.int32) for key, value in batch.feeds().items()} for batch in batches]
     return [{key: value for key, value in feed.items() if key in inputs} for feed in feeds]

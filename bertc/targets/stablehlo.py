@@ -84,7 +84,7 @@ from bertc.runtime.portable import (
     file_digest,
     tensor_digest,
 )
-from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.base import TargetOptions
 from bertc.targets.serving import CompiledBert, SavedModelArtifact
 from bertc.targets.xla import xla_module
 
@@ -129,12 +129,10 @@ def _serializer():
     return stablehlo
 
 
-class StableHloTarget(SavedModelTarget):
-    name = "stablehlo"
-    probe_runtime = "xla"
+class StableHloCompiler:
+    """target=stablehlo's compile (declared in bertc/targets/stablehlo_target.py)."""
 
     def check_available(self, options: TargetOptions) -> None:
-        super().check_available(options)
         _check_stablehlo_export()
 
     def lower(self, graph: Graph, options: TargetOptions) -> PortableArtifact:
@@ -155,7 +153,7 @@ class StableHloTarget(SavedModelTarget):
         inputs = {width: _part_inputs(parts[width][1], names) for width in widths}
         modules = []
         for width in widths:
-            for batch_size in options.batch_sizes:
+            for batch_size in options.params.batch_sizes:
                 stem = f"device_b{batch_size}" + (f"_s{width}" if buckets else "")
                 text = emit_text(function, inputs[width], device.weights, weight_names, batch_size, f"bertc_{stem}")
                 shapes = tuple([batch_size, *entry["shape"][1:]] for entry in inputs[width])
@@ -629,6 +627,3 @@ def _reference_batch(module: CompiledBert, feeds: Mapping[str, np.ndarray]) -> d
         "probabilities": outputs[module.output_keys["probabilities"]].numpy().tolist(),
         "logits": outputs[module.output_keys["logits"]].numpy().tolist(),
     }
-
-
-TARGET = StableHloTarget()

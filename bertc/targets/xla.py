@@ -1,4 +1,5 @@
-"""target=xla: the device part compiled by XLA (jit_compile=True); a host part stays plain TF on the CPU.
+"""target=xla's compile (declared in bertc/targets/xla_target.py): the device part compiled by XLA (jit_compile=True);
+a host part stays plain TF on the CPU.
 
 XLA compiles one function for one device, so a partitioned model's serving function calls two:
 the host function pinned to the CPU, then the jit-compiled device function. The jit attribute is
@@ -15,10 +16,10 @@ import tensorflow as tf
 
 from bertc.ir.graph import Graph, GraphError, is_packed, pruned_function, split_length, split_partition
 from bertc.passes.pack_tokens import token_step_of
-from bertc.targets.base import SavedModelTarget, TargetOptions
+from bertc.targets.base import TargetOptions
 from bertc.targets.devices import resolve_device
 from bertc.targets.length_dispatch import PACK_INDEX_KEY, split_pack_index
-from bertc.targets.serving import CompiledBert, Placement, SavedModelArtifact
+from bertc.targets.serving import CompiledBert, Placement
 
 
 def xla_module(graph: Graph, options: TargetOptions) -> CompiledBert:
@@ -64,14 +65,3 @@ class PackedXlaBert(CompiledBert):
             with tf.device(self._placement.device):
                 return self._device_fn(boundary)
         return self._device_fn(boundary)
-
-
-class XlaTarget(SavedModelTarget):
-    name = "xla"
-    probe_runtime = "xla"
-
-    def lower(self, graph: Graph, options: TargetOptions) -> SavedModelArtifact:
-        return SavedModelArtifact(xla_module(graph, options), options)
-
-
-TARGET = XlaTarget()
