@@ -339,3 +339,13 @@ def test_a_bad_report_field_is_named(tmp_path, edit, message):
     with pytest.raises(BadReport) as raised:
         read_report(tmp_path / "report.json")
     assert message in str(raised.value) and str(tmp_path / "report.json") in str(raised.value)
+
+
+def test_a_record_of_the_wrong_shape_is_not_written(tmp_path):
+    from bertc.runtime.records import RecordError
+
+    with pytest.raises(RecordError, match=r"report\.parity\.examples: missing"):
+        write_reports(tmp_path, {"status": "passed", "parity": {"max_abs_diff": "small"}})
+    assert not (tmp_path / "report.json").exists()
+    write_reports(tmp_path, {"status": "failed", "failed_step": "load", "error": "no model"})
+    assert read_report(tmp_path / "report.json").status == "failed"

@@ -41,6 +41,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from bertc.run.schema import parse_report
 from bertc.run.serving_layout import serving_lines
 
 
@@ -73,7 +74,11 @@ def write_reports(run_dir: Path, record: dict) -> None:
     published = record.get("status") in ("passed", "rejected")
     keep = (record.get("artifact") or {}).get("path") if published else None
     retire_previous(run_dir, keep=keep, keep_serving=bool(record.get("serving")))
-    write_atomic(run_dir / "report.json", json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
+    safe = _json_safe(record)
+    # the record as diff, reproduce and the sweep will read it back (bertc/run/schema.py): a field of the wrong type
+    # is bertc's bug, stopped here (RecordError naming the field) rather than found by a reader later
+    parse_report(safe)
+    write_atomic(run_dir / "report.json", json.dumps(safe, indent=2, allow_nan=False) + "\n")
     write_atomic(run_dir / "report.md", markdown(record))
 
 
