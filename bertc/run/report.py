@@ -70,14 +70,14 @@ def _json_safe(value):
 def write_reports(run_dir: Path, record: dict) -> None:
     from bertc.run.rundir import retire_previous
 
+    safe = _json_safe(record)
+    # the record as diff, reproduce and the sweep will read it back (bertc/run/schema.py): a field of the wrong type
+    # is bertc's bug, stopped here (RecordError naming the field) before anything changes, not found by a reader later
+    parse_report(safe)
     # overwrite=true: a model/ or rejected/ this report does not describe goes first (bertc/run/rundir.py)
     published = record.get("status") in ("passed", "rejected")
     keep = (record.get("artifact") or {}).get("path") if published else None
     retire_previous(run_dir, keep=keep, keep_serving=bool(record.get("serving")))
-    safe = _json_safe(record)
-    # the record as diff, reproduce and the sweep will read it back (bertc/run/schema.py): a field of the wrong type
-    # is bertc's bug, stopped here (RecordError naming the field) rather than found by a reader later
-    parse_report(safe)
     write_atomic(run_dir / "report.json", json.dumps(safe, indent=2, allow_nan=False) + "\n")
     write_atomic(run_dir / "report.md", markdown(record))
 
