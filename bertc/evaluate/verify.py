@@ -35,7 +35,8 @@ GATES = PARITY_GATES  # defined in the runtime, whose self-check applies them wi
 #   dynamic activations: agreement 0.983 (7 flips), max |dp| 0.11, mean 0.017; static: 0.988 (5), 0.041, 0.009.
 # MiniLM's head is seeded, not trained: its probabilities sit near 0.5 and every flip was at a margin under 0.21,
 # the hardest case for agreement; a trained head's wider margins flip less. A build with its classifier negated
-# agrees on about none (tests/test_int8.py). Hence 0.98: below it, measure your model and set verify.min_agreement.
+# agrees on about none (tests/targets/test_int8.py). Hence 0.98: below it, measure your model and set
+# verify.min_agreement.
 AGREEMENT_GATES = {"int8": 0.98}
 
 

@@ -1,0 +1,158 @@
+"""target=onnxruntime: the rewritten graph (length rewrites included) as model.onnx, verified against the original
+through ONNX Runtime, served by plain onnxruntime without bertc or TensorFlow; a missing extra stops first."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from rich.console import Console
+from support import exporters
+
+from bertc.driver.cli import CONF_DIR
+from bertc.driver.pipeline import compile_run
+from bertc.driver.plan import build_plan
+from bertc.evaluate.batches import synthetic_batches
+
+pytest.importorskip("onnxruntime", reason="the onnxruntime extra: pip install 'bertc[onnxruntime]'")
+pytest.importorskip("tf2onnx", reason="the onnxruntime extra: pip install 'bertc[onnxruntime]'")
+
+
+def compile_tiny(model, run_dir, *overrides: str) -> tuple[int, dict]:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"model.path={model}", "target=onnxruntime", "bench=off", *overrides])
+    code = compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO()))
+    return code, json.loads((run_dir / "report.json").read_text())
+
+
+SERVE = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import onnxruntime
+    feeds = {key: np.array(value, np.int32) for key, value in json.loads(sys.stdin.read()).items()}
+    session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], feeds)[0]
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("bertc", "tensorflow"))
+    print(json.dumps({"probabilities": probabilities.tolist(), "loaded": loaded}))
+    """
+)
+
+
+@pytest.mark.parametrize("length", ["full", "trim"])
+def test_compiles_with_parity_and_serves_with_plain_onnxruntime(tiny_model_dir, tmp_path, length):
+    code, report = compile_tiny(tiny_model_dir, tmp_path / "run", f"length={length}")
+    assert code == 0, report.get("error")
+    assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-5
+    model = tmp_path / "run" / "model" / "model.onnx"
+    info = json.loads((tmp_path / "run" / "model" / "bertc_onnx.json").read_text())
+    assert info["inputs"] == ["input_ids", "input_mask", "segment_ids"] and info["fused"]["FastGelu"] == 2
+    assert info["fused"]["Attention"] == 2 and info["fused"]["SkipLayerNormalization"] == 4, "bertc's own fusions"
+    assert report["serving"]["engine"].startswith("onnxruntime")
+    triton = tmp_path / "run" / "serving" / "triton" / "user"  # Triton's model repository, a folder convention
+    assert (triton / "1" / "model.onnx").read_bytes() == model.read_bytes()
+    config = (triton / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in config and '{ name: "input_mask", data_type: TYPE_INT32, dims: [128] }' in config
+    assert '{ name: "probabilities", data_type: TYPE_FP32, dims: [2] }' in config
+    assert "onnxruntime" in report["versions"], "the engine's version is in the fingerprint"
+    batch = synthetic_batches(1, 5, 128, 30522, seed=3)[0]
+    batch.input_mask[:, 40:] = 0  # every row at most 40 tokens: the trimmed graph runs them at 40
+    from bertc.evaluate.verify import OriginalModel
+    from bertc.frontends.load import load_saved_model
+
+    loaded = load_saved_model(tiny_model_dir)
+    outputs = {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")}
+    expected = OriginalModel(tiny_model_dir, loaded.signature_inputs, outputs)(batch.feeds())["probabilities"]
+    feeds = json.dumps({key: value.tolist() for key, value in batch.feeds().items()})
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE, str(model)], input=feeds, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    served = json.loads(done.stdout)
+    assert served["loaded"] == [], "served without bertc or TensorFlow"
+    np.testing.assert_allclose(np.array(served["probabilities"]), expected, atol=1e-5)
+
+
+def test_a_missing_extra_stops_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "tf2onnx" else real(name))
+    code, report = compile_tiny(tiny_model_dir, tmp_path / "run")
+    assert code == 2 and report["failed_step"] == "target"
+    assert "tf2onnx" in report["error"] and "pip install 'bertc[onnxruntime]'" in report["error"]
+    assert "steps" not in report or not report["steps"], "nothing was loaded or rewritten"
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_narrow_precision_is_refused_before_any_work(tiny_model_dir, tmp_path):
+    code, report = compile_tiny(tiny_model_dir, tmp_path / "run", "precision=mixed")
+    assert code == 2 and report["failed_step"] == "target" and "precision=fp32" in report["error"]
+
+
+def test_bertcs_attention_fusion_keeps_the_graphs_scale_and_mask(tiny_model_dir, tmp_path, monkeypatch):
+    """The tiny model's attention is nearly uniform (small random weights), so a wrong scale or mask would hardly
+    show in its outputs: Q and K are sharpened x8 in the graph before fusing, then both graphs run side by side."""
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    from bertc.targets import onnxruntime as target
+    from bertc.targets.onnx_fusion import fuse_attention, fuse_skip_layer_norm
+
+    before = tmp_path / "before.onnx"
+    real = target.fuse_attention
+
+    def keep_a_copy(model, heads, together):
+        onnx.save_model(model, str(before))
+        return real(model, heads, together)
+
+    monkeypatch.setattr(target, "fuse_attention", keep_a_copy)
+    # the scale as a Mul before the mask, or folded into Q; bertc's shared mask bias, or each layer's own [B, L, L]
+    for number, mask in enumerate(("mask.fold_scale=false", "mask.fold_scale=true", "mask=original")):
+        code, report = compile_tiny(tiny_model_dir, tmp_path / f"run_{number}", "length=trim", mask)
+        assert code == 0, report.get("error")
+        plain = onnx.load(str(before))
+        sharpened = {node.input[1] for node in plain.graph.node if node.op_type == "MatMul" and "/query/" in node.name}
+        sharpened |= {node.input[1] for node in plain.graph.node if node.op_type == "MatMul" and "/key/" in node.name}
+        for entry in plain.graph.initializer:
+            if entry.name in sharpened:
+                entry.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(entry) * 8, entry.name))
+        fused = onnx.ModelProto()
+        fused.CopyFrom(plain)
+        assert len(set(fuse_attention(fused, 4).values())) == 2 and fuse_skip_layer_norm(fused) == 4
+        sessions = [
+            onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            for model in (plain, fused)
+        ]
+        for batch in synthetic_batches(4, 4, 128, 30522, seed=11):
+            feeds = {key: value.astype(np.int32) for key, value in batch.feeds().items()}
+            expected, got = (session.run(["probabilities", "logits"], feeds) for session in sessions)
+            assert np.abs(expected[1]).max() > 0.05, "the sharpened model's logits are not all near zero"
+            np.testing.assert_allclose(got[1], expected[1], atol=2e-5)
+
+
+@pytest.mark.parametrize("exporter", ["google_onehot", pytest.param("hf_tf", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_an_exporter_model_compiles_and_serves_under_its_own_names(exporter, precision, tmp_path):
+    """A model bertc did not make (tests/support/exporters.py): parity (fp32) or the int8 gate, the user's own keys in
+    the ONNX model, and what fused or quantized on its graph."""
+    exporters.skip_unless_installed(exporter)
+    shape = exporters.SHAPES["L3_H48_A3_C3"]
+    (folder,) = exporters.build(exporter, [shape], tmp_path)
+    user = json.loads((folder / "bertc_exporter.json").read_text())
+    code, report = compile_tiny(folder, tmp_path / "run", "length=trim", f"precision={precision}")
+    assert code == 0, report.get("error")
+    assert report["parity"]["passed"]
+    if precision == "fp32":
+        assert report["parity"]["max_abs_diff"] <= 1e-5
+    info = json.loads((tmp_path / "run" / "model" / "bertc_onnx.json").read_text())
+    assert info["inputs"] == user["inputs"] and user["output"] in info["outputs"]
+    if precision == "int8":
+        assert info["int8"]["matmuls"] == 6 * shape.layers, "every dense layer of attention and FFN, by role"
