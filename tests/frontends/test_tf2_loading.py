@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from hostile_models import edit_proto
-from test_hostile import assert_refused, folder_state, run_model
+from support.hostile_models import edit_proto
+from support.refusals import assert_refused, folder_state, run_model
 
 from bertc.frontends.load import load_saved_model
 from bertc.frontends.security import UnsafeGraphError
