@@ -577,12 +577,15 @@ def check_before_running(plan: Any, loaded: Any, roles: Mapping[str, str], unrea
 
 
 def _static_bound(plan: Any, loaded: Any) -> dict:
+    """The cost of what serving runs, bounded before it runs: bertc's Graph where the frontend inlined the serving
+    functions, else the meta graph's nodes that loading and serving run (bertc.frontends: `inlines_functions`)."""
+    from bertc import frontends
     from bertc.frontends.security import loader_fed_nodes
     from bertc.ir.graph import split_input
 
     if loaded.meta_graph is None:
         return {}
-    if getattr(loaded, "dialect", "tf1") == "tf2":
+    if frontends.get(getattr(loaded, "dialect", "tf1")).inlines_functions:
         return _bound_inlined_graph(plan, loaded)
     batch, _ = largest_batch(plan)
     graph_def = loaded.meta_graph.graph_def

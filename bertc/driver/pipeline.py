@@ -102,7 +102,7 @@ class Original:
     seq_len: int
     vocab: int
     served: Any = None  # the user's input names and output (bertc.frontends.signature.ServedSignature)
-    dialect: str = "tf1"
+    dialect: str = "tf1"  # the frontend that read it (bertc.frontends), which says how verify calls the original
 
 
 def run_pipeline(run: Run) -> None:

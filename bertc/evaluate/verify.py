@@ -212,9 +212,10 @@ def tokenize_pairs(
 class OriginalModel:
     """The input SavedModel as exported, fed under its own input names; extra inputs fed neutral values.
 
-    A TF1 graph is pruned to the tensors bertc compiled as (probabilities, logits); a TF2 model's
-    serving signature is called as it is. An original that outputs logits only gets its
-    probabilities by a softmax here, as the compiled model does (bertc.frontends.signature).
+    Its dialect's frontend says how it is called (bertc.frontends: `calls_signature`): a TF2 model's
+    serving signature as it is, a TF1 graph pruned to the tensors bertc compiled as (probabilities,
+    logits). An original that outputs logits only gets its probabilities by a softmax here, as the
+    compiled model does (bertc.frontends.signature).
     """
 
     def __init__(
@@ -227,12 +228,14 @@ class OriginalModel:
     ):
         import tensorflow as tf
 
+        from bertc import frontends
+
         loaded = tf.saved_model.load(str(path), tags=["serve"])
         self._keys = list(signature_inputs)
         self._names = dict(served.input_names) if served is not None else {}
         self._kind = served.output_kind if served is not None else "probabilities"
         self._loaded = loaded
-        if dialect == "tf2":
+        if frontends.get(dialect).calls_signature:
             self._signature, self._output = loaded.signatures["serving_default"], served.output_key
             return
         self._signature = None

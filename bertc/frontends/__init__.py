@@ -1,31 +1,55 @@
 """A SavedModel's serving meta graph -> the compiler's Graph, by dialect: TF1 flat graphs or TF2 functions.
 
-`read_graph` picks the dialect from the file's structure, never by running it: a signature whose
-outputs come from calls of library functions is TF2 (`tf2.py`), one whose outputs are ordinary
-nodes of a graph with variables is TF1 (`tf1.py`). Either way the Graph has weights as Placeholders
-and inputs/outputs keyed by the signature's own keys; `signature.py` maps those to bertc's names. Each
-weight read is checked by `weights.py` (dtype, NaN, Inf) before any work.
+Each dialect is a `Frontend` (bertc/frontends/base.py) in a module of its own that defines `FRONTEND`: `tf2.py`
+(a signature whose outputs come from calls of library functions), `tf1.py` (one whose outputs are ordinary nodes
+of a graph with variables). `read_graph` asks them in the registry's order, never running the file, and the
+first that detects its dialect reads it. Either way the Graph has weights as Placeholders and inputs/outputs keyed
+by the signature's own keys; `signature.py` maps those to bertc's names. Each weight read is checked by
+`weights.py` (dtype, NaN, Inf) before any work. `register` adds a dialect at run time (a plugin, or a test's).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 from bertc.errors import ModelError
-from bertc.ir.graph import Graph, node_of, prune_to_outputs
+from bertc.frontends.base import Frontend
+from bertc.ir.graph import Graph, node_of
+
+# name -> its module's import path, or a registered Frontend object; in detection order
+FRONTENDS: dict[str, str | Frontend] = {"tf2": "bertc.frontends.tf2", "tf1": "bertc.frontends.tf1"}
 
 
-def dialect(path: Path, meta_graph, signature) -> str:
-    """'tf1' or 'tf2'; a ModelError naming what was found when the file is neither."""
-    from bertc.frontends.tf1 import is_tf1
-    from bertc.frontends.tf2 import is_tf2
+def get(name: str) -> Frontend:
+    if name not in FRONTENDS:
+        raise KeyError(f"unknown dialect {name!r}; dialects: {', '.join(FRONTENDS)}")
+    found = FRONTENDS[name]
+    return importlib.import_module(found).FRONTEND if isinstance(found, str) else found
 
-    if is_tf2(meta_graph, signature):
-        return "tf2"
-    if is_tf1(meta_graph, signature):
-        return "tf1"
+
+def register(frontend: Frontend, before: str | None = None) -> None:
+    """Add a dialect under `frontend.name`, asked to detect before the dialect `before` (None: after all)."""
+    if frontend.name in FRONTENDS:
+        raise ValueError(f"a dialect named {frontend.name!r} exists already")
+    order = list(FRONTENDS.items())
+    at = len(order) if before is None else list(FRONTENDS).index(before)
+    order.insert(at, (frontend.name, frontend))
+    FRONTENDS.clear()
+    FRONTENDS.update(order)
+
+
+def unregister(name: str) -> None:
+    FRONTENDS.pop(name)
+
+
+def detect(path: Path, meta_graph, signature) -> Frontend:
+    """The first frontend whose dialect the file is; a ModelError naming what was found when it is none."""
+    for name in FRONTENDS:
+        if get(name).detect(meta_graph, signature):
+            return get(name)
     nodes = {node.name: node for node in meta_graph.graph_def.node}
     producers = sorted(
         {nodes[node_of(t.name)].op if node_of(t.name) in nodes else "nothing" for t in signature.outputs.values()}
@@ -42,25 +66,14 @@ def dialect(path: Path, meta_graph, signature) -> str:
 
 
 def read_graph(path: Path, meta_graph, signature, allow_ops: Iterable[str] = ()) -> tuple[str, Graph]:
-    """(dialect, Graph keyed by the signature's own input and output keys).
+    """(dialect, Graph keyed by the signature's own input and output keys), read by the dialect's frontend.
 
-    A TF2 graph is checked against the op allowlist as inlined, every node of every function the
-    signature calls, before it is cut to what the outputs need: a call is no way around the check.
+    Every body behind a function-valued attribute of the Graph meets the allowlist here, whichever the dialect.
     """
-    kind = dialect(path, meta_graph, signature)
-    if kind == "tf2":
-        from bertc.frontends.security import refuse_unsafe_ops
-        from bertc.frontends.tf2 import read_tf2
-
-        graph = read_tf2(path, meta_graph, signature)
-        refuse_unsafe_ops(graph, allow_ops)
-        graph = prune_to_outputs(graph)
-    else:
-        from bertc.frontends.tf1 import read_tf1
-
-        graph = read_tf1(path, meta_graph, signature)
+    frontend = detect(path, meta_graph, signature)
+    graph = frontend.read(path, meta_graph, signature, allow_ops)
     _refuse_unsafe_functions(graph, meta_graph.graph_def.library, allow_ops)
-    return kind, graph
+    return frontend.name, graph
 
 
 def _refuse_unsafe_functions(graph: Graph, library, allow_ops: Iterable[str]) -> None:

@@ -16,6 +16,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
+from bertc import frontends
 from bertc.analysis.match import Index
 from bertc.analysis.structure import POSITION_VARIANTS, embedding_tables, layer_norm_epsilons
 from bertc.digest import files_digest
@@ -25,9 +26,7 @@ from bertc.frontends.security import (
     check_allow_ops_known,
     refuse_outside_assets,
     refuse_outside_links,
-    refuse_unsafe_loading,
     refuse_unsafe_ops,
-    refuse_unsafe_tf2_loading,
 )
 from bertc.frontends.signature import ServedSignature, canonical
 from bertc.ir.graph import (
@@ -70,7 +69,7 @@ class LoadedModel:
     meta_graph: Any = None
     executed: Mapping[str, set[str]] = dataclasses.field(default_factory=dict)
     served: ServedSignature | None = None  # the user's input names and output (bertc.frontends.signature)
-    dialect: str = "tf1"  # the frontend that read it: tf1 | tf2
+    dialect: str = "tf1"  # the frontend that read it (bertc.frontends): tf1, tf2 or a registered one
 
 
 def model_digest(path: str | Path) -> str:
@@ -100,20 +99,11 @@ def load_saved_model(
     signature = _serving_signature(meta_graph, path)
     # the dialect's frontend (a TF1 graph, or a TF2 model's functions inlined) and the signature's names
     dialect, graph = read_graph(path, meta_graph, signature, allow_ops)
-    if dialect == "tf2":
+    frontend = frontends.get(dialect)
+    if frontend.inlines_functions:
         _drop_inlined_call_leftovers(graph.graph_def)
     signature_inputs = {key: value.name for key, value in signature.inputs.items()}
-    if dialect == "tf1" and meta_graph.HasField("object_graph_def") and meta_graph.object_graph_def.nodes:
-        raise ModelError(
-            f"{path} holds a TF1 serving graph and a TF2 object graph: TensorFlow would load it as a TF2 "
-            "object-based SavedModel, running the functions its object graph names, which bertc does not check "
-            "against this graph. Export it again with one of the two (python -m bertc.model.export makes a TF1 one)."
-        )
-    if dialect == "tf1":  # what TensorFlow's TF1 loader runs: restore, init and main ops, their functions
-        served_outputs = [value.name for value in signature.outputs.values()]
-        executed = refuse_unsafe_loading(meta_graph, served_outputs, signature_inputs.values(), allow_ops)
-    else:  # TF2: the init op's and the restore functions (the serving function is the inlined graph)
-        executed = refuse_unsafe_tf2_loading(meta_graph, allow_ops)
+    executed = frontend.check_loading(path, meta_graph, signature, allow_ops)  # what TensorFlow's loader runs
     refuse_unsafe_ops(graph, allow_ops)
     graph, served = canonical(graph, path, inputs, output)
     shape = read_bert_shape(graph, path)

@@ -7,12 +7,14 @@ what that needs), dropping the saver and the initialisers. The loss branch stays
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from bertc.errors import ModelError, first_line
+from bertc.frontends.security import refuse_unsafe_loading
 from bertc.frontends.weights import refuse_bad_weight
 from bertc.ir.graph import (
     Graph,
@@ -111,3 +113,35 @@ def _to_weight_placeholders(graph_def: GraphDef, weights, inputs, outputs) -> Gr
     computation = descendants(result, [node_of(tensor) for tensor in inputs.values()])
     keep = ancestors(result, computation | {node_of(tensor) for tensor in outputs.values()})
     return keep_nodes(graph, keep)
+
+
+class TF1Frontend:
+    """run_classifier's graph: verify prunes it to probabilities and logits (its signature also takes label_ids
+    and is_real_example); the static bound covers the meta graph's nodes that loading and serving run."""
+
+    name = "tf1"
+    calls_signature = False
+    inlines_functions = False
+
+    def detect(self, meta_graph, signature) -> bool:
+        return is_tf1(meta_graph, signature)
+
+    def read(self, path: Path, meta_graph, signature, allow_ops: Iterable[str]) -> Graph:
+        return read_tf1(path, meta_graph, signature)
+
+    def check_loading(self, path: Path, meta_graph, signature, allow_ops: Iterable[str]) -> dict[str, set[str]]:
+        """TensorFlow's TF1 loader runs the restore, init and main ops and their functions; an object graph
+        beside the TF1 graph would make it load the file as TF2 instead, running what bertc did not check."""
+        if meta_graph.HasField("object_graph_def") and meta_graph.object_graph_def.nodes:
+            raise ModelError(
+                f"{path} holds a TF1 serving graph and a TF2 object graph: TensorFlow would load it as a TF2 "
+                "object-based SavedModel, running the functions its object graph names, which bertc does not check "
+                "against this graph. Export it again with one of the two (python -m bertc.model.export makes a TF1 "
+                "one)."
+            )
+        served_outputs = [value.name for value in signature.outputs.values()]
+        served_inputs = [value.name for value in signature.inputs.values()]
+        return refuse_unsafe_loading(meta_graph, served_outputs, served_inputs, allow_ops)
+
+
+FRONTEND = TF1Frontend()

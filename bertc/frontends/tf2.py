@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,18 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 from tensorflow.python.framework import op_def_registry
 
 from bertc.errors import ModelError, first_line
+from bertc.frontends.security import refuse_unsafe_ops, refuse_unsafe_tf2_loading
 from bertc.frontends.weights import refuse_bad_weight
-from bertc.ir.graph import Graph, GraphDef, NodeDef, make_const, make_placeholder, node_of, split_input
+from bertc.ir.graph import (
+    Graph,
+    GraphDef,
+    NodeDef,
+    make_const,
+    make_placeholder,
+    node_of,
+    prune_to_outputs,
+    split_input,
+)
 from bertc.ir.ops import CALL_OPS
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -404,3 +415,29 @@ def _topological(nodes, body) -> list[NodeDef]:
 
 def _is_call(node: NodeDef, library) -> bool:
     return node.op in CALL_OPS or node.op in library
+
+
+class TF2Frontend:
+    """tf.saved_model.save / Keras export: verify calls the serving signature as it is; the Graph is the serving
+    function inlined, so the static bound covers the Graph."""
+
+    name = "tf2"
+    calls_signature = True
+    inlines_functions = True
+
+    def detect(self, meta_graph, signature) -> bool:
+        return is_tf2(meta_graph, signature)
+
+    def read(self, path: Path, meta_graph, signature, allow_ops: Iterable[str]) -> Graph:
+        """Checked against the op allowlist as inlined, every node of every function the signature calls, before it
+        is cut to what the outputs need: a call is no way around the check."""
+        graph = read_tf2(path, meta_graph, signature)
+        refuse_unsafe_ops(graph, allow_ops)
+        return prune_to_outputs(graph)
+
+    def check_loading(self, path: Path, meta_graph, signature, allow_ops: Iterable[str]) -> dict[str, set[str]]:
+        """The init op's and the restore functions (the serving function is the inlined Graph)."""
+        return refuse_unsafe_tf2_loading(meta_graph, allow_ops)
+
+
+FRONTEND = TF2Frontend()
