@@ -585,7 +585,7 @@ def _static_bound(plan: Any, loaded: Any) -> dict:
 
     if loaded.meta_graph is None:
         return {}
-    if frontends.get(getattr(loaded, "dialect", "tf1")).inlines_functions:
+    if frontends.get(loaded.dialect).inlines_functions:
         return _bound_inlined_graph(plan, loaded)
     batch, _ = largest_batch(plan)
     graph_def = loaded.meta_graph.graph_def
