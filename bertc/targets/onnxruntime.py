@@ -38,6 +38,7 @@ EXTRA = "pip install 'bertc[onnxruntime]'"
 PACKAGES = {"tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "onnx": "onnx"}
 OPSET = 17
 MODEL_FILE, INFO_FILE = "model.onnx", "bertc_onnx.json"
+WEIGHT_BYTES = 1024  # a Const larger than this is a weight: kept out of Grappler while tf2onnx converts
 TRITON_MAX_BATCH = 64  # config.pbtxt's max_batch_size: Triton's dynamic batcher joins requests up to it
 
 
@@ -168,7 +169,7 @@ def _convert(module) -> Any:
     import tf2onnx
 
     signature = list(module.serve.input_signature)
-    with _environment(TF2ONNX_CATCH_ERRORS="FALSE"), _const_updates_skipped():
+    with _environment(TF2ONNX_CATCH_ERRORS="FALSE"), _const_updates_skipped(), _grappler_without_weights():
         model, _ = tf2onnx.convert.from_function(module.serve, input_signature=signature, opset=OPSET)
     _erfc_as_erf(model)
     return model
@@ -195,6 +196,76 @@ def _const_updates_skipped() -> Iterator[None]:
         yield
     finally:
         Node.update_proto = update  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _grappler_without_weights() -> Iterator[None]:
+    """tf2onnx runs Grappler on the frozen graph, which holds every weight as a Const, and Grappler copies the graph
+    many times over (the demo: +760 MB for 45 MB of weights). While bertc converts, Grappler sees each weight as a
+    Placeholder of its shape instead; the Consts are put back where it left them."""
+    from tf2onnx import tf_loader
+
+    optimize = tf_loader.tf_optimize
+
+    def optimize_without_weights(input_names, output_names, graph_def):
+        stripped, weights = _weights_as_placeholders(graph_def)
+        optimized = optimize(input_names, output_names, stripped)
+        for node in optimized.node:
+            if node.op == "Placeholder" and node.name in weights:
+                node.CopyFrom(weights[node.name])
+        return optimized
+
+    tf_loader.tf_optimize = optimize_without_weights
+    try:
+        yield
+    finally:
+        tf_loader.tf_optimize = optimize
+
+
+def _weights_as_placeholders(graph_def) -> tuple[Any, dict[str, Any]]:
+    """A copy of `graph_def` whose weights (Consts over WEIGHT_BYTES) are Placeholders of the same dtype and shape,
+    except those Grappler's constant folding computes with; {name: the Const} of those replaced."""
+    import tensorflow as tf
+
+    large = {
+        node.name
+        for node in graph_def.node
+        if node.op == "Const" and len(node.attr["value"].tensor.tensor_content) > WEIGHT_BYTES
+    }
+    replaced = large - _folded_constants(graph_def)
+    stripped, weights = tf.compat.v1.GraphDef(), {}
+    stripped.versions.CopyFrom(graph_def.versions)
+    stripped.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name not in replaced:
+            stripped.node.append(node)
+            continue
+        weights[node.name] = node
+        tensor = node.attr["value"].tensor
+        placeholder = stripped.node.add(name=node.name, op="Placeholder", device=node.device)
+        placeholder.attr["dtype"].type = tensor.dtype
+        placeholder.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
+    return stripped, weights
+
+
+def _folded_constants(graph_def) -> set[str]:
+    """The Consts that feed, directly or through Identity, an op (not an Identity) whose inputs are all Consts:
+    Grappler folds that op, so the Const must keep its value (BERT's position table under a static Slice). Other
+    weights meet data (MatMul, BiasAdd, Gather, Mul, AddV2) and an Identity left over is removed by tf2onnx."""
+    nodes = {node.name: node for node in graph_def.node}
+
+    def const(name: str) -> str | None:
+        node = nodes.get(name.split(":")[0])
+        while node is not None and node.op == "Identity" and node.input:
+            node = nodes.get(node.input[0].split(":")[0])
+        return node.name if node is not None and node.op == "Const" else None
+
+    folded: set[str] = set()
+    for node in graph_def.node:
+        sources = [const(name) for name in node.input if not name.startswith("^")]
+        if node.op != "Identity" and sources and all(sources):
+            folded.update(name for name in sources if name is not None)
+    return folded
 
 
 def _erfc_as_erf(model: Any) -> None:
