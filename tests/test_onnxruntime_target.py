@@ -204,3 +204,33 @@ def test_the_conversion_holds_a_few_copies_of_the_weights_and_computes_the_same(
     got = session.run(None, {session.get_inputs()[0].name: ids})[0]
     np.testing.assert_allclose(got, module.serve(tf.constant(ids))["out"].numpy(), atol=1e-5)
 
+
+def test_a_model_the_conversion_cannot_hold_is_refused_with_the_figures(monkeypatch):
+    """The memory check counts the weight copies the target declares: BERT-Base with memory enough for
+    TensorFlow's three copies but not for the ONNX conversion's is refused for target=onnxruntime only."""
+    from types import SimpleNamespace
+
+    from bertc.driver import limits
+    from bertc.errors import ConfigError
+    from bertc.targets import onnxruntime as target
+
+    base = SimpleNamespace(
+        vocab=30522, max_positions=512, type_vocab=2, hidden=768, layers=12, intermediate=3072, heads=12, seq_len=128
+    )
+    weights = limits.weight_bytes(base)
+    assert 430e6 < weights < 440e6
+    copies = (3 + target.TARGET.weight_copies) / 2
+    monkeypatch.setattr(limits, "available_memory", lambda: int(copies * weights / limits.MEMORY_FRACTION))
+
+    def plan(name: str) -> SimpleNamespace:
+        off = SimpleNamespace(enabled=False)
+        return SimpleNamespace(
+            target=SimpleNamespace(name=name, params=None), shape=SimpleNamespace(batch_size=1), verify=off, bench=off
+        )
+
+    limits.refuse_batch_beyond_memory(base, plan("tf"))
+    with pytest.raises(ConfigError) as refused:
+        limits.refuse_batch_beyond_memory(base, plan("onnxruntime"))
+    message = str(refused.value)
+    assert "target=onnxruntime" in message and f"{target.TARGET.weight_copies:g} copies" in message
+    assert "0.41 GiB each" in message and "Nothing was compiled" in message, message
