@@ -4,6 +4,7 @@
     python bench/compile_memory.py --size tiny                      # the smoke test (under a minute)
     python bench/compile_memory.py -- precision=mixed_bf16 partition=cpu_embed   # other overrides after --
     python bench/compile_memory.py --length pack                    # length=pack target=xla: a function per (L, T)
+    python bench/compile_memory.py --size base --length trim -- target=onnxruntime   # the ONNX conversion's peak
 
 Steps, each in its own process:
 1. export `--size` (bertc.model.export presets: random weights, seed 0, seq 128, 2 labels) into --workdir, unless

@@ -110,23 +110,41 @@ def largest_batch(plan: Any) -> tuple[int, str]:
 # ---- memory --------------------------------------------------------------------------------------
 
 
-def estimated_peak_bytes(shape: Any, batch: int) -> int:
-    """A float32 BERT call at `batch`: the weights three times (reader, compiled, original) and one layer's
-    live activations (scores and softmax of every head, the FFN activation and its GELU terms,
-    about 12 [B,S,H])."""
-    weights = (shape.vocab + shape.max_positions + shape.type_vocab) * shape.hidden + shape.layers * (
-        4 * shape.hidden * shape.hidden + 2 * shape.hidden * shape.intermediate
+def weight_bytes(shape: Any) -> int:
+    """The model's float32 weights: the embedding tables and every layer's dense kernels."""
+    return 4 * (
+        (shape.vocab + shape.max_positions + shape.type_vocab) * shape.hidden
+        + shape.layers * (4 * shape.hidden * shape.hidden + 2 * shape.hidden * shape.intermediate)
     )
+
+
+def estimated_peak_bytes(shape: Any, batch: int, weight_copies: float) -> int:
+    """A float32 BERT call at `batch`: the weights `weight_copies` times (what the target declares it holds at its
+    peak, compiling included; 3 for TensorFlow's: the reader's, the compiled model's, the original's) and one layer's
+    live activations (scores and softmax of every head, the FFN activation and its GELU terms, about 12 [B,S,H])."""
     tokens = batch * shape.seq_len
     activations = tokens * (3 * shape.heads * shape.seq_len + 4 * shape.intermediate + 12 * shape.hidden)
-    return 4 * (3 * weights + activations)
+    return int(weight_copies * weight_bytes(shape)) + 4 * activations
 
 
 def refuse_batch_beyond_memory(shape: Any, plan: Any) -> None:
-    batch, key = largest_batch(plan)
+    """Refused before any work where the estimated peak is over MEMORY_FRACTION of the memory available: a model
+    the target cannot compile here (its weight copies alone), else a batch too large."""
     available = available_memory()
-    needed = estimated_peak_bytes(shape, batch)
-    if available is not None and needed > MEMORY_FRACTION * available:
+    if available is None:
+        return
+    target = targets.get(plan.target.name)
+    compiling = int(target.weight_copies * weight_bytes(shape))
+    if compiling > MEMORY_FRACTION * available:
+        raise ConfigError(
+            f"target={plan.target.name} holds about {target.weight_copies:g} copies of the model's float32 weights "
+            f"at its peak ({weight_bytes(shape) / 2**30:.2f} GiB each for {shape.layers} layers, hidden "
+            f"{shape.hidden}: {compiling / 2**30:.1f} GiB), and {available / 2**30:.1f} GiB of memory is "
+            "available. Nothing was compiled: use a machine with more memory, or another target."
+        )
+    batch, key = largest_batch(plan)
+    needed = estimated_peak_bytes(shape, batch, target.weight_copies)
+    if needed > MEMORY_FRACTION * available:
         raise ConfigError(
             f"{key}: a batch of {batch} at sequence length {shape.seq_len} needs about "
             f"{needed / 2**30:.1f} GiB for this model ({shape.layers} layers, hidden {shape.hidden}, "
@@ -550,7 +568,7 @@ def refuse_beyond_address_space(shape: Any, plan: Any) -> None:
         return
     limit, left = space
     batch, key = largest_batch(plan)
-    needed = estimated_peak_bytes(shape, batch) + THREAD_RESERVE
+    needed = estimated_peak_bytes(shape, batch, targets.get(plan.target.name).weight_copies) + THREAD_RESERVE
     if needed > left:
         raise ConfigError(
             f"the process's address-space limit (ulimit -v, RLIMIT_AS) is {limit / 2**30:.1f} GiB and leaves "

@@ -82,6 +82,9 @@ class Target(Protocol):
     # length=pack buckets its row count (bertc/evaluate/lengths.py).
     static_shapes: bool
     pack_refused: str  # why it cannot run length=pack, as a sentence; "" where it can
+    # How many copies of the model's float32 weights the process holds at its peak, compiling and serving (measured;
+    # bench/compile_memory.py): the memory check's factor (bertc/driver/limits.py, estimated_peak_bytes).
+    weight_copies: float
 
     def derive(self, facts: Mapping[str, Any]) -> dict:
         """The `derived` fields of `params`, from the plan's facts (the precision step's parameters, ...)."""
@@ -115,6 +118,7 @@ class BaseTarget:
     probe_runtime: str | None = None
     static_shapes = False
     pack_refused = ""
+    weight_copies = 3.0  # the reader's, the compiled model's, the original's
 
     def derive(self, facts: Mapping[str, Any]) -> dict:
         return {}

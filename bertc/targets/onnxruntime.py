@@ -38,6 +38,7 @@ EXTRA = "pip install 'bertc[onnxruntime]'"
 PACKAGES = {"tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "onnx": "onnx"}
 OPSET = 17
 MODEL_FILE, INFO_FILE = "model.onnx", "bertc_onnx.json"
+WEIGHT_BYTES = 1024  # a Const larger than this is a weight: kept out of Grappler while tf2onnx converts
 TRITON_MAX_BATCH = 64  # config.pbtxt's max_batch_size: Triton's dynamic batcher joins requests up to it
 
 
@@ -114,6 +115,9 @@ class OnnxSession:
 
 class OnnxRuntimeTarget(QuantizingTarget):
     name = "onnxruntime"  # precision=int8: the marked matmuls become integer matmuls (bertc/targets/onnx_int8.py)
+    # Max RSS, python -m bertc target=onnxruntime length=trim verify=off bench=off: the demo 1.37 GB, BERT-Base
+    # 5.90 GB (18.2 GB before the bypasses in _convert): 11.9 bytes more per byte of float32 weights.
+    weight_copies = 12.0
 
     def check_available(self, options: TargetOptions) -> None:
         missing = _missing()
@@ -164,14 +168,138 @@ def _convert(module) -> Any:
 
     tf2onnx deep-copies the whole graph, weights included, before each of its optimizers so as to roll back one that
     fails: that doubles the peak (the demo: 4.4 GB -> 2.7 GB without; BERT-Base was killed for memory beside other
-    work). Without the copies a failing optimizer fails the conversion instead of being skipped without a word."""
+    work). Without the copies a failing optimizer fails the conversion instead of being skipped without a word.
+    Three more of its steps held copies of the weights that the model does not need, each bypassed while bertc
+    converts, the ONNX model unchanged (the demo: 2.7 GB -> 1.4 GB max RSS; OnnxRuntimeTarget.weight_copies)."""
     import tf2onnx
 
     signature = list(module.serve.input_signature)
-    with _environment(TF2ONNX_CATCH_ERRORS="FALSE"):
+    with (
+        _environment(TF2ONNX_CATCH_ERRORS="FALSE"),
+        _frozen_without_function(),
+        _grappler_without_weights(),
+        _const_updates_skipped(),
+    ):
         model, _ = tf2onnx.convert.from_function(module.serve, input_signature=signature, opset=OPSET)
     _erfc_as_erf(model)
     return model
+
+
+@contextlib.contextmanager
+def _const_updates_skipped() -> Iterator[None]:
+    """tf2onnx rewrites every node's NodeProto after each of its optimizer passes (Node.update_proto: attributes
+    deleted, then added back). Under protobuf's upb runtime a deleted attribute's bytes stay in the message's arena
+    as long as the message lives, so each pass left another copy of every weight behind: about 24 copies of the
+    weights in all (the demo: +42 MB a pass; BERT-Base: 16 GB at the end of the conversion). A Const's NodeProto is
+    never written out (make_graph makes each Const an initializer from its value attribute), so while bertc
+    converts, a Const's update is skipped."""
+    from tf2onnx.graph import Node
+
+    update = Node.update_proto
+
+    def update_unless_const(node, external_tensor_storage=None):
+        if not node.is_const():
+            update(node, external_tensor_storage)
+
+    Node.update_proto = update_unless_const  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Node.update_proto = update  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _grappler_without_weights() -> Iterator[None]:
+    """tf2onnx runs Grappler on the frozen graph, which holds every weight as a Const, and Grappler copies the graph
+    many times over (the demo: +760 MB for 45 MB of weights). While bertc converts, Grappler sees each weight as a
+    Placeholder of its shape instead; the Consts are put back where it left them."""
+    from tf2onnx import tf_loader
+
+    optimize = tf_loader.tf_optimize
+
+    def optimize_without_weights(input_names, output_names, graph_def):
+        stripped, weights = _weights_as_placeholders(graph_def)
+        optimized = optimize(input_names, output_names, stripped)
+        for node in optimized.node:
+            if node.op == "Placeholder" and node.name in weights:
+                node.CopyFrom(weights[node.name])
+        return optimized
+
+    tf_loader.tf_optimize = optimize_without_weights
+    try:
+        yield
+    finally:
+        tf_loader.tf_optimize = optimize
+
+
+@contextlib.contextmanager
+def _frozen_without_function() -> Iterator[None]:
+    """tf2onnx freezes the serving function with TensorFlow's convert_variables_to_constants_v2, which imports the
+    frozen GraphDef into a new ConcreteFunction only for tf2onnx to read the GraphDef back (as_graph_def): about 8
+    copies of the weights at once. While bertc converts, the freeze stops at the GraphDef: tf2onnx's own
+    convert_variables_to_constants_large_model, with the options from_function asks for (no control-flow
+    lowering, aggressive inlining). Its `_output_shapes` come from Grappler's shape inference, which runs next."""
+    import types
+
+    from tf2onnx import tf_loader
+
+    freeze = tf_loader.convert_variables_to_constants_v2
+
+    def frozen_graph_def(func, **options):
+        graph_def = tf_loader.convert_variables_to_constants_large_model(func)
+        return types.SimpleNamespace(graph=types.SimpleNamespace(as_graph_def=lambda add_shapes: graph_def))
+
+    tf_loader.convert_variables_to_constants_v2 = frozen_graph_def
+    try:
+        yield
+    finally:
+        tf_loader.convert_variables_to_constants_v2 = freeze
+
+
+def _weights_as_placeholders(graph_def) -> tuple[Any, dict[str, Any]]:
+    """A copy of `graph_def` whose weights (Consts over WEIGHT_BYTES) are Placeholders of the same dtype and shape,
+    except those Grappler's constant folding computes with; {name: the Const} of those replaced."""
+    import tensorflow as tf
+
+    large = {
+        node.name
+        for node in graph_def.node
+        if node.op == "Const" and len(node.attr["value"].tensor.tensor_content) > WEIGHT_BYTES
+    }
+    replaced = large - _folded_constants(graph_def)
+    stripped, weights = tf.compat.v1.GraphDef(), {}
+    stripped.versions.CopyFrom(graph_def.versions)
+    stripped.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name not in replaced:
+            stripped.node.append(node)
+            continue
+        weights[node.name] = node
+        tensor = node.attr["value"].tensor
+        placeholder = stripped.node.add(name=node.name, op="Placeholder", device=node.device)
+        placeholder.attr["dtype"].type = tensor.dtype
+        placeholder.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
+    return stripped, weights
+
+
+def _folded_constants(graph_def) -> set[str]:
+    """The Consts that feed, directly or through Identity, an op (not an Identity) whose inputs are all Consts:
+    Grappler folds that op, so the Const must keep its value (BERT's position table under a static Slice). Other
+    weights meet data (MatMul, BiasAdd, Gather, Mul, AddV2) and an Identity left over is removed by tf2onnx."""
+    nodes = {node.name: node for node in graph_def.node}
+
+    def const(name: str) -> str | None:
+        node = nodes.get(name.split(":")[0])
+        while node is not None and node.op == "Identity" and node.input:
+            node = nodes.get(node.input[0].split(":")[0])
+        return node.name if node is not None and node.op == "Const" else None
+
+    folded: set[str] = set()
+    for node in graph_def.node:
+        sources = [const(name) for name in node.input if not name.startswith("^")]
+        if node.op != "Identity" and sources and all(sources):
+            folded.update(name for name in sources if name is not None)
+    return folded
 
 
 def _erfc_as_erf(model: Any) -> None:
