@@ -111,10 +111,6 @@ def length_mix(
     return feeds, f"synthetic MRPC-like lengths (seed {seed}, mean {lengths.mean():.0f}, max {lengths.max()})"
 
 
-def real_lengths(feeds: dict[str, np.ndarray]) -> np.ndarray:
-    return feeds["input_mask"].sum(axis=1)
-
-
 # ---- what the run reports (report.json "length") -----------------------------------------------
 
 
