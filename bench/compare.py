@@ -408,7 +408,7 @@ def add_ratios(result: dict, systems: dict) -> None:
 
 def machine_info() -> dict:
     """The CPU, its cores and SIMD flags (bertc.driver.hardware's, as bertc's reports give them), and Python."""
-    from bertc.driver.hardware import cpu_name, simd_flags
+    from bertc.runtime.machine import cpu_name, simd_flags
 
     flags = simd_flags()
     return {

@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bertc.driver.hardware import cpu_name, simd_flags  # noqa: E402
 from bertc.ir.lazy import import_tensorflow  # noqa: E402
+from bertc.runtime.machine import cpu_name, simd_flags  # noqa: E402
 
 
 def timed_call(function, feeds: dict, limit: float) -> float:

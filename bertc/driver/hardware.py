@@ -17,12 +17,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import select
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from bertc.runtime.machine import cpu_flags, cpu_name, simd_flags
 
 DTYPES = ("float32", "bfloat16", "float16")
 PROBE_VERSION = "1"  # bump when the op mix or its sizes change: cached figures of another mix are not reused
@@ -30,36 +30,6 @@ DTYPE_LIMIT_S = 45.0  # a dtype with no figure after this is stalled (TensorFlow
 PAYS_MARGIN = 1.1  # a narrow dtype "pays" when it runs at least this many times the float32 rate
 # The op mix: 512 tokens (a batch of 8 at 64), hidden 512, intermediate 2048, 8 heads of 64.
 TOKENS, HIDDEN, INTERMEDIATE, HEADS, BATCH = 512, 512, 2048, 8, 8
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
-
-
-def simd_flags() -> list[str]:
-    """The flags that decide TensorFlow's CPU kernels, for reports next to every speed figure."""
-    flags = cpu_flags()
-    return [flag for flag in SIMD_FLAGS if flag in flags]
 
 
 @dataclasses.dataclass(frozen=True)

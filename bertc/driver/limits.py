@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from bertc import targets
 from bertc.errors import ConfigError, ModelError, UserError
-from bertc.runtime.memory import available_memory
+from bertc.runtime.machine import available_memory
 
 TENSOR_MARGIN = 2  # a tensor may be this many times the largest one a BERT of this shape needs
 WORK_MARGIN = 4  # the graph may cost this many times a BERT forward pass of this shape

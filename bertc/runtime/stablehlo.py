@@ -33,8 +33,8 @@ import numpy as np
 
 from bertc.ir.signature import SERVING_INPUTS
 from bertc.jsonfile import read_json_object
+from bertc.runtime.machine import available_memory
 from bertc.runtime.manifest import HostRecipe, Manifest, Module, Parameter, manifest_json, parse_manifest
-from bertc.runtime.memory import available_memory
 from bertc.runtime.portable import (  # the artifact's format, shared with the target that writes it
     BUCKETS_FORMAT,
     FORMAT,

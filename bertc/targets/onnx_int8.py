@@ -101,7 +101,7 @@ def _with_types(model: Any) -> Any:
 
 
 def _cpu_flags() -> set[str]:
-    from bertc.driver.hardware import cpu_flags
+    from bertc.runtime.machine import cpu_flags
 
     return cpu_flags()
 

@@ -17,10 +17,10 @@ from rich.console import Console
 from support import exporters
 
 from bertc.driver.cli import CONF_DIR
-from bertc.driver.hardware import cpu_flags
 from bertc.driver.pipeline import compile_run
 from bertc.driver.plan import build_plan
 from bertc.evaluate.batches import synthetic_batches
+from bertc.runtime.machine import cpu_flags
 
 pytest.importorskip("openvino", reason="the openvino extra: pip install 'bertc[openvino]'")
 
