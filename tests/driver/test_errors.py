@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support.refusals import copy_model, edit_saved_model, run
+from support.refusals import copy_model, edit_saved_model
+from support.refusals import run_model as run
 from tensorflow.core.framework import node_def_pb2, types_pb2
 
 

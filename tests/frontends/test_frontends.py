@@ -195,7 +195,8 @@ def test_names_given_by_config_win_and_wrong_ones_are_named():
 
 @pytest.mark.parametrize("length", ["full", "trim"])  # trim: the served body is split from the length part
 def test_signature_names_from_config_compile_and_are_served(tiny_model_dir, tmp_path, length):
-    from support.refusals import copy_model, edit_saved_model, run
+    from support.refusals import copy_model, edit_saved_model
+    from support.refusals import run_model as run
 
     def rename(meta):
         signature = meta.signature_def["serving_default"]

@@ -19,14 +19,6 @@ from bertc.driver.pipeline import compile_run
 from bertc.driver.plan import build_plan
 
 
-def run(model_path, run_dir: Path, *overrides: str) -> tuple[int, dict, str]:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"model.path={model_path}", "bench=off", "verify.batches=1", *overrides])
-    stream = io.StringIO()
-    code = compile_run(build_plan(cfg), run_dir, Console(file=stream, width=200, soft_wrap=True))
-    return code, json.loads((run_dir / "report.json").read_text()), stream.getvalue()
-
-
 def copy_model(tiny_model_dir, tmp_path) -> Path:
     target = tmp_path / "model_copy"
     shutil.copytree(tiny_model_dir, target)
@@ -60,6 +52,7 @@ def compose_cfg(*overrides: str):
 
 
 def run_model(model: Path, run_dir: Path, *overrides: str) -> tuple[int, dict, str]:
+    """A compile of `model` in-process (bench off, one verify batch): (exit code, report.json, what it printed)."""
     stream = io.StringIO()
     plan = build_plan(compose_cfg(f"model.path={model}", *overrides))
     code = compile_run(plan, run_dir, Console(file=stream, width=200, soft_wrap=True))
