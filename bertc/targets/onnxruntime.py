@@ -25,11 +25,12 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
 from bertc.errors import ConfigError
-from bertc.ir.graph import Graph
+from bertc.ir.graph import Graph, node_of, nodes_by_name, through_identity
 from bertc.targets.base import QuantizingTarget, TargetOptions
 from bertc.targets.onnx_fusion import fuse_attention, fuse_multi_head_attention, fuse_skip_layer_norm
 from bertc.targets.onnx_int8 import onnx_names, quantize
@@ -201,11 +202,8 @@ def _const_updates_skipped() -> Iterator[None]:
         if not node.is_const():
             update(node, external_tensor_storage)
 
-    Node.update_proto = update_unless_const  # type: ignore[method-assign]
-    try:
+    with mock.patch.object(Node, "update_proto", update_unless_const):
         yield
-    finally:
-        Node.update_proto = update  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -225,11 +223,8 @@ def _grappler_without_weights() -> Iterator[None]:
                 node.CopyFrom(weights[node.name])
         return optimized
 
-    tf_loader.tf_optimize = optimize_without_weights
-    try:
+    with mock.patch.object(tf_loader, "tf_optimize", optimize_without_weights):
         yield
-    finally:
-        tf_loader.tf_optimize = optimize
 
 
 @contextlib.contextmanager
@@ -243,17 +238,12 @@ def _frozen_without_function() -> Iterator[None]:
 
     from tf2onnx import tf_loader
 
-    freeze = tf_loader.convert_variables_to_constants_v2
-
     def frozen_graph_def(func, **options):
         graph_def = tf_loader.convert_variables_to_constants_large_model(func)
         return types.SimpleNamespace(graph=types.SimpleNamespace(as_graph_def=lambda add_shapes: graph_def))
 
-    tf_loader.convert_variables_to_constants_v2 = frozen_graph_def
-    try:
+    with mock.patch.object(tf_loader, "convert_variables_to_constants_v2", frozen_graph_def):
         yield
-    finally:
-        tf_loader.convert_variables_to_constants_v2 = freeze
 
 
 def _weights_as_placeholders(graph_def) -> tuple[Any, dict[str, Any]]:
@@ -286,13 +276,11 @@ def _folded_constants(graph_def) -> set[str]:
     """The Consts that feed, directly or through Identity, an op (not an Identity) whose inputs are all Consts:
     Grappler folds that op, so the Const must keep its value (BERT's position table under a static Slice). Other
     weights meet data (MatMul, BiasAdd, Gather, Mul, AddV2) and an Identity left over is removed by tf2onnx."""
-    nodes = {node.name: node for node in graph_def.node}
+    nodes = nodes_by_name(graph_def)
 
     def const(name: str) -> str | None:
-        node = nodes.get(name.split(":")[0])
-        while node is not None and node.op == "Identity" and node.input:
-            node = nodes.get(node.input[0].split(":")[0])
-        return node.name if node is not None and node.op == "Const" else None
+        node = through_identity(nodes, node_of(name), ops=("Identity",))
+        return node.name if node.op == "Const" else None
 
     folded: set[str] = set()
     for node in graph_def.node:
