@@ -24,12 +24,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 from bertc import targets
 from bertc.errors import ConfigError, ModelError, UserError
-from bertc.runtime.machine import available_memory
+from bertc.runtime.machine import address_space_left, available_memory
 
 TENSOR_MARGIN = 2  # a tensor may be this many times the largest one a BERT of this shape needs
 WORK_MARGIN = 4  # the graph may cost this many times a BERT forward pass of this shape
@@ -150,6 +149,25 @@ def refuse_batch_beyond_memory(shape: Any, plan: Any) -> None:
             f"{needed / 2**30:.1f} GiB for this model ({shape.layers} layers, hidden {shape.hidden}, "
             f"{shape.heads} heads), and {available / 2**30:.1f} GiB of memory is available. Choose a "
             "smaller batch size."
+        )
+
+
+def refuse_beyond_address_space(shape: Any, plan: Any) -> None:
+    """Refused before any work, with the figures, where the estimated peak and the threads' reservations do
+    not fit in what an address-space limit leaves (past it glibc aborts the process mid-compile)."""
+    space = address_space_left()
+    if space is None:
+        return
+    limit, left = space
+    batch, key = largest_batch(plan)
+    needed = estimated_peak_bytes(shape, batch, targets.get(plan.target.name).weight_copies) + THREAD_RESERVE
+    if needed > left:
+        raise ConfigError(
+            f"the process's address-space limit (ulimit -v, RLIMIT_AS) is {limit / 2**30:.1f} GiB and leaves "
+            f"{max(left, 0) / 2**30:.2f} GiB now that TensorFlow and the model are loaded; this run needs about "
+            f"{needed / 2**30:.1f} GiB of it ({key}={batch}, and about {THREAD_RESERVE / 2**30:.0f} GiB that "
+            "TensorFlow's and XLA's threads reserve). Raise the limit (ulimit -v unlimited) or choose a smaller "
+            "batch size."
         )
 
 
@@ -542,40 +560,6 @@ def refuse_unrecognised_compute(
             f"structure bertc recognised (embeddings, attention, FFN, pooler, classifier), e.g. {stray[:5]}.{why} "
             "Nothing was run. If they belong to your model, name them: security.allow_unrecognised="
             f"['{stray[0]}'] (fnmatch patterns of node names)."
-        )
-
-
-def address_space_left() -> tuple[int, int] | None:
-    """(the address-space limit, what is left of it) under ulimit -v (RLIMIT_AS); None without one."""
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit == resource.RLIM_INFINITY:
-        return None
-    try:
-        status = Path("/proc/self/status").read_text()
-        used = int(status.split("VmSize:", 1)[1].split()[0]) * 1024
-    except (OSError, IndexError, ValueError):
-        return None
-    return limit, limit - used
-
-
-def refuse_beyond_address_space(shape: Any, plan: Any) -> None:
-    """Refused before any work, with the figures, where the estimated peak and the threads' reservations do
-    not fit in what an address-space limit leaves (past it glibc aborts the process mid-compile)."""
-    space = address_space_left()
-    if space is None:
-        return
-    limit, left = space
-    batch, key = largest_batch(plan)
-    needed = estimated_peak_bytes(shape, batch, targets.get(plan.target.name).weight_copies) + THREAD_RESERVE
-    if needed > left:
-        raise ConfigError(
-            f"the process's address-space limit (ulimit -v, RLIMIT_AS) is {limit / 2**30:.1f} GiB and leaves "
-            f"{max(left, 0) / 2**30:.2f} GiB now that TensorFlow and the model are loaded; this run needs about "
-            f"{needed / 2**30:.1f} GiB of it ({key}={batch}, and about {THREAD_RESERVE / 2**30:.0f} GiB that "
-            "TensorFlow's and XLA's threads reserve). Raise the limit (ulimit -v unlimited) or choose a smaller "
-            "batch size."
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 from pathlib import Path
 
 
@@ -28,6 +29,19 @@ def available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     return min(limits) if limits else None
+
+
+def address_space_left() -> tuple[int, int] | None:
+    """(the address-space limit, what is left of it) under ulimit -v (RLIMIT_AS); None without one."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        status = Path("/proc/self/status").read_text()
+        used = int(status.split("VmSize:", 1)[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        return None
+    return limit, limit - used
 
 
 def cpu_flags() -> set[str]:
