@@ -58,7 +58,7 @@ _DISCOVERED: list[bool] = []
 
 
 def register(spec: Pass) -> Pass:
-    """Add a pass (the modules of this package are found on their own; a plugin or a test calls this)."""
+    """Add a pass (the modules here and in subpackages are found on their own; a plugin or a test calls this)."""
     clash = next(
         (other for other in _REGISTERED.values() if other.group == spec.group and other.name != spec.name), None
     )
@@ -73,9 +73,12 @@ def unregister(name: str) -> None:
 
 
 def _discover() -> None:
+    """Register the PASS of every module here and in the feature packages below (passes/length/, ...), in the
+    order of the modules' own names, wherever they sit (that order breaks ties in `passes`)."""
     _DISCOVERED.append(True)
-    for module in pkgutil.iter_modules(__path__):
-        loaded = importlib.import_module(f"{__name__}.{module.name}")
+    found = pkgutil.walk_packages(__path__, prefix=f"{__name__}.")
+    for name in sorted((module.name for module in found if not module.ispkg), key=lambda name: name.split(".")[-1]):
+        loaded = importlib.import_module(name)
         spec = getattr(loaded, "PASS", None)
         if isinstance(spec, Pass) and spec.name not in _REGISTERED:
             register(spec)
