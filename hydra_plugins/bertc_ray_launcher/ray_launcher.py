@@ -1,8 +1,9 @@
-"""hydra/launcher=ray (conf/hydra/launcher/ray.yaml) -> the Launcher Hydra instantiates; its work: bertc/run/cluster.py.
+"""hydra/launcher=ray (conf/hydra/launcher/ray.yaml) -> the Launcher Hydra instantiates; its work:
+bertc/driver/cluster.py.
 
 Hydra instantiates launchers only from the hydra_plugins package; bertc.driver.cli registers this one (Hydra's
 scan of hydra_plugins, which imports every module there, misses it in an editable install). It stays
-light: Ray and bertc.run.cluster are imported when a sweep launches. Its import drops hydra-ray-launcher's
+light: Ray and bertc.driver.cluster are imported when a sweep launches. Its import drops hydra-ray-launcher's
 ConfigStore schema named `ray`: Hydra would otherwise merge it into bertc's ray.yaml (the deprecated
 "automatic schema matching": a warning on every run, and bertc's own keys refused).
 """
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 def _drop_plugin_schema() -> None:
     try:  # NOTE: imported here first, so that Hydra's scan, importing it again, does not store the schema again
         import hydra_plugins.hydra_ray_launcher._config  # noqa: F401
-    except ImportError:  # no ray extra: bertc/run/cluster.py says so when hydra/launcher=ray is chosen
+    except ImportError:  # no ray extra: bertc/driver/cluster.py says so when hydra/launcher=ray is chosen
         return
     ConfigStore.instance().repo.get("hydra", {}).get("launcher", {}).pop("ray.yaml", None)
 
@@ -47,7 +48,7 @@ class BertcRayLauncher(Launcher):
         from bertc.errors import UserError
 
         try:
-            from bertc.run.cluster import launch
+            from bertc.driver.cluster import launch
         except ImportError as error:  # no ray extra: its message says what to install
             _refuse(str(error))
         try:

@@ -1,5 +1,5 @@
-"""`bertc.run.reproduce` and `bertc.run.diff` on broken or foreign folders and files: exit 2, a message, no traceback,
-and no rebuild started."""
+"""`bertc.driver.reproduce` and `bertc.run.diff` on broken or foreign folders and files: exit 2, a message, no
+traceback, and no rebuild started."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
+from bertc.driver import reproduce
 from bertc.driver.cli import CONF_DIR, run_job
-from bertc.run import diff, reproduce
+from bertc.run import diff
 
 
 @pytest.fixture(scope="module")

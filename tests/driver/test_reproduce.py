@@ -1,4 +1,4 @@
-"""Reproducible runs: two compiles of one plan give one artifact digest, `bertc.run.reproduce` says identical
+"""Reproducible runs: two compiles of one plan give one artifact digest, `bertc.driver.reproduce` says identical
 or names what changed, `bertc.run.diff` compares plans, and the fingerprint holds no path or time."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 
+from bertc.driver import reproduce
 from bertc.driver.cli import CONF_DIR
 from bertc.driver.pipeline import compile_run
 from bertc.driver.plan import build_plan, fingerprint
-from bertc.run import diff, reproduce
+from bertc.run import diff
 from bertc.run.artifact import artifact_digest, canonical_saved_model
 
 FAST = ["bench=off", "verify.batches=1", "verify.batch_size=2"]
@@ -93,7 +94,7 @@ def test_digest_ignores_tensorflows_per_process_numbering(tiny_model_dir, tmp_pa
 
 
 def test_reproduce_reports_identical(runs, tmp_path):
-    code, output = finish(bertc_process("bertc.run.reproduce", str(runs["first"]), cwd=tmp_path))
+    code, output = finish(bertc_process("bertc.driver.reproduce", str(runs["first"]), cwd=tmp_path))
     assert code == 0, output[-3000:]
     assert "identical: the rebuild has the same fingerprint and the same artifact digest" in output
     assert "byte-identical" in output
@@ -105,7 +106,7 @@ def test_reproduce_names_a_changed_input(runs, tmp_path):
     shutil.rmtree(runs["model_copy"])
     export_model("size", "tiny", runs["model_copy"], seq_len=128, num_labels=2, seed=1)  # same path, other weights
     code, output = finish(
-        bertc_process("bertc.run.reproduce", str(runs["copied"]), "--out", str(tmp_path / "again"), cwd=tmp_path)
+        bertc_process("bertc.driver.reproduce", str(runs["copied"]), "--out", str(tmp_path / "again"), cwd=tmp_path)
     )
     assert code == 1, output[-3000:]
     assert "NOT identical" in output and "input changed" in output

@@ -58,7 +58,7 @@ def test_the_ray_launcher_config_is_bertcs_and_composes_without_hydras_schema_wa
 def test_joining_a_cluster_drops_object_store_memory_and_a_local_ray_gets_a_small_one(monkeypatch):
     from omegaconf import OmegaConf
 
-    from bertc.run import cluster
+    from bertc.driver import cluster
 
     calls = []
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
@@ -72,8 +72,8 @@ def test_joining_a_cluster_drops_object_store_memory_and_a_local_ray_gets_a_smal
 
 
 def test_a_job_no_node_can_hold_is_refused_before_it_waits_forever(monkeypatch):
+    from bertc.driver import cluster
     from bertc.errors import ConfigError
-    from bertc.run import cluster
 
     nodes = [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 4e9}}, {"Alive": False, "Resources": {"CPU": 64.0}}]
     monkeypatch.setattr(cluster.ray, "nodes", lambda: nodes)

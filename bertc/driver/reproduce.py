@@ -1,6 +1,6 @@
 """A run folder -> its plan rebuilt in a fresh folder, and whether the result is identical; if not, what differs.
 
-    python -m bertc.run.reproduce RUN [--out DIR] [--keep]
+    python -m bertc.driver.reproduce RUN [--out DIR] [--keep]
 
 The rebuild composes the run's `resolved.yaml` (values, not interpolations) over bertc's schema
 and runs `python -m bertc` on it in a fresh process, from the directory the run was started in
@@ -28,6 +28,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bertc.driver.config import root_schema
 from bertc.run.diff import BadRunFolder, Difference, RunRecord, compare, read_run
 from bertc.run.schema import BadReport, Report, read_report
 
@@ -35,7 +36,7 @@ EXIT_IDENTICAL, EXIT_DIFFERENT, EXIT_BAD_FOLDER = 0, 1, 2
 COMPLETED = ("passed", "rejected", "planned")  # a run that got as far as its artifact (or a dry run's plan)
 REBUILD_CONFIG = "reproduce"
 REBUILD_HEADER = """\
-# Written by python -m bertc.run.reproduce: {run}/resolved.yaml over bertc's schema, bench off.
+# Written by python -m bertc.driver.reproduce: {run}/resolved.yaml over bertc's schema, bench off.
 defaults:
   - bertc_schema
   - override hydra/job_logging: disabled
@@ -66,8 +67,6 @@ def check_run_folder(run: Path) -> RunRecord:
 
 def read_resolved(file: Path) -> DictConfig:
     """resolved.yaml, checked against bertc's schema: a damaged or foreign file is refused, not rebuilt."""
-    from bertc.driver.config import root_schema
-
     try:
         loaded = OmegaConf.load(file)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as error:
@@ -265,7 +264,7 @@ def _byte_level(changed: list[str] | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bertc.run.reproduce", description="Rebuild a bertc run and compare."
+        prog="python -m bertc.driver.reproduce", description="Rebuild a bertc run and compare."
     )
     parser.add_argument("run", help="a run folder (holds plan.json, resolved.yaml, .hydra/)")
     parser.add_argument("--out", help="rebuild into this folder (new or empty) and keep it")
@@ -283,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --out {out} is a file, not a folder; give a new or empty folder.", file=sys.stderr)
             return EXIT_BAD_FOLDER
         if out.exists() and any(out.iterdir()):
-            print(f"error: --out {out} is not empty; bertc.run.reproduce never overwrites a folder.", file=sys.stderr)
+            print(
+                f"error: --out {out} is not empty; bertc.driver.reproduce never overwrites a folder.", file=sys.stderr
+            )
             return EXIT_BAD_FOLDER
         out.mkdir(parents=True, exist_ok=True)
     else:
