@@ -7,8 +7,10 @@ Nothing here imports TensorFlow: an engine's artifact need not be a SavedModel."
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,6 +66,34 @@ class Artifact(Protocol):
         """For a passed model at `path`: its files, signature and how to serve it (writing any serving layout
         the engine's server wants into `run_dir`); report.json's `serving` entry. `user`: the input model's
         signature as the run read it."""
+
+
+class EngineArtifact(abc.ABC):
+    """An engine's model held in memory until saved, then written as the engine's files (`write_model`) beside
+    `info_file`, the JSON record of its conversion (inputs, outputs, versions). The engine compiles the model
+    when the saved files are opened, so there is nothing to warm up; `open` and `describe` are the engine's."""
+
+    info_file: str  # the JSON record's name in the saved folder, set by each engine
+
+    def __init__(self, model: Any, info: dict):
+        self.model, self.info = model, info
+
+    def warm_up(self, batch_size: int, seq_len: int) -> None:
+        return None  # the engine builds its session when the saved model is opened
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.write_model(path)
+        (path / self.info_file).write_text(json.dumps(self.info, indent=2) + "\n")
+        self.model = None  # the weights are in the engine's files now
+
+    @abc.abstractmethod
+    def write_model(self, path: Path) -> None:
+        """The in-memory model as the engine's files in the folder `path`."""
+
+    def saved_info(self, path: Path) -> dict:
+        """The JSON record `save` wrote into `path`."""
+        return json.loads((path / self.info_file).read_text())
 
 
 class Target(Protocol):

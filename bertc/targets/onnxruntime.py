@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib.util
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 
 from bertc.errors import ConfigError
 from bertc.ir.graph import Graph, node_of, nodes_by_name, through_identity
-from bertc.targets.base import QuantizingTarget, TargetOptions
+from bertc.targets.base import EngineArtifact, QuantizingTarget, TargetOptions
 from bertc.targets.onnx_fusion import fuse_attention, fuse_multi_head_attention, fuse_skip_layer_norm
 from bertc.targets.onnx_int8 import onnx_names, quantize
 
@@ -47,22 +46,15 @@ def _missing() -> list[str]:
     return [package for module, package in PACKAGES.items() if importlib.util.find_spec(module) is None]
 
 
-class OnnxArtifact:
+class OnnxArtifact(EngineArtifact):
     """An ONNX model (in memory until saved) and what its conversion and fusion found."""
 
-    def __init__(self, model: Any, info: dict):
-        self.model, self.info = model, info
+    info_file = INFO_FILE
 
-    def warm_up(self, batch_size: int, seq_len: int) -> None:
-        return None  # ONNX Runtime builds its session when the model is opened
-
-    def save(self, path: Path) -> None:
+    def write_model(self, path: Path) -> None:
         import onnx
 
-        path.mkdir(parents=True, exist_ok=True)
         onnx.save_model(self.model, str(path / MODEL_FILE))
-        (path / INFO_FILE).write_text(json.dumps(self.info, indent=2) + "\n")
-        self.model = None  # the weights are in model.onnx now
 
     def open(self, path: Path, served=None) -> OnnxSession:
         names = dict(served.input_names) if served is not None else {}
@@ -73,7 +65,7 @@ class OnnxArtifact:
     def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
         from bertc.run.serving_layout import SERVING_VERSION, write_repository
 
-        info = json.loads((path / INFO_FILE).read_text())
+        info = self.saved_info(path)
         triton = write_repository(
             path,
             run_dir,

@@ -34,7 +34,6 @@ conversion); bertc leaves that consent to the user: `opt_in_out --opt_out` stops
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from bertc.errors import ConfigError
 from bertc.ir.graph import Graph, GraphError
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
 from bertc.run.serving_layout import SERVING_VERSION, write_repository
-from bertc.targets.base import QuantizingTarget, TargetOptions
+from bertc.targets.base import EngineArtifact, QuantizingTarget, TargetOptions
 from bertc.targets.openvino_int8 import DYNAMIC_GROUP_SIZE, nncf_version, openvino_names, quantize
 
 EXTRA = "pip install 'bertc[openvino]'"
@@ -58,34 +57,27 @@ def _missing(module: str = "openvino") -> bool:
     return importlib.util.find_spec(module) is None
 
 
-class OpenVinoArtifact:
+class OpenVinoArtifact(EngineArtifact):
     """An OpenVINO model (in memory until saved) and what its conversion recorded."""
 
-    def __init__(self, model: Any, info: dict):
-        self.model, self.info = model, info
+    info_file = INFO_FILE
 
-    def warm_up(self, batch_size: int, seq_len: int) -> None:
-        return None  # OpenVINO compiles for the CPU when the model is opened
-
-    def save(self, path: Path) -> None:
+    def write_model(self, path: Path) -> None:
         import openvino
 
-        path.mkdir(parents=True, exist_ok=True)
-        openvino.save_model(self.model, str(path / MODEL_FILE), compress_to_fp16=False)
-        (path / INFO_FILE).write_text(json.dumps(self.info, indent=2) + "\n")
-        self.model = None  # the weights are in model.bin now
+        openvino.save_model(self.model, str(path / MODEL_FILE), compress_to_fp16=False)  # f32 weights in model.bin
 
     def open(self, path: Path, served=None) -> OpenVinoModel:
         from bertc.frontends.signature import output_names
 
         names = dict(served.input_names) if served is not None else {}
         outputs = output_names(served) if served is not None else {}
-        info = json.loads((path / INFO_FILE).read_text())
+        info = self.saved_info(path)
         config = {**info.get("compile", COMPILE_CONFIG), **_threads(int(info.get("threads", 0)))}
         return OpenVinoModel(path / MODEL_FILE, names, outputs, config)
 
     def describe(self, path: Path, run_dir: Path, label: str, user: Mapping) -> dict:
-        info = json.loads((path / INFO_FILE).read_text())
+        info = self.saved_info(path)
         # OpenVINO Model Server's repository: <name>/1/model.xml|bin, links to (or copies of) model/'s files
         base = write_repository(
             path, run_dir, "ovms", label, {f"{SERVING_VERSION}/{file}": file for file in (MODEL_FILE, WEIGHTS_FILE)}
