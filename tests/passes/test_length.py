@@ -34,11 +34,6 @@ from bertc.targets.serving import CompiledBert, Placement, warm_up
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_saved_model(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
 def masked(loaded):
     removed = remove_training_ops(loaded.graph, RemovalParams()).graph
     return rewrite_attention_mask(removed, MaskParams()).graph

@@ -36,11 +36,6 @@ from bertc.targets.serving import CompiledBert, Placement
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_saved_model(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
 def removed(loaded):
     return remove_training_ops(loaded.graph, RemovalParams()).graph
 

@@ -12,7 +12,6 @@ from support.precision import mixed
 
 from bertc.errors import ConfigError
 from bertc.evaluate.batches import synthetic_batches
-from bertc.frontends.load import load_saved_model
 from bertc.ir.graph import (
     FLOAT_TYPES,
     GraphError,
@@ -30,11 +29,6 @@ from bertc.passes.apply_precision_map import PrecisionParams, PrecisionRule, app
 from bertc.passes.partition_graph import PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import SCOPE, MaskParams, rewrite_attention_mask
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_saved_model(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
