@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import io
-import json
-
 import numpy as np
 import tensorflow as tf
-from hydra import compose, initialize_config_dir
-from rich.console import Console
+from support.compile import compile_model
+from support.engines import original_probabilities
 
-from bertc.driver.cli import CONF_DIR
-from bertc.driver.pipeline import compile_run
-from bertc.driver.plan import build_plan
 from bertc.evaluate.batches import synthetic_batches
-from bertc.evaluate.verify import OriginalModel
-
-
-def compile_tiny(tiny_model_dir, run_dir, overrides: list[str]) -> tuple[int, dict]:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"model.path={tiny_model_dir}", "bench=off", *overrides])
-    code = compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO()))
-    return code, json.loads((run_dir / "report.json").read_text())
 
 
 def feeds() -> dict[str, np.ndarray]:
     return synthetic_batches(1, 3, 128, 30522, seed=5)[0].feeds()
 
 
-def original_probabilities(tiny_model_dir) -> np.ndarray:
-    from bertc.frontends.load import load_saved_model
-
-    loaded = load_saved_model(tiny_model_dir)
-    outputs = {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")}
-    return OriginalModel(tiny_model_dir, loaded.signature_inputs, outputs)(feeds())["probabilities"]
-
-
 def test_a_passed_run_has_a_layout_tensorflow_serving_loads(tiny_model_dir, tmp_path):
-    code, report = compile_tiny(tiny_model_dir, tmp_path, [])
+    code, report = compile_model(tiny_model_dir, tmp_path, [])
     assert code == 0
     serving = report["serving"]
     base = tmp_path / "serving" / "user"
@@ -48,7 +26,7 @@ def test_a_passed_run_has_a_layout_tensorflow_serving_loads(tiny_model_dir, tmp_
     signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
     assert sorted(signature.structured_input_signature[1]) == ["input_ids", "input_mask", "segment_ids"]
     out = signature(**{key: tf.constant(value) for key, value in feeds().items()})
-    np.testing.assert_allclose(out["probabilities"].numpy(), original_probabilities(tiny_model_dir), atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"].numpy(), original_probabilities(tiny_model_dir, feeds()), atol=1e-5)
     assert serving["dropped_inputs"] == ["label_ids", "is_real_example"]
     assert serving["inputs"] == ["input_ids", "input_mask", "segment_ids"]
     assert serving["outputs"] == ["logits", "probabilities"] and serving["added_outputs"] == ["logits"]
@@ -62,7 +40,7 @@ def test_a_passed_run_has_a_layout_tensorflow_serving_loads(tiny_model_dir, tmp_
 
 
 def test_keep_signature_accepts_the_five_run_classifier_inputs(tiny_model_dir, tmp_path):
-    code, report = compile_tiny(tiny_model_dir, tmp_path, ["removal.keep_signature=true"])
+    code, report = compile_model(tiny_model_dir, tmp_path, ["removal.keep_signature=true"])
     assert code == 0 and report["parity"]["passed"]
     assert report["serving"]["inputs"] == [
         "input_ids",
@@ -79,12 +57,13 @@ def test_keep_signature_accepts_the_five_run_classifier_inputs(tiny_model_dir, t
     first = signature(**batch, label_ids=tf.constant([0, 1, 0]), is_real_example=tf.constant([1, 1, 1]))
     second = signature(**batch, label_ids=tf.constant([1, 1, 1]), is_real_example=tf.constant([0, 0, 0]))
     np.testing.assert_array_equal(first["probabilities"].numpy(), second["probabilities"].numpy())  # ignored
-    np.testing.assert_allclose(first["probabilities"].numpy(), original_probabilities(tiny_model_dir), atol=1e-5)
+    expected = original_probabilities(tiny_model_dir, feeds())
+    np.testing.assert_allclose(first["probabilities"].numpy(), expected, atol=1e-5)
     assert report["serving"]["dropped_inputs"] == []
     assert "keeps run_classifier's label_ids and is_real_example" in (tmp_path / "report.md").read_text()
 
 
 def test_a_rejected_model_gets_no_serving_layout(tiny_model_dir, tmp_path):
-    code, report = compile_tiny(tiny_model_dir, tmp_path, ["precision=mixed", "verify.tolerance=1e-9"])
+    code, report = compile_model(tiny_model_dir, tmp_path, ["precision=mixed", "verify.tolerance=1e-9"])
     assert code == 1 and report["status"] == "rejected"
     assert (tmp_path / "rejected").is_dir() and not (tmp_path / "serving").exists() and "serving" not in report

@@ -20,10 +20,15 @@ def compose_config(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
-def compile_tiny(tiny_model_dir, run_dir, overrides: list[str]) -> dict:
-    cfg = compose_config([f"model.path={tiny_model_dir}", "bench=off", *overrides])
+def compile_model(model, run_dir, overrides: list[str]) -> tuple[int, dict]:
+    """The exit code and report.json of a compile of the SavedModel `model`, bench off."""
+    cfg = compose_config([f"model.path={model}", "bench=off", *overrides])
     code = compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO()))
-    report = json.loads((run_dir / "report.json").read_text())
+    return code, json.loads((run_dir / "report.json").read_text())
+
+
+def compile_tiny(tiny_model_dir, run_dir, overrides: list[str]) -> dict:
+    code, report = compile_model(tiny_model_dir, run_dir, overrides)
     assert code == 0, report.get("error")
     return report
 

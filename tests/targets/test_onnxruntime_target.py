@@ -3,21 +3,14 @@ through ONNX Runtime, served by plain onnxruntime without bertc or TensorFlow; a
 
 from __future__ import annotations
 
-import io
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from rich.console import Console
 from support import exporters
+from support.compile import compile_model
+from support.engines import assert_refused_before_work, original_probabilities, serve_alone, without_module
 
-from bertc.driver.cli import CONF_DIR
-from bertc.driver.pipeline import compile_run
-from bertc.driver.plan import build_plan
 from bertc.evaluate.batches import synthetic_batches
 
 pytest.importorskip("onnxruntime", reason="the onnxruntime extra: pip install 'bertc[onnxruntime]'")
@@ -25,24 +18,14 @@ pytest.importorskip("tf2onnx", reason="the onnxruntime extra: pip install 'bertc
 
 
 def compile_tiny(model, run_dir, *overrides: str) -> tuple[int, dict]:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"model.path={model}", "target=onnxruntime", "bench=off", *overrides])
-    code = compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO()))
-    return code, json.loads((run_dir / "report.json").read_text())
+    return compile_model(model, run_dir, ["target=onnxruntime", *overrides])
 
 
-SERVE = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import onnxruntime
-    feeds = {key: np.array(value, np.int32) for key, value in json.loads(sys.stdin.read()).items()}
-    session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-    probabilities = session.run(["probabilities"], feeds)[0]
-    loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("bertc", "tensorflow"))
-    print(json.dumps({"probabilities": probabilities.tolist(), "loaded": loaded}))
-    """
-)
+SERVE = """
+import onnxruntime
+session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+answer = session.run(["probabilities"], feeds)[0].tolist()
+"""
 
 
 @pytest.mark.parametrize("length", ["full", "trim"])
@@ -63,37 +46,20 @@ def test_compiles_with_parity_and_serves_with_plain_onnxruntime(tiny_model_dir, 
     assert "onnxruntime" in report["versions"], "the engine's version is in the fingerprint"
     batch = synthetic_batches(1, 5, 128, 30522, seed=3)[0]
     batch.input_mask[:, 40:] = 0  # every row at most 40 tokens: the trimmed graph runs them at 40
-    from bertc.evaluate.verify import OriginalModel
-    from bertc.frontends.load import load_saved_model
-
-    loaded = load_saved_model(tiny_model_dir)
-    outputs = {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")}
-    expected = OriginalModel(tiny_model_dir, loaded.signature_inputs, outputs)(batch.feeds())["probabilities"]
-    feeds = json.dumps({key: value.tolist() for key, value in batch.feeds().items()})
-    done = subprocess.run(
-        [sys.executable, "-c", SERVE, str(model)], input=feeds, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    served = json.loads(done.stdout)
-    assert served["loaded"] == [], "served without bertc or TensorFlow"
-    np.testing.assert_allclose(np.array(served["probabilities"]), expected, atol=1e-5)
+    expected = original_probabilities(tiny_model_dir, batch.feeds())
+    served = serve_alone(SERVE, batch.feeds(), str(model))
+    np.testing.assert_allclose(np.array(served), expected, atol=1e-5)
 
 
 def test_a_missing_extra_stops_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "tf2onnx" else real(name))
+    without_module(monkeypatch, "tf2onnx")
     code, report = compile_tiny(tiny_model_dir, tmp_path / "run")
-    assert code == 2 and report["failed_step"] == "target"
-    assert "tf2onnx" in report["error"] and "pip install 'bertc[onnxruntime]'" in report["error"]
-    assert "steps" not in report or not report["steps"], "nothing was loaded or rewritten"
-    assert not (tmp_path / "run" / "model").exists()
+    assert_refused_before_work(code, report, tmp_path / "run", "tf2onnx", "pip install 'bertc[onnxruntime]'")
 
 
 def test_a_narrow_precision_is_refused_before_any_work(tiny_model_dir, tmp_path):
     code, report = compile_tiny(tiny_model_dir, tmp_path / "run", "precision=mixed")
-    assert code == 2 and report["failed_step"] == "target" and "precision=fp32" in report["error"]
+    assert_refused_before_work(code, report, tmp_path / "run", "precision=fp32")
 
 
 def test_bertcs_attention_fusion_keeps_the_graphs_scale_and_mask(tiny_model_dir, tmp_path, monkeypatch):

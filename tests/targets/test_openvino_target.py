@@ -4,21 +4,14 @@ by plain openvino without bertc or TensorFlow; a missing extra stops first."""
 
 from __future__ import annotations
 
-import io
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from rich.console import Console
 from support import exporters
+from support.compile import compile_model
+from support.engines import assert_refused_before_work, original_probabilities, serve_alone, without_module
 
-from bertc.driver.cli import CONF_DIR
-from bertc.driver.pipeline import compile_run
-from bertc.driver.plan import build_plan
 from bertc.evaluate.batches import synthetic_batches
 from bertc.runtime.machine import cpu_flags
 
@@ -26,45 +19,19 @@ pytest.importorskip("openvino", reason="the openvino extra: pip install 'bertc[o
 
 
 def compile_tiny(model, run_dir, *overrides: str) -> tuple[int, dict]:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"model.path={model}", "target=openvino", "bench=off", *overrides])
-    code = compile_run(build_plan(cfg), run_dir, Console(file=io.StringIO()))
-    return code, json.loads((run_dir / "report.json").read_text())
+    return compile_model(model, run_dir, ["target=openvino", *overrides])
 
 
-def original_probabilities(model_dir, feeds) -> np.ndarray:
-    from bertc.evaluate.verify import OriginalModel
-    from bertc.frontends.load import load_saved_model
-
-    loaded = load_saved_model(model_dir)
-    outputs = {key: loaded.graph.outputs[key] for key in ("probabilities", "logits")}
-    return OriginalModel(model_dir, loaded.signature_inputs, outputs)(feeds)["probabilities"]
-
-
-SERVE = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import openvino
-    feeds = {key: np.array(value, np.int32) for key, value in json.loads(sys.stdin.read()).items()}
-    core = openvino.Core()
-    compiled = core.compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    outputs = compiled(feeds)
-    loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("bertc", "tensorflow"))
-    print(json.dumps({"outputs": {key: outputs[key].tolist() for key in sys.argv[2:]}, "loaded": loaded}))
-    """
-)
+SERVE = """
+import openvino
+compiled = openvino.Core().compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+outputs = compiled(feeds)
+answer = {key: outputs[key].tolist() for key in sys.argv[2:]}
+"""
 
 
 def serve_with_plain_openvino(model, feeds, *outputs: str) -> dict:
-    text = json.dumps({key: value.tolist() for key, value in feeds.items()})
-    done = subprocess.run(
-        [sys.executable, "-c", SERVE, str(model), *outputs], input=text, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    served = json.loads(done.stdout)
-    assert served["loaded"] == [], "served without bertc or TensorFlow"
-    return {key: np.array(value) for key, value in served["outputs"].items()}
+    return {key: np.array(value) for key, value in serve_alone(SERVE, feeds, str(model), *outputs).items()}
 
 
 @pytest.mark.parametrize("length", ["full", "trim", "pack"])
@@ -111,20 +78,15 @@ def test_an_exporter_model_serves_under_its_own_names(exporter, tmp_path):
 
 
 def test_a_missing_extra_stops_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "openvino" else real(name))
+    without_module(monkeypatch, "openvino")
     code, report = compile_tiny(tiny_model_dir, tmp_path / "run")
-    assert code == 2 and report["failed_step"] == "target"
-    assert "openvino" in report["error"] and "pip install 'bertc[openvino]'" in report["error"]
-    assert "steps" not in report or not report["steps"], "nothing was loaded or rewritten"
-    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "serving").exists()
+    assert_refused_before_work(code, report, tmp_path / "run", "openvino", "pip install 'bertc[openvino]'")
+    assert not (tmp_path / "run" / "serving").exists()
 
 
 def test_a_narrow_precision_is_refused_before_any_work(tiny_model_dir, tmp_path):
     code, report = compile_tiny(tiny_model_dir, tmp_path / "run", "precision=mixed")
-    assert code == 2 and report["failed_step"] == "target" and "precision=fp32" in report["error"]
+    assert_refused_before_work(code, report, tmp_path / "run", "precision=fp32")
 
 
 INT8_ROLES = {"attention_projection": 6, "attention_output": 2, "ffn_in": 2, "ffn_out": 2}  # the tiny model's 2 layers
@@ -223,11 +185,6 @@ def test_an_int8_build_that_disagrees_is_rejected(tiny_model_dir, tmp_path, monk
 
 
 def test_int8_without_nncf_stops_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "nncf" else real(name))
+    without_module(monkeypatch, "nncf")
     code, report = compile_tiny(tiny_model_dir, tmp_path / "run", "precision=int8")
-    assert code == 2 and report["failed_step"] == "target"
-    assert "nncf" in report["error"] and "pip install 'bertc[openvino]'" in report["error"]
-    assert not (tmp_path / "run" / "model").exists()
+    assert_refused_before_work(code, report, tmp_path / "run", "nncf", "pip install 'bertc[openvino]'")
