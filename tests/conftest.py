@@ -28,3 +28,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "model"
     export_model("size", "tiny", out, seq_len=TINY_SEQ_LEN, num_labels=2, seed=TINY_SEED)
     return out
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    """The tiny model as the frontend reads it, read once per test module."""
+    from bertc.frontends.load import load_saved_model
+
+    return load_saved_model(tiny_model_dir)

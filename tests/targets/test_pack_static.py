@@ -12,7 +12,6 @@ from support.length import not_right_padded, serve
 from support.pack import PACK, assert_matches_original, mixed_batches, with_packed
 
 from bertc.evaluate.lengths import pack_shapes, synthetic_feeds
-from bertc.frontends.load import load_saved_model
 from bertc.ir.graph import PACK_INDEX, GraphError, run_graph, split_length, split_partition
 from bertc.passes.pack_tokens import token_step_of
 from bertc.passes.partition_graph import ALIASES, PACK_MASK_KEY, PartitionParams, partition_graph
@@ -25,11 +24,6 @@ from bertc.targets.xla import PackedXlaBert, xla_module
 
 STEP = 64
 STATIC = LengthParams("pack", sizes=(32, 64, 128), token_step=STEP, static_shapes=True)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_saved_model(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
