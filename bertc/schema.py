@@ -109,13 +109,18 @@ def schema_of(cls: type, extra: tuple[Key, ...] = (), name: str | None = None) -
                 continue
             fields.append((field.name, kind, dataclasses.field(default=default, metadata=field.metadata)))
         else:
-            factory = field.default_factory
-            fields.append((field.name, kind, dataclasses.field(default_factory=factory, metadata=field.metadata)))
+            fields.append(
+                (field.name, kind, dataclasses.field(default_factory=field.default_factory, metadata=field.metadata))
+            )
     return dataclasses.make_dataclass(name or f"{cls.__name__}Schema", fields)
 
 
 def _as_list(value: tuple) -> list:
-    return [schema_of(type(item))(**_plain(item)) if dataclasses.is_dataclass(item) else item for item in value]
+    """A tuple default as a list, its dataclass items (instances, not classes) as instances of their schema."""
+    return [
+        schema_of(type(item))(**_plain(item)) if dataclasses.is_dataclass(item) and not isinstance(item, type) else item
+        for item in value
+    ]
 
 
 def _plain(item: Any) -> dict:
@@ -128,11 +133,11 @@ def _plain(item: Any) -> dict:
 def _schema_type(hint: Any) -> Any:
     origin, arguments = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:
-        return list[_schema_type(arguments[0])]
+        return types.GenericAlias(list, (_schema_type(arguments[0]),))  # list[...] of a type computed here
     if origin in (typing.Union, types.UnionType):
         inner = [argument for argument in arguments if argument is not type(None)]
         return typing.Optional[_schema_type(inner[0])]  # noqa: UP045 (OmegaConf reads typing.Optional)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return schema_of(hint)
     return hint
 
@@ -166,7 +171,7 @@ def _value(hint: Any, value: Any, group: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         inner = [argument for argument in arguments if argument is not type(None)]
         return None if value is None else _value(inner[0], value, group)
-    if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and not isinstance(value, hint):
         return from_config(hint, value, group)
     return value
 
@@ -279,5 +284,9 @@ def _empty(field: dataclasses.Field, key: str, kind: Any) -> str | None:
     return f"{key}= is empty: allowed is {allowed}; leave the key out for its default."
 
 
+# what a value of each scalar type is called in a message (bertc/runtime/records.py adds its JSON kinds)
+KIND_NAMES: dict[Any, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _kind_name(kind: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, "a value")
+    return KIND_NAMES.get(kind, "a value")

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from bertc.schema import Range
+from bertc.schema import KIND_NAMES, Range
 
 OMITTED = "omitted"  # field metadata: no key when the value is None (a section that did not apply)
 BOUNDS = "bounds"  # field metadata: the Range a number (each number of a list) must be in
@@ -130,17 +130,11 @@ def _scalar(hint: Any, value: Any, path: str, metadata: Mapping) -> Any:
 
 
 def _kind_name(kind: Any) -> str:
-    names = {
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        bool: "true or false",
-        dict: "an object",
-        list: "a list",
-    }
-    if dataclasses.is_dataclass(kind):
+    if dataclasses.is_dataclass(kind) or kind is dict:
         return "an object"
-    return names.get(kind, "a list" if typing.get_origin(kind) is list else str(kind))
+    if kind is list or typing.get_origin(kind) is list:
+        return "a list"
+    return KIND_NAMES.get(kind, str(kind))
 
 
 def _shown(value: Any) -> str:
