@@ -46,6 +46,7 @@ def materialize(source: ModelInput, log: Callable[[str], None] = lambda message:
     from bertc.model.export import export_model
 
     if source.kind == "path":
+        assert source.path is not None  # kind "path": a path is set
         path = Path(source.path).expanduser()
         if not path.exists() and not path.is_symlink():
             raise ModelError(f"model path {path} does not exist; give model.path=<a SavedModel folder>.")
@@ -55,7 +56,7 @@ def materialize(source: ModelInput, log: Callable[[str], None] = lambda message:
         if kind == "saved_model":
             return path
         key = f"{kind}-{_folder_digest(path)}-t{source.seq_len}-l{source.num_labels}-s{source.seed}-f{EXPORT_FORMAT}"
-        export_args = (kind, str(path))
+        export_args: tuple[str, str | None] = (kind, str(path))
         labels = None  # a fine-tuned classifier brings its own label count
     elif source.kind == "packaged":
         if source.packaged != "minilm":

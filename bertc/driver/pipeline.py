@@ -211,7 +211,7 @@ def check_target(run: Run, plan: Plan):
             "precision (fp32, mixed, mixed_bf16) for this target."
         )
     target.check_available(options)
-    if plan.compute_dtype != "float32" and target.serves_on_cpu(options):
+    if plan.compute_dtype != "float32" and target.probe_runtime is not None and target.serves_on_cpu(options):
         check_precision_pays(run, plan, target.probe_runtime)
     return target
 
@@ -234,6 +234,7 @@ def load(run: Run, plan: Plan, source: Source):
     with run.step(f"load {source.path.name}", "load"):
         loaded = load_saved_model(source.path, plan.allow_ops, plan.model.named_inputs, plan.model.output)
     shape = loaded.shape
+    assert loaded.served is not None  # load_saved_model always reads the signature it serves
     run.record["input"]["shape"] = dict(vars(shape))
     run.record["input"]["signature"] = {
         "dialect": loaded.dialect,
@@ -476,6 +477,7 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
     """Compiled against original on the same inputs; True when within the gate."""
     if not plan.verify.enabled:
         return True
+    assert models is not None  # open_models loads both when verify is enabled
     from bertc.driver.limits import run_with_limit
     from bertc.evaluate.batches import Chained, SeededBatches
     from bertc.evaluate.verify import compare, read_glue_tsv, tokenize_pairs
@@ -524,6 +526,7 @@ def verify(run: Run, plan: Plan, original: Original, models: dict | None) -> boo
 def bench(run: Run, plan: Plan, original: Original, models: dict | None) -> None:
     if not plan.bench.enabled:
         return
+    assert models is not None  # open_models loads both when bench is enabled
     from bertc.driver.limits import run_with_limit
     from bertc.evaluate.bench import benchmark, benchmark_lengths
 

@@ -303,11 +303,14 @@ class _Outputs:
 
 
 def _run_both(original, compiled, batches: Iterable[Batch]) -> _Outputs:
-    probs_a, probs_b, logits_a, logits_b, labels, sources, lines = [], [], [], [], [], [], []
+    probs_a, probs_b, logits_a, logits_b, labels, sources = [], [], [], [], [], []
+    lines: list[int | None] = []
     for batch in batches:
         a, b = original(batch.feeds()), compiled(batch.feeds())
-        probs_a.append(a["probabilities"]), probs_b.append(b["probabilities"])
-        logits_a.append(a["logits"]), logits_b.append(b["logits"])
+        probs_a.append(a["probabilities"])
+        probs_b.append(b["probabilities"])
+        logits_a.append(a["logits"])
+        logits_b.append(b["logits"])
         if batch.labels is not None:
             labels.append(batch.labels)
         sources += [batch.source] * len(batch.input_ids)

@@ -286,7 +286,7 @@ TF2_RESTORE_OPS = RESTORE_READ_OPS | RESTORE_ASSIGN_OPS | frozenset({"StringJoin
 def refuse_unsafe_tf2_loading(meta_graph, allow_ops: Iterable[str] = ()) -> dict[str, set[str]]:
     """Check the functions tf.saved_model.load runs for a TF2 model; returns purpose -> function names."""
     library = _functions(meta_graph.graph_def)
-    run = {"init op": set(), "restore functions": set(), "resource functions": set()}
+    run: dict[str, set[str]] = {"init op": set(), "restore functions": set(), "resource functions": set()}
     if INIT_OP_SIGNATURE in meta_graph.signature_def:
         run["init op"] |= _functions_behind(meta_graph.signature_def[INIT_OP_SIGNATURE], meta_graph)
     objects = meta_graph.object_graph_def.nodes

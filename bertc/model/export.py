@@ -153,7 +153,7 @@ def _imported_weights(kind: str, source, seq_len: int, num_labels: int | None, s
             f"[{source_labels}, {config.hidden_size}]) but --num-labels {num_labels} was given: "
             f"drop --num-labels or pass {source_labels}."
         )
-    labels = source_labels if has_classifier else (num_labels or DEFAULT_NUM_LABELS)
+    labels = source_labels if source_labels is not None else (num_labels or DEFAULT_NUM_LABELS)  # None: no classifier
     weights, drawn = complete_weights(config, weights, labels, seed)
     if any(name in drawn for name in POOLER_NAMES):
         say(f"no pooler in the checkpoint: bert/pooler/dense drawn from seed {seed}")
@@ -180,6 +180,7 @@ def _source_folder(source_kind: str, source: str | Path | None) -> Path:
             raise ValueError(MINILM_MISSING)
         return folder
     if source_kind in ("checkpoint", "hf"):
+        assert source is not None  # export_model's contract: these kinds name their folder
         return Path(source)
     raise ValueError(f"unknown source kind {source_kind!r}; choose one of: {', '.join(SOURCE_KINDS)}")
 

@@ -218,17 +218,17 @@ def folder_from_command_line(argv: list[str], conf_dir: Path) -> CommandLineFold
     overrides = [arg for arg in argv if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))]
     parsed = OverridesParser.create().parse_overrides(overrides)
     models: list[str] = []
-    single = []
-    for override in parsed:
+    single: list[str] = []
+    for typed, override in zip(overrides, parsed):  # one parsed override per line, in order
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         if override.get_key_element().lstrip("+~") == "model.path":
             models += [str(value) for value in values if value not in (None, "")]
-        single.append(
-            f"{override.get_key_element()}={values[0]}" if override.is_sweep_override() else override.input_line
-        )
+        single.append(f"{override.get_key_element()}={values[0]}" if override.is_sweep_override() else typed)
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose("config", overrides=single, return_hydra_config=True)
-    unresolved = str(OmegaConf.to_container(cfg.hydra[key], resolve=False)["dir"])
+    section = OmegaConf.to_container(cfg.hydra[key], resolve=False)
+    assert isinstance(section, dict)  # hydra.run and hydra.sweep are mappings
+    unresolved = str(section["dir"])
     path = Path(str(cfg.hydra[key].dir)).expanduser()
     if cfg.model.path and not models:  # a model.path set in a config file rather than on the command line
         models = [str(cfg.model.path)]

@@ -271,6 +271,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         params = OmegaConf.to_container(params) if params is not None else None
+        assert params is None or isinstance(params, dict)  # hydra.sweeper.params is a mapping
         self.jobs = sweep_size(list(config.hydra.overrides.task), params)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(outputs['probabilities'])} examples in {time.perf_counter() - start:.3f}s (first call compiles)"
             )
             if args.out:
-                np.savez(args.out, **outputs)
+                np.savez(args.out, **outputs)  # type: ignore[arg-type]  # numpy's stub: ** may fill allow_pickle (bool)
             else:
                 print(np.array2string(outputs["probabilities"], precision=4, threshold=40))
         return code
