@@ -3,7 +3,7 @@
 Runs as a Hydra callback at the end of `python -m bertc -m ...`, and as
 `python -m bertc.run.sweep <sweep folder>` to summarise again. One record per job, made by `job_record`
 where the job's folder is: on this machine for the basic and joblib launchers, on the job's node for
-hydra/launcher=ray (bertc/run/cluster.py hands the records back through Ray, so the driver never reads a
+hydra/launcher=ray (bertc/driver/cluster.py hands the records back through Ray, so the driver never reads a
 job folder). A job that failed is a row with its reason; each row names its node and folder. Jobs
 that ran in parallel (joblib, ray) disturbed each other's timings; the summary says so.
 """
@@ -258,7 +258,7 @@ _LAUNCHED: dict[Path, list[dict[str, Any]]] = {}  # sweep folder -> records a la
 
 
 def keep_records(sweep_dir: Path, records: list[dict[str, Any]]) -> None:
-    """A remote launcher (bertc/run/cluster.py) hands the records of its jobs to the summary, in this process."""
+    """A remote launcher (bertc/driver/cluster.py) hands the records of its jobs to the summary, in this process."""
     _LAUNCHED.setdefault(Path(sweep_dir).resolve(), []).extend(records)
 
 
