@@ -22,7 +22,7 @@ length=buckets does), T is rounded up to the next multiple of `token_step`, at m
 size: PACK_INDEX gets pad entries reading flat row 0 (row 0's [CLS], a real token, so every pad row stays
 finite). No gather reads a pad row back: UNPACK_INDEX and FIRST_TOKENS point at real rows only, and every op
 between them works row by row, so pad rows cannot reach a real one. The target computes PACK_INDEX outside
-its compiled function (bertc/targets/length_dispatch.py), which then sees [T_bucket] as a static shape.
+its compiled function (dispatch.py), which then sees [T_bucket] as a static shape.
 
     index [T] --Pad [0, min(ceil(T/step)*step, B*L) - T] with 0--> PACK_INDEX [T_bucket]
 """
@@ -37,18 +37,12 @@ import numpy as np
 from bertc.analysis.match import Index
 from bertc.analysis.structure import embedding_output, find_attention_sites, find_layer_norms
 from bertc.ir.graph import (
-    FIRST_TOKENS,
-    PACK_INDEX,
-    PACK_MASK,
     PACK_SCOPE,
-    PACKED,
-    UNPACK_INDEX,
     Graph,
     GraphError,
     PassResult,
     const_value,
     copy_graph_def,
-    cut_name,
     element_node,
     input_ref,
     make_const,
@@ -64,6 +58,15 @@ from bertc.ir.graph import (
 )
 from bertc.ir.lazy import tf
 from bertc.ir.ops import LAYOUT_OPS, MATMUL_OPS
+from bertc.passes.length.contract import (
+    FIRST_TOKENS,
+    PACK_INDEX,
+    PACK_MASK,
+    PACKED,
+    TOKEN_STEP,
+    UNPACK_INDEX,
+    cut_name,
+)
 
 if TYPE_CHECKING:
     from bertc.ir.graph import NodeDef
@@ -79,8 +82,6 @@ ROW_OPS = frozenset(
 )
 # From the last layer's output to the pooler's dense layer: the first token taken by a slice, through layout.
 FIRST_TOKEN_OPS = (*LAYOUT_OPS, "StridedSlice", "Slice")
-# static shapes: the packed rows run at the next multiple of this int32 scalar (its node marks the padded build)
-TOKEN_STEP = f"{PACK_SCOPE}/token_step"
 REAL_INDEX = f"{PACK_SCOPE}/real_index"  # int32 [T]: PACK_INDEX before the padding (static shapes only)
 
 
@@ -124,12 +125,6 @@ def pack_tokens(graph: Graph, token_step: int = 0) -> PassResult:
     result = prune_to_outputs(graph.replace(graph_def=graph_def))
     _check_packed_region(result)
     return PassResult(result, pack_matches(result))
-
-
-def token_step_of(graph: Graph) -> int:
-    """The token step a packed graph pads T to (static shapes), or 0 (T as it comes)."""
-    node = next((node for node in graph.graph_def.node if node.name == TOKEN_STEP), None)
-    return 0 if node is None else int(const_value(node))
 
 
 def pack_matches(graph: Graph) -> dict[str, int]:
