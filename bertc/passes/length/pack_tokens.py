@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bertc.analysis.match import Index
-from bertc.analysis.structure import embedding_output, find_attention_sites, find_layer_norms
+from bertc.analysis.structure import embedding_output, find_attention_sites, find_layer_norms, follow_layout
 from bertc.ir.graph import (
     PACK_SCOPE,
     Graph,
@@ -155,13 +155,13 @@ def _find_pack_sites(graph: Graph, index: Index, shapes) -> PackSites:
     entry = _matrix_after(index, shapes, split_input(embedding_output(graph, index))[0])
     unpack, pack = [], []
     for site in find_attention_sites(graph):
-        context = _follow_layout(index, site.remask or site.softmax, MATMUL_OPS)
+        context = follow_layout(index, site.remask or site.softmax, MATMUL_OPS, steps=8, sole_reader=True)
         if context is None:
             raise _refuse(f"no context matmul follows the softmax {site.softmax}.")
         query, key = index.inputs(site.matmul)[:2]
         value = next(name for name in index.inputs(context) if name != (site.remask or site.softmax))
         unpack += [_rows_edge(index, shapes, operand, site.matmul) for operand in (query, key, value)]
-        output = _follow_layout(index, context, MATMUL_OPS)
+        output = follow_layout(index, context, MATMUL_OPS, steps=8, sole_reader=True)
         if output is None:
             raise _refuse(f"no output projection follows the attention context {context}.")
         position = _data_position(index, output)
@@ -203,20 +203,6 @@ def _rows_edge(index: Index, shapes, operand: str, where: str) -> tuple[str, int
             break
         reader, name = name, index.inputs(name)[0]
     raise _refuse(f"the operand {operand} of {where} is not a [rows, H] projection reshaped per row (at {name}).")
-
-
-def _follow_layout(index: Index, start: str, until: tuple[str, ...]) -> str | None:
-    """From `start`, forward through single layout readers to the first `until` op."""
-    name = start
-    for _ in range(8):
-        readers = index.readers(name)
-        hit = next((user for user in readers if index.nodes[user].op in until), None)
-        if hit is not None:
-            return hit
-        if len(readers) != 1 or index.nodes[readers[0]].op not in LAYOUT_OPS:
-            return None
-        name = readers[0]
-    return None
 
 
 def _data_position(index: Index, node: str) -> int:
