@@ -17,6 +17,6 @@
     rule.py                  the rule in NumPy (batch_length), for bertc/runtime/ and target=stablehlo: NumPy only
 
 The targets import the contract and the dispatch, never the rewrite. Realistic length mixes for bench and the
-checks (length_mix, synthetic_feeds) are bertc/evaluate/lengths.py. This file imports nothing, so importing one
-module here (rule.py, from the runtime) loads no other.
+checks (length_mix, synthetic_feeds) are bertc/evaluate/lengths.py. This file imports nothing: the runtime's import
+of rule.py loads no other module of the feature.
 """
