@@ -579,17 +579,22 @@ def node_roles(graph: Graph) -> dict[str, str]:
     return roles
 
 
-def _follow(index: Index, start: str, until: tuple[str, ...]) -> str | None:
-    """From `start`, forward through layout ops (a single reader each) to the first `until` op."""
+def follow_layout(
+    index: Index, start: str, until: tuple[str, ...], *, steps: int = 16, sole_reader: bool = False
+) -> str | None:
+    """From `start`, forward through layout ops, at most `steps` of them, to the first `until` op; else None.
+
+    Each step takes the one layout reader; length=pack's gathers between [T, H] and [B*L, H] count as layout (they
+    move rows the way a reshape moves them). With `sole_reader` it must be the node's only reader (length=pack
+    rewires the path it finds, so nothing else may read it)."""
     name = start
-    for _ in range(16):
+    for _ in range(steps):
         readers = index.readers(name)
         hit = next((user for user in readers if index.nodes[user].op in until), None)
         if hit is not None:
             return hit
-        # length=pack's gathers between [T, H] and [B*L, H] move rows the way a reshape moves them
         layout = [user for user in readers if index.nodes[user].op in LAYOUT_OPS or user.startswith(PACK_SCOPE + "/")]
-        if len(layout) != 1:
+        if len(layout) != 1 or (sole_reader and len(readers) != 1):
             return None
         name = layout[0]
     return None
@@ -621,7 +626,7 @@ def _residual_input(index: Index, block_output: str) -> tuple[str, str] | None:
 
 
 def _tag_ffn(site: GeluSite, index: Index, tag) -> None:
-    matmul = _follow(index, site.output, MATMUL_OPS)
+    matmul = follow_layout(index, site.output, MATMUL_OPS)
     out = _bias_after(index, matmul) if matmul else None
     residual = _residual_input(index, out) if out else None
     if residual is None:
@@ -634,8 +639,8 @@ def _tag_ffn(site: GeluSite, index: Index, tag) -> None:
 
 
 def _tag_attention(site: AttentionSite, index: Index, tag) -> None:
-    context = _follow(index, site.remask or site.softmax, MATMUL_OPS)
-    matmul = _follow(index, context, MATMUL_OPS) if context else None
+    context = follow_layout(index, site.remask or site.softmax, MATMUL_OPS)
+    matmul = follow_layout(index, context, MATMUL_OPS) if context else None
     out = _bias_after(index, matmul) if matmul else None
     residual = _residual_input(index, out) if out else None
     if residual is None:

@@ -29,7 +29,7 @@ from rich.console import Console
 from bertc.driver.plan import Plan, fingerprint, versions
 from bertc.driver.terminal import dim, escape, op_change_summary, print_wrapped
 from bertc.errors import ConfigError, UserError, first_line
-from bertc.evaluate.lengths import length_record, record_lengths_ran
+from bertc.passes.length.modes import length_record, record_lengths_ran
 from bertc.run.artifact import DIGEST_NOTE, artifact_digest
 from bertc.run.faults import (
     Interrupted,

@@ -472,90 +472,9 @@ def pruned_function(graph: Graph, input_keys: Iterable[str], weight_names: Itera
     return imported.prune(feeds, fetches)
 
 
-# ---- length-polymorphic graphs: the length computation and the body -----------------------------------
-# The length step computes, in the graph, how long the batch runs (its names below) and cuts the serving
-# inputs to it; the targets split there to compile the body per bucket.
+# ---- length-polymorphic graphs: the length step's scopes -----------------------------------------------
+# Here because the analysis reads them (it skips the cut mask, and walks length=pack's gathers as layout); the
+# rest of the feature's contract (its node names, split_length, at_width, ...) is bertc/passes/length/contract.py.
 
 LENGTH_SCOPE = "bertc/length"
-LENGTH = f"{LENGTH_SCOPE}/length"  # the width the batch runs at (int32 scalar)
-REAL_LENGTH = f"{LENGTH_SCOPE}/real_length"  # the longest real row, before bucketing and fallback
-BUCKET_INDEX = f"{LENGTH_SCOPE}/bucket_index"  # buckets only: which size ran (the last one on fallback)
-SEQ = f"{LENGTH_SCOPE}/seq"  # the cut inputs' width, read by every former S: the one tensor the body depends on
-SIZES = f"{LENGTH_SCOPE}/sizes"
-# length=pack: the real tokens of every row gathered into one [T, H] matrix between the layers (the body's part)
-PACK_SCOPE = f"{LENGTH_SCOPE}/pack"
-PACK_MASK = f"{PACK_SCOPE}/mask"  # int32 [B, L]: the cut mask, or all ones when it is not right-padded 0/1
-PACK_INDEX = f"{PACK_SCOPE}/index"  # int32 [T]: each real token's row of the [B*L, H] matrix
-UNPACK_INDEX = f"{PACK_SCOPE}/unpack_index"  # int32 [B*L]: each position's row of the [T, H] matrix
-FIRST_TOKENS = f"{PACK_SCOPE}/first_tokens"  # int32 [B]: each row's [CLS] in the [T, H] matrix
-PACKED = f"{PACK_SCOPE}/hidden"  # the packed hidden states entering the first layer, [T, H]
-
-
-def cut_name(key: str) -> str:
-    """The node that holds serving input `key` cut to the batch's length."""
-    return f"{LENGTH_SCOPE}/{key}"
-
-
-def is_length_polymorphic(graph: Graph) -> bool:
-    return any(node.name == LENGTH for node in graph.graph_def.node)
-
-
-def is_packed(graph: Graph) -> bool:
-    """length=pack: the layers run on the batch's real tokens only, one [T, H] matrix."""
-    return any(node.name == PACKED for node in graph.graph_def.node)
-
-
-def split_length(graph: Graph) -> tuple[Graph | None, Graph]:
-    """(length part: serving inputs -> cut inputs + length + bucket index, body: cut inputs -> outputs).
-
-    None and the graph unchanged when the graph was not made length-polymorphic. The body reads the
-    cut inputs through Placeholders `[None, None]`, so a target can feed it inputs it cut itself
-    (target=xla: statically, one bucket per compiled function).
-    """
-    if not is_length_polymorphic(graph):
-        return None, graph
-    cut = {key: cut_name(key) for key in graph.inputs}
-    fetches = {
-        **{key: tensor_name(name) for key, name in cut.items()},
-        "length": tensor_name(LENGTH),
-        "real_length": tensor_name(REAL_LENGTH),
-    }
-    if any(node.name == BUCKET_INDEX for node in graph.graph_def.node):
-        fetches["bucket_index"] = tensor_name(BUCKET_INDEX)
-    length_part = keep_nodes(graph, ancestors(graph.graph_def, fetches.values())).replace(outputs=fetches)
-
-    body_def = new_graph_def()
-    body_def.versions.CopyFrom(graph.graph_def.versions)
-    body_def.library.CopyFrom(graph.graph_def.library)
-    needed = ancestors(graph.graph_def, graph.outputs.values(), stops=cut.values())
-    for node in graph.graph_def.node:
-        if node.name in cut.values():
-            body_def.node.append(make_placeholder(node.name, tf.int32, [None, None]))
-        elif node.name in needed:
-            body_def.node.add().CopyFrom(node)
-    leaks = sorted(key for key, tensor in graph.inputs.items() if node_of(tensor) in needed)
-    if leaks:
-        raise GraphError(f"length: the model still reads serving input(s) {leaks} uncut; the cut does not hold.")
-    body = graph.replace(  # the user's names and the int8 marks go with the body: it is what serves
-        graph_def=body_def,
-        weights={name: value for name, value in graph.weights.items() if name in needed},
-        inputs={key: tensor_name(name) for key, name in cut.items()},
-    )
-    return length_part, body
-
-
-def bucket_sizes_of(length_part: Graph) -> tuple[int, ...]:
-    """The bucket sizes a length part dispatches on (length=buckets), or () for length=trim."""
-    nodes = nodes_by_name(length_part.graph_def)
-    return tuple(int(value) for value in const_value(nodes[SIZES]).ravel()) if SIZES in nodes else ()
-
-
-def at_width(body: Graph, width: int) -> Graph:
-    """The body of `split_length` with its cut inputs declared `[None, width]`: shape inference then gives
-    every tensor (the partition's boundaries included) its static shape at that width, as one bucket runs it."""
-    graph_def = copy_graph_def(body.graph_def)
-    cut = {node_of(tensor) for tensor in body.inputs.values()}
-    for node in graph_def.node:
-        if node.name in cut:
-            node.attr["shape"].shape.dim[1].size = width
-    return body.replace(graph_def=graph_def)
+PACK_SCOPE = f"{LENGTH_SCOPE}/pack"  # length=pack: the nodes that gather the real tokens into one [T, H] matrix

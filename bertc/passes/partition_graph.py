@@ -20,14 +20,12 @@ from bertc.analysis.structure import embedding_output, find_attention_sites
 from bertc.errors import ConfigError
 from bertc.ir.graph import (
     BOUNDARY_PREFIX,
-    PACK_MASK,
     Graph,
     GraphError,
     PassResult,
     ancestors,
     copy_graph_def,
     input_ref,
-    is_packed,
     make_node,
     node_of,
     nodes_by_name,
@@ -38,6 +36,7 @@ from bertc.ir.graph import (
 )
 from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
+from bertc.passes.length.contract import PACK_MASK, is_packed
 from bertc.schema import Key, bounded
 
 PREFIX = BOUNDARY_PREFIX

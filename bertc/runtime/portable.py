@@ -4,7 +4,7 @@ its name and version, tensor digests, dtypes, and the host part's NumPy recipe (
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -81,27 +81,3 @@ def compute_host(
 
 def _float32(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     return np.asarray(weights[name], np.float32)
-
-
-# ---- the batch's length (length=buckets) ------------------------------------------------------------
-
-LENGTH_RULE = (
-    "L = max(1, the largest row sum of input_mask); the smallest size >= L, or the last (full) size when the mask "
-    "is not 0/1, not right-padded (a 1 after a 0) or has a row whose first token is padding"
-)
-
-
-def batch_length(input_mask: np.ndarray, sizes: Sequence[int]) -> dict[str, int]:
-    """The length step's rule (bertc/passes/trim_sequence_length.py, computed there in the graph) in NumPy:
-    {length: the bucket the batch runs at, real_length: its longest real row, bucket_index}. The target
-    checks this against the graph's own length computation at build time."""
-    mask = np.asarray(input_mask)
-    binary = bool(np.all((mask == 0) | (mask == 1)))
-    right_padded = bool(np.all(mask[:, 1:] <= mask[:, :-1]))
-    rows_real = bool(np.all(mask[:, :1] == 1))
-    real = max(int(mask.astype(np.int64).sum(axis=1).max(initial=0)), 1)
-    if binary and right_padded and rows_real:
-        index = int(np.sum(np.asarray(sizes) < real))
-    else:
-        index = len(sizes) - 1
-    return {"length": int(sizes[index]), "real_length": real, "bucket_index": index}

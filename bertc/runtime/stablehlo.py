@@ -5,7 +5,7 @@ LayerNorm, the mask) is computed here in NumPy from the manifest's recipe; the d
 module compiled for the smallest batch size that holds the batch (a larger batch is cut into
 chunks of the largest), the rows padded with zeros and the padding dropped from the outputs. An
 artifact built with length=buckets has a module per (batch size, bucket): each chunk is cut to the
-smallest bucket that holds its longest real row (the length step's rule, `bertc.runtime.portable.batch_length`,
+smallest bucket that holds its longest real row (the length step's rule, `bertc.passes.length.rule.batch_length`,
 computed here as the compiled graph computes it) before its rows are padded.
 
     from bertc.runtime.stablehlo import Runtime
@@ -33,6 +33,7 @@ import numpy as np
 
 from bertc.ir.signature import SERVING_INPUTS
 from bertc.jsonfile import read_json_object
+from bertc.passes.length.rule import batch_length  # the length step's rule, NumPy only
 from bertc.runtime.machine import available_memory
 from bertc.runtime.manifest import HostRecipe, Manifest, Module, Parameter, manifest_json, parse_manifest
 from bertc.runtime.portable import (  # the artifact's format, shared with the target that writes it
@@ -42,7 +43,6 @@ from bertc.runtime.portable import (  # the artifact's format, shared with the t
     MANIFEST,
     PARITY_GATES,
     ServingError,
-    batch_length,
     compute_host,
     file_digest,
     numpy_dtype,
@@ -511,7 +511,7 @@ class Runtime:
     """Loads an artifact onto one PJRT device; calling it runs a batch of any size (see the module doc).
 
     With length buckets (format bertc-stablehlo-2) each chunk of a batch runs at its own width: the length
-    step's rule (`bertc.runtime.portable.batch_length`: the longest real row of input_mask, the smallest bucket that
+    step's rule (`bertc.passes.length.rule.batch_length`: the longest real row of input_mask, the smallest bucket that
     holds it, the full length for a mask that is not right-padded) picks the bucket, the inputs are cut to
     it, and the module compiled for (batch size, bucket) runs. `ran` counts the modules each call used."""
 

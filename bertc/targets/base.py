@@ -109,7 +109,7 @@ class Target(Protocol):
     # precision probe (bertc/driver/hardware.py); None where the math runs elsewhere (Inferentia).
     probe_runtime: str | None
     # Its compiled functions have static shapes: length=trim is refused (a compile per distinct length) and
-    # length=pack buckets its row count (bertc/evaluate/lengths.py).
+    # length=pack buckets its row count (bertc/passes/length/modes.py).
     static_shapes: bool
     pack_refused: str  # why it cannot run length=pack, as a sentence; "" where it can
     # How many copies of the model's float32 weights the process holds at its peak, compiling and serving (measured;

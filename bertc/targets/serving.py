@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertc.ir.graph import Graph, GraphError, pruned_function, split_length, split_partition
+from bertc.ir.graph import Graph, GraphError, pruned_function, split_partition
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS, TRAINING_INPUTS
+from bertc.passes.length.contract import split_length
+from bertc.passes.length.dispatch import LENGTH_SIGNATURE, LengthStage, warm_up_buckets
 from bertc.targets.base import TargetOptions
-from bertc.targets.length_dispatch import LENGTH_SIGNATURE, LengthStage, warm_up_buckets
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ seeded weights, a reference batch with TensorFlow's outputs, and the plan's fing
 
 With length=buckets the graph is length-polymorphic: its length part (the batch's real length from
 input_mask, the fallback to the full length) is not exported; the runtime computes it in NumPy
-(`bertc.runtime.portable.batch_length`, checked here against the graph's own length part), and the body is
+(`bertc.passes.length.rule.batch_length`, checked here against the graph's own length part), and the body is
 exported once per (batch size, bucket) at the static shape [batch, bucket]. The manifest lists the
 buckets, each module's width and input shapes, and reference batches that run every bucket.
 
@@ -45,18 +45,17 @@ from bertc.ir.graph import (
     Graph,
     GraphError,
     ancestors,
-    at_width,
-    bucket_sizes_of,
     const_value,
     nodes_by_name,
     pruned_function,
     run_graph,
     split_input,
-    split_length,
     split_partition,
     static_shapes,
 )
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.passes.length.contract import at_width, bucket_sizes_of, split_length
+from bertc.passes.length.rule import LENGTH_RULE, batch_length
 from bertc.runtime.manifest import (
     EmbeddingRecipe,
     HostRecipe,
@@ -77,9 +76,7 @@ from bertc.runtime.manifest import (
 from bertc.runtime.portable import (
     BUCKETS_FORMAT,
     FORMAT,
-    LENGTH_RULE,
     MANIFEST,
-    batch_length,
     compute_host,
     file_digest,
     tensor_digest,

@@ -15,7 +15,7 @@ class XlaTarget(SavedModelTarget):
     name = "xla"
     probe_runtime = "xla"
     # one compiled function per shape: length=buckets compiles one per bucket, length=pack one per (L, T) bucket pair
-    # (bertc/targets/length_dispatch.py)
+    # (bertc/passes/length/dispatch.py)
     static_shapes = True
 
     def lower(self, graph: Graph, options: TargetOptions) -> SavedModelArtifact:

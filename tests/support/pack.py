@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from bertc.evaluate.lengths import synthetic_feeds
-from bertc.ir.graph import PACKED, run_graph
-from bertc.passes.trim_sequence_length import LengthParams
+from bertc.ir.graph import run_graph
+from bertc.passes.length.contract import PACKED
+from bertc.passes.length.trim_sequence_length import LengthParams
 
 PACK = LengthParams("pack")
 

@@ -209,7 +209,7 @@ def test_gpu_bench_tiny_mode_runs_on_cpu(builds, tmp_path):
 def test_gpu_bench_measures_bucketed_bundles_on_mrpc_lengths(tmp_path):
     """prepare_gpu.py --buckets -> bundles with a module per (batch, bucket); bench/gpu.py then runs the mrpc
     workload and each batch runs the bucket its longest real row picks (the widths it ran say so)."""
-    from bertc.runtime.portable import batch_length
+    from bertc.passes.length.rule import batch_length
 
     root = Path(__file__).resolve().parents[2]
     prepare = _load(root / "bench" / "prepare_gpu.py", "prepare_gpu")

@@ -18,7 +18,7 @@ from support.runtime import assert_refused, cli, manifest, write_manifest
 from bertc.evaluate.lengths import synthetic_feeds
 from bertc.frontends.load import load_saved_model
 from bertc.ir.graph import run_graph
-from bertc.runtime.portable import batch_length
+from bertc.passes.length.rule import batch_length
 from bertc.targets.serving import ServedSavedModel
 
 needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")

@@ -111,7 +111,7 @@ def assert_saves_and_serves(module, tmp_path, feeds, expected):
 @pytest.fixture(scope="module")
 def bucketed(tiny_model_dir):
     """The partitioned graph of `partitioned`, made length-polymorphic with buckets 32, 64 (and 128)."""
-    from bertc.passes.trim_sequence_length import LengthParams, trim_sequence_length
+    from bertc.passes.length.trim_sequence_length import LengthParams, trim_sequence_length
 
     graph = load_saved_model(tiny_model_dir).graph
     graph = remove_training_ops(graph, RemovalParams()).graph

@@ -22,7 +22,7 @@ length=buckets does), T is rounded up to the next multiple of `token_step`, at m
 size: PACK_INDEX gets pad entries reading flat row 0 (row 0's [CLS], a real token, so every pad row stays
 finite). No gather reads a pad row back: UNPACK_INDEX and FIRST_TOKENS point at real rows only, and every op
 between them works row by row, so pad rows cannot reach a real one. The target computes PACK_INDEX outside
-its compiled function (bertc/targets/length_dispatch.py), which then sees [T_bucket] as a static shape.
+its compiled function (dispatch.py), which then sees [T_bucket] as a static shape.
 
     index [T] --Pad [0, min(ceil(T/step)*step, B*L) - T] with 0--> PACK_INDEX [T_bucket]
 """
@@ -35,20 +35,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bertc.analysis.match import Index
-from bertc.analysis.structure import embedding_output, find_attention_sites, find_layer_norms
+from bertc.analysis.structure import embedding_output, find_attention_sites, find_layer_norms, follow_layout
 from bertc.ir.graph import (
-    FIRST_TOKENS,
-    PACK_INDEX,
-    PACK_MASK,
     PACK_SCOPE,
-    PACKED,
-    UNPACK_INDEX,
     Graph,
     GraphError,
     PassResult,
     const_value,
     copy_graph_def,
-    cut_name,
     element_node,
     input_ref,
     make_const,
@@ -64,6 +58,15 @@ from bertc.ir.graph import (
 )
 from bertc.ir.lazy import tf
 from bertc.ir.ops import LAYOUT_OPS, MATMUL_OPS
+from bertc.passes.length.contract import (
+    FIRST_TOKENS,
+    PACK_INDEX,
+    PACK_MASK,
+    PACKED,
+    TOKEN_STEP,
+    UNPACK_INDEX,
+    cut_name,
+)
 
 if TYPE_CHECKING:
     from bertc.ir.graph import NodeDef
@@ -79,8 +82,6 @@ ROW_OPS = frozenset(
 )
 # From the last layer's output to the pooler's dense layer: the first token taken by a slice, through layout.
 FIRST_TOKEN_OPS = (*LAYOUT_OPS, "StridedSlice", "Slice")
-# static shapes: the packed rows run at the next multiple of this int32 scalar (its node marks the padded build)
-TOKEN_STEP = f"{PACK_SCOPE}/token_step"
 REAL_INDEX = f"{PACK_SCOPE}/real_index"  # int32 [T]: PACK_INDEX before the padding (static shapes only)
 
 
@@ -126,12 +127,6 @@ def pack_tokens(graph: Graph, token_step: int = 0) -> PassResult:
     return PassResult(result, pack_matches(result))
 
 
-def token_step_of(graph: Graph) -> int:
-    """The token step a packed graph pads T to (static shapes), or 0 (T as it comes)."""
-    node = next((node for node in graph.graph_def.node if node.name == TOKEN_STEP), None)
-    return 0 if node is None else int(const_value(node))
-
-
 def pack_matches(graph: Graph) -> dict[str, int]:
     """What the packing rewired, counted on a packed graph (so that a second run reports the same)."""
     names = [node.name for node in graph.graph_def.node]
@@ -160,13 +155,13 @@ def _find_pack_sites(graph: Graph, index: Index, shapes) -> PackSites:
     entry = _matrix_after(index, shapes, split_input(embedding_output(graph, index))[0])
     unpack, pack = [], []
     for site in find_attention_sites(graph):
-        context = _follow_layout(index, site.remask or site.softmax, MATMUL_OPS)
+        context = follow_layout(index, site.remask or site.softmax, MATMUL_OPS, steps=8, sole_reader=True)
         if context is None:
             raise _refuse(f"no context matmul follows the softmax {site.softmax}.")
         query, key = index.inputs(site.matmul)[:2]
         value = next(name for name in index.inputs(context) if name != (site.remask or site.softmax))
         unpack += [_rows_edge(index, shapes, operand, site.matmul) for operand in (query, key, value)]
-        output = _follow_layout(index, context, MATMUL_OPS)
+        output = follow_layout(index, context, MATMUL_OPS, steps=8, sole_reader=True)
         if output is None:
             raise _refuse(f"no output projection follows the attention context {context}.")
         position = _data_position(index, output)
@@ -208,20 +203,6 @@ def _rows_edge(index: Index, shapes, operand: str, where: str) -> tuple[str, int
             break
         reader, name = name, index.inputs(name)[0]
     raise _refuse(f"the operand {operand} of {where} is not a [rows, H] projection reshaped per row (at {name}).")
-
-
-def _follow_layout(index: Index, start: str, until: tuple[str, ...]) -> str | None:
-    """From `start`, forward through single layout readers to the first `until` op."""
-    name = start
-    for _ in range(8):
-        readers = index.readers(name)
-        hit = next((user for user in readers if index.nodes[user].op in until), None)
-        if hit is not None:
-            return hit
-        if len(readers) != 1 or index.nodes[readers[0]].op not in LAYOUT_OPS:
-            return None
-        name = readers[0]
-    return None
 
 
 def _data_position(index: Index, node: str) -> int:

@@ -17,10 +17,10 @@ Padded positions get a -10000 bias before the softmax, so exp underflows to exac
 cutting them changes nothing `[CLS]` sees beyond matmul round-off.
 
 `pack` cuts as `trim` does, then packs the real tokens of all rows into one [T, H] matrix between the
-layers (bertc/passes/pack_tokens.py). It stays this step, not a pass of its own: a config group has
+layers (pack_tokens.py). It stays this step, not a pass of its own: a config group has
 one pass, and packing needs the cut (the batch's length L for attention, the cut mask for the indices).
 On a target that compiles static shapes (static_shapes, derived from the target) pack buckets L as
-`buckets` does and pads the packed row count to a multiple of `token_step` (bertc/passes/pack_tokens.py).
+`buckets` does and pads the packed row count to a multiple of `token_step` (pack_tokens.py).
 """
 
 from __future__ import annotations
@@ -32,24 +32,16 @@ import numpy as np
 
 from bertc.errors import ConfigError
 from bertc.ir.graph import (
-    BUCKET_INDEX,
-    LENGTH,
     LENGTH_SCOPE,
-    REAL_LENGTH,
-    SEQ,
-    SIZES,
     Graph,
     GraphError,
     PassResult,
     const_value,
     copy_graph_def,
-    cut_name,
     data_inputs,
     descendants,
     element_node,
     input_ref,
-    is_length_polymorphic,
-    is_packed,
     make_const,
     make_node,
     node_of,
@@ -62,7 +54,20 @@ from bertc.ir.graph import (
 )
 from bertc.ir.lazy import tf
 from bertc.passes import Condition, Pass
-from bertc.passes.pack_tokens import pack_matches, pack_tokens, token_step_of
+from bertc.passes.length.contract import (
+    BUCKET_INDEX,
+    LENGTH,
+    REAL_LENGTH,
+    SEQ,
+    SIZES,
+    bucket_sizes_of,
+    cut_name,
+    is_length_polymorphic,
+    is_packed,
+    token_step_of,
+)
+from bertc.passes.length.modes import check_length_target
+from bertc.passes.length.pack_tokens import pack_matches, pack_tokens
 from bertc.schema import bounded, choice, derived
 
 if TYPE_CHECKING:
@@ -107,7 +112,7 @@ def trim_sequence_length(graph: Graph, params: LengthParams) -> PassResult:
     static_pack = params.mode == "pack" and params.static_shapes
     sizes = bucket_sizes(params.sizes, seq_len) if params.mode == "buckets" or static_pack else ()
     if is_length_polymorphic(graph):
-        return _already_applied(graph, nodes, sizes, params.mode, params.token_step if static_pack else 0)
+        return _already_applied(graph, sizes, params.mode, params.token_step if static_pack else 0)
     _refuse_ambiguous_length(graph, seq_len)
 
     shapes = static_shapes(graph)
@@ -142,8 +147,8 @@ def trim_sequence_length(graph: Graph, params: LengthParams) -> PassResult:
     return PassResult(result, matches)
 
 
-def _already_applied(graph: Graph, nodes, sizes: tuple[int, ...], mode: str, token_step: int) -> PassResult:
-    present = tuple(int(v) for v in const_value(nodes[SIZES]).ravel()) if SIZES in nodes else ()
+def _already_applied(graph: Graph, sizes: tuple[int, ...], mode: str, token_step: int) -> PassResult:
+    present = bucket_sizes_of(graph)
     packed = is_packed(graph)
     step = token_step_of(graph)
     if present != sizes or packed != (mode == "pack") or step != token_step:
@@ -449,8 +454,6 @@ def _cut_inputs(graph: Graph, params: LengthParams) -> str | None:
 def _length_suits_target(facts) -> dict:
     """The mode is checked against the target (bertc/targets/base.py: Target), which must be able to run it; pack on
     a target that compiles static shapes buckets its lengths (static_shapes)."""
-    from bertc.evaluate.lengths import check_length_target
-
     mode = facts["length"].mode
     check_length_target(mode, tuple(facts["length"].sizes), facts["target"])
     return {"static_shapes": mode == "pack" and facts["target"].static_shapes}
