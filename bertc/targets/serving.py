@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertc.ir.graph import Graph, GraphError, pruned_function, split_length, split_partition
+from bertc.ir.graph import Graph, GraphError, pruned_function, split_length
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS, TRAINING_INPUTS
+from bertc.passes.partition.contract import split_partition
 from bertc.targets.base import TargetOptions
 from bertc.targets.length_dispatch import LENGTH_SIGNATURE, LengthStage, warm_up_buckets
 

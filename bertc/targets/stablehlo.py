@@ -53,10 +53,10 @@ from bertc.ir.graph import (
     run_graph,
     split_input,
     split_length,
-    split_partition,
     static_shapes,
 )
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
+from bertc.passes.partition.contract import split_partition
 from bertc.runtime.manifest import (
     EmbeddingRecipe,
     HostRecipe,

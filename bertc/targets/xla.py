@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from bertc.ir.graph import Graph, GraphError, is_packed, pruned_function, split_length, split_partition
+from bertc.ir.graph import Graph, GraphError, is_packed, pruned_function, split_length
 from bertc.passes.pack_tokens import token_step_of
+from bertc.passes.partition.contract import split_partition
 from bertc.targets.base import TargetOptions
 from bertc.targets.devices import resolve_device
 from bertc.targets.length_dispatch import PACK_INDEX_KEY, split_pack_index

@@ -26,7 +26,7 @@ from bertc.ir.graph import (
     split_length,
 )
 from bertc.passes.apply_precision_map import apply_precision_map
-from bertc.passes.partition_graph import PartitionParams, partition_graph
+from bertc.passes.partition.partition_graph import PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.passes.trim_sequence_length import LengthParams, bucket_sizes, trim_sequence_length

@@ -25,10 +25,10 @@ from bertc.ir.graph import (
     op_histogram,
     run_graph,
     split_length,
-    split_partition,
 )
 from bertc.passes.apply_precision_map import apply_precision_map
-from bertc.passes.partition_graph import ALIASES, PartitionParams, partition_graph
+from bertc.passes.partition.contract import split_partition
+from bertc.passes.partition.partition_graph import ALIASES, PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.passes.trim_sequence_length import LengthParams, trim_sequence_length

@@ -12,9 +12,10 @@ from support.length import not_right_padded, serve
 from support.pack import PACK, assert_matches_original, mixed_batches, with_packed
 
 from bertc.evaluate.lengths import pack_shapes, synthetic_feeds
-from bertc.ir.graph import PACK_INDEX, GraphError, run_graph, split_length, split_partition
+from bertc.ir.graph import PACK_INDEX, GraphError, run_graph, split_length
 from bertc.passes.pack_tokens import token_step_of
-from bertc.passes.partition_graph import ALIASES, PACK_MASK_KEY, PartitionParams, partition_graph
+from bertc.passes.partition.contract import split_partition
+from bertc.passes.partition.partition_graph import ALIASES, PACK_MASK_KEY, PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.passes.trim_sequence_length import LengthParams, trim_sequence_length
