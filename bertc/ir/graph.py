@@ -378,23 +378,6 @@ def static_shapes(graph: Graph) -> dict:
         return {tensor.name: tensor.shape for operation in tf_graph.get_operations() for tensor in operation.outputs}
 
 
-@dataclasses.dataclass(frozen=True)
-class PassResult:
-    """What a pass returns: the new graph and, per config entry (op, rule, boundary), its match count."""
-
-    graph: Graph
-    matches: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    details: Mapping = dataclasses.field(default_factory=dict)  # what the report should say of the step
-
-    def unmatched(self) -> list[str]:
-        """The entries that matched nothing, but those marked OPTIONAL_ENTRY (the runner makes them an error)."""
-        return [entry for entry, count in self.matches.items() if count == 0 and not entry.endswith(OPTIONAL_ENTRY)]
-
-
-# A config entry ending in this may match nothing (removal's shipped "Assert?", "ReshapeChain?").
-OPTIONAL_ENTRY = "?"
-
-
 def pruned_function(graph: Graph, input_keys: Iterable[str], weight_names: Iterable[str], output_keys: Iterable[str]):
     """The GraphDef as a callable (inputs..., weights...) -> outputs: imported once into a wrapped function
     and pruned, so the weight Placeholders are its arguments and nothing unfed is left (for XLA)."""

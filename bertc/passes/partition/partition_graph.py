@@ -22,7 +22,6 @@ from bertc.ir.graph import (
     PACK_MASK,
     Graph,
     GraphError,
-    PassResult,
     ancestors,
     copy_graph_def,
     input_ref,
@@ -35,7 +34,7 @@ from bertc.ir.graph import (
     tensor_name,
 )
 from bertc.ir.lazy import tf
-from bertc.passes import Condition, Pass
+from bertc.passes import Condition, Pass, PassResult
 from bertc.passes.partition.contract import BOUNDARY_PREFIX, boundary_nodes, split_partition
 from bertc.schema import Key, bounded
 
