@@ -2,8 +2,8 @@
 
 Three kinds of limit, each failing as a clear user error (exit 2) before the harm:
 
-- values that would crash TensorFlow or mean nothing (a NaN tolerance, negative thread counts,
-  a boundary given twice) are refused when the plan is built;
+- values that would crash TensorFlow or mean nothing (a NaN tolerance, negative thread counts) are
+  refused when the plan is built, as a step's parameters are by their own dataclass (a boundary given twice);
 - the work a graph can do is bounded before anything runs it: TensorFlow's shape inference at the
   largest configured batch gives every tensor's size and every matmul's cost, and no tensor may
   exceed what the BERT shape needs (attention scores, the FFN activation, a one-hot embedding, the
@@ -69,11 +69,6 @@ def run_limits(cfg: Any) -> RunLimits:
     for key in ("intra_op_threads", "inter_op_threads"):
         if cfg.target[key] < 0:
             raise ConfigError(f"target.{key}={cfg.target[key]} must be 0 (TensorFlow's choice) or a positive count.")
-    if cfg.partition.mode != "none":
-        boundaries = list(cfg.partition.boundaries)
-        repeated = sorted({name for name in boundaries if boundaries.count(name) > 1})
-        if repeated:
-            raise ConfigError(f"partition.boundaries names {repeated} more than once; give each boundary once.")
     timeouts = {
         "target.timeout_s": cfg.target.timeout_s,
         "verify.timeout_s": cfg.verify.timeout_s,

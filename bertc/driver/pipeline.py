@@ -305,7 +305,7 @@ def target_options(plan: Plan, shape, fingerprint_: str):
 
 def rewrite(run: Run, plan: Plan, graph):
     """The plan's steps in order, each bookkept; the graph after the last."""
-    from bertc.ir.graph import boundaries_of
+    from bertc.passes.partition.contract import boundaries_of
 
     done: list[str] = []
     run.record["steps"] = []

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 DT_FLOAT, DT_INT32, DT_BFLOAT16, DT_HALF = 1, 3, 14, 19
 FLOAT_TYPES = {DT_FLOAT, DT_HALF, DT_BFLOAT16}
 # Names the passes give the nodes they create, and the targets read: part of the IR, not of one pass.
-BOUNDARY_PREFIX = "bertc/boundary/"
 ATTENTION_BIAS_SCOPE = "bertc/attention_bias"
 
 
@@ -377,88 +376,6 @@ def static_shapes(graph: Graph) -> dict:
     with tf.Graph().as_default() as tf_graph:
         tf.graph_util.import_graph_def(graph.graph_def, name="")
         return {tensor.name: tensor.shape for operation in tf_graph.get_operations() for tensor in operation.outputs}
-
-
-@dataclasses.dataclass(frozen=True)
-class PassResult:
-    """What a pass returns: the new graph and, per config entry (op, rule, boundary), its match count."""
-
-    graph: Graph
-    matches: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    details: Mapping = dataclasses.field(default_factory=dict)  # what the report should say of the step
-
-    def unmatched(self) -> list[str]:
-        """The entries that matched nothing, but those marked OPTIONAL_ENTRY (the runner makes them an error)."""
-        return [entry for entry, count in self.matches.items() if count == 0 and not entry.endswith(OPTIONAL_ENTRY)]
-
-
-# A config entry ending in this may match nothing (removal's shipped "Assert?", "ReshapeChain?").
-OPTIONAL_ENTRY = "?"
-
-
-# ---- partitioned graphs: host and device parts ---------------------------------------------------
-# The partition step marks each crossing with an Identity named BOUNDARY_PREFIX + key; the targets
-# cut there. Both read the same description, so it lives with the IR, not in either.
-
-
-@dataclasses.dataclass(frozen=True)
-class Boundary:
-    key: str
-    tensor: str
-    shape: tuple[int | None, ...]
-    dtype: str
-
-    def describe(self) -> str:
-        dims = ",".join("B" if dim is None else str(dim) for dim in self.shape)
-        return f"{self.key}: {self.tensor} [{dims}] {self.dtype}"
-
-
-def boundary_nodes(graph: Graph) -> list[str]:
-    return [node.name for node in graph.graph_def.node if node.name.startswith(BOUNDARY_PREFIX)]
-
-
-def boundaries_of(graph: Graph) -> list[Boundary]:
-    """The crossings a partitioned graph has, with the shapes and dtypes TensorFlow infers for them."""
-    names = set(boundary_nodes(graph))
-    if not names:
-        return []
-    shapes = static_shapes(graph)
-    result = []
-    for node in graph.graph_def.node:
-        if node.name in names:
-            shape = shapes[tensor_name(node.name)]
-            source, index, _ = split_input(node.input[0])
-            dims = tuple(shape.as_list()) if shape.rank is not None else ()
-            dtype = tf.as_dtype(node.attr["T"].type).name
-            result.append(Boundary(node.name[len(BOUNDARY_PREFIX) :], tensor_name(source, index), dims, dtype))
-    return result
-
-
-def split_partition(graph: Graph) -> tuple[Graph | None, Graph]:
-    """(host part, device part); host is None when the graph has no boundaries."""
-    names = boundary_nodes(graph)
-    if not names:
-        return None, graph
-    shapes = static_shapes(graph)
-    host = keep_nodes(graph, ancestors(graph.graph_def, names))
-    host = host.replace(outputs={name[len(BOUNDARY_PREFIX) :]: tensor_name(name) for name in names})
-
-    device_def = new_graph_def()
-    device_def.versions.CopyFrom(graph.graph_def.versions)
-    needed = ancestors(graph.graph_def, graph.outputs.values(), stops=names)
-    for node in graph.graph_def.node:
-        if node.name in names and node.name in needed:
-            shape = shapes[tensor_name(node.name)]
-            device_def.node.append(make_placeholder(node.name, tf.as_dtype(node.attr["T"].type), shape.as_list()))
-        elif node.name in needed:
-            device_def.node.add().CopyFrom(node)
-    device = Graph(
-        device_def,
-        {name: value for name, value in graph.weights.items() if name in needed},
-        {name[len(BOUNDARY_PREFIX) :]: tensor_name(name) for name in names if name in needed},
-        dict(graph.outputs),
-    )
-    return host, device
 
 
 def pruned_function(graph: Graph, input_keys: Iterable[str], weight_names: Iterable[str], output_keys: Iterable[str]):

@@ -1,6 +1,7 @@
 """The rewrite steps: every module here declares one `Pass` (its config group, parameter schema, what it
-requires of the graph and ensures after it, and which passes must run before it); the registry finds
-them and puts them in their canonical order. Adding a pass is its module, its YAML options, its tests."""
+requires of the graph and ensures after it, and which passes must run before it) and returns a `PassResult`;
+the registry finds them and puts them in their canonical order. Adding a pass is its module, its YAML options,
+its tests."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import graphlib
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bertc.schema import Key
+
+if TYPE_CHECKING:
+    from bertc.ir.graph import Graph
+
+# A config entry ending in this may match nothing (removal's shipped "Assert?", "ReshapeChain?").
+OPTIONAL_ENTRY = "?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +27,19 @@ class Condition:
 
     description: str
     check: Callable[[Any, Any], str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class PassResult:
+    """What a pass returns: the new graph and, per config entry (op, rule, boundary), its match count."""
+
+    graph: Graph
+    matches: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    details: Mapping = dataclasses.field(default_factory=dict)  # what the report should say of the step
+
+    def unmatched(self) -> list[str]:
+        """The entries that matched nothing, but those marked OPTIONAL_ENTRY (the runner makes them an error)."""
+        return [entry for entry, count in self.matches.items() if count == 0 and not entry.endswith(OPTIONAL_ENTRY)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,6 @@ from bertc.ir.graph import (
     DT_HALF,
     FLOAT_TYPES,
     Graph,
-    PassResult,
     const_value,
     copy_graph_def,
     input_dtype,
@@ -37,7 +36,7 @@ from bertc.ir.graph import (
 )
 from bertc.ir.lazy import tf
 from bertc.ir.ops import MATMUL_OPS
-from bertc.passes import Condition, Pass
+from bertc.passes import Condition, Pass, PassResult
 from bertc.schema import Key, bounded, choice
 
 if TYPE_CHECKING:

@@ -15,9 +15,7 @@ import dataclasses
 
 from bertc.errors import ConfigError
 from bertc.ir.graph import (
-    OPTIONAL_ENTRY,
     Graph,
-    PassResult,
     ancestors,
     const_value,
     copy_graph_def,
@@ -30,7 +28,7 @@ from bertc.ir.graph import (
     tensor_name,
 )
 from bertc.ir.ops import PASS_THROUGH_OPS, RESHAPE_OPS
-from bertc.passes import Condition, Pass
+from bertc.passes import OPTIONAL_ENTRY, Condition, Pass, PassResult
 from bertc.schema import Key
 
 PATTERNS = ("Assert", "ReshapeChain")

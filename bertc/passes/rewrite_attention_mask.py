@@ -25,7 +25,6 @@ from bertc.ir.graph import (
     ATTENTION_BIAS_SCOPE,
     Graph,
     GraphError,
-    PassResult,
     const_value,
     copy_graph_def,
     make_const,
@@ -38,7 +37,7 @@ from bertc.ir.graph import (
     tensor_name,
 )
 from bertc.ir.lazy import tf
-from bertc.passes import Condition, Pass
+from bertc.passes import Condition, Pass, PassResult
 from bertc.schema import Key, bounded, derived
 
 if TYPE_CHECKING:

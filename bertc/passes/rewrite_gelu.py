@@ -20,7 +20,6 @@ import numpy as np
 from bertc.analysis.structure import GeluSite, find_gelus
 from bertc.ir.graph import (
     Graph,
-    PassResult,
     copy_graph_def,
     input_ref,
     make_const,
@@ -32,7 +31,7 @@ from bertc.ir.graph import (
     tensor_name,
 )
 from bertc.ir.lazy import tf
-from bertc.passes import Condition, Pass
+from bertc.passes import Condition, Pass, PassResult
 from bertc.schema import choice
 
 FORMS = ("keep", "tanh", "exact", "sigmoid")

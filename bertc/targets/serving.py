@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertc.ir.graph import Graph, GraphError, pruned_function, split_partition
+from bertc.ir.graph import Graph, GraphError, pruned_function
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS, TRAINING_INPUTS
 from bertc.passes.length.contract import split_length
 from bertc.passes.length.dispatch import LENGTH_SIGNATURE, LengthStage, warm_up_buckets
+from bertc.passes.partition.contract import split_partition
 from bertc.targets.base import TargetOptions
 
 

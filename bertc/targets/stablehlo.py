@@ -50,12 +50,12 @@ from bertc.ir.graph import (
     pruned_function,
     run_graph,
     split_input,
-    split_partition,
     static_shapes,
 )
 from bertc.ir.signature import SERVING_INPUTS, SERVING_OUTPUTS
 from bertc.passes.length.contract import at_width, bucket_sizes_of, split_length
 from bertc.passes.length.rule import LENGTH_RULE, batch_length
+from bertc.passes.partition.contract import split_partition
 from bertc.runtime.manifest import (
     EmbeddingRecipe,
     HostRecipe,

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from bertc.ir.graph import Graph, GraphError, pruned_function, split_partition
+from bertc.ir.graph import Graph, GraphError, pruned_function
 from bertc.passes.length.contract import is_packed, split_length, token_step_of
 from bertc.passes.length.dispatch import PACK_INDEX_KEY, split_pack_index
+from bertc.passes.partition.contract import split_partition
 from bertc.targets.base import TargetOptions
 from bertc.targets.devices import resolve_device
 from bertc.targets.serving import CompiledBert, Placement

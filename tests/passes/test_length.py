@@ -19,7 +19,7 @@ from bertc.ir.graph import GraphError, check_graph, op_delta, op_histogram, run_
 from bertc.passes.apply_precision_map import apply_precision_map
 from bertc.passes.length.contract import LENGTH, cut_name, split_length
 from bertc.passes.length.trim_sequence_length import LengthParams, bucket_sizes, trim_sequence_length
-from bertc.passes.partition_graph import PartitionParams, partition_graph
+from bertc.passes.partition.partition_graph import PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.targets.serving import CompiledBert, Placement, warm_up

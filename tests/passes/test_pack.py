@@ -16,11 +16,12 @@ from support.precision import mixed
 from bertc.errors import ConfigError
 from bertc.evaluate.lengths import synthetic_feeds
 from bertc.frontends.load import load_saved_model
-from bertc.ir.graph import GraphError, check_graph, op_delta, op_histogram, run_graph, split_partition
+from bertc.ir.graph import GraphError, check_graph, op_delta, op_histogram, run_graph
 from bertc.passes.apply_precision_map import apply_precision_map
 from bertc.passes.length.contract import PACK_MASK, is_packed, split_length
 from bertc.passes.length.trim_sequence_length import LengthParams, trim_sequence_length
-from bertc.passes.partition_graph import ALIASES, PartitionParams, partition_graph
+from bertc.passes.partition.contract import split_partition
+from bertc.passes.partition.partition_graph import ALIASES, PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.targets.serving import CompiledBert, Placement

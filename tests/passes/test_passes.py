@@ -15,7 +15,6 @@ from bertc.evaluate.batches import synthetic_batches
 from bertc.ir.graph import (
     FLOAT_TYPES,
     GraphError,
-    boundaries_of,
     check_graph,
     consumers,
     nodes_by_name,
@@ -23,10 +22,10 @@ from bertc.ir.graph import (
     op_histogram,
     run_graph,
     split_input,
-    split_partition,
 )
 from bertc.passes.apply_precision_map import PrecisionParams, PrecisionRule, apply_precision_map
-from bertc.passes.partition_graph import PartitionParams, partition_graph
+from bertc.passes.partition.contract import boundaries_of, split_partition
+from bertc.passes.partition.partition_graph import PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import SCOPE, MaskParams, rewrite_attention_mask
 
@@ -192,6 +191,12 @@ def test_partition_on_explicit_tensor_names(masked, feeds, reference):
     params = PartitionParams(("bert/embeddings/LayerNorm/batchnorm/add_1:0", f"{SCOPE}/bias:0"))
     result, _ = check_pass(partition_graph, masked, params, feeds, reference, 1e-6)
     assert [b.key for b in boundaries_of(result.graph)] == ["b0", "b1"]
+
+
+def test_partition_boundary_named_twice_is_refused_by_its_parameters():
+    """The plan builds every group's parameters, so the dataclass refuses the value where it enters."""
+    with pytest.raises(ConfigError, match=r"partition.boundaries names \['@attention_mask'\] more than once"):
+        PartitionParams(("@attention_mask", "@embedding_output", "@attention_mask"))
 
 
 def test_partition_that_does_not_cut_is_refused(masked):

@@ -18,8 +18,8 @@ from bertc import passes
 from bertc.driver.cli import CONF_DIR
 from bertc.driver.pipeline import compile_run
 from bertc.driver.plan import build_plan
-from bertc.ir.graph import PassResult, copy_graph_def, make_const
-from bertc.passes import Condition, Pass
+from bertc.ir.graph import copy_graph_def, make_const
+from bertc.passes import Condition, Pass, PassResult
 from bertc.schema import Key
 
 THROWAWAY = "bertc/throwaway/marker"

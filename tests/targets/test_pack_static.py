@@ -12,12 +12,13 @@ from support.length import not_right_padded, serve
 from support.pack import PACK, assert_matches_original, mixed_batches, with_packed
 
 from bertc.evaluate.lengths import synthetic_feeds
-from bertc.ir.graph import GraphError, run_graph, split_partition
+from bertc.ir.graph import GraphError, run_graph
 from bertc.passes.length.contract import PACK_INDEX, split_length, token_step_of
 from bertc.passes.length.dispatch import pack_mask, warm_up_buckets
 from bertc.passes.length.modes import pack_shapes
 from bertc.passes.length.trim_sequence_length import LengthParams, trim_sequence_length
-from bertc.passes.partition_graph import ALIASES, PACK_MASK_KEY, PartitionParams, partition_graph
+from bertc.passes.partition.contract import split_partition
+from bertc.passes.partition.partition_graph import ALIASES, PACK_MASK_KEY, PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.targets.serving import Placement

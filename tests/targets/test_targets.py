@@ -14,7 +14,7 @@ from bertc.errors import ConfigError
 from bertc.evaluate.batches import synthetic_batches
 from bertc.frontends.load import load_saved_model
 from bertc.ir.graph import run_graph
-from bertc.passes.partition_graph import PartitionParams, partition_graph
+from bertc.passes.partition.partition_graph import PartitionParams, partition_graph
 from bertc.passes.remove_training_ops import RemovalParams, remove_training_ops
 from bertc.passes.rewrite_attention_mask import MaskParams, rewrite_attention_mask
 from bertc.targets import neuron

@@ -40,7 +40,6 @@ from bertc.ir.graph import (
     PACK_SCOPE,
     Graph,
     GraphError,
-    PassResult,
     const_value,
     copy_graph_def,
     element_node,
@@ -58,6 +57,7 @@ from bertc.ir.graph import (
 )
 from bertc.ir.lazy import tf
 from bertc.ir.ops import LAYOUT_OPS, MATMUL_OPS
+from bertc.passes import PassResult
 from bertc.passes.length.contract import (
     FIRST_TOKENS,
     PACK_INDEX,

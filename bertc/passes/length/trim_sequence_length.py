@@ -35,7 +35,6 @@ from bertc.ir.graph import (
     LENGTH_SCOPE,
     Graph,
     GraphError,
-    PassResult,
     const_value,
     copy_graph_def,
     data_inputs,
@@ -53,7 +52,7 @@ from bertc.ir.graph import (
     through_identity,
 )
 from bertc.ir.lazy import tf
-from bertc.passes import Condition, Pass
+from bertc.passes import Condition, Pass, PassResult
 from bertc.passes.length.contract import (
     BUCKET_INDEX,
     LENGTH,

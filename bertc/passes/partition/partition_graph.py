@@ -19,10 +19,8 @@ import difflib
 from bertc.analysis.structure import embedding_output, find_attention_sites
 from bertc.errors import ConfigError
 from bertc.ir.graph import (
-    BOUNDARY_PREFIX,
     Graph,
     GraphError,
-    PassResult,
     ancestors,
     copy_graph_def,
     input_ref,
@@ -31,15 +29,14 @@ from bertc.ir.graph import (
     nodes_by_name,
     output_dtype,
     split_input,
-    split_partition,
     tensor_name,
 )
 from bertc.ir.lazy import tf
-from bertc.passes import Condition, Pass
+from bertc.passes import Condition, Pass, PassResult
 from bertc.passes.length.contract import PACK_MASK, is_packed
+from bertc.passes.partition.contract import BOUNDARY_PREFIX, boundary_nodes, split_partition
 from bertc.schema import Key, bounded
 
-PREFIX = BOUNDARY_PREFIX
 ALIASES = ("@embedding_output", "@attention_mask")
 PACK_MASK_KEY = "pack_mask"  # the crossing a packed graph gets without asking: its pack mask
 
@@ -48,6 +45,12 @@ PACK_MASK_KEY = "pack_mask"  # the crossing a packed graph gets without asking: 
 class PartitionParams:
     boundaries: tuple[str, ...] = bounded(ALIASES, filled=True, item="boundary")
     host_device: str = bounded("/device:CPU:0", filled=True, note="a TensorFlow device name")
+
+    def __post_init__(self) -> None:
+        """A boundary named twice is refused where the value enters (the plan), whether or not the step runs."""
+        repeated = sorted({name for name in self.boundaries if self.boundaries.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"partition.boundaries names {repeated} more than once; give each boundary once.")
 
 
 def resolve_boundary(graph: Graph, spec: str) -> str:
@@ -92,7 +95,7 @@ def _boundary_key(spec: str, position: int) -> str:
 def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
     if not params.boundaries:
         raise ConfigError("partition.boundaries is empty; give at least one tensor, or use partition=none.")
-    existing = {node.name for node in graph.graph_def.node if node.name.startswith(PREFIX)}
+    existing = set(boundary_nodes(graph))
     graph_def = copy_graph_def(graph.graph_def)
     nodes = nodes_by_name(graph_def)
     matches: dict[str, int] = {}
@@ -100,7 +103,7 @@ def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
     if is_packed(graph) and tensor_name(PACK_MASK) not in {resolve_boundary(graph, spec) for spec in params.boundaries}:
         specs.append((tensor_name(PACK_MASK), PACK_MASK_KEY))  # length=pack: the indices' mask crosses too
     for spec, key in specs:
-        name = PREFIX + key
+        name = BOUNDARY_PREFIX + key
         if name in existing:
             matches[spec] = 1
             continue
@@ -117,7 +120,7 @@ def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
         outputs = {key_: (tensor_name(name) if value == tensor else value) for key_, value in graph.outputs.items()}
         graph = graph.replace(graph_def=graph_def, outputs=outputs)
         nodes = nodes_by_name(graph_def)
-    host = ancestors(graph_def, [n for n in nodes if n.startswith(PREFIX)])
+    host = ancestors(graph_def, [n for n in nodes if n.startswith(BOUNDARY_PREFIX)])
     for node in graph_def.node:
         if node.name in host:
             node.device = params.host_device
@@ -135,14 +138,13 @@ def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
 
 
 def _host_part_pinned(graph: Graph, params: PartitionParams) -> str | None:
-    boundaries = [node.name for node in graph.graph_def.node if node.name.startswith(PREFIX)]
-    host = ancestors(graph.graph_def, boundaries)
+    host = ancestors(graph.graph_def, boundary_nodes(graph))
     loose = [node.name for node in graph.graph_def.node if node.name in host and node.device != params.host_device]
     return f"host nodes not on {params.host_device}: {loose[:4]}" if loose else None
 
 
 def _one_boundary_per_spec(graph: Graph, params: PartitionParams) -> str | None:
-    boundaries = [node.name for node in graph.graph_def.node if node.name.startswith(PREFIX)]
+    boundaries = boundary_nodes(graph)
     return (
         None
         if len(boundaries) >= len(set(params.boundaries))
