@@ -572,8 +572,8 @@ def node_roles(graph: Graph) -> dict[str, str]:
             (name for name, found in sources.items() if found == frozenset([mask_input]) and name != mask_input),
             "mask_bias",
         )
-    for site in find_attention_sites(graph, sources):
-        _tag_attention(site, index, tag)
+    for attention in find_attention_sites(graph, sources):
+        _tag_attention(attention, index, tag)
     _tag_head(graph, index, layer_norms, tag)
     _tag_embedding(graph, index, layer_norms, sources, tag)
     return roles
@@ -627,8 +627,10 @@ def _residual_input(index: Index, block_output: str) -> tuple[str, str] | None:
 
 def _tag_ffn(site: GeluSite, index: Index, tag) -> None:
     matmul = follow_layout(index, site.output, MATMUL_OPS)
-    out = _bias_after(index, matmul) if matmul else None
-    residual = _residual_input(index, out) if out else None
+    if matmul is None:
+        return
+    out = _bias_after(index, matmul)
+    residual = _residual_input(index, out)
     if residual is None:
         return
     add, block_input = residual
@@ -641,8 +643,10 @@ def _tag_ffn(site: GeluSite, index: Index, tag) -> None:
 def _tag_attention(site: AttentionSite, index: Index, tag) -> None:
     context = follow_layout(index, site.remask or site.softmax, MATMUL_OPS)
     matmul = follow_layout(index, context, MATMUL_OPS) if context else None
-    out = _bias_after(index, matmul) if matmul else None
-    residual = _residual_input(index, out) if out else None
+    if context is None or matmul is None:
+        return
+    out = _bias_after(index, matmul)
+    residual = _residual_input(index, out)
     if residual is None:
         return
     add, block_input = residual

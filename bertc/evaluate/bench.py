@@ -17,6 +17,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -136,7 +137,7 @@ def benchmark_lengths(
     vocab: int,
     timing: Mapping,
     dataset: str | None = None,
-    vocab_file: str | None = None,
+    vocab_file: str | Path | None = None,
 ) -> dict:
     """Throughput (and batch-1 p50) on batches of real lengths: the dataset's pairs in file order when
     given, else seeded MRPC-like lengths; each model cycles through the same batches, interleaved.

@@ -319,8 +319,10 @@ def check_graph(graph: Graph) -> None:
     nodes = nodes_by_name(graph.graph_def)
     if len(nodes) != len(graph.graph_def.node):
         seen: set[str] = set()
-        duplicate = next(node.name for node in graph.graph_def.node if node.name in seen or seen.add(node.name))
-        raise GraphError(f"two nodes are named {duplicate}")
+        for node in graph.graph_def.node:  # the first name given again
+            if node.name in seen:
+                raise GraphError(f"two nodes are named {node.name}")
+            seen.add(node.name)
     for node in graph.graph_def.node:
         for name in node.input:
             if split_input(name)[0] not in nodes:

@@ -3,6 +3,7 @@ compiles for length=pack, and what a run records of the lengths it ran (report.j
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from bertc.errors import ConfigError
@@ -64,7 +65,7 @@ def length_record(plan: Any, warmed: dict[str, float] | None) -> dict:
     return {"length": entry}
 
 
-def record_lengths_ran(record: dict, compiled: Any, batches: list) -> None:
+def record_lengths_ran(record: dict, compiled: Any, batches: Iterable) -> None:
     """Ask the artifact's length signature what width each verify batch ran at: {width: batches}."""
     if "length" not in record or not hasattr(compiled, "lengths"):
         return  # an engine's artifact without bertc's length signature (onnxruntime): not recorded
