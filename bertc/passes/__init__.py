@@ -93,11 +93,17 @@ def unregister(name: str) -> None:
 
 
 def _discover() -> None:
-    """Register the PASS of every module here and in the feature packages below (passes/length/, ...), in the
-    order of the modules' own names, wherever they sit (that order breaks ties in `passes`)."""
+    """Register the PASS of every module here and of the modules a feature package below names in its `PASSES`
+    (passes/length/: its other modules are read by the targets, not the registry), in the order of the modules' own
+    names, wherever they sit (that order breaks ties in `passes`)."""
     _DISCOVERED.append(True)
-    found = pkgutil.walk_packages(__path__, prefix=f"{__name__}.")
-    for name in sorted((module.name for module in found if not module.ispkg), key=lambda name: name.split(".")[-1]):
+    names = []
+    for module in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
+        if not module.ispkg:
+            names.append(module.name)
+            continue
+        names += [f"{module.name}.{name}" for name in getattr(importlib.import_module(module.name), "PASSES", ())]
+    for name in sorted(names, key=lambda name: name.split(".")[-1]):
         loaded = importlib.import_module(name)
         spec = getattr(loaded, "PASS", None)
         if isinstance(spec, Pass) and spec.name not in _REGISTERED:

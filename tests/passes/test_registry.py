@@ -7,6 +7,8 @@ import dataclasses
 import functools
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,16 @@ def test_each_group_schema_is_derived_from_the_pass_parameters():
     keys = {field.name for field in dataclasses.fields(groups["mask"])}
     # the pass's own parameters plus its switch, without the compute dtype the plan derives
     assert keys == ({field.name for field in dataclasses.fields(MaskParams)} - {"compute_dtype"}) | {"mode"}
+
+
+def test_discovery_finds_the_feature_packages_passes_and_loads_no_tensorflow():
+    """The plan and `bertc --help` read every pass's declaration: the feature packages (passes/length/, partition/)
+    give theirs through PASSES, and nothing the registry imports loads TensorFlow (length's dispatch does)."""
+    code = (
+        "import sys; from bertc import passes; names = [spec.name for spec in passes.passes()]; "
+        "print(names, sorted({name.split('.')[0] for name in sys.modules} & {'tensorflow'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names, loaded = done.stdout.strip().rsplit(" ", 1)
+    assert "'trim_sequence_length'" in names and "'partition_graph'" in names and loaded == "[]"

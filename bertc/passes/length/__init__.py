@@ -13,10 +13,12 @@
                              (length_record, record_lengths_ran: the driver's pipeline)
     dispatch.py              the serving function's length stage (LengthStage: the cut, or a switch into one
                              branch per bucket), the pack index split out of an XLA function, the warm-ups:
-                             bertc/targets/serving.py and xla.py; TensorFlow imported on first use
+                             bertc/targets/serving.py and xla.py (TensorFlow; not imported by pass discovery)
     rule.py                  the rule in NumPy (batch_length), for bertc/runtime/ and target=stablehlo: NumPy only
 
 The targets import the contract and the dispatch, never the rewrite. Realistic length mixes for bench and the
 checks (length_mix, synthetic_feeds) are bertc/evaluate/lengths.py. This file imports nothing: the runtime's import
 of rule.py loads no other module of the feature.
 """
+
+PASSES = ("trim_sequence_length",)  # the modules that declare a PASS (bertc/passes/__init__.py discovers them)

@@ -14,9 +14,7 @@ the device part, so it runs in plain TensorFlow before the compiled function, wh
 as an input: XLA compiles one function per (batch size, L bucket, T bucket), all at build time
 (`warm_up_packed`, the pairs from modes.pack_shapes).
 
-The targets (bertc/targets/serving.py, xla.py) import this module; pass discovery imports it too (it imports every
-module under bertc/passes/), and the plan and `bertc --help` run without TensorFlow: so TensorFlow is imported
-here on first use only, `LengthStage` (a tf.Module) included.
+The targets (bertc/targets/serving.py, xla.py) import this module; pass discovery does not (the package's PASSES).
 """
 
 from __future__ import annotations
@@ -25,9 +23,9 @@ import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
+import tensorflow as tf
 
 from bertc.ir.graph import Graph, GraphError, ancestors, keep_nodes, make_placeholder, new_graph_def, tensor_name
-from bertc.ir.lazy import tf
 from bertc.passes.length.contract import PACK_INDEX, bucket_sizes_of
 from bertc.passes.length.modes import pack_shapes
 
@@ -36,55 +34,40 @@ PACK_INDEX_KEY = "pack_index"  # the device function's extra input at static sha
 LENGTH_SIGNATURE = "bertc_length"  # a second signature of the artifact: input_mask -> the length it runs at
 
 
-def __getattr__(name: str) -> type:
-    """`LengthStage`, defined with TensorFlow when first read (the way bertc.ir.graph loads `NodeDef`)."""
-    if name != "LengthStage":
-        raise AttributeError(name)
-    globals()[name] = stage = _length_stage()
-    return stage
+class LengthStage(tf.Module):
+    def __init__(self, length_graph: Graph, part_type, static_shapes: bool, seq_len: int):
+        super().__init__(name="length")
+        self.sizes = bucket_sizes_of(length_graph)
+        self.dispatch = static_shapes and bool(self.sizes)
+        self._part = part_type(length_graph, "length")
+        self._seq_len = seq_len
+        self.lengths = tf.function(
+            self._lengths,
+            input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name="input_mask")],
+            autograph=False,
+        )
 
+    def _lengths(self, input_mask):
+        """For reports and tests: the width a batch runs at, its longest real row, and its bucket."""
+        zeros = tf.zeros_like(input_mask)
+        outputs = self._part({"input_ids": zeros, "input_mask": input_mask, "segment_ids": zeros})
+        return {key: outputs[key] for key in ("length", "real_length", "bucket_index") if key in outputs}
 
-def _length_stage() -> type:
-    """A length-polymorphic graph's length part as the serving function's first stage (a tf.Module, so that its
-    part and its `lengths` function are saved with the module that holds it)."""
-    import tensorflow as tf  # NOTE: here, not at the top: see the module's doc
+    def __call__(self, features: Mapping[str, tf.Tensor], run_parts: Callable) -> dict[str, tf.Tensor]:
+        outputs = self._part(features)
+        if not self.dispatch:
+            return run_parts({key: outputs[key] for key in features})
 
-    class LengthStage(tf.Module):
-        def __init__(self, length_graph: Graph, part_type, static_shapes: bool, seq_len: int):
-            super().__init__(name="length")
-            self.sizes = bucket_sizes_of(length_graph)
-            self.dispatch = static_shapes and bool(self.sizes)
-            self._part = part_type(length_graph, "length")
-            self._seq_len = seq_len
-            self.lengths = tf.function(
-                self._lengths,
-                input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name="input_mask")],
-                autograph=False,
-            )
+        def branch(size: int):
+            def run():
+                cut = {key: tf.ensure_shape(value[:, :size], [None, size]) for key, value in features.items()}
+                result = run_parts(cut)
+                return result["probabilities"], result["logits"]
 
-        def _lengths(self, input_mask):
-            """For reports and tests: the width a batch runs at, its longest real row, and its bucket."""
-            zeros = tf.zeros_like(input_mask)
-            outputs = self._part({"input_ids": zeros, "input_mask": input_mask, "segment_ids": zeros})
-            return {key: outputs[key] for key in ("length", "real_length", "bucket_index") if key in outputs}
+            return run
 
-        def __call__(self, features: Mapping[str, tf.Tensor], run_parts: Callable) -> dict[str, tf.Tensor]:
-            outputs = self._part(features)
-            if not self.dispatch:
-                return run_parts({key: outputs[key] for key in features})
-
-            def branch(size: int):
-                def run():
-                    cut = {key: tf.ensure_shape(value[:, :size], [None, size]) for key, value in features.items()}
-                    result = run_parts(cut)
-                    return result["probabilities"], result["logits"]
-
-                return run
-
-            probabilities, logits = tf.switch_case(outputs["bucket_index"], [branch(size) for size in self.sizes])
-            return {"probabilities": probabilities, "logits": logits}
-
-    return LengthStage
+        probabilities, logits = tf.switch_case(outputs["bucket_index"], [branch(size) for size in self.sizes])
+        return {"probabilities": probabilities, "logits": logits}
 
 
 def warm_up_buckets(module, batch_size: int, seq_len: int) -> dict[str, float]:

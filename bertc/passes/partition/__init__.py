@@ -11,3 +11,5 @@ Elsewhere, by design: conf/partition/ (the options); driver/pipeline.py `target_
 targets; the host part's NumPy recipe (runtime/manifest.py HostRecipe, runtime/portable.py compute_host) belongs to
 the stablehlo artifact's format, which the TensorFlow-free runtime reads without any bertc stage.
 """
+
+PASSES = ("partition_graph",)  # the modules that declare a PASS (bertc/passes/__init__.py discovers them)
