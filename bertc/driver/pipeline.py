@@ -279,15 +279,14 @@ def target_options(plan: Plan, shape, fingerprint_: str):
     from bertc.evaluate.verify import GATES
     from bertc.targets.base import TargetOptions
 
-    partition, mask = plan.step_params("partition"), plan.step_params("mask")
     return TargetOptions(
         name=plan.target.name,
         device=plan.target.device,
         batch_size=plan.shape.batch_size,
         seq_len=shape.seq_len,
-        host_device=partition.host_device if partition else "/device:CPU:0",
+        host_device=plan.facts["host_device"],
         compute_dtype=plan.compute_dtype,
-        scale_folded=bool(mask and mask.fold_scale),
+        scale_folded=plan.facts["scale_folded"],
         input_limits={"input_ids": shape.vocab, "segment_ids": shape.type_vocab}
         if plan.security.guard_inputs
         else None,

@@ -49,8 +49,11 @@ class Plan:
     compute_dtype: str = "float32"  # the narrowest dtype the precision rules use
     gate: str = "fp32"  # which verify gate applies: that of the compute dtype, or int8's
     quantize: str = ""  # "int8": the precision map has int8 rules, for the target's engine to quantize
-    keep_signature: bool = False  # removal.keep_signature: the served signature keeps the two training inputs
+    keep_signature: bool = False  # the served signature keeps the two training inputs (a removal label)
     limits: RunLimits = dataclasses.field(default_factory=RunLimits)  # time limits: not fingerprinted
+    # what the passes say of their groups (Pass.facts), by name: quantize and keep_signature above, host_device,
+    # scale_folded, length_mode. Not in artifact_spec: each follows from the steps' parameters or a field above
+    facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def allow_ops(self) -> tuple[str, ...]:
@@ -61,9 +64,8 @@ class Plan:
 
     @property
     def length_mode(self) -> str:
-        """length.mode as it runs: full when the length step is off."""
-        length = self.step_params("length")
-        return length.mode if length else "full"
+        """The length mode as it runs (a fact of the length pass: full when its step is off)."""
+        return self.facts["length_mode"]
 
     def artifact_spec(self) -> dict:
         """Everything about the plan that can change the compiled model."""
@@ -103,12 +105,12 @@ class Plan:
             else f"preset {self.model.size} (seed {self.model.seed})"
         )
         lines = [f"input    {self.model.name}: {source}"]
+        described = {spec.name: spec.describe for spec in passes()}
         for number, step in enumerate(self.steps, 1):
-            if hasattr(step.params, "rules"):
-                lines.append(f"step {number}   {step.name}  (first matching rule wins; the rest stays float32)")
-                lines += [f"           {rule.describe()}" for rule in step.params.rules]
-            else:
-                lines.append(f"step {number}   {step.name}  {_describe_params(step.params)}")
+            describe = described[step.name]
+            first, *below = describe(step.params) if describe else [_describe_params(step.params)]
+            lines.append(f"step {number}   {step.name}  {first}")
+            lines += [f"           {line}" for line in below]
         if not self.steps:
             lines.append("steps    none: the graph is compiled as loaded")
         target = self.target
@@ -189,11 +191,11 @@ def build_plan(cfg: Any) -> Plan:
     if model.path and model.name == "demo":
         model = dataclasses.replace(model, name="user")
     compute_dtype = _narrowest_dtype(cfg.precision)
-    quantize = "int8" if any(rule.dtype == "int8" for rule in cfg.precision.rules) else ""
     target = from_config(TargetConf, cfg.target, "target")
     facts = {"compute_dtype": compute_dtype, "target": targets.get(target.name), "length": cfg.length}
     steps: list[Step] = []
     built: dict[str, Any] = {}  # every group's parameters, of the steps that do not run too
+    step_facts: dict[str, Any] = {}  # what each pass says of its group (Pass.facts), whether its step runs or not
     for spec in passes():
         node = cfg[spec.group]
         for key in spec.config_keys:
@@ -202,7 +204,9 @@ def build_plan(cfg: Any) -> Plan:
         # NOTE: every group's values are checked, the steps that do not run included: a bad value is refused
         # where it enters, not later when the step is switched on
         params = built[spec.group] = from_config(spec.params, node, spec.group, **spec.derive(facts))
-        if spec.runs(node):
+        runs = spec.runs(node)
+        step_facts.update(spec.facts(params if runs else None, node))
+        if runs:
             steps.append(Step(spec.group, spec.name, params))
     plan = Plan(
         model=model,
@@ -215,10 +219,11 @@ def build_plan(cfg: Any) -> Plan:
         security=from_config(SecurityConf, cfg.security, "security"),
         precision=cfg.precision.name,
         compute_dtype=compute_dtype,
-        gate=QUANTIZED_GATE if quantize else PRECISION_GATES[compute_dtype],
-        quantize=quantize,
-        keep_signature=bool(cfg.removal.keep_signature),
-        limits=run_limits(cfg),  # tolerance, threads, boundaries, timeouts
+        gate=QUANTIZED_GATE if step_facts["quantize"] else PRECISION_GATES[compute_dtype],
+        quantize=step_facts["quantize"],
+        keep_signature=step_facts["keep_signature"],
+        limits=run_limits(cfg),  # tolerance, threads, timeouts, slowdown
+        facts=step_facts,
     )
     _check_values(plan)
     return plan

@@ -56,6 +56,11 @@ class Pass:
     requires: tuple[Condition, ...] = ()  # of the input graph: a failure is the user's graph not fitting
     ensures: tuple[Condition, ...] = ()  # of the output graph: a failure is a bertc bug
     derive: Callable[[Mapping[str, Any]], dict] = lambda facts: {}  # derived parameters from plan facts
+    # what the plan and the targets know of the group (Plan.facts, by name; e.g. keep_signature, quantize):
+    # (params, or None when the step does not run; the group's config node, for its labels) -> {name: value}.
+    # NOTE: every group is asked, those whose step does not run too: a fact has a value either way.
+    facts: Callable[[Any, Any], dict] = lambda params, node: {}
+    describe: Callable[[Any], list[str]] | None = None  # params -> the step's line in the plan, then lines below it
 
     @property
     def name(self) -> str:

@@ -272,6 +272,14 @@ PASS = Pass(
     # `name` labels the preset in reports; `dtype` is what the presets' rules interpolate as ${precision.dtype}.
     keys=(Key("name", str, "fp32"), Key("dtype", str, "float32", choices=DTYPES)),
     enabled=lambda node: bool(node.rules),
+    # read by the quantizing target and the verify gate (the step is off exactly when there are no rules)
+    facts=lambda params, node: {
+        "quantize": "int8" if params and any(rule.dtype == "int8" for rule in params.rules) else ""
+    },
+    describe=lambda params: [
+        "(first matching rule wins; the rest stays float32)",
+        *(rule.describe() for rule in params.rules),
+    ],
     # NOTE: after the mask rewrite: one shared bias then needs one cast, not one per layer.
     after=("rewrite_attention_mask",),
     ensures=(

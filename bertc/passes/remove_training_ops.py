@@ -187,6 +187,8 @@ PASS = Pass(
     switch=Key("enabled", bool, True, off=False),
     # read by the target, not the pass: the served signature keeps run_classifier's two training inputs
     keys=(Key("keep_signature", bool, False),),
+    # a label, not a parameter: it holds whether the step runs or not
+    facts=lambda params, node: {"keep_signature": bool(node.keep_signature)},
     ensures=(
         Condition("every node is needed by the serving outputs", _pruned),
         Condition("no op of a listed pass-through type or Assert remains", _listed_ops_gone),

@@ -192,6 +192,8 @@ PASS = Pass(
     # NOTE: after removal: the structure is matched without Identity reads and asserts in the way.
     after=("remove_training_ops",),
     derive=lambda facts: {"compute_dtype": facts["compute_dtype"]},
+    # read by the target: 1/sqrt(head_size) lives in the query weights (never when the step is off)
+    facts=lambda params, node: {"scale_folded": bool(params and params.fold_scale)},
     requires=(Condition("the graph has an input_mask serving input", _has_mask_input),),
     ensures=(
         Condition("one shared [B,1,1,T] bias feeds every attention softmax", _one_shared_bias),

@@ -51,6 +51,8 @@ THROWAWAY_PASS = Pass(
     switch=Key("enabled", bool, False, off=False),
     after=("apply_precision_map",),
     ensures=(Condition("the marker node exists", _marked),),
+    facts=lambda params, node: {"marker_value": params.value if params else None},
+    describe=lambda params: [f"one constant of {params.value}", "(a test pass)"],
 )
 
 
@@ -85,6 +87,21 @@ def test_a_pass_in_one_module_with_one_yaml_option_compiles(throwaway, tiny_mode
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert code == 0, report.get("error")
     assert report["steps"][-1]["name"] == "mark_graph" and report["steps"][-1]["op_delta"] == {"Const": 1}
+
+
+def test_a_pass_tells_the_plan_its_facts_and_lines_without_the_driver_naming_it(throwaway):
+    """What the targets read of a group (Plan.facts) and the step's lines in the printed plan come from the pass's
+    own declaration, its step switched off included."""
+    plan = build_plan(compose_with(throwaway, ["+marker=on"]))
+    lines = plan.describe()
+    number = [step.name for step in plan.steps].index("mark_graph") + 1
+    assert plan.facts["marker_value"] == 3.0
+    assert lines[number : number + 2] == [
+        f"step {number}   mark_graph  one constant of 3.0",
+        "           (a test pass)",
+    ]
+    off = build_plan(compose_with(throwaway, ["+marker=off"]))
+    assert off.facts["marker_value"] is None and not any("mark_graph" in line for line in off.describe())
 
 
 def test_a_violated_ensures_stops_the_compile_as_a_bertc_bug(tiny_model_dir, tmp_path, monkeypatch):

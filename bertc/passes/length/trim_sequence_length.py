@@ -470,5 +470,6 @@ PASS = Pass(
     after=("rewrite_attention_mask",),
     before=("apply_precision_map",),
     derive=_length_suits_target,
+    facts=lambda params, node: {"length_mode": params.mode if params else "full"},  # read by the target
     ensures=(Condition("the batch length is computed in the graph and every input is cut to it", _cut_inputs),),
 )

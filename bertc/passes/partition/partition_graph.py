@@ -39,12 +39,13 @@ from bertc.schema import Key, bounded
 
 ALIASES = ("@embedding_output", "@attention_mask")
 PACK_MASK_KEY = "pack_mask"  # the crossing a packed graph gets without asking: its pack mask
+HOST_DEVICE = "/device:CPU:0"  # host_device's default, and what the targets are told when the step is off
 
 
 @dataclasses.dataclass(frozen=True)
 class PartitionParams:
     boundaries: tuple[str, ...] = bounded(ALIASES, filled=True, item="boundary")
-    host_device: str = bounded("/device:CPU:0", filled=True, note="a TensorFlow device name")
+    host_device: str = bounded(HOST_DEVICE, filled=True, note="a TensorFlow device name")
 
     def __post_init__(self) -> None:
         """A boundary named twice is refused where the value enters (the plan), whether or not the step runs."""
@@ -161,6 +162,8 @@ PASS = Pass(
     # NOTE: partition last: the boundary tensors carry their final dtypes, and it places every node the
     # earlier steps made.
     after=("apply_precision_map",),
+    # read by the target: where the host part runs (the default when the step is off)
+    facts=lambda params, node: {"host_device": params.host_device if params else HOST_DEVICE},
     ensures=(
         Condition("the host part (everything the boundaries need) is pinned to the host device", _host_part_pinned),
         Condition("each boundary has its crossing node", _one_boundary_per_spec),
