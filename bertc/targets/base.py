@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bertc.errors import ConfigError
 from bertc.schema import derived
 
 # What verify and bench call: bertc's serving inputs (input_ids, input_mask, segment_ids: int32 [batch, seq_len])
@@ -204,10 +205,21 @@ class QuantizingTarget(BaseTarget):
 
     params: type | None = Int8Params
     quantizes = True
+    float32_only = ""  # why the engine takes precision=fp32 or int8 only (said when a narrower float is asked)
 
     def derive(self, facts: Mapping[str, Any]) -> dict:
         precision = facts["precision"]
         return {"activations": precision.activations, "calibration_batches": precision.calibration_batches}
+
+    def refuse_gpu_and_narrow_floats(self, options: TargetOptions) -> None:
+        """The engine runs here on the CPU, in float32 or int8: a GPU device or a float16/bfloat16 plan is refused."""
+        if options.device == "gpu":
+            raise ConfigError(f"target={self.name} runs on the CPU here; use target.device=cpu (or auto).")
+        if options.compute_dtype != "float32":
+            raise ConfigError(
+                f"target={self.name} takes precision=fp32 or int8 (this plan computes in {options.compute_dtype}): "
+                f"{self.float32_only} Use precision=fp32 or int8."
+            )
 
 
 def engine_node_names(marked: Iterable[str], found: list[str], engine: str) -> dict[str, str]:

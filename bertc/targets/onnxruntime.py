@@ -111,6 +111,7 @@ class OnnxRuntimeTarget(QuantizingTarget):
     # Max RSS, python -m bertc target=onnxruntime length=trim verify=off bench=off: the demo 1.37 GB, BERT-Base
     # 5.90 GB (18.2 GB before the bypasses in _convert): 11.9 bytes more per byte of float32 weights.
     weight_copies = 12.0
+    float32_only = "ONNX Runtime's CPU kernels have no fast float16 or bfloat16 path."
 
     def check_available(self, options: TargetOptions) -> None:
         missing = _missing()
@@ -119,13 +120,7 @@ class OnnxRuntimeTarget(QuantizingTarget):
                 f"target=onnxruntime needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
                 f"installed: {EXTRA}. Nothing was compiled."
             )
-        if options.device == "gpu":
-            raise ConfigError("target=onnxruntime runs on the CPU here; use target.device=cpu (or auto).")
-        if options.compute_dtype != "float32":
-            raise ConfigError(
-                f"target=onnxruntime takes precision=fp32 or int8 (this plan computes in {options.compute_dtype}): "
-                "ONNX Runtime's CPU kernels have no fast float16 or bfloat16 path. Use precision=fp32 or int8."
-            )
+        self.refuse_gpu_and_narrow_floats(options)
 
     def engine_versions(self, quantize: str = "") -> dict[str, str]:
         return _versions() if not _missing() else {}

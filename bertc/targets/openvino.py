@@ -129,18 +129,12 @@ class OpenVinoModel:
 
 class OpenVinoTarget(QuantizingTarget):
     name = "openvino"  # precision=int8: NNCF quantizes the marked matmuls (bertc/targets/openvino_int8.py)
+    float32_only = "bertc compiles OpenVINO models in f32, and bf16 is slower than f32 on this CPU kind."
 
     def check_available(self, options: TargetOptions) -> None:
         if _missing():
             raise ConfigError(f"target=openvino needs openvino, which is not installed: {EXTRA}. Nothing was compiled.")
-        if options.device == "gpu":
-            raise ConfigError("target=openvino runs on the CPU here; use target.device=cpu (or auto).")
-        if options.compute_dtype != "float32":
-            raise ConfigError(
-                f"target=openvino takes precision=fp32 or int8 (this plan computes in {options.compute_dtype}): bertc "
-                "compiles OpenVINO models in f32, and bf16 is slower than f32 on this CPU kind. Use precision=fp32 "
-                "or int8."
-            )
+        self.refuse_gpu_and_narrow_floats(options)
         if options.quantize and _missing("nncf"):
             raise ConfigError(
                 f"target=openvino quantizes precision=int8 with nncf, which is not installed: {EXTRA}. Nothing was "

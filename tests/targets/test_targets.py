@@ -232,3 +232,21 @@ def test_input_guard_rejects_ids_outside_the_tables(partitioned, tmp_path):
     ids[1, 3], segments[0, 5] = 7, -1
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"segment_ids holds an id outside \[0, 2\)"):
         serving(input_ids=ids, input_mask=mask, segment_ids=segments)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("onnxruntime", "no fast float16 or bfloat16 path"), ("openvino", "bf16 is slower than f32 on this CPU kind")],
+)
+def test_an_engine_target_refuses_a_gpu_and_a_narrow_float_saying_what_to_use(name, why):
+    from bertc import targets
+
+    target = targets.get(name)
+    pytest.importorskip(name)
+    target.check_available(TargetOptions(name=name, device="cpu", batch_size=1, seq_len=8))
+    with pytest.raises(ConfigError, match=f"target={name} runs on the CPU here; use target.device=cpu"):
+        target.check_available(TargetOptions(name=name, device="gpu", batch_size=1, seq_len=8))
+    for dtype in ("bfloat16", "float16"):
+        options = TargetOptions(name=name, device="auto", batch_size=1, seq_len=8, compute_dtype=dtype)
+        with pytest.raises(ConfigError, match=f"computes in {dtype}\\): .*{why}.* Use precision=fp32 or int8"):
+            target.check_available(options)
