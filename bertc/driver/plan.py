@@ -48,11 +48,9 @@ class Plan:
     precision: str = "fp32"  # the precision preset's name, a label for reports
     compute_dtype: str = "float32"  # the narrowest dtype the precision rules use
     gate: str = "fp32"  # which verify gate applies: that of the compute dtype, or int8's
-    quantize: str = ""  # "int8": the precision map has int8 rules, for the target's engine to quantize
-    keep_signature: bool = False  # the served signature keeps the two training inputs (a removal label)
     limits: RunLimits = dataclasses.field(default_factory=RunLimits)  # time limits: not fingerprinted
-    # what the passes say of their groups (Pass.facts), by name: quantize and keep_signature above, host_device,
-    # scale_folded, length_mode. Not in artifact_spec: each follows from the steps' parameters or a field above
+    # what the passes say of their groups (Pass.facts), by name: quantize, keep_signature, host_device, scale_folded,
+    # length_mode. Not in artifact_spec as such: each follows from the steps' parameters or the groups' labels
     facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -66,6 +64,16 @@ class Plan:
     def length_mode(self) -> str:
         """The length mode as it runs (a fact of the length pass: full when its step is off)."""
         return self.facts["length_mode"]
+
+    @property
+    def quantize(self) -> str:
+        """ "int8": the precision map has int8 rules, for the engine to quantize; "": none (precision's fact)."""
+        return self.facts["quantize"]
+
+    @property
+    def keep_signature(self) -> bool:
+        """The served signature keeps run_classifier's two training inputs (a fact of removal's label)."""
+        return self.facts["keep_signature"]
 
     def artifact_spec(self) -> dict:
         """Everything about the plan that can change the compiled model."""
@@ -220,8 +228,6 @@ def build_plan(cfg: Any) -> Plan:
         precision=cfg.precision.name,
         compute_dtype=compute_dtype,
         gate=QUANTIZED_GATE if step_facts["quantize"] else PRECISION_GATES[compute_dtype],
-        quantize=step_facts["quantize"],
-        keep_signature=step_facts["keep_signature"],
         limits=run_limits(cfg),  # tolerance, threads, timeouts, slowdown
         facts=step_facts,
     )
