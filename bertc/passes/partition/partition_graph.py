@@ -121,11 +121,11 @@ def partition_graph(graph: Graph, params: PartitionParams) -> PassResult:
         outputs = {key_: (tensor_name(name) if value == tensor else value) for key_, value in graph.outputs.items()}
         graph = graph.replace(graph_def=graph_def, outputs=outputs)
         nodes = nodes_by_name(graph_def)
-    host = ancestors(graph_def, [n for n in nodes if n.startswith(BOUNDARY_PREFIX)])
+    result = graph.replace(graph_def=graph_def)
+    host = ancestors(graph_def, boundary_nodes(result))
     for node in graph_def.node:
         if node.name in host:
             node.device = params.host_device
-    result = graph.replace(graph_def=graph_def)
     _, device_graph = split_partition(result)
     leaks = sorted(
         key for key, tensor in result.inputs.items() if node_of(tensor) in {n.name for n in device_graph.graph_def.node}
