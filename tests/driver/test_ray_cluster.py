@@ -274,6 +274,26 @@ def _sweep(cluster, sweep: str, *overrides: str) -> tuple[subprocess.CompletedPr
     return result, _summary(cluster, sweep, result.stdout + result.stderr)
 
 
+def _sweep_begun(cluster, name: str, sweep: Path) -> subprocess.Popen:
+    """A two-job sweep (fp32, mixed_bf16) started from the driver, returned once a job has begun (its folder under
+    `sweep` holds resolved.yaml); killed, with its output in the failure, if it ends or times out first."""
+    process = subprocess.Popen(
+        _sweep_command(cluster, name, "precision=fp32,mixed_bf16"),
+        cwd=cluster["driver"],
+        env=cluster["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + SWEEP_TIMEOUT_S
+    while not list(sweep.glob("*/resolved.yaml")):
+        if process.poll() is not None or time.monotonic() >= deadline:
+            process.kill()
+            raise AssertionError(process.communicate()[0][-5000:])
+        time.sleep(0.1)
+    return process
+
+
 def _show(output: str) -> None:
     """The sweep's own lines (which job ran where) into the test log."""
     print("\n".join(line for line in output.splitlines() if line.startswith(("job ", "sweep ", "driver: "))))
@@ -346,19 +366,8 @@ def test_a_node_whose_input_differs_fails_its_job_with_the_reason(cluster):
 def test_a_job_whose_node_dies_is_a_row_and_the_sweep_finishes(cluster):
     worker = cluster["worker"]
     sweep = worker.workdir / "outputs" / "dies"
-    process = subprocess.Popen(
-        _sweep_command(cluster, "dies", "precision=fp32,mixed_bf16"),
-        cwd=cluster["driver"],
-        env=cluster["env"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = _sweep_begun(cluster, "dies", sweep)  # the worker's job has begun
     try:
-        deadline = time.monotonic() + SWEEP_TIMEOUT_S
-        while not list(sweep.glob("*/resolved.yaml")):  # the worker's job has begun
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-5000:]
-            time.sleep(0.1)
         os.kill(_raylet_pid(worker), signal.SIGKILL)
         output, _ = process.communicate(timeout=SWEEP_TIMEOUT_S)
     finally:
@@ -382,19 +391,8 @@ def test_a_job_whose_node_dies_is_a_row_and_the_sweep_finishes(cluster):
 def test_ctrl_c_on_the_driver_stops_the_jobs(cluster):
     """After the worker node died only the head is left (1 CPU): one job runs, the other waits; Ctrl-C ends both."""
     sweep = cluster["head"].workdir / "outputs" / "stopped"
-    process = subprocess.Popen(
-        _sweep_command(cluster, "stopped", "precision=fp32,mixed_bf16"),
-        cwd=cluster["driver"],
-        env=cluster["env"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = _sweep_begun(cluster, "stopped", sweep)
     try:
-        deadline = time.monotonic() + SWEEP_TIMEOUT_S
-        while not list(sweep.glob("*/resolved.yaml")):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-5000:]
-            time.sleep(0.1)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=120)
     finally:
